@@ -1,0 +1,139 @@
+"""transformers BERT-style encoders: BertModel, BertFor*, RobertaModel, RobertaFor*.
+
+Post-norm blocks: ``LN(x + attn_out(x))`` then ``LN(h + fc2(act(fc1(h))))``. A block that loses all
+heads keeps ``LN(x + b_o)`` (the output projection bias goes through the residual and LayerNorm);
+one that loses all neurons keeps ``LN(h + b_2)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from torch import nn
+
+from .base import Adapter, LayerParts
+from .registry import register
+
+
+class BertReducedAttention(nn.Module):
+    """A BERT attention block with no heads left: ``LayerNorm(x + b_o)``."""
+
+    def __init__(self, bias: torch.Tensor, layer_norm: nn.LayerNorm):
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+        return self.LayerNorm(hidden_states + self.bias), None
+
+
+class PassThrough(nn.Module):
+    """Stands in for ``intermediate`` when the MLP has no neurons: hands its input on unchanged."""
+
+    def forward(self, hidden_states):
+        return hidden_states
+
+
+class BertReducedOutput(nn.Module):
+    """A BERT FFN output with no neurons left: ``LayerNorm(h + b_2)``."""
+
+    def __init__(self, bias: torch.Tensor, layer_norm: nn.LayerNorm):
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(input_tensor + self.bias)
+
+
+@register
+class BertAdapter(Adapter):
+    family = "bert"
+    description = "transformers BERT / RoBERTa encoders (BertModel, BertForSequenceClassification, RoBERTa...)"
+    modality = "text"
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        cfg = getattr(model, "config", None)
+        return getattr(cfg, "model_type", None) in ("bert", "roberta") and cls._encoder(model) is not None
+
+    @staticmethod
+    def _encoder(model):
+        for attr in ("bert", "roberta"):
+            base = getattr(model, attr, None)
+            if base is not None:
+                return base.encoder
+        return getattr(model, "encoder", None)
+
+    def blocks(self):
+        return self._encoder(self.model).layer
+
+    def layer_parts(self, layer: int) -> LayerParts:
+        blk = self.blocks()[layer]
+        att = blk.attention
+        has_attn = not isinstance(att, BertReducedAttention)
+        has_mlp = not isinstance(blk.output, BertReducedOutput)
+        return LayerParts(
+            block=blk,
+            attn=att.self if has_attn else None,
+            out_proj=att.output.dense if has_attn else None,
+            q=att.self.query if has_attn else None,
+            k=att.self.key if has_attn else None,
+            v=att.self.value if has_attn else None,
+            fc1=blk.intermediate.dense if has_mlp else None,
+            fc2=blk.output.dense if has_mlp else None,
+        )
+
+    def num_heads(self, layer: int) -> int:
+        att = self.blocks()[layer].attention
+        return 0 if isinstance(att, BertReducedAttention) else att.self.num_attention_heads
+
+    def head_dim(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def set_num_heads(self, layer: int, n: int) -> None:
+        s = self.blocks()[layer].attention.self
+        s.num_attention_heads = n
+        s.all_head_size = n * s.attention_head_size
+
+    def reduce_attention(self, layer: int) -> None:
+        blk = self.blocks()[layer]
+        out = blk.attention.output
+        blk.attention = BertReducedAttention(out.dense.bias, out.LayerNorm)
+
+    def reduce_mlp(self, layer: int) -> None:
+        blk = self.blocks()[layer]
+        blk.intermediate = PassThrough()
+        blk.output = BertReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
+
+    def forward(self, inputs):
+        return self.model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+
+    def seq_len(self, inputs) -> int:
+        return int(inputs["input_ids"].shape[1])
+
+    def token_mask(self, inputs) -> torch.Tensor:
+        if "attention_mask" in inputs:
+            return inputs["attention_mask"].bool()
+        return torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+
+    def structure(self) -> dict:
+        return {
+            "family": self.family,
+            "model_class": type(self.model).__name__,
+            "config": self.model.config.to_dict(),
+            "heads": self.heads_per_layer(),
+            "neurons": self.neurons_per_layer(),
+        }
+
+    @classmethod
+    def build_from_structure(cls, spec: dict) -> nn.Module:
+        cfg = dict(spec["config"])
+        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        model_cls = getattr(transformers, spec["model_class"])
+        model = model_cls(config)
+        return model
