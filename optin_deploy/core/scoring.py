@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -99,6 +100,9 @@ class Teacher:
     logits: torch.Tensor | None
     positions: torch.Tensor  # K indices into the flattened B*T tokens
     batch: int
+    attn_out: list = field(default_factory=list)  # per layer: the attention module's return value
+    fc2_in: list = field(default_factory=list)  # per layer: post-activation neurons (B x T x F)
+    fc2_out: list = field(default_factory=list)  # per layer: second MLP linear's output
 
 
 def token_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], k: int, seed: int) -> torch.Tensor:
@@ -126,18 +130,33 @@ def kl_term(zt: torch.Tensor, zs: torch.Tensor, temperature: float, copies: int)
     return (t * t) * (log_pt.exp() * (log_pt - log_ps)).sum(dim=(1, 2))
 
 
+def _store2(xs: list, ys: list, i: int, x, y) -> None:
+    xs[i], ys[i] = x, y
+
+
 @torch.no_grad()
 def record_teacher(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: ScoreSettings) -> Teacher:
-    model = adapter.model
-    with BlockRecorder(adapter, record_inputs=True) as rec:
-        out = adapter.forward(inputs)
-    positions = token_positions(adapter, inputs, settings.num_tokens, settings.seed)
     n = adapter.num_layers
+    attn_out, fc2_in, fc2_out = [None] * n, [None] * n, [None] * n
+    handles = []
+    for l in range(n):
+        parts = adapter.layer_parts(l)
+        if parts.attn is not None:
+            handles.append(parts.attn.register_forward_hook(lambda m, a, o, l=l: attn_out.__setitem__(l, o)))
+        if parts.fc2 is not None:
+            handles.append(parts.fc2.register_forward_hook(lambda m, a, o, l=l: _store2(fc2_in, fc2_out, l, a[0], o)))
+    try:
+        with BlockRecorder(adapter, record_inputs=True) as rec:
+            out = adapter.forward(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    positions = token_positions(adapter, inputs, settings.num_tokens, settings.seed)
     grams = [gram(rec.outputs[i], positions, 1)[0] for i in range(n)]
     logits = adapter.logits(out)
     batch = next(iter(inputs.values())).shape[0]
-    del model
-    return Teacher(inputs, [rec.inputs[i] for i in range(n)], grams, None if logits is None else logits.detach(), positions, batch)
+    return Teacher(inputs, [rec.inputs[i] for i in range(n)], grams, None if logits is None else logits.detach(), positions, batch,
+                   attn_out, fc2_in, fc2_out)
 
 
 def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
@@ -215,12 +234,54 @@ def reference_scores(adapter: Adapter, inputs: dict[str, torch.Tensor], settings
 
 # --------------------------------------------------------------------------------------------
 # Optimised exact scoring
+
+
+def _rep(x, copies: int):
+    if isinstance(x, torch.Tensor):
+        return x.repeat(copies, *([1] * (x.dim() - 1)))
+    if isinstance(x, tuple):
+        return tuple(_rep(v, copies) for v in x)
+    return x
+
+
+@contextmanager
+def neuron_shortcut(adapter: Adapter, teacher: Teacher, layer: int, neurons: list[int]):
+    """Compute block ``layer`` of ``len(neurons)`` stacked copies, copy ``c`` with neuron
+    ``neurons[c]`` removed, from the teacher's cached values instead of re-running it.
+
+    Masking a neuron changes nothing in the block before the second MLP linear, whose output
+    moves by exactly ``-a_j w_j`` (the neuron's activation times its weight column). So the
+    attention returns the teacher's output, the first MLP linear is skipped, and the second
+    returns the teacher's output minus that rank-one term; the rest of the block (residual,
+    LayerNorm) runs as usual.
+    """
+    parts = adapter.layer_parts(layer)
+    copies = len(neurons)
+    idx = torch.tensor(neurons)
+    act = teacher.fc2_in[layer][..., idx]  # B x T x G
+    col = parts.fc2.weight[:, idx]  # d x G
+    corr = act.permute(2, 0, 1).unsqueeze(-1) * col.t()[:, None, None, :]  # G x B x T x d
+    fc2_out = (teacher.fc2_out[layer].unsqueeze(0) - corr).reshape(-1, *teacher.fc2_out[layer].shape[1:])
+    attn_out = _rep(teacher.attn_out[layer], copies)
+    saved = {m: m.forward for m in (parts.attn, parts.fc1, parts.fc2)}
+    parts.attn.forward = lambda *a, **k: attn_out
+    parts.fc1.forward = lambda x: x[..., :1]
+    parts.fc2.forward = lambda x: fc2_out
+    try:
+        yield
+    finally:
+        for m in saved:
+            del m.forward  # back to the class's forward
+
+
+
 # --------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def exact_unit_scores(adapter: Adapter, teacher: Teacher, units: Iterable[tuple[str, int, int]], settings: ScoreSettings, progress: Progress | None = None) -> list[tuple[float, float]]:
-    """Exact scores of ``units``: reuse the teacher's block inputs, ``group`` masked copies a pass."""
+def exact_unit_scores(adapter: Adapter, teacher: Teacher, units: Iterable[tuple[str, int, int]], settings: ScoreSettings, progress: Progress | None = None, shortcut_ok: bool = True) -> list[tuple[float, float]]:
+    """Exact scores of ``units``: reuse the teacher's block inputs, ``group`` masked copies a
+    pass, and (neurons) the rank-one shortcut through the unit's own block."""
     units = list(units)
     order = sorted(range(len(units)), key=lambda i: (units[i][1], units[i][0]))
     results: list[tuple[float, float] | None] = [None] * len(units)
@@ -239,9 +300,14 @@ def exact_unit_scores(adapter: Adapter, teacher: Teacher, units: Iterable[tuple[
             for c, u in enumerate(chunk):
                 m[c, units[u][2]] = 0.0
             masks.clear()
-            (masks.heads if kind == "head" else masks.neurons)[layer] = m.repeat_interleave(teacher.batch, dim=0)
-            hidden = teacher.block_inputs[layer].repeat(copies, *([1] * (teacher.block_inputs[layer].dim() - 1)))
-            with start_at(adapter, layer, hidden):
+            hidden = _rep(teacher.block_inputs[layer], copies)
+            shortcut = kind == "neuron" and shortcut_ok
+            if shortcut:
+                ctx = neuron_shortcut(adapter, teacher, layer, [units[u][2] for u in chunk])
+            else:
+                (masks.heads if kind == "head" else masks.neurons)[layer] = m.repeat_interleave(teacher.batch, dim=0)
+                ctx = nullcontext()
+            with start_at(adapter, layer, hidden), ctx:
                 out = adapter.forward(_repeat(teacher.inputs, copies))
             md, kl = _distances(adapter, teacher, rec, out, layer, copies, settings)
             for c, u in enumerate(chunk):

@@ -1,0 +1,298 @@
+"""Latency / throughput benchmarks of several models on their target runtimes.
+
+:func:`benchmark` loads each ``(runtime, artifact)``, warms it up, then runs *interleaved* iterations
+(dense, pruned, dense, pruned, ..., with the order alternating each round) so that a noisy machine
+slows every model equally. Per model: latency p50/p90/p99/mean (ms per batch), throughput
+(samples/s), peak memory, and the p50 speed-up against a baseline. The result is a JSON-able dict;
+:func:`print_bench_table` renders it with rich.
+
+Memory: on CPU the peak resident set size while loading and warming up (Linux ``VmHWM`` from
+``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each model; elsewhere the
+``resource`` maximum, which cannot be reset and is marked ``approximate``). On CUDA
+``torch.cuda.max_memory_allocated`` (PyTorch allocations only; TensorRT's own workspace is not in it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .errors import OptinError
+from .runtimes.base import Runtime
+
+# ---------------------------------------------------------------- memory
+
+
+def _proc_status(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _max_rss_fallback() -> int:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if platform.system() == "Darwin" else r * 1024)
+
+
+class MemoryProbe:
+    """Peak memory (bytes) of one phase, on CPU (RSS) or CUDA (allocator)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.method = ""
+
+    def __enter__(self) -> "MemoryProbe":
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+            self.method = "cuda max_memory_allocated"
+        else:
+            self.exact = _reset_peak_rss() and _proc_status("VmHWM") is not None
+            self.start = _proc_status("VmRSS") if self.exact else _max_rss_fallback()
+            self.method = "VmHWM after clear_refs" if self.exact else "ru_maxrss (approximate: cannot be reset)"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.peak = _proc_status("VmHWM") if self.exact else _max_rss_fallback()
+        self.delta = max(0, (self.peak or 0) - (self.start or 0))
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def _batch_size(inputs: Mapping[str, Any]) -> int:
+    return int(next(iter(inputs.values())).shape[0])
+
+
+def _percentiles(ms: np.ndarray) -> dict:
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "min_ms": float(ms.min()),
+        "std_ms": float(ms.std()),
+    }
+
+
+def benchmark(
+    runtimes_and_models: Mapping[str, tuple[Runtime, Any]],
+    inputs: Mapping[str, Any] | Mapping[str, Mapping[str, Any]],
+    *,
+    warmup: int = 10,
+    iters: int | None = 50,
+    seconds: float | None = None,
+    interleave: bool = True,
+    baseline: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Benchmark each labelled ``(runtime, artifact)`` on ``inputs``.
+
+    ``inputs`` is one ``{name: array}`` batch shared by all models, or ``{label: {name: array}}``
+    per model. Runtimes not yet loaded (``runtime.load(artifact)``) are loaded here (pass
+    ``artifact=None`` for an already-loaded runtime). ``iters`` rounds, or as many rounds as fit in
+    ``seconds`` (at least 5). ``baseline`` defaults to the first label; ``speedup[label]`` is
+    ``baseline p50 / label p50``.
+    """
+    labels = list(runtimes_and_models)
+    if not labels:
+        raise OptinError("nothing to benchmark")
+    baseline = baseline or labels[0]
+    if baseline not in runtimes_and_models:
+        raise OptinError(f"baseline {baseline!r} is not one of {labels}")
+    if iters is None and seconds is None:
+        raise OptinError("give iters or seconds")
+    per_model_inputs = all(isinstance(v, Mapping) for v in inputs.values()) and set(inputs) >= set(labels)
+    feeds = {l: (inputs[l] if per_model_inputs else inputs) for l in labels}
+    feeds = {l: {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in f.items()} for l, f in feeds.items()}
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    results: dict[str, dict] = {l: {} for l in labels}
+    times: dict[str, list[float]] = {l: [] for l in labels}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=True) as bar:
+        # load + warm-up, one model at a time, with its own memory probe
+        t_load = bar.add_task("loading / warm-up", total=len(labels))
+        for l in labels:
+            rt, artifact = runtimes_and_models[l]
+            with MemoryProbe(rt.device) as mem:
+                t0 = time.perf_counter()
+                if artifact is not None:
+                    rt.load(artifact)
+                load_s = time.perf_counter() - t0
+                for _ in range(max(warmup, 1)):
+                    out = rt.run(feeds[l])
+            results[l].update({
+                "runtime": rt.describe(),
+                "load_seconds": round(load_s, 3),
+                "peak_memory_mb": round(mem.delta / 2**20, 1),
+                "memory_method": mem.method,
+                "output_shape": list(np.shape(out)),
+            })
+            bar.advance(t_load)
+
+        # timed rounds
+        total = iters if iters is not None else None
+        t_run = bar.add_task("timing " + (" / ".join(labels) if interleave else ""), total=total)
+        start = time.perf_counter()
+        rounds = 0
+
+        def more() -> bool:
+            if iters is not None:
+                return rounds < iters
+            return rounds < 5 or time.perf_counter() - start < seconds
+
+        if interleave:
+            while more():
+                order = labels if rounds % 2 == 0 else labels[::-1]
+                for l in order:
+                    rt = runtimes_and_models[l][0]
+                    t0 = time.perf_counter()
+                    rt.run(feeds[l])
+                    times[l].append(time.perf_counter() - t0)
+                rounds += 1
+                bar.advance(t_run)
+        else:
+            budget = None if seconds is None else seconds / len(labels)
+            for l in labels:
+                rt = runtimes_and_models[l][0]
+                rounds, start = 0, time.perf_counter()
+                while (rounds < iters) if iters is not None else (rounds < 5 or time.perf_counter() - start < budget):
+                    t0 = time.perf_counter()
+                    rt.run(feeds[l])
+                    times[l].append(time.perf_counter() - t0)
+                    rounds += 1
+                    if iters is not None:
+                        bar.advance(t_run, 1 / len(labels))
+
+    for l in labels:
+        ms = np.asarray(times[l]) * 1e3
+        bs = _batch_size(feeds[l])
+        results[l].update(_percentiles(ms))
+        results[l]["iters"] = int(len(ms))
+        results[l]["batch_size"] = bs
+        results[l]["input_shapes"] = {k: list(v.shape) for k, v in feeds[l].items()}
+        results[l]["throughput_samples_per_s"] = float(bs * len(ms) / (ms.sum() / 1e3))
+    base = results[baseline]
+    for l in labels:
+        results[l]["speedup_p50"] = base["p50_ms"] / results[l]["p50_ms"]
+        results[l]["latency_ratio_p50"] = results[l]["p50_ms"] / base["p50_ms"]
+        results[l]["throughput_ratio"] = results[l]["throughput_samples_per_s"] / base["throughput_samples_per_s"]
+    return {
+        "baseline": baseline,
+        "interleaved": interleave,
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+                 "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                 "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "models": results,
+        "speedup": {l: results[l]["speedup_p50"] for l in labels},
+    }
+
+
+def print_bench_table(result: dict, console=None, title: str | None = None) -> None:
+    """A rich table of :func:`benchmark`'s result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich import box
+
+    console = console or Console()
+    t = Table(title=title or f"ms per batch (baseline {result['baseline']}, {'interleaved' if result['interleaved'] else 'sequential'})",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up"):
+        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True)
+    for label, r in result["models"].items():
+        rt = r["runtime"]
+        where = rt.get("runtime", "?") + (f"/{rt['threads']}t" if rt.get("threads") else "")
+        t.add_row(
+            label, where, str(r["batch_size"]),
+            f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
+            f"{r['throughput_samples_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}",
+            "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x",
+        )
+    console.print(t)
+
+
+def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+    """One batch of inputs of an exact shape for a model folder, bundle or artifact file.
+
+    Text is real sentences tokenised to ``seq_len`` when a tokenizer is found (the model folder or
+    the bundle's recorded source), else seeded random token ids (all positions attended); images
+    are seeded standard-normal pixels of the model's input size.
+    """
+    from pathlib import Path
+
+    from .exporters.base import is_text_input
+    from .exporters.bundle import SAMPLE_TEXTS, example_inputs_for_model, read_manifest
+    from .runtimes.base import load_torch_model
+
+    p = Path(str(spec))
+    manifest = read_manifest(p) if p.exists() else None
+    if manifest is None and p.suffix != ".onnx":
+        model = load_torch_model(spec)
+        return {k: v.numpy() for k, v in example_inputs_for_model(model, batch, seq_len, model_dir=spec, seed=seed).items()}
+    if manifest is not None:
+        names = manifest["input_names"]
+        shapes = manifest.get("artifacts", {}).get("onnx", {}).get("input_shapes") or {}
+        vocab, source = manifest.get("vocab_size"), manifest.get("source")
+    else:
+        import onnx
+
+        m = onnx.load(str(p), load_external_data=False)
+        names = [i.name for i in m.graph.input]
+        shapes = {i.name: [d.dim_value or None for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
+        vocab, source = None, None
+    g = np.random.default_rng(seed)
+    if any(is_text_input(n) for n in names):
+        if source:
+            try:
+                from .models import load_tokenizer
+
+                tok = load_tokenizer(source)
+                texts = (SAMPLE_TEXTS * (-(-batch // len(SAMPLE_TEXTS))))[:batch]
+                enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+                return {n: enc[n].astype(np.int64) if n in enc else np.ones((batch, seq_len), np.int64) for n in names}
+            except Exception:
+                pass
+        hi = min(int(vocab), 1000) if vocab else 100
+        out = {n: np.ones((batch, seq_len), np.int64) for n in names}
+        if "input_ids" in out:
+            out["input_ids"] = g.integers(5, hi, size=(batch, seq_len)).astype(np.int64)
+        if "token_type_ids" in out:
+            out["token_type_ids"][:] = 0
+        return out
+    n = names[0]
+    shape = shapes.get(n)
+    if not shape or any(d is None for d in shape[1:]):
+        raise OptinError(f"cannot tell the input shape of {spec}; benchmark its model folder instead")
+    return {n: g.standard_normal((batch, *shape[1:])).astype(np.float32)}

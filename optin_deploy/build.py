@@ -1,0 +1,334 @@
+"""``optin-deploy build``: prune, export, evaluate, benchmark, and write a deployment bundle.
+
+The bundle is assembled in a temporary folder beside ``--out`` and moved into place only when it
+is complete; any error leaves nothing behind. Layout::
+
+    OUT/
+      pruned/            weights (safetensors) + optin_structure.json + tokenizer
+      onnx/dense/        model.onnx of the dense model (+ parity.json, export.json)
+      onnx/pruned/       model.onnx of the pruned model (+ parity.json, export.json)
+      tensorrt/          model.engine + bindings (TensorRT profiles, when TensorRT is present)
+      report.json        the figures (schema: see REPORT_KEYS)
+      report.md          the human report, with plots/*.png
+      manifest.json      inputs, checksums, package versions, command line, profile
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .adapters import get_adapter
+from .errors import OptinError, QualityGateError
+from .progress import console, step
+
+REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
+DEFAULT_PROFILE = "x86-cpu-ort"
+
+
+@dataclass
+class BuildOptions:
+    model: str | None = None
+    data: str | None = None
+    profile: str = DEFAULT_PROFILE
+    flops: float | None = None
+    latency_ms: float | None = None
+    lut: str | None = None
+    out: Path = Path("optin-build")
+    calib_samples: int = 128
+    calib_length: int = 64
+    scoring: str = "auto"
+    scorer: str = "optin"
+    probes: int = 64
+    max_accuracy_drop: float | None = 2.0
+    eval_split: str = "test"
+    bench_iters: int = 100
+    bench_warmup: int = 10
+    latency_rounds: int = 4
+    seed: int = 0
+    optimize: bool = False
+    text_column: str = "text"
+    label_column: str = "label"
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "optin-deploy": __version__, "platform": platform.platform()}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "timm", "tensorrt", "torch-tensorrt", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _check_target_available(profile) -> None:
+    """Fail before any expensive work when the profile's runtime cannot run here."""
+    from .runtimes.base import get_runtime
+
+    name = profile.runtime_name
+    if name.startswith("ort"):
+        import onnxruntime as ort
+
+        need = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider", "ort-tensorrt": "TensorrtExecutionProvider"}[name]
+        if need not in ort.get_available_providers():
+            from .errors import MissingRuntimeError
+
+            raise MissingRuntimeError(
+                f"profile {profile.name!r} runs on onnxruntime's {need}, which this onnxruntime lacks "
+                f"(available: {', '.join(ort.get_available_providers())}); on a GPU host replace onnxruntime with onnxruntime-gpu, or pick a CPU profile"
+            )
+    elif name in ("tensorrt", "torch-tensorrt"):
+        from .runtimes.base import import_tensorrt, import_torch_tensorrt, require_cuda
+
+        require_cuda(f"profile {profile.name!r}")
+        import_tensorrt() if name == "tensorrt" else import_torch_tensorrt()
+    get_runtime(name, threads=profile.threads)
+
+
+def _budget(opts: BuildOptions, profile) -> dict:
+    if opts.flops is not None and opts.latency_ms is not None:
+        raise OptinError("pass either --flops or --latency-ms, not both")
+    if opts.latency_ms is not None:
+        if opts.latency_ms <= 0:
+            raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
+        return {"latency_ms": opts.latency_ms}
+    if opts.flops is not None:
+        from .pruning import check_budget
+
+        check_budget(opts.flops)
+        return {"flops": opts.flops}
+    if profile.budget_latency_ms is not None:
+        return {"latency_ms": profile.budget_latency_ms}
+    return {"flops": profile.budget_flops if profile.budget_flops is not None else 0.6}
+
+
+def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
+    batch = profile.opt_batch or profile.batch_size
+    seq = profile.opt_seq or profile.seq_len or 128
+    maxpos = getattr(getattr(task.model, "config", None), "max_position_embeddings", None)
+    if task.modality == "text" and maxpos:
+        seq = min(seq, maxpos)
+    inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
+    return {k: v.numpy() for k, v in inputs.items()}
+
+
+def run_build(opts: BuildOptions) -> dict:
+    """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
+    from .exporters.bundle import export_bundle
+    from .profiles import load_profile, selection_kwargs
+    from .pruned_io import save_pruned
+    from .pruning import compute_scores, print_layer_table, prune
+    from .core.scoring import ScoreSettings
+    from .zoo import load_task
+
+    t_start = time.perf_counter()
+    profile = load_profile(opts.profile)
+    budget = _budget(opts, profile)
+    if opts.calib_samples < 1:
+        raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
+    if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
+        raise OptinError(f"--max-accuracy-drop must be >= 0 points, got {opts.max_accuracy_drop}")
+    out = Path(opts.out).expanduser().resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise OptinError(f"cannot write the bundle next to {out} ({exc.strerror or exc}); pass a writable --out") from None
+    try:
+        _check_target_available(profile)
+        report = _build_into(staging, opts, profile, budget, load_task, compute_scores, prune, print_layer_table, save_pruned,
+                             export_bundle, selection_kwargs, ScoreSettings)
+        report["build_seconds"] = round(time.perf_counter() - t_start, 1)
+        _write_reports(staging, report, opts, profile)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    report["bundle"] = str(out)
+    return report
+
+
+def _build_into(staging: Path, opts: BuildOptions, profile, budget, load_task, compute_scores, prune, print_layer_table, save_pruned,
+                export_bundle, selection_kwargs, ScoreSettings) -> dict:
+    from .bench import benchmark, print_bench_table
+    from .evaluate import evaluate
+    from .runtimes.base import get_runtime
+
+    step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
+    task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed)
+    model = task.model.eval()
+    adapter = get_adapter(model)
+    calib_len = opts.calib_length if task.modality == "text" else None
+    eval_len = task.max_length
+    if calib_len is not None:
+        task.max_length = calib_len
+    calib = task.calibration(opts.calib_samples, seed=opts.seed)
+    task.max_length = eval_len
+    settings = ScoreSettings(seed=opts.seed)
+    bench_np = _bench_inputs(task, profile)
+    seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
+    sel_kwargs = selection_kwargs(profile)
+
+    scores = compute_scores(model, calib, scoring=opts.scoring, scorer=opts.scorer, settings=settings, probes=opts.probes)
+    latency_info = None
+    if "flops" in budget:
+        from .core.costs import mac_cost_model
+
+        costs = mac_cost_model(model, seq)
+        result = prune(model, calib, costs=costs, budget=budget["flops"] * costs.dense(), scores=scores, **sel_kwargs)
+        pruned = result.model
+        notes = list(result.notes)
+        sel_cost = result.selection.cost
+    else:
+        from .latency_budget import select_for_latency
+        from .lut import make_measure_fn, measure_lut
+
+        lut = opts.lut
+        if lut is None:
+            step(f"no --lut given: measuring a latency table on this machine for profile {profile.name}")
+            table = measure_lut(model, profile)
+            lut_path = staging / "lut.json"
+            lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
+            lut = str(lut_path)
+        measure = make_measure_fn(profile, {k: torch.from_numpy(v) for k, v in bench_np.items()})
+        step(f"selecting for {budget['latency_ms']} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
+        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, budget["latency_ms"], measure, opts.latency_rounds, progress=step)
+        pruned = ls.model.eval()
+        latency_info = ls.to_dict()
+        latency_info.pop("plan", None)
+        notes = list(scores[5])
+        sel_cost = ls.predicted_ms
+    print_layer_table(model, pruned)
+    pa = get_adapter(pruned)
+    dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
+
+    step("saving the pruned model")
+    save_pruned(pruned, staging / "pruned", extra={"source": task.model_source or opts.model, "source_dir": task.model_source,
+                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
+    shape = profile.shape_profile()
+    if task.modality == "text":
+        maxpos = getattr(model.config, "max_position_embeddings", shape.max_seq)
+        if shape.max_seq > maxpos:
+            from .exporters.base import ShapeProfile
+
+            shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
+    example = {k: torch.from_numpy(v) for k, v in bench_np.items()}
+    fmt = "tensorrt" if profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+    backend = "torch-tensorrt" if profile.runtime_name == "torch-tensorrt" else "tensorrt"
+    exports = {}
+    for label, m in (("dense", model), ("pruned", pruned)):
+        step(f"exporting the {label} model ({fmt}, {profile.precision}) and checking parity against PyTorch")
+        exports[label] = export_bundle(m, example, staging / fmt / label, fmt=fmt, backend=backend, precision=profile.precision if fmt != "onnx" else "fp32",
+                                       profile=shape, optimize=opts.optimize, task=task, threads=profile.threads,
+                                       source=task.model_source or None)
+
+    rt_name = exports["pruned"]["runtime"] if fmt != "onnx" else profile.runtime_name
+    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
+    step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
+    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
+    step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
+         + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "") + f", interleaved, {opts.bench_iters} rounds")
+    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
+    bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
+    print_bench_table(bench, console=console)
+
+    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+    md, mp = ev["models"]["dense"], ev["models"]["pruned"]
+    acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
+    agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
+    lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
+    thr = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
+    drop = acc_d - acc_p
+    gate = None
+    if opts.max_accuracy_drop is not None:
+        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(drop, 3), "passed": bool(drop <= opts.max_accuracy_drop)}
+    artifacts = {}
+    for p in sorted(staging.rglob("*")):
+        if p.is_file():
+            artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    report = {
+        "model": task.model_source or opts.model or "minilm-sentiment",
+        "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
+                 "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
+        "profile": profile.name,
+        "runtime": rt_name,
+        "budget": budget,
+        "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
+        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(agreement), 3),
+                     "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
+        "latency_ms": lat,
+        "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
+                       "p50_speedup": round(lat["dense"]["p50"] / lat["pruned"]["p50"], 3), "unit": "samples/s"},
+        "memory": {label: bench["models"][label].get("peak_memory_mb") for label in ("dense", "pruned")},
+        "scoring_seconds": round(scores[4], 2),
+        "scoring": {"method": scores[3], "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,
+                    "cached": bool(scores[2] is not None and scores[2].info.get("cached")), "notes": notes},
+        "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
+                      "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
+        "selection_cost": sel_cost,
+        "latency_budget": latency_info,
+        "parity": {label: exports[label]["parity"] for label in exports},
+        "gate": gate,
+        "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
+        "artifacts": artifacts,
+    }
+    return report
+
+
+def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> None:
+    from .report import write_markdown, write_plots
+
+    plots = write_plots(report, staging / "plots")
+    (staging / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    write_markdown(report, staging / "report.md", plots)
+    manifest = {
+        "created_by": f"optin-deploy {__version__}",
+        "command": " ".join(opts.command),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
+        "inputs": {"model": report["model"], "task": report["task"]["name"]},
+        "profile": profile.to_dict(),
+        "versions": _versions(),
+        "files": {},
+    }
+    for p in sorted(staging.rglob("*")):
+        if p.is_file() and p.name != "manifest.json":
+            manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+
+
+def check_gate(report: dict) -> None:
+    gate = report.get("gate")
+    if gate and not gate["passed"]:
+        raise QualityGateError(
+            f"quality gate failed: accuracy dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "
+            f"the bundle at {report.get('bundle')} is marked failed in report.json; raise the budget or the allowed drop"
+        )

@@ -1,0 +1,50 @@
+"""``optin-deploy bench``: dense vs pruned latency on a target runtime, interleaved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def bench_cmd(
+    models: List[str] = typer.Argument(..., help="Dense first, then pruned: bundle folders, artifact files (.onnx/.engine) or model folders."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt (default: each bundle's own)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads."),
+    batch: int = typer.Option(8, "--batch"),
+    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (text models)."),
+    warmup: int = typer.Option(10, "--warmup"),
+    iters: int = typer.Option(50, "--iters", help="Timed rounds (ignored with --seconds)."),
+    seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget instead of --iters."),
+    interleave: bool = typer.Option(True, "--interleave/--sequential", help="Alternate models every iteration (default)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
+) -> None:
+    """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
+    from ..bench import bench_inputs, benchmark, print_bench_table
+    from ..errors import OptinError
+    from ..runtimes.base import get_runtime, resolve_artifact
+
+    names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
+    if len(names) != len(models) or len(set(names)) != len(names):
+        raise OptinError(f"need {len(models)} distinct labels, got {names}")
+    targets = {}
+    inputs = {}
+    for label, spec in zip(names, models):
+        rt_name, artifact, _ = resolve_artifact(spec, runtime)
+        targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
+        inputs[label] = bench_inputs(spec, batch, seq_len)
+    result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
+                       interleave=interleave, baseline=names[0])
+    print_bench_table(result)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)

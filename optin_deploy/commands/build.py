@@ -1,0 +1,55 @@
+"""``optin-deploy build``: the whole job in one command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def build(
+        model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
+        data: Optional[str] = typer.Option(None, "--data", help="Labelled data (built-in name, CSV/JSONL, HF dataset folder, image folder). Default: the model's own."),
+        profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`)."),
+        flops: Optional[float] = typer.Option(None, "--flops", help="Keep this fraction of the dense encoder's MACs, in (0, 1]. Default: the profile's budget, else 0.6."),
+        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
+        lut: Optional[str] = typer.Option(None, "--lut", help="Latency table from `optin-deploy lut` (measured here when omitted)."),
+        out: Path = typer.Option(Path("optin-build"), "--out", help="Bundle folder (written atomically)."),
+        calib_samples: int = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split)."),
+        calib_length: int = typer.Option(64, "--calib-length", help="Token length of text calibration samples."),
+        scoring: str = typer.Option("auto", "--scoring", help="exact | fast | auto (fast when exact would take over 5 minutes)."),
+        scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher."),
+        probes: int = typer.Option(64, "--probes", help="Hutchinson probes for fast scoring."),
+        max_accuracy_drop: Optional[float] = typer.Option(2.0, "--max-accuracy-drop", help="Quality gate in points: exit non-zero when the drop is larger."),
+        eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
+        bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
+        optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
+        seed: int = typer.Option(0, "--seed"),
+        text_column: str = typer.Option("text", "--text-column"),
+        label_column: str = typer.Option("label", "--label-column"),
+        json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+    ):
+        """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
+        from ..build import BuildOptions, check_gate, run_build
+        from ..errors import OptinError
+        from ..progress import console
+
+        if eval_split not in ("validation", "test"):
+            raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
+        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
+                            calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
+                            max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
+                            seed=seed, text_column=text_column, label_column=label_column)
+        report = run_build(opts)
+        a, t = report["accuracy"], report["throughput"]
+        console.print(
+            f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+            f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
+        )
+        if json_out:
+            typer.echo(json.dumps(report, indent=1, default=float))
+        check_gate(report)

@@ -1,0 +1,47 @@
+"""``optin-deploy export``: export a (pruned) model to ONNX or TensorRT, parity-checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def export_cmd(
+    model_dir: str = typer.Argument(..., help="A pruned-model folder, a transformers folder, a hub name or timm:NAME."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx, model.engine, parity.json, export.json)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or tensorrt."),
+    backend: str = typer.Option("tensorrt", "--backend", help="For --format tensorrt: tensorrt (engine from ONNX) or torch-tensorrt."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT only; bf16 needs an Ampere+ GPU)."),
+    batch: int = typer.Option(8, "--batch", help="Optimal (opt) batch size; also the example batch."),
+    seq_len: int = typer.Option(128, "--seq-len", help="Optimal (opt) sequence length for text models."),
+    min_batch: int = typer.Option(1, "--min-batch"),
+    max_batch: int = typer.Option(64, "--max-batch"),
+    min_seq_len: int = typer.Option(1, "--min-seq-len"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Default: min(512, the model's position embeddings)."),
+    optimize: bool = typer.Option(False, "--optimize", help="Also write an onnxruntime-optimised graph (kept only if it passes parity)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data set for real parity inputs (default: the model's recorded data, else built-in sentences / random pixels)."),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT builder workspace limit."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (reused across builds)."),
+) -> None:
+    """Export MODEL_DIR and check it against PyTorch on real inputs at two shapes."""
+    from ..exporters.bundle import export_model_dir
+
+    m = export_model_dir(
+        model_dir, out, fmt=fmt, backend=backend, precision=precision, batch=batch, seq_len=seq_len,
+        min_batch=min_batch, max_batch=max_batch, min_seq_len=min_seq_len, max_seq_len=max_seq_len,
+        optimize=optimize, opset=opset, data=data, workspace_gb=workspace_gb, timing_cache=timing_cache,
+    )
+    for name, par in m["parity"].items():
+        if par:
+            agree = "n/a" if par["min_agreement"] is None else f"{par['min_agreement']:.1%}"
+            typer.echo(f"{name}: parity passed (max |diff| {par['max_abs_diff']:.2e}, argmax agreement {agree}, {len(par['cases'])} shapes)")
+    if m.get("optimized") and not m["optimized"].get("kept"):
+        typer.echo(f"optimised graph dropped: {m['optimized'].get('reason')}")
+    typer.echo(f"wrote {out} (artifact {Path(m['artifact']).name}, runtime {m['runtime']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)

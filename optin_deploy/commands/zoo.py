@@ -1,0 +1,72 @@
+"""``optin-deploy zoo``: list, prepare and evaluate the built-in task models."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+zoo_app = typer.Typer(
+    name="zoo",
+    help="The built-in task models, trained once on first use and cached (~/.cache/optin-deploy or $OPTIN_DEPLOY_CACHE).",
+    no_args_is_help=True,
+)
+
+
+@zoo_app.command("list")
+def list_cmd() -> None:
+    """List the zoo's models, whether they are prepared and their test accuracy."""
+    from .. import zoo
+
+    for t in zoo.list_tasks():
+        acc = f"test accuracy {t['test_accuracy'] * 100:.1f}%" if t["test_accuracy"] is not None else "not prepared"
+        default = " (default)" if t["default"] else ""
+        typer.echo(f"{t['name']}{default}: {t['description']}")
+        typer.echo(f"    data {t['data']}; {acc}; {t['path']}")
+
+
+@zoo_app.command("prepare")
+def prepare_cmd(
+    name: Optional[str] = typer.Argument(None, help="A zoo model (default minilm-sentiment); 'all' prepares every one."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if already cached."),
+) -> None:
+    """Train and cache a zoo model (once; later runs reuse it)."""
+    from .. import zoo
+
+    names = list(zoo.ZOO) if name == "all" else [name or zoo.DEFAULT_TASK]
+    for n in names:
+        zoo._entry(n)
+    for n in names:
+        folder = zoo.prepare(n, force=force)
+        i = zoo.info(n) or {}
+        typer.echo(
+            f"{n}: test accuracy {i.get('test_accuracy', float('nan')) * 100:.2f}% "
+            f"(macro-F1 {i.get('test_macro_f1', float('nan')) * 100:.2f}%), validation accuracy "
+            f"{i.get('validation_accuracy', float('nan')) * 100:.2f}%, trained in {i.get('train_seconds', float('nan')):.0f}s; {folder}"
+        )
+
+
+@zoo_app.command("eval")
+def eval_cmd(
+    name: str = typer.Argument(..., help="A zoo model."),
+    split: str = typer.Option("test", help="test or validation."),
+    batch_size: int = typer.Option(64, help="Inference batch size."),
+) -> None:
+    """Dense PyTorch accuracy of a zoo model on its test split."""
+    from .. import zoo
+    from ..errors import OptinError
+
+    if split not in ("test", "validation"):
+        raise OptinError(f"--split must be test or validation, not {split!r}")
+    if batch_size < 1:
+        raise OptinError(f"--batch-size must be at least 1, not {batch_size}")
+    task = zoo.get_task(name)
+    m = zoo.evaluate(task, split, batch_size)
+    typer.echo(
+        f"{name} on {task.data.name} {split} ({m['n']} examples, PyTorch dense): accuracy {m['accuracy'] * 100:.2f}%, "
+        f"macro-F1 {m['macro_f1'] * 100:.2f}% ({m['seconds']:.1f}s)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(zoo_app, name="zoo")

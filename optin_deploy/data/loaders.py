@@ -1,0 +1,423 @@
+"""Users' own data: CSV / TSV / JSONL files, saved Hugging Face data sets and image folders.
+
+:func:`load_data` is the one entry point: ``spec`` is a built-in name (see
+:mod:`optin_deploy.data.builtin`) or a path.
+
+* A single file (``.csv``, ``.tsv``, ``.jsonl``, ``.json``) is split 80/10/10, stratified, seeded.
+* A folder holding ``train.*`` (and optionally ``validation.*``/``val.*``/``dev.*`` and ``test.*``)
+  files uses those splits; a missing validation or test split is carved from train.
+* A folder saved with ``datasets``' ``save_to_disk`` is read with ``datasets.load_from_disk``.
+* A folder with one sub-folder of images per class is an image data set (optionally under
+  ``train/``, ``validation/``, ``test/``). Images are resized to the model's image size and
+  normalised with its mean and std.
+
+Labels: integers are class ids as they are; strings are mapped to ids in sorted order (the
+training split's labels); non-integer numbers make a regression task. The label column may be
+absent (calibration-only data): labels are then None and evaluation says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import OptinError
+from .builtin import BUILTINS, SEED, load_builtin, stratified_split
+from .types import Split, TaskData
+
+TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "test": "test", "testing": "test",
+}
+
+
+def load_data(
+    spec: str | Path,
+    *,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    image_size: int | Sequence[int] | None = None,
+    image_mean: float | Sequence[float] = 0.5,
+    image_std: float | Sequence[float] = 0.5,
+    num_channels: int = 3,
+    seed: int = SEED,
+) -> TaskData:
+    """Load a built-in data set (by name) or the user's data (by path) as :class:`TaskData`.
+
+    ``image_size``/``image_mean``/``image_std``/``num_channels`` apply to image folders only (the
+    model's preprocessing; size defaults to 224). ``label_column=None`` loads inputs only.
+    """
+    s = str(spec)
+    if s in BUILTINS:
+        return load_builtin(s, seed=seed)
+    path = Path(s).expanduser()
+    if not path.exists():
+        raise OptinError(
+            f"data {s!r} is neither a built-in data set ({', '.join(BUILTINS)}) nor an existing file or folder"
+        )
+    if path.is_file():
+        if path.suffix.lower() not in TEXT_SUFFIXES:
+            raise OptinError(f"{path}: unsupported data file type {path.suffix!r}; use .csv, .tsv or .jsonl (or a folder)")
+        rows, cols = _read_table(path)
+        return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path))
+    return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed)
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def _read_table(path: Path) -> tuple[list[dict], list[str]]:
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise OptinError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except OSError as exc:
+        raise OptinError(f"cannot read {path} ({exc.strerror})") from None
+    if not raw.strip():
+        raise OptinError(f"{path} is empty; it needs a header row and at least one data row")
+    suffix = path.suffix.lower()
+    rows: list[dict]
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        cols = [c for c in (reader.fieldnames or []) if c is not None]
+        try:
+            rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k is not None)]
+        except csv.Error as exc:
+            raise OptinError(f"{path} is not valid CSV ({exc})") from None
+    else:
+        stripped = raw.lstrip()
+        if suffix == ".json" and stripped.startswith("["):
+            try:
+                rows = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise OptinError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        else:
+            rows = []
+            for i, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise OptinError(f"{path} line {i} is not valid JSON ({exc.msg}); JSONL needs one object per line") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise OptinError(f"{path}: every record must be a JSON object with named fields")
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+    if not rows:
+        raise OptinError(f"{path} has a header but no data rows")
+    return rows, cols
+
+
+def _is_int(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    if isinstance(v, float):
+        return v.is_integer()
+    if isinstance(v, str):
+        t = v.strip()
+        return t.lstrip("-").isdigit()
+    return False
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return True
+    try:
+        float(str(v).strip())
+        return True
+    except ValueError:
+        return False
+
+
+class _Labels:
+    """Maps raw label values to ids (or floats for regression), fitted on the training split."""
+
+    def __init__(self, values: list, where: str):
+        vals = [v for v in values if v is not None and str(v).strip() != ""]
+        if len(vals) < len(values):
+            raise OptinError(f"{where}: {len(values) - len(vals)} rows have an empty label; fill them in or drop them")
+        self.where = where
+        if vals and all(_is_int(v) for v in vals) and min(int(float(v)) for v in vals) >= 0:
+            self.kind = "int"
+            self.names = [str(i) for i in range(max(int(float(v)) for v in vals) + 1)]
+            self.seen = {int(float(v)) for v in vals}
+        elif vals and all(_is_number(v) for v in vals):
+            self.kind = "float"
+            self.names = ["score"]
+        else:
+            self.kind = "str"
+            self.names = sorted({str(v).strip() for v in vals})
+            self.ids = {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def task_type(self) -> str:
+        return "regression" if self.kind == "float" else "classification"
+
+    def encode(self, values: list, split: str, where: str) -> torch.Tensor:
+        if self.kind == "float":
+            try:
+                return torch.tensor([float(v) for v in values], dtype=torch.float32)
+            except (TypeError, ValueError):
+                raise OptinError(f"{where}: the {split} labels are not all numbers, unlike the training labels") from None
+        if self.kind == "int":
+            bad = [v for v in values if not _is_int(v) or int(float(v)) not in self.seen]
+            ids = None if bad else [int(float(v)) for v in values]
+        else:
+            bad = [v for v in values if str(v).strip() not in self.ids]
+            ids = None if bad else [self.ids[str(v).strip()] for v in values]
+        if bad:
+            shown = ", ".join(repr(b) for b in list(dict.fromkeys(map(str, bad)))[:5])
+            raise OptinError(
+                f"{where}: the {split} split has labels not seen in training ({shown}); training labels are "
+                f"{', '.join(self.names) if self.kind == 'str' else sorted(self.seen)}"
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def _column(rows: list[dict], col: str) -> list:
+    return [r.get(col) for r in rows]
+
+
+def _from_rows(
+    name: str,
+    parts: dict[str, tuple[list[dict], list[str], str]],
+    text_column: str,
+    label_column: str | None,
+    seed: int,
+    origin: str,
+) -> TaskData:
+    """Build TaskData from tabular rows: ``parts`` maps split name ('all', 'train', ...) to rows."""
+    for split, (rows, cols, where) in parts.items():
+        if text_column not in cols:
+            raise OptinError(
+                f"{where} has no text column {text_column!r}; columns are: {', '.join(cols) or '(none)'}; pass --text-column"
+            )
+    have_labels = label_column is not None and all(label_column in cols for rows, cols, _ in parts.values())
+    if label_column is not None and not have_labels and any(label_column in cols for _, cols, _ in parts.values()):
+        missing = [w for _, c, w in parts.values() if label_column not in c]
+        raise OptinError(f"{missing[0]} has no label column {label_column!r} while other splits do; add it or drop it everywhere")
+    train_rows = parts.get("all", parts.get("train"))[0] if ("all" in parts or "train" in parts) else None
+    if train_rows is None:
+        raise OptinError(f"{origin}: found {', '.join(parts)} splits but no training split; add a train file")
+    train_where = parts.get("all", parts.get("train"))[2]
+
+    def texts_of(rows: list[dict]) -> list[str]:
+        return ["" if v is None else str(v) for v in _column(rows, text_column)]
+
+    labeler = _Labels(_column(train_rows, label_column), train_where) if have_labels else None
+    source = {"path": origin, "text_column": text_column, "label_column": label_column if have_labels else None}
+    if not have_labels:
+        source["missing_label_column"] = label_column
+        source["columns"] = parts.get("all", parts.get("train"))[1]
+
+    encoded: dict[str, Split] = {}
+    for split, (rows, _, where) in parts.items():
+        labels = labeler.encode(_column(rows, label_column), split if split != "all" else "data", where) if labeler else None
+        encoded[split] = Split(texts_of(rows), labels)
+    encoded, how = _fill_splits(encoded, labeler is not None and labeler.task_type == "classification", seed, origin)
+    source["split"] = how
+    source["seed"] = seed
+    return TaskData(
+        name=name,
+        modality="text",
+        task_type=labeler.task_type if labeler else "classification",  # type: ignore[arg-type]
+        label_names=labeler.names if labeler else [],
+        train=encoded["train"], validation=encoded["validation"], test=encoded["test"], source=source,
+    )
+
+
+def _subset(s: Split, idx: np.ndarray) -> Split:
+    ids = torch.as_tensor(idx, dtype=torch.long)
+    inputs = s.inputs[ids] if isinstance(s.inputs, torch.Tensor) else [s.inputs[int(i)] for i in idx]
+    return Split(inputs, None if s.labels is None else s.labels[ids])
+
+
+def _fill_splits(parts: dict[str, Split], stratify: bool, seed: int, origin: str) -> tuple[dict[str, Split], str]:
+    """Turn 'all' or train(+validation)(+test) into train/validation/test (80/10/10 seeded)."""
+    if "all" in parts:
+        s = parts["all"]
+        if len(s) < 3:
+            raise OptinError(f"{origin} has only {len(s)} rows; it needs at least 3 to make train/validation/test splits")
+        labels = s.labels.numpy() if (stratify and s.labels is not None) else None
+        tr, va, te = stratified_split(labels, len(s), seed=seed)
+        return {"train": _subset(s, tr), "validation": _subset(s, va), "test": _subset(s, te)}, "80/10/10 seeded" + (" stratified" if labels is not None else "")
+    out = dict(parts)
+    missing = [k for k in ("validation", "test") if k not in out]
+    if missing:
+        s = out["train"]
+        labels = s.labels.numpy() if (stratify and s.labels is not None) else None
+        fr = {("validation",): (8, 1), ("test",): (8, 1), ("validation", "test"): (8, 1, 1)}[tuple(missing)]
+        pieces = stratified_split(labels, len(s), fractions=fr, seed=seed)
+        out["train"] = _subset(s, pieces[0])
+        for k, p in zip(missing, pieces[1:]):
+            out[k] = _subset(s, p)
+    for k in ("train", "validation", "test"):
+        if len(out[k]) == 0:
+            raise OptinError(f"{origin}: the {k} split is empty; add more data")
+    how = "given splits" + (f"; {' and '.join(missing)} carved from train (seeded)" if missing else "")
+    return out, how
+
+
+# ---------------------------------------------------------------------------------------- folders
+
+
+def _split_name(stem: str) -> str | None:
+    return SPLIT_ALIASES.get(stem.lower())
+
+
+def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
+    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed)
+    files = {}
+    for f in sorted(path.iterdir()):
+        if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and _split_name(f.stem):
+            files.setdefault(_split_name(f.stem), f)
+    if files:
+        parts = {}
+        for split, f in files.items():
+            rows, cols = _read_table(f)
+            parts[split] = (rows, cols, str(f))
+        return _from_rows(path.name, parts, text_column, label_column, seed, str(path))
+    subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not subdirs:
+        raise OptinError(
+            f"{path} is a folder without train/validation/test files, a saved data set or class sub-folders of images; "
+            f"pass a .csv/.jsonl file or an image folder"
+        )
+    split_dirs = {_split_name(d.name): d for d in subdirs if _split_name(d.name)}
+    if split_dirs and len(split_dirs) == len(subdirs):
+        return _load_images({k: v for k, v in split_dirs.items()}, path, image_size, image_mean, image_std, num_channels, seed)
+    return _load_images({"all": path}, path, image_size, image_mean, image_std, num_channels, seed)
+
+
+def _norm_vec(v: float | Sequence[float], channels: int, what: str) -> np.ndarray:
+    a = np.asarray([v] * channels if isinstance(v, (int, float)) else list(v), dtype=np.float32)
+    if len(a) == 1:
+        a = np.repeat(a, channels)
+    if len(a) != channels:
+        raise OptinError(f"image {what} has {len(a)} values but the model takes {channels} channels")
+    return a.reshape(channels, 1, 1)
+
+
+def _size(image_size) -> tuple[int, int]:
+    if image_size is None:
+        return (224, 224)
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    if isinstance(image_size, dict):
+        return (int(image_size.get("height", image_size.get("shortest_edge"))), int(image_size.get("width", image_size.get("shortest_edge"))))
+    h, w = list(image_size)[-2:]
+    return (int(h), int(w))
+
+
+def images_to_tensor(images: list, image_size, image_mean, image_std, num_channels: int, where: str = "") -> torch.Tensor:
+    """PIL images (or paths) to a normalised ``N x C x H x W`` float tensor."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = _size(image_size)
+    mean, std = _norm_vec(image_mean, num_channels, "mean"), _norm_vec(image_std, num_channels, "std")
+    out = np.empty((len(images), num_channels, h, w), dtype=np.float32)
+    for i, im in enumerate(images):
+        try:
+            img = Image.open(im) if isinstance(im, (str, Path)) else im
+            img = img.convert("L" if num_channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise OptinError(f"cannot read image {im if isinstance(im, (str, Path)) else where} ({exc}); remove or fix it") from None
+        a = np.asarray(img, dtype=np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        out[i] = (a - mean) / std
+    return torch.from_numpy(out)
+
+
+def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
+    per_split: dict[str, tuple[list[Path], list[str]]] = {}
+    for split, root in roots.items():
+        files, labels = [], []
+        for cls in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            for f in sorted(cls.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(f)
+                    labels.append(cls.name)
+        if not files:
+            raise OptinError(f"{root} has no images in class sub-folders ({', '.join(sorted(IMAGE_SUFFIXES))}); put each class's images in its own sub-folder")
+        per_split[split] = (files, labels)
+    train_key = "all" if "all" in per_split else "train"
+    if train_key not in per_split:
+        raise OptinError(f"{origin}: found {', '.join(per_split)} folders but no train folder")
+    names = sorted(set(per_split[train_key][1]))
+    ids = {n: i for i, n in enumerate(names)}
+    parts = {}
+    for split, (files, labels) in per_split.items():
+        unknown = sorted(set(labels) - set(ids))
+        if unknown:
+            raise OptinError(f"{origin}: the {split} split has classes not seen in training ({', '.join(unknown[:5])}); training classes are {', '.join(names)}")
+        x = images_to_tensor(files, image_size, image_mean, image_std, num_channels)
+        parts[split] = Split(x, torch.tensor([ids[l] for l in labels], dtype=torch.long))
+    parts, how = _fill_splits(parts, True, seed, str(origin))
+    source = {"path": str(origin), "split": how, "seed": seed, "image_size": list(_size(image_size)),
+              "image_mean": np.ravel(_norm_vec(image_mean, num_channels, "mean")).tolist(),
+              "image_std": np.ravel(_norm_vec(image_std, num_channels, "std")).tolist()}
+    return TaskData(origin.name, "image", "classification", names, parts["train"], parts["validation"], parts["test"], source)
+
+
+# ----------------------------------------------------------------------------------- HF datasets
+
+
+def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise OptinError(f"{path} is a saved Hugging Face data set, which needs the 'datasets' package: pip install datasets") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
+        raise OptinError(f"cannot load the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    if isinstance(ds, datasets.DatasetDict):
+        splits = {}
+        for k in ds:
+            sk = _split_name(k)
+            if sk is None:
+                raise OptinError(f"{path}: unknown split {k!r}; name the splits train, validation and test")
+            splits[sk] = ds[k]
+    else:
+        splits = {"all": ds}
+    any_ds = next(iter(splits.values()))
+    cols = list(any_ds.column_names)
+    features = any_ds.features
+    image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
+    if text_column not in cols and image_col is not None:
+        names = None
+        if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
+            names = list(features[label_column].names)
+        parts = {}
+        for k, d in splits.items():
+            x = images_to_tensor(list(d[image_col]), image_size, image_mean, image_std, num_channels, str(path))
+            y = torch.tensor(d[label_column], dtype=torch.long) if label_column in cols else None
+            parts[k] = Split(x, y)
+        if names is None and parts.get("all", parts.get("train")).labels is not None:
+            y_all = parts.get("all", parts.get("train")).labels
+            names = [str(i) for i in range(int(y_all.max()) + 1)]
+        parts, how = _fill_splits(parts, label_column in cols, seed, str(path))
+        return TaskData(path.name, "image", "classification", names or [], parts["train"], parts["validation"], parts["test"],
+                        {"path": str(path), "split": how, "seed": seed, "image_column": image_col})
+    rows_parts = {}
+    for k, d in splits.items():
+        rows = d.select_columns([c for c in (text_column, label_column) if c in d.column_names]).to_list()
+        if not rows:
+            raise OptinError(f"{path}: the {k} split is empty")
+        rows_parts[k] = (rows, list(d.column_names), f"{path} ({k})")
+    td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path))
+    if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
+        td.label_names = list(features[label_column].names)
+    return td

@@ -1,0 +1,179 @@
+"""Task metrics computed through a runtime (onnxruntime, TensorRT, PyTorch), not only in PyTorch.
+
+* classification: accuracy, plus macro-F1 when there are more than two labels;
+* regression: Spearman (and Pearson) correlation;
+* for every model besides the baseline (the dense one): the agreement rate of its predictions
+  with the baseline's (regression: Spearman between the two prediction sets, and the max |diff|).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import OptinError
+from .runtimes.base import Runtime
+
+# ---------------------------------------------------------------- metrics
+
+
+def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    pred, labels = np.asarray(pred), np.asarray(labels)
+    if pred.shape != labels.shape:
+        raise ValueError(f"predictions {pred.shape} and labels {labels.shape} differ in shape")
+    return float((pred == labels).mean()) if len(labels) else float("nan")
+
+
+def macro_f1(pred: np.ndarray, labels: np.ndarray, num_labels: int | None = None) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions
+    (a class never predicted nor present is skipped; one present but never predicted scores 0)."""
+    pred, labels = np.asarray(pred).astype(int), np.asarray(labels).astype(int)
+    classes = range(num_labels) if num_labels else np.union1d(pred, labels)
+    f1s = []
+    for c in classes:
+        tp = int(((pred == c) & (labels == c)).sum())
+        fp = int(((pred == c) & (labels != c)).sum())
+        fn = int(((pred != c) & (labels == c)).sum())
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties averaged), like ``scipy.stats.spearmanr``."""
+    return pearson(_ranks(np.ravel(a)), _ranks(np.ravel(b)))
+
+
+def task_metrics(logits: np.ndarray, labels: np.ndarray | None, task_type: str, num_labels: int) -> dict:
+    logits = np.asarray(logits, dtype=np.float32)
+    out: dict[str, Any] = {"n": int(len(logits))}
+    if labels is None:
+        return out
+    labels = np.asarray(labels)
+    if task_type == "regression":
+        p = logits.reshape(len(logits), -1)[:, 0]
+        out["spearman"] = spearman(p, labels)
+        out["pearson"] = pearson(p, labels)
+    else:
+        p = logits.argmax(1)
+        out["accuracy"] = accuracy(p, labels)
+        if num_labels > 2:
+            out["macro_f1"] = macro_f1(p, labels, num_labels)
+    return out
+
+
+def agreement(logits: np.ndarray, base_logits: np.ndarray, task_type: str) -> dict:
+    logits, base_logits = np.asarray(logits, dtype=np.float32), np.asarray(base_logits, dtype=np.float32)
+    if task_type == "regression":
+        a, b = logits.reshape(len(logits), -1)[:, 0], base_logits.reshape(len(base_logits), -1)[:, 0]
+        return {"spearman_vs_baseline": spearman(a, b), "max_abs_diff_vs_baseline": float(np.abs(a - b).max())}
+    return {"agreement_vs_baseline": float((logits.argmax(1) == base_logits.argmax(1)).mean())}
+
+
+# ---------------------------------------------------------------- running
+
+
+def predict(task, runtime: Runtime, split: str = "test", batch_size: int = 64, progress: bool = True,
+            description: str = "predicting") -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits of ``runtime`` (already loaded) over a split of ``task``, with the labels."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    s = getattr(task.data, split) if isinstance(split, str) else split
+    n = len(s)
+    if n == 0:
+        raise OptinError(f"the {split} split of {task.data.name!r} is empty")
+    logits, labels = [], []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=True) as bar:
+        t = bar.add_task(description, total=n)
+        for inputs, y in task.batches(split, batch_size):
+            logits.append(np.asarray(runtime.run(inputs), dtype=np.float32))
+            if y is not None:
+                labels.append(y.numpy())
+            bar.advance(t, len(next(iter(inputs.values()))))
+    return np.concatenate(logits), (np.concatenate(labels) if labels else None)
+
+
+def evaluate(
+    task,
+    runtimes_and_models: Mapping[str, tuple[Runtime, Any]],
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    baseline: str | None = None,
+    progress: bool = True,
+    return_logits: bool = False,
+) -> dict:
+    """Evaluate each labelled ``(runtime, artifact)`` on ``task``'s ``split`` through that runtime.
+
+    Artifacts are loaded here unless ``None`` (runtime already loaded). ``baseline`` (default: the
+    first label, normally the dense model) is what agreement is measured against.
+    """
+    labels = list(runtimes_and_models)
+    if not labels:
+        raise OptinError("nothing to evaluate")
+    baseline = baseline or labels[0]
+    if baseline not in runtimes_and_models:
+        raise OptinError(f"baseline {baseline!r} is not one of {labels}")
+    task_type, num_labels = task.data.task_type, task.data.num_labels
+    out: dict[str, Any] = {"task": task.name, "data": task.data.name, "split": split, "task_type": task_type,
+                           "num_labels": num_labels, "baseline": baseline, "models": {}}
+    all_logits = {}
+    for l in labels:
+        rt, artifact = runtimes_and_models[l]
+        if artifact is not None:
+            rt.load(artifact)
+        logits, y = predict(task, rt, split, batch_size, progress, description=f"evaluating {l}")
+        all_logits[l] = logits
+        out["models"][l] = {**task_metrics(logits, y, task_type, num_labels), "runtime": rt.describe()}
+    for l in labels:
+        if l != baseline:
+            out["models"][l].update(agreement(all_logits[l], all_logits[baseline], task_type))
+    if return_logits:
+        out["logits"] = all_logits
+    return out
+
+
+def print_eval_table(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"{result['task']} — {result['split']} split ({result['task_type']}), baseline {result['baseline']}")
+    cols = ["model", "runtime", "n"]
+    metric_keys = [k for k in ("accuracy", "macro_f1", "spearman", "pearson", "agreement_vs_baseline", "spearman_vs_baseline")
+                   if any(k in m for m in result["models"].values())]
+    for c in cols + metric_keys:
+        t.add_column(c, justify="left" if c in ("model", "runtime") else "right")
+    for label, m in result["models"].items():
+        row = [label, m["runtime"].get("runtime", "?"), str(m["n"])]
+        for k in metric_keys:
+            v = m.get(k)
+            row.append("—" if v is None else (f"{v:.2%}" if k in ("accuracy", "agreement_vs_baseline") else f"{v:.4f}"))
+        t.add_row(*row)
+    console.print(t)

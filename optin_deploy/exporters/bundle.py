@@ -1,0 +1,236 @@
+"""One call that exports a model into a bundle folder and records what was checked.
+
+``export_bundle(model, example_inputs, out_dir, fmt="onnx"|"tensorrt", ...)`` writes:
+
+* ``model.onnx`` (always; TensorRT engines are built from it), ``model.optimized.onnx`` when
+  ``optimize`` and its own parity check passed;
+* ``model.engine`` + ``model.engine.json`` (``fmt="tensorrt"``, backend ``tensorrt``) or
+  ``model.ep`` + ``model.json`` (backend ``torch-tensorrt``);
+* ``parity.json``: the parity result of every artifact; ``export.json``: all metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ..errors import OptinError
+from .base import ShapeProfile, get_exporter, input_names_for, is_text_input, ordered_inputs
+from .parity import parity_inputs
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def export_bundle(
+    model: torch.nn.Module,
+    example_inputs: Mapping[str, torch.Tensor],
+    out_dir: str | os.PathLike,
+    *,
+    fmt: str = "onnx",
+    backend: str = "tensorrt",
+    precision: str = "fp32",
+    profile: ShapeProfile | None = None,
+    optimize: bool = False,
+    task=None,
+    input_names: Sequence[str] | None = None,
+    opset: int | None = None,
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike | None = None,
+    threads: int | None = None,
+    parity_shapes: Sequence[tuple[int, int | None]] | None = None,
+    source: str | os.PathLike | None = None,
+) -> dict:
+    """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
+
+    Returns the manifest (also written to ``export.json``): ``artifact`` is the file a runtime
+    should load, ``artifacts`` all files, ``parity`` the per-artifact parity dicts. ``source``
+    (the model folder or spec) is recorded so ``eval``/``bench`` can find the tokenizer and data.
+    """
+    if fmt not in ("onnx", "tensorrt"):
+        raise OptinError(f"unknown --format {fmt!r}; choose onnx or tensorrt")
+    if fmt == "tensorrt" and backend not in ("tensorrt", "torch-tensorrt"):
+        raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
+    if fmt == "onnx" and precision != "fp32":
+        raise OptinError("ONNX exports are fp32 (onnxruntime CPU has few fp16 kernels); use --format tensorrt for fp16/bf16")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptinError(f"cannot create output folder {out_dir} ({exc.strerror or exc}); pass a writable --out") from None
+    profile = profile or ShapeProfile()
+    inputs = ordered_inputs(example_inputs, input_names or (task.input_names if task is not None else None))
+    if parity_shapes:
+        plist = parity_inputs(inputs, task=task, batches=[b for b, _ in parity_shapes],
+                              seq_lens=[s or 0 for _, s in parity_shapes], profile=profile)
+    else:
+        plist = parity_inputs(inputs, task=task, profile=profile)
+    common = dict(profile=profile, task=task, parity_inputs_list=plist, opset=opset)
+
+    cfg = getattr(model, "config", None)
+    manifest: dict = {"source": str(source) if source is not None else None,
+                      "vocab_size": getattr(cfg, "vocab_size", None),
+                      "format": fmt, "precision": precision, "model_class": type(model).__name__,
+                      "input_names": list(inputs), "profile": profile.to_dict(), "artifacts": {}, "parity": {}}
+    if fmt == "onnx" or backend == "tensorrt":
+        # TensorRT engines are built from an fp32 ONNX graph; for fp32 engines it is the same file
+        res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
+                                          threads=threads, **common)
+        manifest["artifacts"]["onnx"] = res.metadata
+        manifest["parity"]["model.onnx"] = res.metadata.get("parity")
+        manifest["artifact"] = str(res.path)
+        opt = res.metadata.get("optimized")
+        if opt:
+            manifest["optimized"] = {k: v for k, v in opt.items() if k != "parity"}
+            if opt.get("kept"):
+                manifest["parity"][opt["file"]] = opt["parity"]
+                manifest["artifact"] = opt["path"]
+    if fmt == "tensorrt":
+        if backend == "tensorrt":
+            res = get_exporter("tensorrt").export(model, inputs, out_dir / "model.engine", precision=precision,
+                                                  workspace_gb=workspace_gb, timing_cache=timing_cache,
+                                                  onnx_path=out_dir / "model.onnx", **common)
+            manifest["artifacts"]["tensorrt"] = res.metadata
+            manifest["parity"]["model.engine"] = res.metadata.get("parity")
+        else:
+            res = get_exporter("torch-tensorrt").export(model, inputs, out_dir / "model.ep", precision=precision,
+                                                        workspace_gb=workspace_gb, **common)
+            manifest["artifacts"]["torch-tensorrt"] = res.metadata
+            manifest["parity"]["model.ep"] = res.metadata.get("parity")
+        manifest["artifact"] = str(res.path)
+    manifest["runtime"] = default_runtime_for(manifest["artifact"])
+    _write_json(out_dir / "parity.json", manifest["parity"])
+    _write_json(out_dir / "export.json", manifest)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The ``export.json`` of a bundle folder (or of the folder holding an artifact), else None."""
+    p = Path(path)
+    for d in (p, p.parent):
+        f = d / "export.json"
+        if d.is_dir() and f.exists():
+            try:
+                return json.loads(f.read_text())
+            except ValueError:
+                raise OptinError(f"{f} is not valid JSON; re-export the bundle") from None
+    return None
+
+
+def default_runtime_for(artifact: str | os.PathLike) -> str:
+    suffix = Path(artifact).suffix
+    return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt"}.get(suffix, "torch-cpu")
+
+
+SAMPLE_TEXTS = [
+    "A gripping, beautifully shot film that never loses its nerve.",
+    "Tedious and overlong; the jokes land with a thud.",
+    "The performances are strong, but the script is a mess.",
+    "An instant classic.",
+    "I wanted to like it more than I did, yet the final act is genuinely moving and the score soars.",
+    "Flat characters, predictable twists and a soundtrack that won't quit.",
+    "Funny, warm and surprisingly sharp about growing older.",
+    "Not worth the price of the ticket.",
+]
+
+
+def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: int = 128,
+                             model_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs of an exact shape for a model without a task: text is tokenised from built-in review
+    sentences when a tokenizer sits in ``model_dir`` (else seeded random token ids); images are
+    seeded standard-normal pixels (already 'normalised')."""
+    names = input_names_for(model)
+    g = torch.Generator().manual_seed(seed)
+    if any(is_text_input(n) for n in names):
+        tok = None
+        if model_dir is not None:
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(model_dir))
+            except Exception:
+                tok = None
+        if tok is not None:
+            texts = (SAMPLE_TEXTS * (-(-batch // len(SAMPLE_TEXTS))))[:batch]
+            enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+            return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
+        ids = torch.randint(5, max(vocab, 6), (batch, seq_len), generator=g)
+        mask = torch.ones_like(ids)
+        lengths = torch.randint(max(seq_len // 2, 1), seq_len + 1, (batch,), generator=g)
+        lengths[0] = seq_len
+        for i, n in enumerate(lengths.tolist()):
+            mask[i, n:] = 0
+            ids[i, n:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+    c, h, w = image_shape(model)
+    return {"pixel_values": torch.randn(batch, c, h, w, generator=g)}
+
+
+def image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "image_size"):
+        size = cfg.image_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(getattr(cfg, "num_channels", 3)), int(h), int(w)
+    pe = getattr(model, "patch_embed", None)  # timm
+    if pe is not None and getattr(pe, "img_size", None):
+        h, w = pe.img_size
+        c = getattr(getattr(pe, "proj", None), "in_channels", 3)
+        return int(c), int(h), int(w)
+    raise OptinError(f"cannot tell the image size of {type(model).__name__}; pass example inputs")
+
+
+def export_model_dir(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "onnx",
+    backend: str = "tensorrt",
+    precision: str = "fp32",
+    batch: int = 8,
+    seq_len: int = 128,
+    min_batch: int = 1,
+    max_batch: int = 64,
+    min_seq_len: int = 1,
+    max_seq_len: int | None = None,
+    optimize: bool = False,
+    opset: int | None = None,
+    data: str | None = None,
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike | None = None,
+) -> dict:
+    """Load a model folder/spec (with its task when data is given or recorded) and export it."""
+    from ..models import load_model
+
+    task = None
+    folder = Path(str(model_dir)).expanduser()
+    recorded = folder.is_dir() and any((folder / f).exists() for f in ("optin_task.json", "zoo_info.json"))
+    if data is not None or recorded:
+        from ..zoo import load_task
+
+        task = load_task(str(model_dir), data, progress=False)
+        model = task.model
+    else:
+        model = load_model(model_dir)
+    from .onnx import _max_positions
+
+    maxpos = _max_positions(model)
+    if max_seq_len is None:
+        max_seq_len = min(512, maxpos) if maxpos else 512
+    seq_len = min(seq_len, max_seq_len)
+    profile = ShapeProfile(min_batch, batch, max_batch, min_seq_len, seq_len, max_seq_len)
+    if task is not None:
+        example = task.example_inputs(batch, seq_len if task.modality == "text" else None)
+    else:
+        example = example_inputs_for_model(model, batch, seq_len, model_dir=folder if folder.is_dir() else None)
+    return export_bundle(model, example, out, fmt=fmt, backend=backend, precision=precision, profile=profile,
+                         optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
+                         timing_cache=timing_cache, source=str(model_dir))

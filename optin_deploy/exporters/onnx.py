@@ -1,0 +1,249 @@
+"""ONNX export with ``torch.onnx.export(dynamo=True)``.
+
+* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``;
+* dynamic batch axis, plus the sequence axis for text;
+* a single file (``external_data=False``) unless the weights pass 2 GB;
+* ``onnx.checker.check_model`` and an onnxruntime parity check run on a temporary file in the
+  destination folder, which is moved into place with ``os.replace`` only when both pass: a failed
+  export leaves no file behind and raises :class:`OptinError` naming the stage;
+* optional onnxruntime transformer optimisation (``optimize=True``), kept only if its own parity
+  check passes (otherwise the reason is recorded in the metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+
+from ..errors import OptinError
+from .base import (
+    TORCH_DTYPES,
+    Exporter,
+    ExportResult,
+    LogitsModel,
+    ShapeProfile,
+    is_text_input,
+    ordered_inputs,
+)
+from .parity import check_parity, parity_inputs
+
+TWO_GB = 2**31 - 2**20  # protobuf's limit, with a little headroom
+
+
+@contextlib.contextmanager
+def staging_dir(out_path: Path, stage: str = "onnx export") -> Iterator[Path]:
+    """A temporary folder next to ``out_path``; files written there under their final names are
+    moved into ``out_path.parent`` with ``os.replace`` on success, and everything is deleted on failure."""
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    except OSError as exc:
+        raise OptinError(f"{stage}: cannot write to {out_path.parent} ({exc.strerror or exc}); pass a writable --out") from None
+    try:
+        yield tmp
+        for f in sorted(tmp.iterdir(), key=lambda p: p == tmp / out_path.name):  # the .onnx file last
+            os.replace(f, out_path.parent / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _max_positions(model: torch.nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None)
+    if n is None:
+        return None
+    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
+    return int(n)
+
+
+def _example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torch.export specialises dimensions of size 0/1: trace with batch >= 2 and sequence >= 2."""
+    out = {}
+    for n, t in inputs.items():
+        if t.shape[0] < 2:
+            t = t.repeat(2, *([1] * (t.dim() - 1)))
+        if is_text_input(n) and t.shape[1] < 2:
+            t = t.repeat(1, 2)
+        out[n] = t.contiguous()
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    # torch.onnx wraps the real cause; prefer the innermost message
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause).strip():
+        msg = str(cause).strip().splitlines()
+    return (msg[0] if msg else type(exc).__name__)[:300]
+
+
+def onnx_parity_runner(path: Path, threads: int | None = None):
+    from ..runtimes.ort import OrtRuntime
+
+    return OrtRuntime("ort-cpu", threads=threads).load(path)
+
+
+class OnnxExporter(Exporter):
+    name = "onnx"
+    suffix = ".onnx"
+
+    def export(
+        self,
+        model: torch.nn.Module,
+        example_inputs: Mapping[str, torch.Tensor],
+        out_path: str | os.PathLike,
+        *,
+        input_names: list[str] | None = None,
+        profile: ShapeProfile | None = None,
+        opset: int | None = None,
+        precision: str = "fp32",
+        parity: bool = True,
+        parity_inputs_list: list[dict[str, torch.Tensor]] | None = None,
+        task=None,
+        optimize: bool = False,
+        threads: int | None = None,
+        **_: object,
+    ) -> ExportResult:
+        """Export, check and (optionally) optimise. ``precision`` fp16/bf16 bakes the compute type
+        into the graph (float32 inputs and logits), for strongly typed TensorRT builds; the
+        onnxruntime parity check then runs only for fp32 (CPU onnxruntime lacks many fp16 kernels)."""
+        out_path = Path(out_path)
+        profile = profile or ShapeProfile()
+        inputs = ordered_inputs(example_inputs, input_names)
+        names = list(inputs)
+        text = any(is_text_input(n) for n in names)
+        if precision not in TORCH_DTYPES:
+            raise OptinError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        maxpos = _max_positions(model)
+        if text and maxpos is not None and profile.max_seq > maxpos:
+            raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
+
+        model = model.eval()
+        reference = LogitsModel(model, names)
+        if precision != "fp32":
+            wrapped = LogitsModel(copy.deepcopy(model), names, compute_dtype=TORCH_DTYPES[precision]).eval()
+        else:
+            wrapped = reference
+        n_bytes = sum(p.numel() * p.element_size() for p in wrapped.parameters())
+        external = n_bytes > TWO_GB
+
+        batch = torch.export.Dim("batch", min=1, max=max(profile.max_batch, 2))
+        seq = torch.export.Dim("sequence", min=1, max=max(profile.max_seq, 2)) if text else None
+        dyn = tuple({0: batch, 1: seq} if is_text_input(n) else {0: batch} for n in names)
+        trace_inputs = _example_for_trace(inputs)
+
+        meta: dict = {
+            "format": "onnx",
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "torch_version": torch.__version__,
+            "input_names": names,
+            "output_names": ["logits"],
+            "dynamic_axes": {n: ({"0": "batch", "1": "sequence"} if is_text_input(n) else {"0": "batch"}) for n in names},
+            "input_dtypes": {n: str(t.dtype).replace("torch.", "") for n, t in inputs.items()},
+            "input_shapes": {n: [None, None] if is_text_input(n) else [None, *t.shape[1:]] for n, t in inputs.items()},
+            "profile": profile.to_dict(),
+            "precision": precision,
+            "external_data": external,
+            "weights_bytes": n_bytes,
+        }
+        t0 = time.perf_counter()
+        with staging_dir(out_path) as tmp_dir:
+            tmp = tmp_dir / out_path.name
+            # stage 1: torch.onnx.export
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(
+                        wrapped,
+                        tuple(trace_inputs.values()),
+                        str(tmp),
+                        dynamo=True,
+                        input_names=names,
+                        output_names=["logits"],
+                        dynamic_shapes=(dyn,),
+                        opset_version=opset,
+                        external_data=external,
+                        optimize=True,
+                    )
+            except OptinError:
+                raise
+            except Exception as exc:
+                raise OptinError(
+                    f"ONNX export failed at torch.onnx.export for {type(model).__name__}: {_first_line(exc)}"
+                ) from None
+            if not tmp.exists():
+                raise OptinError(f"ONNX export failed at torch.onnx.export: no file was written for {type(model).__name__}")
+            # stage 2: onnx.checker
+            import onnx
+
+            try:
+                onnx.checker.check_model(str(tmp), full_check=False)
+                proto = onnx.load(str(tmp), load_external_data=False)
+            except Exception as exc:
+                raise OptinError(f"ONNX export failed at onnx.checker: {_first_line(exc)}") from None
+            meta["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+            meta["ir_version"] = proto.ir_version
+            meta["onnx_version"] = onnx.__version__
+            meta["export_seconds"] = round(time.perf_counter() - t0, 2)
+            del proto
+
+            # stage 3: parity in onnxruntime (CPU)
+            if parity and precision == "fp32":
+                plist = parity_inputs_list or parity_inputs(inputs, task=task, profile=profile)
+                try:
+                    rt = onnx_parity_runner(tmp, threads)
+                except OptinError as exc:
+                    raise OptinError(f"ONNX export failed at onnxruntime load: {exc}") from None
+                meta["parity"] = check_parity(reference, rt.run, plist, precision="fp32", what=f"ONNX export of {type(model).__name__}")
+                meta["parity"]["runtime"] = rt.describe()
+                del rt
+
+                # stage 4 (optional): onnxruntime transformer optimisation, kept only if it passes
+                if optimize:
+                    meta["optimized"] = self._optimize(tmp, tmp_dir, out_path, names, reference, plist, threads)
+            elif optimize:
+                meta["optimized"] = {"kept": False, "reason": f"optimisation is only done for fp32 exports (precision {precision})"}
+        meta["path"] = str(out_path)
+        if meta.get("optimized", {}).get("kept"):
+            meta["optimized"]["path"] = str(out_path.parent / meta["optimized"]["file"])
+        return ExportResult(path=out_path, metadata=meta)
+
+    @staticmethod
+    def _optimize(src: Path, tmp_dir: Path, out_path: Path, names, reference, plist, threads) -> dict:
+        text = any(is_text_input(n) for n in names)
+        model_type = "bert" if text else "vit"
+        opt_name = out_path.stem + ".optimized.onnx"
+        info: dict = {"model_type": model_type, "num_heads": 0, "hidden_size": 0, "file": opt_name}
+        try:
+            from onnxruntime.transformers.optimizer import optimize_model
+
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                # num_heads=0 / hidden_size=0: detect per attention node (pruned layers differ)
+                opt = optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, use_gpu=False)
+                info["fused_operators"] = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+                opt.save_model_to_file(str(tmp_dir / opt_name))
+        except Exception as exc:
+            (tmp_dir / opt_name).unlink(missing_ok=True)
+            return {**info, "kept": False, "reason": f"optimizer failed: {_first_line(exc)}"}
+        try:
+            rt = onnx_parity_runner(tmp_dir / opt_name, threads)
+            par = check_parity(reference, rt.run, plist, precision="fp32", raise_on_fail=False)
+        except Exception as exc:
+            (tmp_dir / opt_name).unlink(missing_ok=True)
+            return {**info, "kept": False, "reason": f"optimised model does not load in onnxruntime: {_first_line(exc)}"}
+        if not par["passed"]:
+            (tmp_dir / opt_name).unlink(missing_ok=True)
+            return {**info, "kept": False, "reason": "parity failed: " + "; ".join(par["failures"]), "parity": par}
+        return {**info, "kept": True, "parity": par}

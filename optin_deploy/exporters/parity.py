@@ -1,0 +1,169 @@
+"""Parity between an exported artifact and the PyTorch model it came from.
+
+Every export is checked on real inputs at two or more shapes (different batch sizes and, for text,
+sequence lengths, so the dynamic axes are exercised). Measured per shape: the maximum absolute
+difference of the logits and the argmax agreement rate. Thresholds:
+
+* fp32 (ONNX, fp32 engines): max |diff| <= 1e-4 and 100 % argmax agreement;
+* fp16 / bf16 engines: >= 99 % argmax agreement (the difference is recorded, not gated).
+
+The result is a JSON-able dict (written to ``parity.json`` in the bundle); a failure raises
+:class:`OptinError` unless ``raise_on_fail=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import OptinError
+from .base import ShapeProfile, is_text_input
+
+THRESHOLDS = {
+    "fp32": {"atol": 1e-4, "min_agreement": 1.0},
+    "fp16": {"atol": None, "min_agreement": 0.99},
+    "bf16": {"atol": None, "min_agreement": 0.99},
+}
+
+DEFAULT_BATCHES = (1, 8)
+DEFAULT_SEQ_LENS = (16, 64)
+
+
+def _resize_text(ids: torch.Tensor, mask: torch.Tensor, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    reps = -(-batch // ids.shape[0])
+    ids, mask = ids.repeat(reps, 1)[:batch], mask.repeat(reps, 1)[:batch]
+    if seq <= ids.shape[1]:
+        return ids[:, :seq].contiguous(), mask[:, :seq].contiguous()
+    # longer than the example: pad with the example's padding token (masked out)
+    pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
+    extra = seq - ids.shape[1]
+    ids = torch.cat([ids, torch.full((batch, extra), pad_id, dtype=ids.dtype)], dim=1)
+    mask = torch.cat([mask, torch.zeros((batch, extra), dtype=mask.dtype)], dim=1)
+    return ids, mask
+
+
+def parity_inputs(
+    example_inputs: Mapping[str, torch.Tensor] | None = None,
+    *,
+    task=None,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    seq_lens: Sequence[int] = DEFAULT_SEQ_LENS,
+    profile: ShapeProfile | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Inputs at several shapes (``zip(batches, seq_lens)``; image models use only the batches).
+
+    With a ``task`` they are real test inputs (:meth:`Task.example_inputs`); otherwise they are made
+    from ``example_inputs`` by repeating rows and truncating/padding tokens. Shapes are clipped to
+    ``profile``'s range when given.
+    """
+    if task is None and example_inputs is None:
+        raise ValueError("parity_inputs needs example_inputs or a task")
+    names = task.input_names if task is not None else list(example_inputs)
+    text = any(is_text_input(n) for n in names)
+    out = []
+    seen = set()
+    for i, b in enumerate(batches):
+        s = seq_lens[i % len(seq_lens)] if text else None
+        if profile is not None:
+            b = min(max(b, profile.min_batch), profile.max_batch)
+            if text:
+                s = min(max(s, profile.min_seq), profile.max_seq)
+        if (b, s) in seen:
+            continue
+        seen.add((b, s))
+        if task is not None:
+            out.append(task.example_inputs(b, s))
+        elif text:
+            ids, mask = _resize_text(example_inputs["input_ids"], example_inputs["attention_mask"], b, s)
+            d = {"input_ids": ids, "attention_mask": mask}
+            for n in names:
+                if n not in d:  # e.g. token_type_ids
+                    d[n] = _resize_text(example_inputs[n], example_inputs["attention_mask"], b, s)[0]
+            out.append({n: d[n] for n in names})
+        else:
+            x = example_inputs[names[0]]
+            reps = -(-b // x.shape[0])
+            out.append({names[0]: x.repeat(reps, *([1] * (x.dim() - 1)))[:b].contiguous()})
+    return out
+
+
+@torch.inference_mode()
+def reference_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """Float32 logits of a :class:`LogitsModel` (or any module taking the inputs positionally)."""
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    return model(*(v.to(device) for v in inputs.values())).float().cpu().numpy()
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+    ref = np.asarray(ref, dtype=np.float32)
+    got = np.asarray(got, dtype=np.float32)
+    if ref.shape != got.shape:
+        return {"shape_ok": False, "ref_shape": list(ref.shape), "got_shape": list(got.shape)}
+    finite = bool(np.isfinite(got).all())
+    diff = float(np.abs(ref - got).max()) if ref.size else 0.0
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        agreement = float((ref.argmax(1) == got.argmax(1)).mean())
+    else:  # regression: no argmax; agreement is not defined
+        agreement = None
+    return {"shape_ok": True, "finite": finite, "max_abs_diff": diff, "agreement": agreement}
+
+
+def check_parity(
+    reference: torch.nn.Module,
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    inputs_list: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    precision: str = "fp32",
+    atol: float | None = None,
+    min_agreement: float | None = None,
+    raise_on_fail: bool = True,
+    what: str = "exported model",
+) -> dict:
+    """Run ``reference`` (PyTorch, float32) and ``run`` (the artifact) on every input set and compare.
+
+    ``run`` takes ``{name: np.ndarray}`` and returns logits. Returns the parity dict; raises
+    :class:`OptinError` when a threshold is missed and ``raise_on_fail``.
+    """
+    th = dict(THRESHOLDS.get(precision, THRESHOLDS["fp32"]))
+    if atol is not None:
+        th["atol"] = atol
+    if min_agreement is not None:
+        th["min_agreement"] = min_agreement
+    cases = []
+    for inputs in inputs_list:
+        ref = reference_logits(reference, inputs)
+        got = run({k: v.cpu().numpy() for k, v in inputs.items()})
+        c = compare(ref, got)
+        c["shapes"] = {k: list(v.shape) for k, v in inputs.items()}
+        cases.append(c)
+    failures = []
+    for c in cases:
+        where = ", ".join(f"{k}={v}" for k, v in c["shapes"].items())
+        if not c["shape_ok"]:
+            failures.append(f"logits shape {c['got_shape']} != {c['ref_shape']} at {where}")
+            continue
+        if not c["finite"]:
+            failures.append(f"non-finite logits at {where}")
+        if th["atol"] is not None and c["max_abs_diff"] > th["atol"]:
+            failures.append(f"max |diff| {c['max_abs_diff']:.3g} > {th['atol']:.0e} at {where}")
+        if c["agreement"] is not None and c["agreement"] < th["min_agreement"]:
+            failures.append(f"argmax agreement {c['agreement']:.1%} < {th['min_agreement']:.0%} at {where}")
+    ok_cases = [c for c in cases if c["shape_ok"]]
+    agreements = [c["agreement"] for c in ok_cases if c["agreement"] is not None]
+    result = {
+        "passed": not failures,
+        "precision": precision,
+        "thresholds": th,
+        "max_abs_diff": max((c["max_abs_diff"] for c in ok_cases), default=None),
+        "min_agreement": min(agreements) if agreements else None,
+        "cases": cases,
+        "failures": failures,
+    }
+    if failures and raise_on_fail:
+        raise OptinError(f"parity check failed for {what}: {failures[0]}" + (f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""))
+    return result

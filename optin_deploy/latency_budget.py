@@ -1,0 +1,179 @@
+"""Selection under a latency budget, closed-loop on the target runtime.
+
+:func:`select_for_latency` selects with a latency table (``optin_deploy.lut``) as the cost model,
+builds the pruned model, measures it with the caller's ``measure_fn`` (pruned model -> ms on the
+target runtime), and corrects the budget it hands to the selection until the measured latency lies
+in ``[low * target, target]`` or ``max_rounds`` is reached::
+
+    from optin_deploy.latency_budget import select_for_latency
+    from optin_deploy.lut import make_measure_fn
+
+    res = select_for_latency(model, (head_scores, neuron_scores), "x86-cpu-ort", "lut.json",
+                             target_ms=40.0, measure_fn=make_measure_fn("x86-cpu-ort"))
+    res.plan, res.model, res.measured_ms, res.met, res.rounds
+
+Each round: ``budget <- budget * aim / measured`` with ``aim = (low + 1) / 2 * target`` (the middle of
+the accepted band), kept strictly inside the bracket of budgets already seen to be over / under
+the target (bisection when the multiplicative step would leave it). The result is the best round
+that met the target (the highest measured latency <= target, i.e. the most units kept); if none
+did, the fastest round, with ``met = False``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .core.costs import CostModel
+from .core.selection import Selection, select
+from .core.surgery import PrunePlan, apply_plan
+from .errors import OptinError
+from .profiles import Profile, load_profile, selection_kwargs
+
+
+@dataclass
+class LatencySelection:
+    target_ms: float
+    plan: PrunePlan
+    selection: Selection
+    model: nn.Module  # the pruned model of the chosen round
+    predicted_ms: float  # the table's prediction for the chosen plan
+    measured_ms: float
+    met: bool  # measured <= target
+    in_band: bool = False  # low * target <= measured <= target
+    rounds: list[dict] = field(default_factory=list)
+    chosen_round: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "target_ms": self.target_ms, "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms,
+            "measured_over_target": self.measured_ms / self.target_ms, "met": self.met, "in_band": self.in_band, "chosen_round": self.chosen_round,
+            "rounds": self.rounds, "plan": self.plan.to_dict(),
+        }
+
+
+def _split_scores(scores: Any, lam: float = 10.0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    if hasattr(scores, "combined"):  # core.scoring.RawScores
+        return scores.combined(lam)
+    if isinstance(scores, dict) and "heads" in scores:
+        return [torch.as_tensor(s, dtype=torch.float64) for s in scores["heads"]], [torch.as_tensor(s, dtype=torch.float64) for s in scores["neurons"]]
+    hs, ns = scores
+    return [torch.as_tensor(s) for s in hs], [torch.as_tensor(s) for s in ns]
+
+
+def select_for_latency(
+    model: nn.Module,
+    scores: Any,
+    profile: Profile | str | None,
+    lut: Any,
+    target_ms: float,
+    measure_fn: Callable[[nn.Module], float],
+    max_rounds: int = 4,
+    *,
+    low: float = 0.9,
+    lam: float = 10.0,
+    progress: Callable[[str], None] | None = None,
+) -> LatencySelection:
+    """Prune ``model`` so that its latency measured by ``measure_fn`` is at most ``target_ms``.
+
+    ``scores``: :class:`~optin_deploy.core.scoring.RawScores` (combined with ``lam``), a
+    ``(head_scores, neuron_scores)`` pair of per-layer tensors, or ``{"heads": ..., "neurons": ...}``.
+    ``lut``: a latency table path, :class:`~optin_deploy.lut.LatencyTable` or a ms
+    :class:`~optin_deploy.core.costs.CostModel`. ``profile`` gives the alignment multiples.
+    ``measure_fn(pruned_model) -> ms`` measures on the target runtime (see
+    :func:`optin_deploy.lut.make_measure_fn`). Every round's budget, predicted and measured latency
+    is in ``result.rounds``.
+    """
+    from .lut import LatencyTable, load_lut
+
+    log = progress or (lambda s: None)
+    if target_ms <= 0:
+        raise OptinError(f"--latency-ms must be positive, got {target_ms}")
+    if max_rounds < 1:
+        raise OptinError("max_rounds must be at least 1")
+    prof = load_profile(profile) if profile is not None else None
+    table = None
+    if isinstance(lut, CostModel):
+        costs = lut
+        table = costs.info.get("lut")
+    else:
+        if isinstance(lut, LatencyTable):
+            table = lut
+        costs = load_lut(lut, model, prof)
+        table = costs.info.get("lut", table)
+    if costs.unit != "ms":
+        raise OptinError(f"select_for_latency needs a latency cost model (ms), got one in {costs.unit}")
+    hs, ns = _split_scores(scores, lam)
+    kw = selection_kwargs(prof)
+    floor = costs.fixed + sum(costs.attn(l, 0) for l in range(costs.num_layers))
+    if target_ms <= floor:
+        raise OptinError(
+            f"target {target_ms:g} ms is below what pruning can reach on this table ({floor:.3g} ms with every head and "
+            f"neuron removed); raise --latency-ms"
+        )
+
+    def predict(plan: PrunePlan, sel: Selection) -> float:
+        if table is not None:
+            h, n = plan.counts()
+            return float(table.predict(h, n))
+        return float(sel.cost)
+
+    rounds: list[dict] = []
+    built: dict[tuple, tuple[Selection, nn.Module, float]] = {}
+    lo, hi = None, None  # largest budget measured within target, smallest measured over
+    budget = float(target_ms)
+    aim = (1.0 + low) / 2.0 * target_ms
+    for r in range(max_rounds):
+        try:
+            sel = select(hs, ns, costs, budget, **kw)
+        except ValueError:
+            raise OptinError(f"no plan fits a budget of {budget:.3g} ms on this latency table; raise --latency-ms") from None
+        key = (tuple(map(tuple, sel.plan.heads)), tuple(map(tuple, sel.plan.neurons)))
+        if key in built:
+            sel, pruned, measured = built[key]
+            reused = True
+        else:
+            pruned = apply_plan(model, sel.plan)
+            measured = float(measure_fn(pruned))
+            built[key] = (sel, pruned, measured)
+            reused = False
+        pred = predict(sel.plan, sel)
+        h, n = sel.plan.counts()
+        rounds.append({
+            "round": r, "budget_ms": budget, "predicted_ms": pred, "selection_cost_ms": float(sel.cost), "measured_ms": measured,
+            "measured_over_target": measured / target_ms, "prediction_error": (pred - measured) / measured,
+            "heads": h, "neurons": n, "reused_measurement": reused,
+        })
+        log(f"round {r}: budget {budget:.3f} ms -> predicted {pred:.3f} ms, measured {measured:.3f} ms (target {target_ms:g})")
+        if measured <= target_ms:
+            lo = budget if lo is None else max(lo, budget)
+        else:
+            hi = budget if hi is None else min(hi, budget)
+        if low * target_ms <= measured <= target_ms:
+            break
+        new = budget * aim / measured
+        if hi is not None and new >= hi:
+            new = (lo + hi) / 2 if lo is not None else min(new, hi * 0.97)
+        if lo is not None and new <= lo:
+            new = (lo + hi) / 2 if hi is not None else max(new, lo * 1.03)
+        budget = max(new, floor * 1.0001)
+
+    ok = [(i, rd) for i, rd in enumerate(rounds) if rd["measured_ms"] <= target_ms]
+    if ok:
+        idx = max(ok, key=lambda t: (t[1]["measured_ms"], -t[0]))[0]
+    else:
+        idx = min(range(len(rounds)), key=lambda i: rounds[i]["measured_ms"])
+    rd = rounds[idx]
+    sel_key = None
+    for key, (sel, pruned, measured) in built.items():
+        if list(map(len, key[0])) == rd["heads"] and list(map(len, key[1])) == rd["neurons"] and measured == rd["measured_ms"]:
+            sel_key = key
+            break
+    sel, pruned, measured = built[sel_key]
+    met = measured <= target_ms
+    return LatencySelection(target_ms, sel.plan, sel, pruned, rd["predicted_ms"], measured, met,
+                            met and measured >= low * target_ms, rounds, idx)

@@ -1,0 +1,520 @@
+"""Latency lookup tables: what one attention part and one MLP cost on the target runtime.
+
+``measure_lut(model, profile)`` times, on the machine it runs on and with the profile's runtime
+(onnxruntime CPU / CUDA / TensorRT execution provider, the profile's threads, batch and sequence
+length), the model's own first transformer block sliced with the adapter:
+
+* ``block(h, 0)`` for every head count ``h = 0..H`` (MLP removed) -> ``attn_ms[h] = block(h, 0) - block(0, 0)``;
+* ``block(0, f)`` for a grid of MLP widths ``f = 0, step, 2 step, ..., F`` -> ``mlp_ms``;
+* the full model with every block reduced to ``block(0, 0)`` (embeddings, task head and the residual
+  / LayerNorm remains of every block) -> ``empty_model_ms``, the part pruning cannot remove;
+* the dense model -> ``dense_model_ms``.
+
+Each block is exported on its own to ONNX (a small module taking hidden states ``B x T x d``; BERT
+blocks get ``attention_mask=None``) and every artifact is timed interleaved with the others
+(``rounds`` rounds of ``iters`` runs each after a warm-up; the statistic is the median), so a
+change in machine load hits all entries alike. Blocks timed alone do not add up exactly to the
+whole graph, so the block tables are multiplied by one calibration factor ``scale`` that makes
+``empty + L * (attn[H] + mlp[F])`` equal the measured dense latency.
+
+The JSON file is self-describing (device, versions, shapes, profile, model dimensions), so a table
+measured on an edge device can be copied to the build host. ``load_lut(file)`` turns it into a
+:class:`~optin_deploy.core.costs.CostModel` in milliseconds for :func:`~optin_deploy.core.selection.select`:
+``attn(l, h)`` from the table, the per-neuron slope of a least-squares line through the MLP table
+(its intercept, paid by every layer that keeps an MLP, goes to ``fixed`` with ``empty_model_ms``).
+:meth:`LatencyTable.predict` gives the piecewise-linear prediction of a plan's latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import OptinError
+from .profiles import Profile, load_profile
+
+LUT_FORMAT = "optin-deploy-lut"
+LUT_VERSION = 1
+
+
+class LutMismatchWarning(UserWarning):
+    """A latency table is used with another profile, shape or model than it was measured for."""
+
+
+# ------------------------------------------------------------------------------------- environment
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    try:
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:  # pragma: no cover
+        pass
+    return None
+
+
+def environment() -> dict:
+    import onnxruntime as ort
+
+    versions = {"onnxruntime": ort.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("onnx", "transformers", "timm"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    return {
+        "device": {"cpu": cpu_name(), "gpu": gpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                   "hostname": platform.node()},
+        "versions": versions,
+    }
+
+
+# ---------------------------------------------------------------------------------------- timing
+
+
+def ort_runtime_for(profile: Profile):
+    """The onnxruntime runtime that measures for ``profile`` (raises a one-line error if missing).
+
+    ``tensorrt`` profiles are measured through onnxruntime's TensorRT execution provider (the same
+    TensorRT kernels), with fp16 enabled for fp16 profiles.
+    """
+    from .runtimes.ort import OrtRuntime
+
+    name = {"onnxruntime-cpu": "ort-cpu", "onnxruntime-cuda": "ort-cuda", "onnxruntime-tensorrt": "ort-tensorrt",
+            "tensorrt": "ort-tensorrt"}.get(profile.runtime)
+    if name is None:
+        raise OptinError(f"latency tables are measured with onnxruntime; profile {profile.name} uses runtime {profile.runtime}")
+    opts = {}
+    if name == "ort-tensorrt" and profile.precision == "fp16":
+        opts = {"trt_fp16_enable": True}
+    return OrtRuntime(name, threads=profile.threads if name == "ort-cpu" else None, provider_options=opts)
+
+
+def _feed(rt, inputs: Mapping[str, Any]) -> dict:
+    feed = {}
+    for n, dt in rt.inputs.items():
+        x = inputs[n]
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        feed[n] = np.ascontiguousarray(x, dtype=dt)
+    return feed
+
+
+def time_interleaved(runners: Mapping[str, Callable[[], Any]], *, rounds: int = 7, iters: int = 5, warmup: int = 3,
+                     max_seconds: float | None = None) -> dict[str, dict]:
+    """Median milliseconds of each runner, timed in interleaved rounds (``rounds`` x ``iters`` runs each).
+
+    Interleaving spreads slow phases of a shared machine over every entry instead of one. Returns
+    ``{name: {"median_ms", "min_ms", "n"}}``. With ``max_seconds`` fewer rounds are run (at least 2).
+    """
+    samples: dict[str, list[float]] = {k: [] for k in runners}
+    for fn in runners.values():
+        for _ in range(warmup):
+            fn()
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        for name, fn in runners.items():
+            for _ in range(iters):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+        if max_seconds is not None and r >= 1 and time.perf_counter() - t_start > max_seconds:
+            break
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "n": len(v)} for k, v in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+class _BlockOnly(nn.Module):
+    """One transformer block as a graph ``hidden states (B x T x d) -> hidden states``."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.block = block
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x.to(self.dtype))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return out.float()
+
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def export_block(block: nn.Module, x: torch.Tensor, path: Path, precision: str = "fp32") -> Path:
+    """Export one block (hidden states in, hidden states out) with dynamic batch and sequence axes."""
+    dtype = _DTYPES[precision]
+    wrapped = _BlockOnly(copy.deepcopy(block).to(dtype).eval(), dtype).eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("sequence", min=2, max=1 << 16)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (x,), str(path), dynamo=True, input_names=["hidden_states"], output_names=["out"],
+                              dynamic_shapes=({0: batch, 1: seq},), external_data=False, optimize=True)
+    except Exception as exc:
+        msg = str(exc.__cause__ or exc).strip().splitlines()
+        raise OptinError(f"latency table: ONNX export of a block failed: {(msg[0] if msg else type(exc).__name__)[:300]}") from None
+    return path
+
+
+def example_inputs(model: nn.Module, profile: Profile, batch: int | None = None) -> dict[str, torch.Tensor]:
+    """Benchmark inputs at the profile's batch and sequence length (text) or the model's image size."""
+    from .exporters.base import input_names_for
+
+    b = batch or profile.batch_size
+    names = input_names_for(model)
+    if "input_ids" in names:
+        cfg = getattr(model, "config", None)
+        vocab = int(getattr(cfg, "vocab_size", 1000) or 1000)
+        T = profile.seq_len or profile.opt_seq or 128
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(min(5, vocab - 1), vocab, (b, T), generator=g)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    size = _model_image_size(model) or profile.image_size or 224
+    if profile.image_size and size != profile.image_size:
+        warnings.warn(f"model takes {size}x{size} images; profile {profile.name} says image_size {profile.image_size}: timing at {size}",
+                      LutMismatchWarning, stacklevel=2)
+    chans = int(getattr(getattr(model, "config", None), "num_channels", 3) or 3)
+    return {"pixel_values": torch.randn(b, chans, size, size, generator=torch.Generator().manual_seed(0))}
+
+
+def _model_image_size(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    s = getattr(cfg, "image_size", None)
+    if s is None:
+        pe = getattr(model, "patch_embed", None)
+        s = getattr(pe, "img_size", None)
+    if isinstance(s, (tuple, list)):
+        s = s[0]
+    return int(s) if s else None
+
+
+def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], profile: Profile | None = None):
+    """A ShapeProfile around the measured shape, within the model's position embeddings."""
+    from .exporters.base import ShapeProfile, is_text_input
+    from .exporters.onnx import _max_positions
+
+    first = next(iter(inputs.values()))
+    B = int(first.shape[0])
+    T = int(first.shape[1]) if any(is_text_input(n) for n in inputs) else 1
+    max_b = max(B, 2, profile.max_batch if profile and profile.max_batch else B)
+    max_t = max(T, 2, profile.max_seq if profile and profile.max_seq else T)
+    maxpos = _max_positions(model)
+    if maxpos is not None:
+        max_t = max(T, min(max_t, maxpos))
+    return ShapeProfile(1, B, max_b, 1, T, max_t)
+
+
+def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Path, profile: Profile | None = None) -> Path:
+    """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter)."""
+    from .exporters.onnx import OnnxExporter
+
+    precision = profile.precision if profile is not None and profile.runtime != "onnxruntime-cpu" else "fp32"
+    OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, profile), parity=False,
+                          precision=precision)
+    return path
+
+
+def measure_model_ms(model: nn.Module, profile: Profile | str, inputs: Mapping[str, torch.Tensor] | None = None, *,
+                     rounds: int = 7, iters: int = 5, warmup: int = 3, workdir: str | os.PathLike | None = None) -> float:
+    """Median latency (ms) of ``model`` exported to ONNX and run on the profile's onnxruntime provider.
+
+    This is the default ``measure_fn`` of :func:`optin_deploy.latency_budget.select_for_latency`.
+    """
+    profile = load_profile(profile)
+    inputs = inputs or example_inputs(model, profile)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = export_model(model, inputs, Path(tmp) / "model.onnx", profile)
+        rt = ort_runtime_for(profile).load(path)
+        feed = _feed(rt, inputs)
+        res = time_interleaved({"m": lambda: rt.session.run(None, feed)}, rounds=rounds, iters=iters, warmup=warmup)
+    return res["m"]["median_ms"]
+
+
+def make_measure_fn(profile: Profile | str, inputs: Mapping[str, torch.Tensor] | None = None, **timing) -> Callable[[nn.Module], float]:
+    """``model -> measured ms`` on the profile's runtime (for :func:`select_for_latency`)."""
+    profile = load_profile(profile)
+    return lambda m: measure_model_ms(m, profile, inputs, **timing)
+
+
+# ----------------------------------------------------------------------------------------- table
+
+
+@dataclass
+class LatencyTable:
+    profile: dict
+    shapes: dict
+    model: dict
+    attn_ms: list[float]  # index h: attention part with h heads (attn_ms[0] == 0)
+    mlp_widths: list[int]
+    mlp_ms: list[float]  # MLP part at each width (mlp_ms at width 0 == 0)
+    empty_model_ms: float  # the whole model with every block reduced (what pruning cannot remove)
+    dense_model_ms: float | None = None
+    scale: float = 1.0  # applied to attn_ms / mlp_ms already
+    environment: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)
+    format: str = LUT_FORMAT
+    version: int = LUT_VERSION
+
+    # ---- predictions ------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return int(self.model["num_layers"])
+
+    def attn(self, h: int) -> float:
+        return float(self.attn_ms[min(int(h), len(self.attn_ms) - 1)])
+
+    def mlp(self, f: int) -> float:
+        """Piecewise-linear interpolation of the MLP table (linear extrapolation past the ends)."""
+        return float(np.interp(f, self.mlp_widths, self.mlp_ms))
+
+    def predict(self, heads: list[int], neurons: list[int]) -> float:
+        """Predicted latency (ms) of a model with these per-layer head counts and MLP widths."""
+        return self.empty_model_ms + sum(self.attn(h) + self.mlp(f) for h, f in zip(heads, neurons))
+
+    def dense_predicted(self) -> float:
+        return self.predict(self.model["heads"], self.model["neurons"])
+
+    def linear_fit(self) -> tuple[float, float]:
+        """``(intercept_ms, ms_per_neuron)`` of a least-squares line through the MLP table (widths > 0)."""
+        w = np.array([x for x in self.mlp_widths if x > 0], dtype=float)
+        t = np.array([y for x, y in zip(self.mlp_widths, self.mlp_ms) if x > 0], dtype=float)
+        if len(w) == 0:
+            return 0.0, 0.0
+        if len(w) == 1:
+            return 0.0, float(t[0] / w[0])
+        slope, intercept = np.polyfit(w, t, 1)
+        return float(intercept), float(slope)
+
+    def cost_model(self):
+        """A :class:`CostModel` in milliseconds (absolute budgets: ``select(..., budget=target_ms)``)."""
+        from .core.costs import CostModel
+
+        L = self.num_layers
+        intercept, slope = self.linear_fit()
+        table = list(self.attn_ms)
+
+        def attn(l: int, h: int) -> float:
+            return float(table[min(int(h), len(table) - 1)])
+
+        fixed = self.empty_model_ms + L * intercept
+        info = {"lut": self, "mlp_intercept_ms": intercept, "neuron_ms": slope, "profile": self.profile.get("name"),
+                "shapes": self.shapes}
+        return CostModel(L, list(self.model["heads"]), list(self.model["neurons"]), attn, [slope] * L, fixed, "ms", info)
+
+    # ---- io ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        intercept, slope = self.linear_fit()
+        d["fit"] = {"mlp_intercept_ms": intercept, "neuron_ms": slope, "dense_predicted_ms": self.dense_predicted()}
+        return d
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyTable":
+        if d.get("format") != LUT_FORMAT:
+            raise OptinError(f"not an optin-deploy latency table (format {d.get('format')!r}); make one with: optin-deploy lut")
+        if int(d.get("version", 0)) > LUT_VERSION:
+            raise OptinError(f"latency table version {d.get('version')} is newer than this optin-deploy reads ({LUT_VERSION}); upgrade")
+        names = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as exc:
+            raise OptinError(f"latency table is incomplete: {exc}") from None
+
+
+def read_lut(path: str | os.PathLike) -> LatencyTable:
+    p = Path(path)
+    if not p.is_file():
+        raise OptinError(f"latency table {p} does not exist; make one with: optin-deploy lut --profile P --model M --out {p}")
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OptinError(f"latency table {p} is not valid JSON: {exc}") from None
+    return LatencyTable.from_dict(d)
+
+
+def check_compatible(table: LatencyTable, model: nn.Module | None = None, profile: Profile | str | None = None) -> list[str]:
+    """Reasons the table may not fit this model / profile (each also issued as a warning)."""
+    problems = []
+    if profile is not None:
+        p = load_profile(profile)
+        tp = table.profile
+        if tp.get("name") != p.name:
+            problems.append(f"latency table was measured for profile {tp.get('name')!r}, used with {p.name!r}")
+        for key in ("runtime", "precision", "threads"):
+            if tp.get(key) != getattr(p, key):
+                problems.append(f"latency table {key} {tp.get(key)!r} differs from profile {p.name}'s {getattr(p, key)!r}")
+        if table.shapes.get("batch") != p.batch_size:
+            problems.append(f"latency table batch {table.shapes.get('batch')} differs from profile {p.name}'s {p.batch_size}")
+        if table.shapes.get("seq_len") is not None and p.seq_len is not None and table.shapes.get("seq_len") != p.seq_len:
+            problems.append(f"latency table sequence length {table.shapes.get('seq_len')} differs from profile {p.name}'s {p.seq_len}")
+    if model is not None:
+        from .adapters import get_adapter
+
+        a = get_adapter(model)
+        if a.num_layers != table.num_layers:
+            raise OptinError(f"latency table is for a {table.num_layers}-layer model, this model has {a.num_layers} layers")
+        if a.heads_per_layer() != list(table.model["heads"]) or a.neurons_per_layer() != list(table.model["neurons"]):
+            problems.append("latency table was measured for other head counts / MLP widths than this model's "
+                            f"({table.model['heads']} / {table.model['neurons']} vs {a.heads_per_layer()} / {a.neurons_per_layer()})")
+        if a.hidden_size() != table.model.get("hidden_size"):
+            problems.append(f"latency table hidden size {table.model.get('hidden_size')} differs from the model's {a.hidden_size()}")
+    for msg in problems:
+        warnings.warn(msg, LutMismatchWarning, stacklevel=3)
+    return problems
+
+
+def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = None, profile: Profile | str | None = None):
+    """A latency table file -> a :class:`~optin_deploy.core.costs.CostModel` in ms.
+
+    With ``model`` / ``profile`` the table is checked against them: a different layer count is an
+    error, other differences (profile, shapes, widths) are :class:`LutMismatchWarning`\\ s, also listed in
+    ``cost_model.info["warnings"]``.
+    """
+    table = path if isinstance(path, LatencyTable) else read_lut(path)
+    problems = check_compatible(table, model, profile)
+    cm = table.cost_model()
+    cm.info["warnings"] = problems
+    return cm
+
+
+# ------------------------------------------------------------------------------------- measuring
+
+
+def mlp_grid(F: int, step: int | None = None, points: int = 12) -> list[int]:
+    """Widths ``0, step, 2 step, ..., F`` (``step`` defaults to about F/points rounded to a multiple of 8)."""
+    if step is None:
+        step = max(1, F // points)
+        if step >= 8:
+            step = int(round(step / 8)) * 8
+    step = max(1, int(step))
+    widths = list(range(0, F, step)) + [F]
+    return sorted(set(widths))
+
+
+def _sliced_block(model: nn.Module, heads: int, neurons: int) -> nn.Module:
+    """A copy of block 0 keeping its first ``heads`` heads and ``neurons`` neurons."""
+    from .adapters import get_adapter
+
+    m = copy.deepcopy(model)
+    a = get_adapter(m)
+    a.keep_heads(0, list(range(heads)))
+    a.keep_neurons(0, list(range(neurons)))
+    return a.blocks()[0]
+
+
+def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | None = None, rounds: int = 7, iters: int = 5,
+                warmup: int = 3, model_name: str | None = None, progress: Callable[[str], None] | None = None,
+                workdir: str | os.PathLike | None = None, calibrate: bool = True) -> LatencyTable:
+    """Measure the latency table of ``model`` (dense) on this machine with ``profile``'s runtime."""
+    from .adapters import get_adapter
+    from .core.surgery import PrunePlan, apply_plan
+
+    profile = load_profile(profile)
+    log = progress or (lambda s: None)
+    model = model.eval()
+    a = get_adapter(model)
+    heads, neurons = a.heads_per_layer(), a.neurons_per_layer()
+    if len(set(heads)) != 1 or len(set(neurons)) != 1:
+        raise OptinError(f"latency tables are measured on a dense model with equal layers; this one has heads {heads} and widths {neurons}")
+    H, F, L = heads[0], neurons[0], a.num_layers
+    inputs = example_inputs(model, profile)
+    B = int(next(iter(inputs.values())).shape[0])
+    T = a.seq_len(inputs)
+    d = a.hidden_size()
+    x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(0))
+    widths = mlp_grid(F, mlp_step)
+    rt_probe = ort_runtime_for(profile)  # fails early if the provider is missing
+    t0 = time.perf_counter()
+    runners: dict[str, Callable[[], Any]] = {}
+    keep = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        configs = [("attn", h, 0) for h in range(H + 1)] + [("mlp", 0, f) for f in widths if f > 0]
+        for i, (kind, h, f) in enumerate(configs):
+            log(f"export block heads={h} neurons={f} ({i + 1}/{len(configs)})")
+            path = export_block(_sliced_block(model, h, f), x, tmp / f"block_h{h}_f{f}.onnx", profile.precision)
+            rt = ort_runtime_for(profile).load(path)
+            feed = {"hidden_states": x.numpy().astype(np.float32)}
+            runners[f"block_h{h}_f{f}"] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
+            keep.append(rt)
+        log("export the reduced model (every block emptied) and the dense model")
+        empty = apply_plan(model, PrunePlan([[] for _ in range(L)], [[] for _ in range(L)]))
+        for name, m in (("empty_model", empty), ("dense_model", model)):
+            path = export_model(m, inputs, tmp / f"{name}.onnx", profile)
+            rt = ort_runtime_for(profile).load(path)
+            feed = _feed(rt, inputs)
+            runners[name] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
+            keep.append(rt)
+        log(f"timing {len(runners)} artifacts, {rounds} interleaved rounds of {iters} runs")
+        res = time_interleaved(runners, rounds=rounds, iters=iters, warmup=warmup)
+        describe = keep[0].describe()
+        del keep, runners
+    ms = {k: v["median_ms"] for k, v in res.items()}
+    base = ms["block_h0_f0"]
+    attn_raw = [0.0] + [ms[f"block_h{h}_f0"] - base for h in range(1, H + 1)]
+    mlp_raw = [0.0 if f == 0 else ms[f"block_h0_f{f}"] - base for f in widths]
+    empty_ms, dense_ms = ms["empty_model"], ms["dense_model"]
+    block_dense_raw = attn_raw[H] + mlp_raw[-1]
+    scale = 1.0
+    if calibrate and block_dense_raw > 0 and dense_ms > empty_ms:
+        scale = (dense_ms - empty_ms) / (L * block_dense_raw)
+    describe.pop("artifact", None)
+    env = environment()
+    env["runtime"] = describe
+    return LatencyTable(
+        profile=profile.to_dict(),
+        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if "input_ids" in inputs else None,
+                "image_size": int(inputs["pixel_values"].shape[-1]) if "pixel_values" in inputs else None},
+        model={"name": model_name or type(model).__name__, "family": a.family, "num_layers": L, "heads": heads, "neurons": neurons,
+               "hidden_size": d, "head_dim": a.head_dim()},
+        attn_ms=[v * scale for v in attn_raw],
+        mlp_widths=widths,
+        mlp_ms=[v * scale for v in mlp_raw],
+        empty_model_ms=empty_ms,
+        dense_model_ms=dense_ms,
+        scale=scale,
+        environment=env,
+        raw={"ms": ms, "stats": res, "attn_ms_uncalibrated": attn_raw, "mlp_ms_uncalibrated": mlp_raw,
+             "dense_predicted_uncalibrated_ms": empty_ms + L * block_dense_raw},
+        timing={"rounds": rounds, "iters": iters, "warmup": warmup, "statistic": "median", "interleaved": True,
+                "seconds": round(time.perf_counter() - t0, 1), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    )

@@ -1,0 +1,290 @@
+"""Loading users' models: transformers folders or hub names, timm models and pruned-model folders.
+
+:func:`load_model` returns a float32 ``torch.nn.Module`` in eval mode:
+
+* a folder with ``optin_structure.json``: a pruned model, loaded by
+  :func:`optin_deploy.pruned_io.load_pruned`;
+* a folder with ``config.json``: transformers. Text configs load with
+  ``AutoModelForSequenceClassification``, vision configs with ``AutoModelForImageClassification``;
+  ``head=False`` loads the bare base model (e.g. a ``BertModel``-only checkpoint);
+* ``timm:NAME`` (pretrained weights from the hub), ``timm:NAME@FILE`` (weights from a checkpoint
+  file), or a checkpoint file (``.pth``/``.pt``/``.bin``/``.safetensors``) holding a whole pickled
+  model or a dict with ``arch``/``model_name`` and a state dict;
+* anything else is tried as a Hugging Face hub name, failing fast when the hub is unreachable.
+
+:func:`preprocessing` says how inputs for a model are prepared (tokenizer, image size, mean, std).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import OptinError
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+CHECKPOINT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}
+HUB_TIMEOUT_S = 3.0
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and weight-loading progress bars (errors still raise)."""
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def _finish(model: torch.nn.Module) -> torch.nn.Module:
+    return model.float().eval()
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unreachable(spec: str) -> OptinError:
+    return OptinError(f"model {spec!r} is not a local folder, and the Hugging Face hub is unreachable: pass a local path")
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Hub names are ``name`` or ``org/name``; anything else that does not exist is a wrong path."""
+    return (
+        spec.startswith((".", "/", "~"))
+        or spec.count("/") > 1
+        or "\\" in spec
+        or Path(spec).suffix.lower() in CHECKPOINT_SUFFIXES | {".json", ".onnx"}
+    )
+
+
+def _is_vision(config: Any) -> bool:
+    from transformers.models.auto import modeling_auto as m
+
+    mt = getattr(config, "model_type", "")
+    if mt in m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
+        return True
+    return mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and hasattr(config, "num_channels") and hasattr(config, "image_size")
+
+
+def _weights_file(folder: Path) -> str:
+    for f in WEIGHT_FILES:
+        if (folder / f).exists():
+            return str(folder / f)
+    return str(folder)
+
+
+def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: bool = True) -> torch.nn.Module:
+    """Load a model for inference (float32, eval mode). See the module docstring for what ``spec`` may be.
+
+    ``num_labels`` replaces a transformers classification head of another size (freshly initialised);
+    ``head=False`` loads a transformers checkpoint as its base model, without a task head.
+    """
+    s = str(spec)
+    if s.startswith("timm:"):
+        return _load_timm(s[5:], num_labels)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        if (path / "optin_structure.json").exists():
+            from .pruned_io import load_pruned  # the lead's module; imported lazily
+
+            return _finish(load_pruned(path))
+        if (path / "config.json").exists():
+            return _load_transformers(str(path), s, num_labels, head, local=True)
+        raise OptinError(f"{path} is a folder without config.json (transformers) or optin_structure.json (pruned model); pass a model folder")
+    if path.is_file():
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+            return _load_timm_file(path, None, num_labels)
+        raise OptinError(f"{path} is a file of unknown kind; pass a transformers folder, a pruned-model folder, timm:NAME or a .pth/.safetensors checkpoint")
+    if _looks_like_path(s):
+        raise OptinError(f"model path {s!r} does not exist; check the path")
+    # a hub name
+    if not hub_reachable():
+        try:  # a copy already in the local hub cache still works offline
+            return _load_transformers(s, s, num_labels, head, local=False, local_files_only=True)
+        except OptinError:
+            raise _unreachable(s) from None
+    return _load_transformers(s, s, num_labels, head, local=False)
+
+
+def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool, *, local: bool, local_files_only: bool = False) -> torch.nn.Module:
+    import transformers
+    from transformers import AutoConfig
+
+    kw: dict[str, Any] = {"local_files_only": True} if (local or local_files_only) else {}
+    try:
+        config = AutoConfig.from_pretrained(where, **kw)
+    except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
+        if not local:
+            raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({str(exc).splitlines()[0]})") from None
+        raise OptinError(f"{where}/config.json is not a valid transformers config ({str(exc).splitlines()[0][:200]}); fix or replace it") from None
+    if not head:
+        cls = transformers.AutoModel
+    else:
+        cls = transformers.AutoModelForImageClassification if _is_vision(config) else transformers.AutoModelForSequenceClassification
+        if num_labels is not None and num_labels != config.num_labels:
+            config.num_labels = num_labels
+            if getattr(config, "id2label", None) and len(config.id2label) != num_labels:
+                config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+                config.label2id = {v: k for k, v in config.id2label.items()}
+            kw["ignore_mismatched_sizes"] = True
+    try:
+        with quiet_transformers():
+            model = cls.from_pretrained(where, config=config, **kw)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
+            raise OptinError(f"model {spec!r} ({config.model_type}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
+        raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({str(exc).splitlines()[0][:200]}); the file may be corrupt") from None
+    except (OSError, RuntimeError, EOFError, Exception) as exc:  # noqa: BLE001 - safetensors/pickle errors vary
+        if not local and isinstance(exc, OSError):
+            raise OptinError(f"model {spec!r}: cannot download it from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); pass a local path") from None
+        raise OptinError(
+            f"cannot load the weights {_weights_file(Path(where)) if local else spec} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}); the file may be corrupt or truncated"
+        ) from None
+    archs = getattr(config, "architectures", None) or []
+    if head and archs and not any(a.endswith(("Classification", "ForImageClassificationWithTeacher")) for a in archs):
+        print(f"[optin-deploy] warning: {spec} has no classification head ({', '.join(archs)}); a new, untrained "
+              f"head with {model.config.num_labels} labels was added", file=sys.stderr)
+    return _finish(model)
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError as exc:
+        raise OptinError(f"timm models need timm and torchvision ({exc}): pip install 'optin-deploy[timm]'") from None
+    return timm
+
+
+def _load_timm(name: str, num_labels: int | None) -> torch.nn.Module:
+    if "@" in name:
+        arch, file = name.split("@", 1)
+        f = Path(file).expanduser()
+        if not f.is_file():
+            raise OptinError(f"timm checkpoint {file!r} does not exist; check the path")
+        return _load_timm_file(f, arch, num_labels)
+    timm = _timm()
+    if not timm.is_model(name):
+        raise OptinError(f"{name!r} is not a timm model name; see timm.list_models()")
+    kw = {} if num_labels is None else {"num_classes": num_labels}
+    if not hub_reachable():
+        try:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            return _finish(timm.create_model(name, pretrained=True, **kw))
+        except Exception:  # noqa: BLE001
+            raise OptinError(f"timm model {name!r} needs pretrained weights from the Hugging Face hub, which is unreachable: pass timm:{name}@CHECKPOINT_FILE") from None
+    try:
+        return _finish(timm.create_model(name, pretrained=True, **kw))
+    except Exception as exc:  # noqa: BLE001
+        raise OptinError(f"cannot load pretrained timm model {name!r} ({str(exc).splitlines()[0][:200]}); pass timm:{name}@CHECKPOINT_FILE") from None
+
+
+def _read_state(path: Path) -> Any:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a whole pickled model needs weights_only=False
+            return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise OptinError(f"cannot read the checkpoint {path} ({type(exc).__name__}); the file may be corrupt or truncated") from None
+
+
+def _load_timm_file(path: Path, arch: str | None, num_labels: int | None) -> torch.nn.Module:
+    obj = _read_state(path)
+    if isinstance(obj, torch.nn.Module):
+        return _finish(obj)
+    if not isinstance(obj, dict):
+        raise OptinError(f"{path} holds neither a model nor a state dict; save it with torch.save(model.state_dict())")
+    arch = arch or obj.get("arch") or obj.get("model_name") or obj.get("architecture")
+    state = obj.get("state_dict") or obj.get("model") or obj.get("state_dict_ema") or obj
+    if not arch:
+        raise OptinError(f"{path} holds only weights, not the architecture; pass it as timm:ARCH@{path}")
+    timm = _timm()
+    if not timm.is_model(arch):
+        raise OptinError(f"{arch!r} is not a timm model name; pass timm:ARCH@{path} with a name from timm.list_models()")
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    head_w = next((v for k, v in state.items() if k.endswith("head.weight") or k.endswith("fc.weight") or k.endswith("classifier.weight")), None)
+    classes = num_labels or (head_w.shape[0] if head_w is not None and head_w.dim() == 2 else None)
+    model = timm.create_model(arch, pretrained=False, **({"num_classes": classes} if classes else {}))
+    try:
+        model.load_state_dict(state, strict=num_labels is None)
+    except RuntimeError as exc:
+        raise OptinError(f"the weights in {path} do not fit timm's {arch!r} ({str(exc).splitlines()[0][:160]}); check the architecture name") from None
+    return _finish(model)
+
+
+# ------------------------------------------------------------------------------------- preprocessing
+
+
+def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None) -> dict:
+    """How to prepare inputs for ``model``: ``{"modality", "image_size", "image_mean", "image_std",
+    "num_channels"}`` for images (from the folder's image processor, the model config or timm's
+    pretrained config), ``{"modality": "text"}`` for text."""
+    cfg = getattr(model, "config", None)
+    pcfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if pcfg:  # timm
+        c, h, w = pcfg.get("input_size", (3, 224, 224))
+        return {"modality": "image", "image_size": (h, w), "image_mean": list(pcfg.get("mean", (0.5,) * c)),
+                "image_std": list(pcfg.get("std", (0.5,) * c)), "num_channels": c}
+    if cfg is not None and _is_vision(cfg):
+        out = {"modality": "image", "image_size": getattr(cfg, "image_size", 224), "num_channels": getattr(cfg, "num_channels", 3),
+               "image_mean": 0.5, "image_std": 0.5}
+        pp = Path(str(spec)) / "preprocessor_config.json" if spec else None
+        if pp is not None and pp.exists():
+            try:
+                p = json.loads(pp.read_text())
+                out["image_mean"] = p.get("image_mean", 0.5)
+                out["image_std"] = p.get("image_std", 0.5)
+                if isinstance(p.get("size"), dict) and "height" in p["size"]:
+                    out["image_size"] = (p["size"]["height"], p["size"]["width"])
+            except (ValueError, OSError):
+                raise OptinError(f"{pp} is not valid JSON; fix or delete it") from None
+        return out
+    return {"modality": "text"}
+
+
+def load_tokenizer(spec: str | os.PathLike):
+    """The tokenizer saved with a model (its folder or hub name)."""
+    from transformers import AutoTokenizer
+
+    p = Path(str(spec)).expanduser()
+    local = p.is_dir()
+    if local and (p / "optin_structure.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        return AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable())
+    except Exception as exc:  # noqa: BLE001
+        raise OptinError(f"no tokenizer found with model {str(spec)!r} ({type(exc).__name__}); save the tokenizer in the model folder (tokenizer.save_pretrained)") from None

@@ -1,0 +1,271 @@
+"""Hardware profiles: what a deployment target looks like, as data.
+
+A profile is a TOML file (built-ins live in ``profiles/`` at the repository root) describing the
+runtime, device kind, precision, the shapes the engine is built and benchmarked for, the CPU threads,
+the alignment multiples kept heads / neurons are rounded to, and an optional default budget::
+
+    name = "x86-cpu-ort"
+    description = "..."
+    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda
+    device = "cpu"                   # cpu | gpu | jetson
+    precision = "fp32"               # fp32 | fp16 | bf16
+    batch_size = 8
+    seq_len = 128                    # text models
+    image_size = 224                 # vision models
+    threads = 2
+    head_multiple = 1
+    neuron_multiple = 8
+    [shapes]                         # the dynamic range of the exported engine
+    min_batch = 1
+    opt_batch = 8
+    max_batch = 32
+    min_seq = 1
+    opt_seq = 128
+    max_seq = 256
+    [budget]                         # optional: one of
+    flops = 0.6                      # fraction of the dense model's MACs
+    # latency_ms = 12.5              # milliseconds on this target (needs a latency table)
+
+``load_profile(name_or_path)`` validates everything and raises one-line :class:`OptinError`\\ s
+(unknown keys with a did-you-mean suggestion, wrong types, out-of-range values, min <= opt <= max).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .errors import OptinError
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+#: profile runtime -> name in :mod:`optin_deploy.runtimes`
+RUNTIMES = {
+    "onnxruntime-cpu": "ort-cpu",
+    "onnxruntime-cuda": "ort-cuda",
+    "onnxruntime-tensorrt": "ort-tensorrt",
+    "tensorrt": "tensorrt",
+    "torch-cpu": "torch-cpu",
+    "torch-cuda": "torch-cuda",
+}
+DEVICES = ("cpu", "gpu", "jetson")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+# key -> (type, allowed values or (lo, hi) range or None, required, explanation)
+_TOP: dict[str, tuple[type, Any, bool, str]] = {
+    "name": (str, None, True, "profile name (what --profile takes)"),
+    "description": (str, None, False, "one line about the target"),
+    "runtime": (str, tuple(RUNTIMES), True, "runtime that executes the model on the target"),
+    "device": (str, DEVICES, True, "device kind: cpu, gpu or jetson"),
+    "precision": (str, PRECISIONS, True, "compute precision of the deployed model"),
+    "batch_size": (int, (1, 65536), True, "batch size that latency tables and benchmarks use"),
+    "seq_len": (int, (1, 1 << 20), False, "sequence length (tokens) for text models"),
+    "image_size": (int, (1, 1 << 16), False, "input image side (pixels) for vision models"),
+    "threads": (int, (1, 1024), True, "CPU threads (intra-op) for the runtime"),
+    "head_multiple": (int, (1, 1024), True, "kept heads per layer are a multiple of this"),
+    "neuron_multiple": (int, (1, 65536), True, "kept MLP neurons per layer are a multiple of this"),
+    "shapes": (dict, None, False, "dynamic shape range of the exported engine (min/opt/max)"),
+    "budget": (dict, None, False, "default budget when the command line gives none"),
+}
+_SHAPES: dict[str, tuple[type, Any, bool, str]] = {
+    "min_batch": (int, (1, 65536), False, "smallest batch the engine accepts"),
+    "opt_batch": (int, (1, 65536), False, "batch the engine is tuned for"),
+    "max_batch": (int, (1, 65536), False, "largest batch the engine accepts"),
+    "min_seq": (int, (1, 1 << 20), False, "shortest sequence (text)"),
+    "opt_seq": (int, (1, 1 << 20), False, "sequence length the engine is tuned for (text)"),
+    "max_seq": (int, (1, 1 << 20), False, "longest sequence (text)"),
+}
+_BUDGET: dict[str, tuple[type, Any, bool, str]] = {
+    "flops": (float, (0.0, 1.0), False, "fraction of the dense model's MACs to keep, in (0, 1]"),
+    "latency_ms": (float, (0.0, 1e9), False, "target latency in milliseconds on this target"),
+}
+FIELDS = {"": _TOP, "shapes": _SHAPES, "budget": _BUDGET}
+
+
+@dataclass
+class Profile:
+    name: str
+    runtime: str
+    device: str
+    precision: str
+    batch_size: int
+    threads: int
+    head_multiple: int
+    neuron_multiple: int
+    description: str = ""
+    seq_len: int | None = None
+    image_size: int | None = None
+    min_batch: int = 1
+    opt_batch: int | None = None
+    max_batch: int | None = None
+    min_seq: int = 1
+    opt_seq: int | None = None
+    max_seq: int | None = None
+    budget_flops: float | None = None
+    budget_latency_ms: float | None = None
+    path: str | None = field(default=None, compare=False)
+
+    @property
+    def runtime_name(self) -> str:
+        """The :func:`optin_deploy.runtimes.get_runtime` name of this profile's runtime."""
+        return RUNTIMES[self.runtime]
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.device in ("gpu", "jetson")
+
+    def shape_profile(self):
+        """The exporters' :class:`~optin_deploy.exporters.base.ShapeProfile` for this target."""
+        from .exporters.base import ShapeProfile
+
+        return ShapeProfile(self.min_batch, self.opt_batch or self.batch_size, self.max_batch or self.batch_size,
+                            self.min_seq, self.opt_seq or (self.seq_len or 128), self.max_seq or (self.seq_len or 512))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def selection_kwargs(profile: Profile | None) -> dict:
+    """Keyword arguments for :func:`optin_deploy.core.selection.select` from a profile's alignment."""
+    if profile is None:
+        return {"head_multiple": 1, "neuron_multiple": 1}
+    return {"head_multiple": int(profile.head_multiple), "neuron_multiple": int(profile.neuron_multiple)}
+
+
+# ----------------------------------------------------------------------------------- discovery
+
+
+def list_profiles() -> list[Profile]:
+    """The built-in profiles, sorted by name."""
+    return [load_profile(p) for p in sorted(PROFILES_DIR.glob("*.toml"))]
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    s = str(name_or_path)
+    p = Path(s)
+    looks_like_path = s.endswith(".toml") or os.sep in s or "/" in s
+    if looks_like_path:
+        if not p.is_file():
+            raise OptinError(f"profile file {s} does not exist")
+        return p
+    builtin = PROFILES_DIR / f"{s}.toml"
+    if builtin.is_file():
+        return builtin
+    names = profile_names()
+    close = difflib.get_close_matches(s, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise OptinError(f"unknown profile {s!r}; {hint}built-ins: {', '.join(names)} (or pass a .toml path)")
+
+
+def _check_table(table: dict, schema: dict, where: str, src: str) -> None:
+    for key, value in table.items():
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(schema)}"
+            raise OptinError(f"unknown key {where}{key!r} in profile {src}{hint}")
+        typ, allowed, _, _ = schema[key]
+        ok = isinstance(value, typ) and not isinstance(value, bool)
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            tname = {str: "a string", int: "an integer", float: "a number", dict: "a table"}[typ]
+            raise OptinError(f"{where}{key} in profile {src} must be {tname}, got {value!r} ({type(value).__name__})")
+        if isinstance(allowed, tuple) and allowed and isinstance(allowed[0], str):
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise OptinError(f"{where}{key} = {value!r} in profile {src} is not supported; {hint}choose one of {', '.join(allowed)}")
+        elif isinstance(allowed, tuple):
+            lo, hi = allowed
+            bad = (value <= lo if typ is float else value < lo) or value > hi
+            if bad:
+                rng = f"in ({lo:g}, {hi:g}]" if typ is float else f"in {lo}..{hi}"
+                raise OptinError(f"{where}{key} = {value!r} in profile {src} is out of range; it must be {rng}")
+    for key, (_, _, required, _) in schema.items():
+        if required and key not in table:
+            raise OptinError(f"profile {src} lacks the required key {where}{key}")
+
+
+def parse_profile(data: dict, src: str = "<dict>") -> Profile:
+    """Validate a parsed TOML table and build the :class:`Profile`."""
+    _check_table(data, _TOP, "", src)
+    shapes = data.get("shapes", {})
+    budget = data.get("budget", {})
+    _check_table(shapes, _SHAPES, "shapes.", src)
+    _check_table(budget, _BUDGET, "budget.", src)
+    if len(budget) > 1:
+        raise OptinError(f"budget in profile {src} must give one of flops or latency_ms, not both")
+    runtime, device = data["runtime"], data["device"]
+    if RUNTIMES[runtime].endswith("cpu") and device != "cpu":
+        raise OptinError(f"runtime {runtime} in profile {src} runs on the CPU but device = {device!r}; set device = \"cpu\"")
+    if not RUNTIMES[runtime].endswith("cpu") and device == "cpu":
+        raise OptinError(f"runtime {runtime} in profile {src} needs a GPU but device = \"cpu\"; set device = \"gpu\" or \"jetson\"")
+    bs = data["batch_size"]
+    mn, opt, mx = shapes.get("min_batch", 1), shapes.get("opt_batch", bs), shapes.get("max_batch", max(bs, shapes.get("opt_batch", bs)))
+    if not (mn <= opt <= mx):
+        raise OptinError(f"shapes in profile {src} must satisfy min_batch <= opt_batch <= max_batch, got {mn} / {opt} / {mx}")
+    if not (mn <= bs <= mx):
+        raise OptinError(f"batch_size = {bs} in profile {src} is outside shapes min_batch..max_batch ({mn}..{mx})")
+    seq = data.get("seq_len")
+    smn = shapes.get("min_seq", 1)
+    sopt = shapes.get("opt_seq", seq)
+    smx = shapes.get("max_seq", max(x for x in (seq, sopt, smn) if x is not None))
+    if sopt is not None and not (smn <= sopt <= smx):
+        raise OptinError(f"shapes in profile {src} must satisfy min_seq <= opt_seq <= max_seq, got {smn} / {sopt} / {smx}")
+    if seq is not None and not (smn <= seq <= smx):
+        raise OptinError(f"seq_len = {seq} in profile {src} is outside shapes min_seq..max_seq ({smn}..{smx})")
+    return Profile(
+        name=data["name"], runtime=runtime, device=device, precision=data["precision"], batch_size=bs,
+        threads=data["threads"], head_multiple=data["head_multiple"], neuron_multiple=data["neuron_multiple"],
+        description=data.get("description", ""), seq_len=seq, image_size=data.get("image_size"),
+        min_batch=mn, opt_batch=opt, max_batch=mx, min_seq=smn, opt_seq=sopt, max_seq=smx,
+        budget_flops=float(budget["flops"]) if "flops" in budget else None,
+        budget_latency_ms=float(budget["latency_ms"]) if "latency_ms" in budget else None,
+        path=src,
+    )
+
+
+def load_profile(name_or_path: str | os.PathLike | Profile) -> Profile:
+    """A built-in profile by name (``x86-cpu-ort``) or a profile file by path, validated."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    path = _resolve(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise OptinError(f"profile {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise OptinError(f"cannot read profile {path}: {exc.strerror or exc}") from None
+    return parse_profile(data, str(path))
+
+
+def explain(profile: Profile) -> list[tuple[str, str, str]]:
+    """``(key, value, explanation)`` rows for every field (``optin-deploy profiles show``)."""
+    rows = []
+    for key, (_, _, _, doc) in _TOP.items():
+        if key in ("shapes", "budget"):
+            continue
+        v = getattr(profile, key)
+        if key == "runtime":
+            doc += f" (runtime name {profile.runtime_name})"
+        rows.append((key, "-" if v is None else str(v), doc))
+    for key, (_, _, _, doc) in _SHAPES.items():
+        v = getattr(profile, key)
+        rows.append((f"shapes.{key}", "-" if v is None else str(v), doc))
+    for key, (_, _, _, doc) in _BUDGET.items():
+        v = getattr(profile, f"budget_{key}")
+        rows.append((f"budget.{key}", "-" if v is None else f"{v:g}", doc))
+    return rows

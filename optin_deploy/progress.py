@@ -1,0 +1,50 @@
+"""Progress display for long work (scoring, export, benchmarking), on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def quiet() -> bool:
+    return os.environ.get("OPTIN_DEPLOY_QUIET") == "1"
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None):
+    """Yields ``update(done, total)``; a live bar on a terminal, periodic lines otherwise."""
+    if quiet():
+        yield lambda done, total=None: None
+        return
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console, transient=False) as prog:
+            task = prog.add_task(description, total=total)
+
+            def update(done, total=None):
+                prog.update(task, completed=done, total=total)
+
+            yield update
+        return
+    state = {"last": 0.0, "t0": time.perf_counter()}
+
+    def update(done, total=None):
+        now = time.perf_counter()
+        if now - state["last"] >= 10 or (total and done >= total):
+            state["last"] = now
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            print(f"  {description}: {done}/{total or '?'}{pct}, {now - state['t0']:.0f}s", file=sys.stderr, flush=True)
+
+    yield update
+
+
+def step(message: str) -> None:
+    if not quiet():
+        console.print(f"[bold cyan]>[/] {message}")

@@ -1,0 +1,94 @@
+"""The human side of a build report: plots (PNG) and a Markdown page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_plots(report: dict, folder: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    st = report["structure"]
+    layers = list(range(len(st["heads"]["dense"])))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, title in ((axes[0], "heads", "attention heads kept"), (axes[1], "neurons", "MLP neurons kept")):
+        ax.bar(layers, st[key]["dense"], color="#d0d0d0", label="dense")
+        ax.bar(layers, st[key]["pruned"], color="#1f77b4", label="pruned")
+        ax.set_xlabel("layer")
+        ax.set_title(title)
+        ax.set_xticks(layers)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{report['model']}: structure kept at MACs ratio {report['macs']['ratio']:.2f}", fontsize=10)
+    fig.tight_layout()
+    files["structure"] = "plots/structure.png"
+    fig.savefig(folder / "structure.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    acc = report["accuracy"]
+    axes[0].bar(["dense", "pruned"], [acc["dense"], acc["pruned"]], color=["#7f7f7f", "#1f77b4"])
+    axes[0].set_ylim(max(0, min(acc["dense"], acc["pruned"]) - 10), 100)
+    axes[0].set_title(f"{acc['metric']} (%)")
+    for i, v in enumerate([acc["dense"], acc["pruned"]]):
+        axes[0].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    lat = report["latency_ms"]
+    x = range(3)
+    w = 0.38
+    axes[1].bar([i - w / 2 for i in x], [lat["dense"][k] for k in ("p50", "p90", "p99")], w, label="dense", color="#7f7f7f")
+    axes[1].bar([i + w / 2 for i in x], [lat["pruned"][k] for k in ("p50", "p90", "p99")], w, label="pruned", color="#1f77b4")
+    axes[1].set_xticks(list(x), ["p50", "p90", "p99"])
+    axes[1].set_title(f"latency (ms), {report['runtime']}")
+    axes[1].legend(fontsize=8)
+    thr = report["throughput"]
+    axes[2].bar(["dense", "pruned"], [thr["dense"], thr["pruned"]], color=["#7f7f7f", "#1f77b4"])
+    axes[2].set_title(f"throughput (samples/s), x{thr['speedup']:.2f}")
+    fig.tight_layout()
+    files["accuracy_latency"] = "plots/accuracy_latency.png"
+    fig.savefig(folder / "accuracy_latency.png", dpi=110)
+    plt.close(fig)
+    return files
+
+
+def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
+    acc, lat, thr, macs = report["accuracy"], report["latency_ms"], report["throughput"], report["macs"]
+    gate = report.get("gate")
+    lines = [
+        f"# optin-deploy build report: {report['model']}",
+        "",
+        f"- task: **{report['task']['name']}** ({report['task']['type']}, metric {acc['metric']}, {report['task']['eval_samples']} {report['task']['eval_split']} samples)",
+        f"- target profile: **{report['profile']}**, runtime `{report['runtime']}`",
+        f"- budget: `{report['budget']}`; scoring: {report['scoring']['method']} ({report['scoring']['scorer']}), {report['scoring_seconds']:.1f} s"
+        + (" (cached)" if report["scoring"].get("cached") else ""),
+    ]
+    if gate:
+        lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
+    for n in report["scoring"].get("notes") or []:
+        lines.append(f"- note: {n}")
+    lines += [
+        "",
+        "| | dense | pruned | change |",
+        "|---|---:|---:|---:|",
+        f"| encoder MACs (seq {macs['seq_len']}) | {macs['dense']:,} | {macs['pruned']:,} | x{macs['ratio']:.3f} |",
+        f"| {acc['metric']} (%) | {acc['dense']:.2f} | {acc['pruned']:.2f} | {-acc['drop']:+.2f} pts |",
+        f"| agreement with dense (%) | | {acc['agreement']:.2f} | |",
+        f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster |",
+        f"| latency p90 (ms) | {lat['dense']['p90']:.2f} | {lat['pruned']['p90']:.2f} | |",
+        f"| latency p99 (ms) | {lat['dense']['p99']:.2f} | {lat['pruned']['p99']:.2f} | |",
+        f"| throughput (samples/s) | {thr['dense']:.1f} | {thr['pruned']:.1f} | x{thr['speedup']:.2f} |",
+        "",
+    ]
+    lb = report.get("latency_budget")
+    if lb:
+        lines += ["## Latency budget rounds", "", "| round | predicted ms | measured ms |", "|---:|---:|---:|"]
+        for i, r in enumerate(lb.get("rounds", [])):
+            lines.append(f"| {i} | {r.get('predicted_ms', float('nan')):.2f} | {r.get('measured_ms', float('nan')):.2f} |")
+        lines.append("")
+    lines += [f"![{k}]({v})" for k, v in plots.items()]
+    lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
+    lines += [f"| `{k}` | {v['bytes']:,} |" for k, v in report["artifacts"].items()]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,146 @@
+"""The runtime interface and registry.
+
+A runtime loads an artifact (a PyTorch module or model folder, an ONNX file, a TensorRT engine) and
+runs it on named inputs, returning float32 logits as a NumPy array::
+
+    rt = get_runtime("ort-cpu", threads=2).load("bundle/model.onnx")
+    logits = rt.run({"input_ids": ids, "attention_mask": mask})
+    rt.describe()   # {"runtime": "ort-cpu", "device": "cpu", "provider": ..., "version": ...}
+
+Names: ``torch-cpu``, ``torch-cuda``, ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``, ``tensorrt``,
+``torch-tensorrt``. A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
+silently falls back to another device or provider.
+
+GPU hosts: the ``onnxruntime`` wheel has only the CPU provider. For ``ort-cuda`` / ``ort-tensorrt``
+replace it by ``onnxruntime-gpu`` (``pip uninstall -y onnxruntime && pip install onnxruntime-gpu``);
+the two wheels install the same files and cannot coexist.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import MissingRuntimeError, OptinError
+
+TENSORRT_INSTALL = 'pip install "optin-deploy[tensorrt]" --extra-index-url https://pypi.nvidia.com'
+
+
+class Runtime(ABC):
+    """Loads one artifact and runs it."""
+
+    name: str = ""
+    #: "cpu" or "cuda": where inputs end up; benchmarks use it to pick the memory counter.
+    device: str = "cpu"
+
+    @abstractmethod
+    def load(self, artifact: Any) -> "Runtime":
+        """Load ``artifact``; returns ``self`` so calls chain."""
+
+    @abstractmethod
+    def run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+        """Run one batch; returns float32 logits ``B x num_labels`` on the host."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """``{"runtime", "device", "provider"/"backend", "version", ...}`` for reports."""
+
+    def synchronize(self) -> None:  # run() already returns host arrays; kept for symmetry
+        return None
+
+
+def require_cuda(what: str) -> None:
+    if not torch.cuda.is_available():
+        raise MissingRuntimeError(
+            f"{what} needs a CUDA GPU but torch.cuda.is_available() is False on this machine "
+            f"(torch {torch.__version__}); run it on a host with an NVIDIA GPU and driver"
+        )
+
+
+def import_tensorrt():
+    """``import tensorrt`` or a one-line :class:`MissingRuntimeError` saying how to install it."""
+    try:
+        return importlib.import_module("tensorrt")
+    except Exception as exc:  # ImportError, or a broken install failing to load libnvinfer
+        raise MissingRuntimeError(
+            f"TensorRT Python package is not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not installed'}); "
+            f"install it on a CUDA host with: {TENSORRT_INSTALL}"
+        ) from None
+
+
+def import_torch_tensorrt():
+    try:
+        return importlib.import_module("torch_tensorrt")
+    except Exception as exc:
+        raise MissingRuntimeError(
+            f"torch-tensorrt is not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not installed'}); "
+            f"install it on a CUDA host with: {TENSORRT_INSTALL}"
+        ) from None
+
+
+def load_torch_model(path: str | os.PathLike) -> torch.nn.Module:
+    """Load a model folder (pruned or transformers) or spec with the shared loader
+    :func:`optin_deploy.models.load_model`."""
+    from ..models import load_model
+
+    return load_model(path).eval()
+
+
+RUNTIMES: dict[str, str] = {
+    "torch-cpu": "optin_deploy.runtimes.torch_rt:TorchRuntime",
+    "torch-cuda": "optin_deploy.runtimes.torch_rt:TorchRuntime",
+    "ort-cpu": "optin_deploy.runtimes.ort:OrtRuntime",
+    "ort-cuda": "optin_deploy.runtimes.ort:OrtRuntime",
+    "ort-tensorrt": "optin_deploy.runtimes.ort:OrtRuntime",
+    "tensorrt": "optin_deploy.runtimes.tensorrt:TensorRTRuntime",
+    "torch-tensorrt": "optin_deploy.runtimes.tensorrt:TorchTensorRTRuntime",
+}
+
+
+def get_runtime(name: str, **opts) -> Runtime:
+    """A fresh runtime by name. Options: ``threads`` (CPU intra-op threads), ``compile``
+    (torch.compile for the torch runtimes), ``provider_options`` (onnxruntime)."""
+    try:
+        target = RUNTIMES[name]
+    except KeyError:
+        raise OptinError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)(name=name, **opts)
+
+
+def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tuple[str, Any, dict | None]:
+    """What to run for a path given on the command line: ``(runtime name, artifact, manifest)``.
+
+    A bundle folder (with ``export.json``) or an artifact file inside one runs on the bundle's
+    runtime (``ort-cpu`` for ONNX, ``tensorrt`` for engines) unless ``runtime`` says otherwise; with a
+    torch runtime the bundle's recorded source model is loaded instead. A ``.onnx``/``.engine``/``.ep``
+    file runs on its default runtime; anything else is a model folder or spec for ``torch-cpu``.
+    """
+    from ..exporters.bundle import default_runtime_for, read_manifest
+
+    p = Path(str(spec)).expanduser()
+    manifest = read_manifest(p) if p.exists() else None
+    if manifest is not None:
+        name = runtime or manifest.get("runtime") or default_runtime_for(manifest["artifact"])
+        if name.startswith("torch-") and name != "torch-tensorrt":
+            if not manifest.get("source"):
+                raise OptinError(f"bundle {p} does not record its source model; pass the model folder for {name}")
+            return name, manifest["source"], manifest
+        if p.is_file():
+            return name, p, manifest
+        onnx_meta = manifest.get("artifacts", {}).get("onnx")
+        if name.startswith("ort-") and onnx_meta:  # the optimised graph when it was kept
+            return name, Path(onnx_meta.get("optimized", {}).get("path") or onnx_meta["path"]), manifest
+        return name, Path(manifest["artifact"]), manifest
+    if p.suffix in (".onnx", ".engine", ".ep"):
+        return runtime or default_runtime_for(p), p, None
+    name = runtime or "torch-cpu"
+    if not name.startswith("torch-") or name == "torch-tensorrt":
+        raise OptinError(f"{spec} is a model, not an exported artifact; export it first (optin-deploy export) to run it on {name}")
+    return name, str(spec), None

@@ -1,0 +1,58 @@
+"""PyTorch eager runtime (CPU, or CUDA when present), optionally through ``torch.compile``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import OptinError
+from .base import Runtime, load_torch_model, require_cuda
+
+
+class TorchRuntime(Runtime):
+    def __init__(self, name: str = "torch-cpu", threads: int | None = None, compile: bool = False, **_: Any):
+        self.name = name
+        self.device = "cuda" if name == "torch-cuda" else "cpu"
+        self.threads = threads
+        self.compile = compile
+        self.model = None
+        self.input_names: list[str] | None = None
+        if self.device == "cuda":
+            require_cuda("runtime 'torch-cuda'")
+
+    def load(self, artifact: Any) -> "TorchRuntime":
+        from ..exporters.base import LogitsModel, input_names_for
+
+        if isinstance(artifact, (str, os.PathLike)):
+            artifact = load_torch_model(artifact)
+        if not isinstance(artifact, torch.nn.Module):
+            raise OptinError(f"runtime {self.name} needs a PyTorch model or model folder, got {type(artifact).__name__}")
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        model = artifact if isinstance(artifact, LogitsModel) else LogitsModel(artifact, input_names_for(artifact))
+        self.input_names = model.input_names
+        model = model.eval().to(self.device)
+        self.model = torch.compile(model, dynamic=True) if self.compile else model
+        return self
+
+    @torch.inference_mode()
+    def run(self, inputs: Mapping[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+        if self.model is None:
+            raise OptinError(f"runtime {self.name}: call load() before run()")
+        args = [torch.as_tensor(inputs[n]).to(self.device, non_blocking=True) for n in self.input_names]
+        return self.model(*args).float().cpu().numpy()
+
+    def describe(self) -> dict:
+        d = {
+            "runtime": self.name,
+            "backend": "pytorch" + (" + torch.compile" if self.compile else ""),
+            "device": self.device,
+            "version": torch.__version__,
+            "threads": torch.get_num_threads() if self.device == "cpu" else None,
+        }
+        if self.device == "cuda":
+            d["gpu"] = torch.cuda.get_device_name()
+        return d

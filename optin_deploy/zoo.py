@@ -1,0 +1,560 @@
+"""The model zoo: small task models trained once on first use and cached.
+
+Each task model lives in ``<cache>/zoo/<name>/`` as a standard transformers folder
+(``save_pretrained`` plus its tokenizer or image processor) with a ``zoo_info.json`` recording the
+recipe, seed, training time, validation and test accuracy and the assets' versions and checksums.
+
+* ``minilm-sentiment`` (the default): all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes
+  (1 epoch, lr 1e-4, batch 32, AdamW, 6% warm-up then linear decay, max length 64, length-grouped
+  batches).
+* ``minilm-bbc-news``: all-MiniLM-L6-v2 fine-tuned on BBC News (5 classes, max length 128,
+  3 epochs, batch 16, lr 1e-4).
+* ``vit-fashion-mnist``: a small ViT (patch 7, hidden 128, 4 layers, 4 heads) trained from scratch
+  on Fashion-MNIST (batch 64, AdamW lr 1e-3, cosine, 12 epochs, fewer if the first steps show the
+  machine cannot finish within the time budget ``$OPTIN_DEPLOY_ZOO_BUDGET_S``, default 1800 s).
+
+Training is seeded and deterministic on a given machine; no choice is made on the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .data import assets
+from .data.types import Split, Task, TaskData
+from .errors import OptinError
+
+DEFAULT_TASK = "minilm-sentiment"
+SEED = 0
+ZOO_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    data: str  # a built-in data set
+    kind: str  # "text" or "image"
+    max_length: int | None = None
+    recipe: dict = field(default_factory=dict)
+
+
+ZOO: dict[str, ZooEntry] = {
+    "minilm-sentiment": ZooEntry(
+        "minilm-sentiment", "all-MiniLM-L6-v2 fine-tuned on Rotten Tomatoes sentiment (2 classes); the default",
+        "rotten-tomatoes", "text", 64,
+        {"epochs": 1, "lr": 1e-4, "batch_size": 32, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear",
+         "length_grouped": True, "max_grad_norm": 1.0},
+    ),
+    "minilm-bbc-news": ZooEntry(
+        "minilm-bbc-news", "all-MiniLM-L6-v2 fine-tuned on BBC News topics (5 classes)",
+        "bbc-news", "text", 128,
+        {"epochs": 3, "lr": 1e-4, "batch_size": 16, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear",
+         "length_grouped": True, "max_grad_norm": 1.0},
+    ),
+    "vit-fashion-mnist": ZooEntry(
+        "vit-fashion-mnist", "a small ViT (0.8M parameters) trained from scratch on Fashion-MNIST (10 classes)",
+        "fashion-mnist", "image", None,
+        {"epochs": 12, "lr": 1e-3, "batch_size": 64, "warmup": 0.02, "weight_decay": 0.05, "schedule": "cosine",
+         "max_grad_norm": 1.0, "patch_size": 7, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "intermediate_size": 512, "time_budget_s": 1800},
+    ),
+}
+DATA_TO_TASK = {e.data: e.name for e in ZOO.values()}
+
+
+# --------------------------------------------------------------------------------------------- util
+
+
+def zoo_dir() -> Path:
+    return assets.cache_dir() / "zoo"
+
+
+def task_dir(name: str) -> Path:
+    _entry(name)
+    return zoo_dir() / name
+
+
+def _entry(name: str) -> ZooEntry:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise OptinError(f"unknown zoo model {name!r}; choose one of {', '.join(ZOO)} (optin-deploy zoo list)") from None
+
+
+def set_threads() -> int:
+    """Use every core this process may run on (2 here), at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    n = max(1, min(16, n))
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log(msg: str, progress: bool = True) -> None:
+    if progress:
+        assets.info(msg)
+
+
+class _Progress:
+    """Per-step progress lines on stderr (about every 5% and at the end)."""
+
+    def __init__(self, total: int, what: str, enabled: bool):
+        self.total, self.what, self.enabled = total, what, enabled
+        self.every = max(1, total // 20)
+        self.t0 = time.perf_counter()
+        self.loss = 0.0
+        self.n = 0
+
+    def step(self, i: int, loss: float) -> None:
+        self.loss += loss
+        self.n += 1
+        if self.enabled and (i % self.every == 0 or i == self.total):
+            el = time.perf_counter() - self.t0
+            eta = el / i * (self.total - i)
+            assets.info(f"{self.what}: step {i}/{self.total} loss {self.loss / self.n:.4f} "
+                        f"elapsed {el:.0f}s eta {eta:.0f}s")
+            self.loss, self.n = 0.0, 0
+
+
+def metrics(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
+    """Accuracy and macro-F1 of class predictions."""
+    pred, labels = pred.long().cpu(), labels.long().cpu()
+    acc = (pred == labels).float().mean().item() if len(labels) else float("nan")
+    f1s = []
+    for c in range(num_labels):
+        tp = ((pred == c) & (labels == c)).sum().item()
+        fp = ((pred == c) & (labels != c)).sum().item()
+        fn = ((pred != c) & (labels == c)).sum().item()
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else float("nan"), "n": len(labels)}
+
+
+@torch.no_grad()
+def predict(task: Task, split: str | Split = "test", batch_size: int = 64) -> torch.Tensor:
+    """Class predictions of ``task.model`` over a split, in order (text batches sorted by length for speed)."""
+    s = getattr(task.data, split) if isinstance(split, str) else split
+    task.model.eval()
+    if task.modality == "image":
+        out = [task.model(pixel_values=s.inputs[i:i + batch_size]).logits.argmax(-1) for i in range(0, len(s), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    texts = list(s.inputs)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    preds = torch.empty(len(texts), dtype=torch.long)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        enc = task.encode([texts[j] for j in idx])
+        preds[idx] = task.model(**enc).logits.argmax(-1)
+    return preds
+
+
+def evaluate(task: Task, split: str = "test", batch_size: int = 64) -> dict:
+    """Dense PyTorch accuracy and macro-F1 of a task's model on a split."""
+    s = task.data.require_labels(split)
+    t0 = time.perf_counter()
+    pred = predict(task, s, batch_size)
+    m = metrics(pred, s.labels, task.data.num_labels)
+    m["seconds"] = time.perf_counter() - t0
+    return m
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def _length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator, mega: int = 50) -> list[list[int]]:
+    """Shuffle, sort by length within mega-batches of ``mega`` batches, then shuffle the batches."""
+    perm = rng.permutation(len(lengths))
+    batches = []
+    for i in range(0, len(perm), batch_size * mega):
+        chunk = sorted(perm[i:i + batch_size * mega].tolist(), key=lambda j: -lengths[j])
+        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[k] for k in order]
+
+
+def _scheduler(opt, kind: str, warmup: int, total: int):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    fn = get_cosine_schedule_with_warmup if kind == "cosine" else get_linear_schedule_with_warmup
+    return fn(opt, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in n or "layernorm" in n or n.endswith(".bias") else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+
+
+def train_text_classifier(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    train: Split,
+    *,
+    max_length: int,
+    epochs: int = 1,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    warmup: float = 0.06,
+    weight_decay: float = 0.01,
+    max_grad_norm: float = 1.0,
+    seed: int = SEED,
+    progress: bool = True,
+    **_: Any,
+) -> dict:
+    """Fine-tune a sequence classifier in place (AdamW, warm-up + linear decay, length-grouped batches)."""
+    seed_everything(seed)
+    enc = tokenizer(list(train.inputs), truncation=True, max_length=max_length)
+    ids = enc["input_ids"]
+    lengths = [len(x) for x in ids]
+    labels = train.labels
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = math.ceil(len(ids) / batch_size)
+    total = steps_per_epoch * epochs
+    opt = _optimizer(model, lr, weight_decay)
+    sched = _scheduler(opt, "linear", int(round(warmup * total)), total)
+    pad = tokenizer.pad_token_id or 0
+    model.train()
+    bar = _Progress(total, "training", progress)
+    step = 0
+    t0 = time.perf_counter()
+    for _epoch in range(epochs):
+        for b in _length_grouped_batches(lengths, batch_size, rng):
+            T = max(lengths[j] for j in b)
+            x = torch.full((len(b), T), pad, dtype=torch.long)
+            m = torch.zeros((len(b), T), dtype=torch.long)
+            for r, j in enumerate(b):
+                x[r, : lengths[j]] = torch.tensor(ids[j])
+                m[r, : lengths[j]] = 1
+            out = model(input_ids=x, attention_mask=m, labels=labels[b])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.step(step, out.loss.item())
+    model.eval()
+    return {"steps": step, "epochs": epochs, "train_seconds": time.perf_counter() - t0}
+
+
+def train_image_classifier(
+    model: torch.nn.Module,
+    train: Split,
+    *,
+    epochs: int = 12,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    warmup: float = 0.02,
+    weight_decay: float = 0.05,
+    max_grad_norm: float = 1.0,
+    time_budget_s: float | None = None,
+    seed: int = SEED,
+    progress: bool = True,
+    **_: Any,
+) -> dict:
+    """Train an image classifier in place (AdamW, warm-up + cosine). With ``time_budget_s`` the
+    epoch count is cut, before training starts, to what 30 timed steps say fits in the budget."""
+    seed_everything(seed)
+    x, y = train.inputs, train.labels
+    n = len(y)
+    steps_per_epoch = math.ceil(n / batch_size)
+    planned = epochs
+    if time_budget_s:
+        probe = {k: v.clone() for k, v in model.state_dict().items()}
+        popt = torch.optim.AdamW(model.parameters(), lr=0.0)
+        model.train()
+        k = min(30, steps_per_epoch)
+        t = time.perf_counter()
+        for i in range(k):
+            out = model(pixel_values=x[i * batch_size:(i + 1) * batch_size], labels=y[i * batch_size:(i + 1) * batch_size])
+            out.loss.backward()
+            popt.step()
+            popt.zero_grad(set_to_none=True)
+        per_epoch = (time.perf_counter() - t) / k * steps_per_epoch
+        model.load_state_dict(probe)
+        epochs = max(1, min(epochs, int(time_budget_s // per_epoch)))
+        _log(f"about {per_epoch:.0f}s per epoch: training {epochs} epoch(s) (planned {planned}, budget {time_budget_s:.0f}s)", progress)
+        seed_everything(seed)
+    total = steps_per_epoch * epochs
+    opt = _optimizer(model, lr, weight_decay)
+    sched = _scheduler(opt, "cosine", int(round(warmup * total)), total)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = _Progress(total, "training", progress)
+    step = 0
+    t0 = time.perf_counter()
+    for _epoch in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, batch_size):
+            b = perm[i:i + batch_size]
+            out = model(pixel_values=x[b], labels=y[b])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.step(step, out.loss.item())
+    model.eval()
+    return {"steps": step, "epochs": epochs, "planned_epochs": planned, "train_seconds": time.perf_counter() - t0}
+
+
+def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    base = assets.minilm()
+    seed_everything(SEED)
+    tok = AutoTokenizer.from_pretrained(base.path, local_files_only=True)
+    from .models import quiet_transformers
+
+    with quiet_transformers():  # the fresh classifier head is expected: no load report
+        model = BertForSequenceClassification.from_pretrained(
+            base.path, local_files_only=True, num_labels=data.num_labels,
+            id2label=dict(enumerate(data.label_names)), label2id={n: i for i, n in enumerate(data.label_names)},
+        )
+    stats = train_text_classifier(model, tok, data.train, max_length=entry.max_length, seed=SEED, progress=progress, **entry.recipe)
+    model.save_pretrained(out)
+    tok.model_max_length = entry.max_length
+    tok.save_pretrained(out)
+    return model, tok, stats | {"base_model": base.as_source()}
+
+
+def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from .data.builtin import FASHION_MEAN, FASHION_STD
+
+    r = entry.recipe
+    seed_everything(SEED)
+    config = ViTConfig(
+        image_size=28, patch_size=r["patch_size"], num_channels=1, hidden_size=r["hidden_size"],
+        num_hidden_layers=r["num_hidden_layers"], num_attention_heads=r["num_attention_heads"],
+        intermediate_size=r["intermediate_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        num_labels=data.num_labels, id2label=dict(enumerate(data.label_names)),
+        label2id={n: i for i, n in enumerate(data.label_names)},
+    )
+    model = ViTForImageClassification(config)
+    budget = float(os.environ.get("OPTIN_DEPLOY_ZOO_BUDGET_S", r.get("time_budget_s", 0)) or 0) or None
+    stats = train_image_classifier(model, data.train, seed=SEED, progress=progress, **(r | {"time_budget_s": budget}))
+    model.save_pretrained(out)
+    proc = ViTImageProcessor(
+        do_resize=True, size={"height": 28, "width": 28}, do_rescale=True, rescale_factor=1 / 255,
+        do_normalize=True, image_mean=[FASHION_MEAN], image_std=[FASHION_STD],
+    )
+    proc.save_pretrained(out)
+    return model, None, stats | {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = True) -> Path:
+    """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains)."""
+    entry = _entry(name)
+    final = task_dir(name)
+    if (final / "zoo_info.json").exists() and not force:
+        return final
+    from .data.builtin import load_builtin
+
+    threads = set_threads()
+    data = load_builtin(entry.data, seed=SEED)
+    _log(f"preparing zoo model {name!r} ({entry.description}); trained once and cached in {final}", progress)
+    _log(f"data {entry.data}: {len(data.train)} train / {len(data.validation)} validation / {len(data.test)} test; {threads} threads", progress)
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=zoo_dir()))
+    try:
+        t0 = time.perf_counter()
+        fn = _prepare_text if entry.kind == "text" else _prepare_image
+        model, tok, stats = fn(entry, data, tmp, progress)
+        task = Task(name, model, data, entry.max_length, tok, str(final))
+        val = evaluate(task, "validation")
+        test = evaluate(task, "test")
+        import transformers
+
+        info = {
+            "format": ZOO_FORMAT,
+            "name": name,
+            "description": entry.description,
+            "data": entry.data,
+            "data_source": data.source,
+            "label_names": data.label_names,
+            "max_length": entry.max_length,
+            "recipe": entry.recipe,
+            "seed": SEED,
+            "threads": threads,
+            "split_sizes": {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)},
+            "validation_accuracy": val["accuracy"],
+            "validation_macro_f1": val["macro_f1"],
+            "test_accuracy": test["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "total_seconds": time.perf_counter() - t0,
+            **stats,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"{name}: validation accuracy {val['accuracy']:.4f}, test accuracy {test['accuracy']:.4f} "
+         f"(macro-F1 {test['macro_f1']:.4f}), trained in {stats['train_seconds']:.0f}s", progress)
+    return final
+
+
+def info(name: str) -> dict | None:
+    """The ``zoo_info.json`` of a prepared zoo model, or None if it is not prepared."""
+    p = task_dir(name) / "zoo_info.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def list_tasks() -> list[dict]:
+    """The zoo's models: name, description, data, whether prepared, folder and test accuracy."""
+    out = []
+    for e in ZOO.values():
+        i = info(e.name)
+        out.append({
+            "name": e.name, "description": e.description, "data": e.data, "default": e.name == DEFAULT_TASK,
+            "prepared": i is not None, "path": str(task_dir(e.name)),
+            "test_accuracy": None if i is None else i.get("test_accuracy"),
+        })
+    return out
+
+
+def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
+    """A zoo task (model in eval mode, tokenizer, max length, data), trained first if needed."""
+    entry = _entry(name)
+    folder = prepare(name, progress=progress)
+    from .data.builtin import load_builtin
+    from .models import load_model
+
+    set_threads()
+    model = load_model(folder)
+    tok = None
+    if entry.kind == "text":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return Task(name, model, load_builtin(entry.data, seed=SEED), entry.max_length, tok, str(folder))
+
+
+def _model_task_hint(folder: Path) -> dict | None:
+    """A model folder's record of its data (``zoo_info.json`` or ``optin_task.json``), if any."""
+    for f in ("optin_task.json", "zoo_info.json"):
+        p = folder / f
+        if p.exists():
+            try:
+                d = json.loads(p.read_text())
+            except ValueError:
+                continue
+            if d.get("data"):
+                return d
+    return None
+
+
+def _model_classes(model: torch.nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "num_labels") and type(model).__name__.endswith("Classification"):
+        return int(cfg.num_labels)
+    n = getattr(model, "num_classes", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def load_task(
+    model: str | None = None,
+    data: str | None = None,
+    *,
+    max_length: int = 128,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    seed: int = SEED,
+    progress: bool = True,
+) -> Task:
+    """The task a command works on.
+
+    * neither given: the default zoo task (``minilm-sentiment``);
+    * ``model`` a zoo name: that zoo task (with ``data`` replacing its data if given);
+    * ``model`` None and ``data`` a built-in data set: the zoo task trained on it;
+    * otherwise ``load_model(model)`` with ``load_data(data)``; the tokenizer comes from the model
+      folder. ``data`` may be left out when the model folder records it (``optin_task.json`` or
+      ``zoo_info.json`` with a ``data`` key, plus ``max_length``).
+    """
+    from .data.loaders import load_data
+    from .models import load_model, load_tokenizer, preprocessing
+
+    flags = {"text_column": text_column, "label_column": label_column, "seed": seed}
+    if model is None:
+        if data is None:
+            return get_task(DEFAULT_TASK, progress=progress)
+        if data in DATA_TO_TASK:
+            return get_task(DATA_TO_TASK[data], progress=progress)
+        raise OptinError(f"--data {data!r} needs a model: pass --model (a zoo name, a model folder, a hub name or timm:NAME)")
+    if model in ZOO:
+        task = get_task(model, progress=progress)
+        if data is not None and data != ZOO[model].data:
+            task.data = _check_fit(task.model, _load_for(task, data, flags), model, data)
+        return task
+    set_threads()
+    m = load_model(model)
+    folder = Path(str(model)).expanduser()
+    hint = _model_task_hint(folder) if folder.is_dir() else None
+    if data is None:
+        if hint is None:
+            raise OptinError(f"model {model!r} does not record its data: pass --data (a built-in data set or a file/folder)")
+        data = hint["data"]
+        max_length = int(hint.get("max_length") or max_length)
+    pre = preprocessing(m, model)
+    if pre["modality"] == "image":
+        td = load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
+                       num_channels=pre["num_channels"], **flags)
+    else:
+        td = load_data(data, **flags)
+    if td.modality != pre["modality"]:
+        raise OptinError(f"model {model!r} takes {pre['modality']} but data {data!r} is {td.modality}; pass matching data")
+    td = _check_fit(m, td, model, data)
+    tok = load_tokenizer(model) if td.modality == "text" else None
+    return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
+
+
+def _load_for(task: Task, data: str, flags: dict) -> TaskData:
+    from .data.loaders import load_data
+    from .models import preprocessing
+
+    pre = preprocessing(task.model, task.model_source)
+    if pre["modality"] == "image":
+        return load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
+                         num_channels=pre["num_channels"], **flags)
+    return load_data(data, **flags)
+
+
+def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    n = _model_classes(model)
+    if n is not None and td.train.labels is not None and td.task_type == "classification" and td.num_labels != n:
+        raise OptinError(
+            f"model {model_spec!r} predicts {n} classes but data {data_spec!r} has {td.num_labels} labels "
+            f"({', '.join(td.label_names[:6])}); use data with the model's classes or a fine-tuned model"
+        )
+    return td

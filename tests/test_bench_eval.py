@@ -1,0 +1,164 @@
+"""Benchmark result structure (no timing assertions), evaluation metrics, and the CLI wiring."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_tiny_bert, text_inputs
+
+from optin_deploy.bench import benchmark, print_bench_table
+from optin_deploy.evaluate import accuracy, agreement, evaluate, macro_f1, pearson, spearman, task_metrics
+from optin_deploy.exporters import ShapeProfile, export_bundle
+from optin_deploy.runtimes import get_runtime
+
+
+@pytest.fixture(scope="module")
+def dense_and_pruned(tmp_path_factory):
+    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    d = tmp_path_factory.mktemp("b")
+    dense = make_tiny_bert()
+    pruned = surgery.apply_plan(dense, surgery.random_plan(dense, seed=1, empty_heads_layer=1))
+    prof = ShapeProfile(opt_batch=4, max_batch=16, opt_seq=16, max_seq=64)
+    export_bundle(dense, text_inputs(), d / "dense", profile=prof)
+    export_bundle(pruned, text_inputs(), d / "pruned", profile=prof)
+    return dense, pruned, d
+
+
+def test_benchmark_structure(dense_and_pruned):
+    dense, pruned, d = dense_and_pruned
+    inputs = {k: v.numpy() for k, v in text_inputs(batch=4, seq=16).items()}
+    res = benchmark({"dense": (get_runtime("ort-cpu", threads=1), d / "dense"),
+                     "pruned": (get_runtime("ort-cpu", threads=1), d / "pruned"),
+                     "torch": (get_runtime("torch-cpu"), dense)},
+                    inputs, warmup=1, iters=4, progress=False)
+    assert res["baseline"] == "dense" and res["interleaved"]
+    assert set(res["models"]) == {"dense", "pruned", "torch"}
+    for m in res["models"].values():
+        assert m["iters"] == 4 and m["batch_size"] == 4
+        assert 0 < m["min_ms"] <= m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"]
+        assert m["throughput_samples_per_s"] > 0 and m["peak_memory_mb"] >= 0
+        assert m["output_shape"] == [4, 3]
+        assert m["runtime"]["runtime"] in ("ort-cpu", "torch-cpu")
+    assert res["speedup"]["dense"] == pytest.approx(1.0)
+    json.dumps(res)  # JSON-able
+    print_bench_table(res)
+
+
+def test_benchmark_seconds_and_sequential(dense_and_pruned):
+    _, _, d = dense_and_pruned
+    inputs = {k: v.numpy() for k, v in text_inputs(batch=2, seq=8).items()}
+    res = benchmark({"a": (get_runtime("ort-cpu"), d / "dense"), "b": (get_runtime("ort-cpu"), d / "pruned")},
+                    inputs, warmup=1, iters=None, seconds=0.05, interleave=False, baseline="b", progress=False)
+    assert res["baseline"] == "b" and not res["interleaved"]
+    assert all(m["iters"] >= 5 for m in res["models"].values())
+
+
+def test_metrics_hand_made():
+    labels = np.array([0, 1, 2, 2, 1, 0, 2, 1])
+    pred = np.array([0, 2, 2, 2, 1, 0, 1, 1])
+    assert accuracy(pred, labels) == pytest.approx(6 / 8)
+    # per class F1: c0 = 1.0; c1: tp2 fp1 fn1 -> 4/6; c2: tp2 fp1 fn1 -> 4/6
+    assert macro_f1(pred, labels, 3) == pytest.approx((1 + 4 / 6 + 4 / 6) / 3)
+
+
+def test_spearman_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=50)
+    b = a + rng.normal(scale=0.5, size=50)
+    b[:10] = np.round(b[:10])  # ties
+    a[5:9] = a[5]
+    assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
+    assert pearson(a, b) == pytest.approx(scipy_stats.pearsonr(a, b).statistic, abs=1e-12)
+
+
+def test_task_metrics_and_agreement():
+    logits = np.array([[2.0, 0, 0], [0, 1, 0], [0, 0, 3], [1, 0, 0]], np.float32)
+    m = task_metrics(logits, np.array([0, 1, 1, 0]), "classification", 3)
+    assert m["accuracy"] == 0.75 and "macro_f1" in m and m["n"] == 4
+    m2 = task_metrics(logits[:, :2], np.array([0, 1, 1, 0]), "classification", 2)
+    assert "macro_f1" not in m2
+    r = task_metrics(np.array([[0.1], [0.5], [0.3]]), np.array([1.0, 3.0, 2.0]), "regression", 1)
+    assert r["spearman"] == pytest.approx(1.0)
+    assert agreement(logits, logits[[0, 1, 2, 2]], "classification")["agreement_vs_baseline"] == 0.75
+
+
+class _TinyTask:
+    """A Task-like with hand-made batches (the real Task needs a tokenizer)."""
+
+    def __init__(self, n=10, num_labels=3):
+        from optin_deploy.data.types import Split, TaskData
+
+        g = torch.Generator().manual_seed(0)
+        self.inputs = text_inputs(batch=n, seq=12, seed=1)
+        labels = torch.randint(0, num_labels, (n,), generator=g)
+        split = Split([f"t{i}" for i in range(n)], labels)
+        self.data = TaskData("tiny", "text", "classification", [str(i) for i in range(num_labels)], split, split, split)
+        self.name = "tiny"
+
+    def batches(self, split, batch_size=64):
+        s = getattr(self.data, split)
+        for i in range(0, len(s), batch_size):
+            yield {k: v[i : i + batch_size] for k, v in self.inputs.items()}, s.labels[i : i + batch_size]
+
+
+def test_evaluate_through_runtimes(dense_and_pruned):
+    dense, pruned, d = dense_and_pruned
+    task = _TinyTask()
+    res = evaluate(task, {"dense": (get_runtime("ort-cpu"), d / "dense"), "pruned": (get_runtime("ort-cpu"), d / "pruned"),
+                          "dense-torch": (get_runtime("torch-cpu"), dense)},
+                   batch_size=4, progress=False, return_logits=True)
+    assert res["baseline"] == "dense"
+    for label in ("dense", "pruned", "dense-torch"):
+        assert res["models"][label]["n"] == 10
+        assert 0 <= res["models"][label]["accuracy"] <= 1
+    assert res["models"]["dense-torch"]["agreement_vs_baseline"] == 1.0
+    assert res["models"]["dense-torch"]["accuracy"] == res["models"]["dense"]["accuracy"]
+    want = (res["logits"]["pruned"].argmax(1) == res["logits"]["dense"].argmax(1)).mean()
+    assert res["models"]["pruned"]["agreement_vs_baseline"] == pytest.approx(want)
+
+
+def test_cli_bench_json(dense_and_pruned, tmp_path):
+    from optin_deploy.cli import app
+
+    _, _, d = dense_and_pruned
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(app, ["bench", str(d / "dense"), str(d / "pruned"), "--threads", "1", "--batch", "2",
+                                 "--seq-len", "8", "--iters", "3", "--warmup", "1", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert set(res["models"]) == {"dense", "pruned"} and res["models"]["pruned"]["input_shapes"]["input_ids"] == [2, 8]
+
+
+def test_cli_export_model_dir(tmp_path):
+    from optin_deploy.cli import app
+
+    model = make_tiny_bert()
+    model.save_pretrained(tmp_path / "m")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "m"), "--out", str(tmp_path / "b"), "--batch", "2",
+                                 "--seq-len", "16", "--max-batch", "8"])
+    assert r.exit_code == 0, r.output
+    assert "parity passed" in r.output
+    manifest = json.loads((tmp_path / "b" / "export.json").read_text())
+    assert manifest["profile"]["max_seq"] == 64  # clipped to the model's position embeddings
+    assert manifest["source"] == str(tmp_path / "m")
+
+
+def test_cli_export_pruned_dir_and_bench_table(tmp_path):
+    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    from optin_deploy.cli import app
+    from optin_deploy.pruned_io import save_pruned
+
+    dense = make_tiny_bert()
+    pruned = surgery.apply_plan(dense, surgery.random_plan(dense, seed=4, empty_heads_layer=0))
+    save_pruned(pruned, tmp_path / "p")
+    r = CliRunner().invoke(app, ["export", str(tmp_path / "p"), "--out", str(tmp_path / "b"), "--batch", "2", "--seq-len", "16"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["bench", str(tmp_path / "b"), "--iters", "2", "--warmup", "1", "--batch", "2", "--seq-len", "8"])
+    assert r.exit_code == 0, r.output
+    assert "p50" in r.output

@@ -1,0 +1,125 @@
+"""End-to-end ``optin-deploy build`` on a tiny model and small CSV data; report schema and gate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optin_deploy.build import REPORT_KEYS, check_gate
+from optin_deploy.errors import QualityGateError
+
+WORDS_POS = ["good", "great", "fine", "superb", "lovely", "fun"]
+WORDS_NEG = ["bad", "awful", "poor", "dull", "boring", "weak"]
+
+
+@pytest.fixture(scope="module")
+def tiny_text_task(tmp_path_factory):
+    """A tiny random BERT folder (with the MiniLM tokenizer) and a labelled CSV."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from optin_deploy.data import assets
+
+    import torch
+
+    root = tmp_path_factory.mktemp("task")
+    tok = assets.minilm().path
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=128, num_labels=2)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(root / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(tok) / name).is_file():
+            shutil.copy2(Path(tok) / name, root / "model" / name)
+    import random
+
+    rng = random.Random(0)
+    with open(root / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(200):
+            pos = i % 2 == 0
+            words = rng.choices(WORDS_POS if pos else WORDS_NEG, k=4) + rng.choices(["the", "film", "was", "a", "plot"], k=4)
+            rng.shuffle(words)
+            w.writerow([" ".join(words), "fresh" if pos else "rotten"])
+    return root
+
+
+def run_cli(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env={**__import__("os").environ, "OPTIN_DEPLOY_QUIET": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_build_end_to_end(tiny_text_task, tmp_path):
+    out = tmp_path / "bundle"
+    run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
+            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    for key in REPORT_KEYS:
+        assert key in report, key
+    assert report["macs"]["ratio"] <= 0.5 + 1e-9
+    assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
+    assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
+    assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
+    assert report["gate"]["passed"] is True
+    for rel in ("pruned/model.safetensors", "pruned/optin_structure.json", "onnx/pruned/model.onnx", "onnx/dense/model.onnx",
+                "report.md", "manifest.json", "plots/structure.png", "plots/accuracy_latency.png"):
+        assert (out / rel).is_file(), rel
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "build" in manifest["command"] and manifest["versions"]["torch"]
+    assert manifest["files"]["onnx/pruned/model.onnx"]["sha256"] == report["artifacts"]["onnx/pruned/model.onnx"]["sha256"]
+    # the bundle's pruned model reloads and its ONNX file runs in onnxruntime
+    import numpy as np
+    import onnxruntime as ort
+
+    from optin_deploy.pruned_io import load_pruned
+
+    load_pruned(out / "pruned")
+    sess = ort.InferenceSession(str(out / "onnx/pruned/model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.full((2, 7), 1000, dtype=np.int64)
+    logits = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    assert logits.shape == (2, 2)
+    assert not list(tmp_path.glob(".bundle.tmp-*")), "staging folder left behind"
+    # a second run reuses the cached scores
+    out2 = tmp_path / "bundle2"
+    run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.7",
+            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out2))
+    assert json.loads((out2 / "report.json").read_text())["scoring"]["cached"] is True
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flops", "1.5"], "--flops must be in (0, 1]"),
+    (["--flops", "0"], "--flops must be in (0, 1]"),
+    (["--profile", "no-such-profile"], "profile"),
+    (["--calib-samples", "100000"], "calibration samples"),
+    (["--flops", "0.5", "--latency-ms", "3"], "either --flops or --latency-ms"),
+])
+def test_build_bad_input(tiny_text_task, tmp_path, args, message):
+    out = tmp_path / "b"
+    proc = run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error:") and message in err[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+def test_build_unknown_model(tmp_path):
+    proc = run_cli("build", "--model", str(tmp_path / "missing"), "--data", "rotten-tomatoes", "--out", str(tmp_path / "b"), check=False)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_quality_gate():
+    check_gate({"gate": {"passed": True, "drop": 0.5, "max_accuracy_drop": 2.0}})
+    check_gate({"gate": None})
+    with pytest.raises(QualityGateError, match="quality gate failed: accuracy dropped 3.10 points"):
+        check_gate({"gate": {"passed": False, "drop": 3.1, "max_accuracy_drop": 2.0}, "bundle": "x"})

@@ -1,0 +1,234 @@
+"""ONNX export + onnxruntime parity for dense and pruned tiny models; export failure hygiene;
+TensorRT / torch-tensorrt paths (skipped without them)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAMILIES, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
+
+from optin_deploy.errors import MissingRuntimeError, OptinError
+from optin_deploy.exporters import ShapeProfile, export_bundle, get_exporter, parity_inputs
+from optin_deploy.exporters.base import LogitsModel
+from optin_deploy.runtimes import get_runtime
+
+PROFILE = ShapeProfile(min_batch=1, opt_batch=4, max_batch=16, min_seq=1, opt_seq=16, max_seq=64)
+FAMS = ["bert", "hf_vit", "timm_vit"]
+
+
+def _pruned(model, seed=1, empty_heads_layer=1, empty_mlp_layer=None):
+    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    plan = surgery.random_plan(model, seed=seed, empty_heads_layer=empty_heads_layer, empty_mlp_layer=empty_mlp_layer)
+    return surgery.apply_plan(model, plan), plan
+
+
+def _check_onnx(model, example, tmp_path, **kw):
+    res = get_exporter("onnx").export(model, example, tmp_path / "model.onnx", profile=PROFILE, **kw)
+    assert res.path.exists()
+    par = res.metadata["parity"]
+    assert par["passed"] and par["max_abs_diff"] <= 1e-4
+    assert len(par["cases"]) >= 2
+    assert len({tuple(c["shapes"][next(iter(c["shapes"]))]) for c in par["cases"]}) >= 2  # two different shapes
+    # also at shapes the parity check did not use: batch 3, and for text sequence 40
+    rt = get_runtime("ort-cpu", threads=1).load(res.path)
+    ref = LogitsModel(model, list(example))
+    for inputs in parity_inputs(example, batches=(3, 2), seq_lens=(40, 7)):
+        got = rt.run(inputs)
+        want = ref(*inputs.values()).detach().numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() <= 1e-4
+    return res
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_onnx_dense(family, tmp_path):
+    make, inputs = FAMILIES[family]
+    model = make()
+    example = inputs()
+    res = _check_onnx(model, example, tmp_path)
+    meta = res.metadata
+    assert meta["input_names"] == list(example) and meta["output_names"] == ["logits"]
+    assert isinstance(meta["opset"], int) and meta["opset"] >= 17
+    assert not meta["external_data"]
+    import onnx
+
+    m = onnx.load(str(res.path))
+    onnx.checker.check_model(m)
+    assert [i.name for i in m.graph.input] == list(example)
+    assert [o.name for o in m.graph.output] == ["logits"]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param  # dynamic batch
+    if family == "bert":
+        assert dims[1].dim_param  # dynamic sequence
+    else:
+        assert [d.dim_value for d in dims[1:]] == list(example["pixel_values"].shape[1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp files left
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_onnx_pruned_nonuniform_with_empty_layer(family, tmp_path):
+    make, inputs = FAMILIES[family]
+    model = make()
+    pruned, plan = _pruned(model, seed=3, empty_heads_layer=1, empty_mlp_layer=2)
+    heads, neurons = plan.counts()
+    assert heads[1] == 0 and neurons[2] == 0 and len(set(heads)) > 1
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    _check_onnx(pruned, inputs(), tmp_path)
+
+
+def test_onnx_optimize_records_result(tmp_path):
+    model = make_tiny_bert()
+    pruned, _ = _pruned(model, seed=5, empty_heads_layer=None)
+    res = get_exporter("onnx").export(pruned, text_inputs(), tmp_path / "model.onnx", profile=PROFILE, optimize=True)
+    opt = res.metadata["optimized"]
+    assert opt["model_type"] == "bert"
+    if opt["kept"]:
+        assert (tmp_path / "model.optimized.onnx").exists() and opt["parity"]["passed"]
+    else:
+        assert opt["reason"] and not (tmp_path / "model.optimized.onnx").exists()
+
+
+def test_export_bundle_writes_parity_and_manifest(tmp_path):
+    model = make_tiny_timm()
+    m = export_bundle(model, image_inputs(), tmp_path / "bundle", profile=PROFILE, source="tiny")
+    files = sorted(p.name for p in (tmp_path / "bundle").iterdir())
+    assert files == ["export.json", "model.onnx", "parity.json"]
+    parity = json.loads((tmp_path / "bundle" / "parity.json").read_text())
+    assert parity["model.onnx"]["passed"]
+    assert json.loads((tmp_path / "bundle" / "export.json").read_text())["runtime"] == "ort-cpu"
+    assert m["artifact"].endswith("model.onnx")
+
+
+def test_export_failure_leaves_no_file(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("Unsupported operator aten::frobnicate")
+
+    monkeypatch.setattr(torch.onnx, "export", boom)
+    out = tmp_path / "out"
+    with pytest.raises(OptinError, match="torch.onnx.export.*frobnicate"):
+        get_exporter("onnx").export(make_tiny_bert(), text_inputs(), out / "model.onnx", profile=PROFILE)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_export_parity_failure_leaves_no_file(tmp_path, monkeypatch):
+    import optin_deploy.exporters.onnx as onnx_mod
+
+    real = onnx_mod.onnx_parity_runner
+
+    def corrupt(path, threads=None):
+        rt = real(path, threads)
+        run = rt.run
+        rt.run = lambda inputs: run(inputs) + 1.0
+        return rt
+
+    monkeypatch.setattr(onnx_mod, "onnx_parity_runner", corrupt)
+    with pytest.raises(OptinError, match="parity check failed"):
+        get_exporter("onnx").export(make_tiny_bert(), text_inputs(), tmp_path / "model.onnx", profile=PROFILE)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
+def test_export_unwritable_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(OptinError, match="cannot write"):
+            get_exporter("onnx").export(make_tiny_bert(), text_inputs(), ro / "model.onnx", profile=PROFILE)
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_max_seq_beyond_positions_is_an_error(tmp_path):
+    with pytest.raises(OptinError, match="position embeddings"):
+        get_exporter("onnx").export(make_tiny_bert(), text_inputs(), tmp_path / "m.onnx", profile=ShapeProfile(max_seq=512))
+
+
+def test_bad_profile_is_an_error():
+    with pytest.raises(OptinError):
+        ShapeProfile(min_batch=4, opt_batch=2)
+
+
+def test_unknown_exporter():
+    with pytest.raises(OptinError, match="unknown export format"):
+        get_exporter("openvino-typo")
+
+
+def _has_tensorrt_gpu() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:
+        return f"TensorRT Python package not importable ({type(exc).__name__})"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+def _has_torch_tensorrt_gpu() -> str | None:
+    try:
+        import torch_tensorrt  # noqa: F401
+    except Exception as exc:
+        return f"torch-tensorrt not importable ({type(exc).__name__})"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+def test_tensorrt_missing_is_one_line_error(tmp_path):
+    if _has_tensorrt_gpu() is None:
+        pytest.skip("TensorRT and a GPU are present: the missing-runtime path cannot be exercised")
+    with pytest.raises(MissingRuntimeError) as ei:
+        get_exporter("tensorrt").export(make_tiny_bert(), text_inputs(), tmp_path / "model.engine", profile=PROFILE)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert 'pip install "optin-deploy[tensorrt]" --extra-index-url https://pypi.nvidia.com' in msg or "CUDA GPU" in msg
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_torch_tensorrt_missing_is_one_line_error(tmp_path):
+    if _has_torch_tensorrt_gpu() is None:
+        pytest.skip("torch-tensorrt and a GPU are present")
+    with pytest.raises(MissingRuntimeError) as ei:
+        get_exporter("torch-tensorrt").export(make_tiny_bert(), text_inputs(), tmp_path / "model.ep", profile=PROFILE)
+    assert "\n" not in str(ei.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("family", ["bert", "timm_vit"])
+def test_tensorrt_engine(family, precision, tmp_path):
+    why = _has_tensorrt_gpu()
+    if why:
+        pytest.skip(why)
+    make, inputs = FAMILIES[family]
+    pruned, _ = _pruned(make(), seed=2, empty_heads_layer=1)
+    m = export_bundle(pruned, inputs(), tmp_path / "b", fmt="tensorrt", precision=precision, profile=PROFILE,
+                      timing_cache=tmp_path / "timing.cache")
+    assert (tmp_path / "b" / "model.engine").exists() and (tmp_path / "b" / "model.engine.json").exists()
+    assert (tmp_path / "timing.cache").exists()
+    assert m["parity"]["model.engine"]["passed"]
+    rt = get_runtime("tensorrt").load(tmp_path / "b")
+    assert rt.run({k: v.numpy() for k, v in inputs().items()}).shape[0] == 4
+
+
+@pytest.mark.gpu
+def test_torch_tensorrt_program(tmp_path):
+    why = _has_torch_tensorrt_gpu()
+    if why:
+        pytest.skip(why)
+    m = export_bundle(make_tiny_bert(), text_inputs(), tmp_path / "b", fmt="tensorrt", backend="torch-tensorrt", profile=PROFILE)
+    assert m["parity"]["model.ep"]["passed"]
+
+
+def test_export_out_dir_is_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OptinError, match="cannot write"):
+        get_exporter("onnx").export(make_tiny_bert(), text_inputs(), blocker / "model.onnx", profile=PROFILE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

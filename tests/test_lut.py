@@ -1,0 +1,216 @@
+"""Latency tables: JSON round-trip -> CostModel, selection under a latency budget, the closed loop,
+and one real (small) measurement on a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from conftest import make_tiny_bert
+from optin_deploy.errors import MissingRuntimeError, OptinError
+from optin_deploy.lut import LatencyTable, LutMismatchWarning, load_lut, read_lut
+
+TINY_PROFILE = """
+name = "tiny-cpu"
+runtime = "onnxruntime-cpu"
+device = "cpu"
+precision = "fp32"
+batch_size = 2
+seq_len = 16
+threads = 1
+head_multiple = 1
+neuron_multiple = 8
+[shapes]
+max_batch = 4
+max_seq = 32
+"""
+
+
+def synthetic_table(L=3, H=4, F=48) -> LatencyTable:
+    """A made-up table for the tiny BERT: attention non-linear in heads, MLP linear-ish in width."""
+    return LatencyTable(
+        profile={"name": "tiny-cpu", "runtime": "onnxruntime-cpu", "precision": "fp32", "threads": 1},
+        shapes={"batch": 2, "tokens": 16, "seq_len": 16, "image_size": None},
+        model={"name": "tiny", "family": "bert", "num_layers": L, "heads": [H] * L, "neurons": [F] * L, "hidden_size": 32, "head_dim": 8},
+        attn_ms=[0.0] + [0.5 + 0.25 * h for h in range(1, H + 1)],
+        mlp_widths=[0, 16, 32, 48],
+        mlp_ms=[0.0, 0.3, 0.5, 0.7],
+        empty_model_ms=1.0,
+        dense_model_ms=1.0 + L * (1.5 + 0.7),
+    )
+
+
+def scores(model, seed=0):
+    from optin_deploy.adapters import get_adapter
+
+    a = get_adapter(model)
+    g = torch.Generator().manual_seed(seed)
+    return ([torch.rand(h, generator=g, dtype=torch.float64) for h in a.heads_per_layer()],
+            [torch.rand(f, generator=g, dtype=torch.float64) for f in a.neurons_per_layer()])
+
+
+def test_table_predictions_and_cost_model():
+    t = synthetic_table()
+    assert t.mlp(24) == pytest.approx(0.4)  # piecewise-linear
+    assert t.predict([4, 4, 4], [48, 48, 48]) == pytest.approx(t.dense_model_ms)
+    cm = t.cost_model()
+    assert cm.unit == "ms" and cm.num_layers == 3
+    assert cm.attn(1, 2) == pytest.approx(1.0) and cm.attn(0, 0) == 0.0
+    intercept, slope = t.linear_fit()
+    assert slope == pytest.approx(0.2 / 16, rel=1e-6)
+    assert cm.neuron == [pytest.approx(slope)] * 3
+    assert cm.fixed == pytest.approx(1.0 + 3 * intercept)
+    assert cm.dense() == pytest.approx(t.dense_model_ms, rel=0.02)
+
+
+def test_json_round_trip(tmp_path):
+    t = synthetic_table()
+    path = t.save(tmp_path / "lut.json")
+    d = json.loads(path.read_text())
+    assert d["format"] == "optin-deploy-lut" and "fit" in d
+    t2 = read_lut(path)
+    assert t2.attn_ms == t.attn_ms and t2.mlp_widths == t.mlp_widths and t2.empty_model_ms == t.empty_model_ms
+    a, b = t.cost_model(), load_lut(path)
+    for heads, neurons in [([4, 4, 4], [48, 48, 48]), ([0, 2, 3], [8, 0, 40])]:
+        assert a.total(heads, neurons) == pytest.approx(b.total(heads, neurons))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(OptinError, match="does not exist"):
+        read_lut(tmp_path / "none.json")
+    (tmp_path / "x.json").write_text("{")
+    with pytest.raises(OptinError, match="not valid JSON"):
+        read_lut(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(OptinError, match="not an optin-deploy latency table"):
+        read_lut(tmp_path / "y.json")
+
+
+def test_mismatch_warnings_and_layer_error(tmp_path):
+    t = synthetic_table()
+    path = t.save(tmp_path / "lut.json")
+    model = make_tiny_bert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prof = tmp_path / "tiny.toml"
+        prof.write_text(TINY_PROFILE)
+        load_lut(path, model, prof)  # same profile, shapes and model: no warning
+    with pytest.warns(LutMismatchWarning, match="profile 'tiny-cpu', used with 'x86-cpu-ort'"):
+        cm = load_lut(path, model, "x86-cpu-ort")
+    assert any("batch 2" in w for w in cm.info["warnings"])
+    with pytest.raises(OptinError, match="3-layer model, this model has 2"):
+        load_lut(path, make_tiny_bert(layers=2))
+
+
+@pytest.mark.parametrize("fraction", [0.35, 0.6, 0.85])
+@pytest.mark.parametrize("nm", [1, 8])
+def test_select_under_a_latency_table_respects_budget(fraction, nm):
+    from optin_deploy.core.selection import select
+
+    model = make_tiny_bert()
+    t = synthetic_table()
+    cm = t.cost_model()
+    hs, ns = scores(model)
+    budget = fraction * cm.dense()
+    sel = select(hs, ns, cm, budget, neuron_multiple=nm)
+    heads, neurons = sel.plan.counts()
+    assert cm.total(heads, neurons) <= budget * (1 + 1e-9)
+    assert sel.cost <= budget * (1 + 1e-9)
+    assert all(f % nm == 0 for f in neurons)
+    assert sum(heads) + sum(neurons) > 0
+
+
+def test_select_for_latency_tightens_until_within_target():
+    from optin_deploy.latency_budget import select_for_latency
+
+    model = make_tiny_bert()
+    t = synthetic_table()
+    calls = []
+
+    def measure(pruned):  # a "target" 20 % slower than the table says
+        from optin_deploy.adapters import get_adapter
+
+        a = get_adapter(pruned)
+        ms = 1.2 * t.predict(a.heads_per_layer(), a.neurons_per_layer())
+        calls.append(ms)
+        return ms
+
+    target = 0.6 * t.dense_model_ms
+    res = select_for_latency(model, scores(model), None, t, target, measure, max_rounds=4)
+    assert res.rounds[0]["measured_ms"] > target  # the table alone overshoots
+    assert res.met and res.measured_ms <= target
+    assert len(res.rounds) >= 2 and len(calls) == len({(tuple(r["heads"]), tuple(r["neurons"])) for r in res.rounds})
+    for r in res.rounds:
+        assert {"budget_ms", "predicted_ms", "measured_ms", "measured_over_target"} <= set(r)
+    from optin_deploy.adapters import get_adapter
+
+    assert get_adapter(res.model).heads_per_layer() == res.plan.counts()[0]
+    d = res.to_dict()
+    assert d["measured_ms"] == res.measured_ms and len(d["rounds"]) == len(res.rounds)
+
+
+def test_select_for_latency_loosens_when_far_under():
+    from optin_deploy.latency_budget import select_for_latency
+
+    model = make_tiny_bert()
+    t = synthetic_table()
+
+    def measure(pruned):  # the target is much faster than the table says
+        from optin_deploy.adapters import get_adapter
+
+        a = get_adapter(pruned)
+        return 0.7 * t.predict(a.heads_per_layer(), a.neurons_per_layer())
+
+    target = 0.6 * t.dense_model_ms
+    res = select_for_latency(model, scores(model), None, t, target, measure, max_rounds=4)
+    assert res.rounds[0]["measured_ms"] < 0.9 * target
+    assert res.rounds[-1]["budget_ms"] > res.rounds[0]["budget_ms"]
+    assert res.met and res.measured_ms >= res.rounds[0]["measured_ms"]
+
+
+def test_select_for_latency_rejects_unreachable_target():
+    from optin_deploy.latency_budget import select_for_latency
+
+    model = make_tiny_bert()
+    with pytest.raises(OptinError, match="below what pruning can reach"):
+        select_for_latency(model, scores(model), None, synthetic_table(), 0.5, lambda m: 1.0)
+
+
+def test_gpu_profile_without_provider_errors_clearly():
+    import onnxruntime as ort
+
+    from optin_deploy.lut import ort_runtime_for
+    from optin_deploy.profiles import load_profile
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA provider present")
+    with pytest.raises(MissingRuntimeError, match="CUDAExecutionProvider"):
+        ort_runtime_for(load_profile("nvidia-gpu-ort-cuda"))
+
+
+def test_real_measurement_on_tiny_bert(tmp_path):
+    """A real (small) table: structure only, no timing assertions."""
+    from optin_deploy.core.selection import select
+    from optin_deploy.lut import measure_lut
+
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(TINY_PROFILE)
+    model = make_tiny_bert()
+    t = measure_lut(model, prof, mlp_step=24, rounds=2, iters=2, warmup=1)
+    assert len(t.attn_ms) == 5 and t.attn_ms[0] == 0.0
+    assert t.mlp_widths == [0, 24, 48] and t.mlp_ms[0] == 0.0
+    assert t.empty_model_ms > 0 and t.dense_model_ms > 0 and t.scale > 0
+    assert t.shapes == {"batch": 2, "tokens": 16, "seq_len": 16, "image_size": None}
+    assert t.profile["name"] == "tiny-cpu" and t.model["heads"] == [4, 4, 4]
+    env = t.environment
+    assert env["device"]["cpu"] and env["versions"]["onnxruntime"] and env["versions"]["torch"]
+    assert env["runtime"]["provider"] == "CPUExecutionProvider"
+    path = t.save(tmp_path / "lut.json")
+    cm = load_lut(path, model, prof)
+    assert cm.info["warnings"] == []
+    hs, ns = scores(model)
+    sel = select(hs, ns, cm, 0.7 * cm.dense())
+    assert sel.cost <= 0.7 * cm.dense() * (1 + 1e-9)
