@@ -222,6 +222,12 @@ def run_task(name: str, args) -> dict:
 # ---------------------------------------------------------------------------------------- report
 
 
+def ordered(scorers: dict) -> list[tuple[str, dict]]:
+    """Scorer entries in registry order (optin first), unknown names last."""
+    rank = {n: i for i, n in enumerate(SCORERS)}
+    return sorted(scorers.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["# OPTIN vs baseline scorers", "",
              "PyTorch accuracy of the physically pruned model, no retraining. Budget = fraction of the dense "
@@ -236,7 +242,7 @@ def markdown(results: list[dict]) -> str:
         has_ort = any("ort_speedup" in row for e in r["scorers"].values() for row in e["budgets"].values())
         lines += ["| scorer | scoring s | " + " | ".join(f"{b} test / val" for b in budgets) + " |",
                   "|---|---:|" + "---:|" * len(budgets)]
-        for name, e in r["scorers"].items():
+        for name, e in ordered(r["scorers"]):
             cells = []
             for b in budgets:
                 row = e["budgets"].get(b)
@@ -246,7 +252,7 @@ def markdown(results: list[dict]) -> str:
         if has_ort:
             lines += ["", "onnxruntime CPU speed-up over dense (dense " + f"{r['dense'].get('ort_ms', float('nan')):.1f} ms):", "",
                       "| scorer | " + " | ".join(budgets) + " |", "|---|" + "---:|" * len(budgets)]
-            for name, e in r["scorers"].items():
+            for name, e in ordered(r["scorers"]):
                 lines.append(f"| {name} | " + " | ".join(f"{e['budgets'][b]['ort_speedup']:.2f}x" if b in e["budgets"] and "ort_speedup" in e["budgets"][b] else "" for b in budgets) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -260,7 +266,7 @@ def plot(r: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, split in zip(axes, ("test_acc", "val_acc")):
-        for name, e in r["scorers"].items():
+        for name, e in ordered(r["scorers"]):
             rows = sorted(e["budgets"].values(), key=lambda x: x["macs_ratio"])
             if rows:
                 ax.plot([x["macs_ratio"] for x in rows], [100 * x[split] for x in rows], marker="o", label=name)

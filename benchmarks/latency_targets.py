@@ -32,7 +32,8 @@ def load_minilm():
     folder = zoo.task_dir("minilm-sentiment")
     if (folder / "config.json").exists():
         task = zoo.get_task("minilm-sentiment", progress=False)
-        return task.model.eval(), task.calibration(16, seed=0), f"zoo minilm-sentiment ({folder})"
+        task.max_length = 64  # the build's calibration: 128 training snippets, up to 64 tokens, seed 0
+        return task.model.eval(), task.calibration(128, seed=0), f"zoo minilm-sentiment ({folder})"
     from transformers import AutoTokenizer
 
     from optin_deploy.data import assets
@@ -64,9 +65,10 @@ def get_scores(model, calib, scores_path: Path | None, cache: Path, exact: bool)
     try:  # the lead's cached scorer, when it exists
         from optin_deploy.core.api import score_model  # type: ignore
 
-        print("scoring with optin_deploy.core.api.score_model")
-        s = score_model(model, calib)
-        source = "optin_deploy.core.api.score_model"
+        print("OPTIN fast scores via optin_deploy.core.api.score_model (cached after the default build)")
+        s = score_model(model, calib, "fast", probes=64)
+        source = f"OPTIN --scoring fast (exact heads + Hutchinson neurons), cached={s.info.get('cached')}"
+        return s, source
     except ImportError:
         if not exact:
             from optin_deploy.core.baselines import magnitude_scores
@@ -90,7 +92,7 @@ def get_scores(model, calib, scores_path: Path | None, cache: Path, exact: bool)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="x86-cpu-ort")
-    ap.add_argument("--scores", type=Path, help="RawScores JSON (else cached results/minilm_scores.json, else computed)")
+    ap.add_argument("--scores", type=Path, help="RawScores JSON (else the cached fast OPTIN scores of the default build)")
     ap.add_argument("--lut", type=Path, help="an existing latency table (else measured and saved to results/)")
     ap.add_argument("--exact", action="store_true", help="compute exact OPTIN scores when none are given (slow: ~9k units)")
     ap.add_argument("--targets", default="0.5,0.7,0.9")
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     prof = load_profile(args.profile)
     model, calib, what = load_minilm()
     print(f"model: {what}")
-    scores, scores_source = get_scores(model, calib, args.scores, ROOT / "results" / "minilm_scores.json", args.exact)
+    scores, scores_source = get_scores(model, calib, args.scores, None, args.exact)
 
     lut_path = args.lut or ROOT / "results" / f"lut_{prof.name}_minilm.json"
     if args.lut:

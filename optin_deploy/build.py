@@ -52,7 +52,7 @@ class BuildOptions:
     scoring: str = "auto"
     scorer: str = "optin"
     probes: int = 64
-    max_accuracy_drop: float | None = 2.0
+    max_accuracy_drop: float | None = None
     eval_split: str = "test"
     bench_iters: int = 100
     bench_warmup: int = 10

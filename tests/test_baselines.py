@@ -25,6 +25,12 @@ from optin_deploy.errors import OptinError
 from conftest import FAMILIES, make_tiny_bert, make_tiny_timm, text_inputs
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Scores cached by ``core.api`` go to a temporary folder, not the user's cache."""
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+
+
 def _close(a: UnitScores, b: UnitScores, rtol=1e-4, atol=1e-9):
     for x, y in zip(a.heads + a.neurons, b.heads + b.neurons):
         assert torch.allclose(x, y, rtol=rtol, atol=atol * max(1.0, float(y.abs().max()) if y.numel() else 1.0)), (x, y)
@@ -189,6 +195,20 @@ def test_optin_fast_wrapper():
     s = score_units("optin", model, x, method="fast", probes=4, kl_probes=2)
     assert s.info["method"] == "fast"
     assert [t.numel() for t in s.neurons] == get_adapter(model).neurons_per_layer()
+    again = score_units("optin", model, x, method="fast", probes=4, kl_probes=2)
+    _close(again, s, rtol=1e-9)
+    if again.info["via"] == "api.score_model":  # the lead's cached scorer
+        assert again.info.get("cached") and again.seconds == pytest.approx(s.info["raw_seconds"])
+
+
+def test_optin_matches_exact_scores():
+    from optin_deploy.core.scoring import ScoreSettings, exact_scores
+
+    model, x = make_tiny_bert(), text_inputs()
+    heads, neurons = exact_scores(get_adapter(model), x, ScoreSettings()).combined(10.0)
+    s = score_units("optin", model, x)
+    for u, v in zip(s.heads + s.neurons, heads + neurons):
+        assert torch.allclose(u, v.double(), rtol=1e-6, atol=1e-12)
 
 
 def test_unknown_scorer():

@@ -101,6 +101,8 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     (["--profile", "no-such-profile"], "profile"),
     (["--calib-samples", "100000"], "calibration samples"),
     (["--flops", "0.5", "--latency-ms", "3"], "either --flops or --latency-ms"),
+    (["--max-accuracy-drop", "-1"], "--max-accuracy-drop must be >= 0"),
+    (["--scoring", "bogus"], "unknown --scoring"),
 ])
 def test_build_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "b"

@@ -354,7 +354,11 @@ def optin_scores(
         heads, neurons = raw[0], raw[1]
         info = {"via": via, "method": method}
     info.update(settings.key())
-    return UnitScores([h.double() for h in heads], [n.double() for n in neurons], "optin", time.perf_counter() - t0, info)
+    seconds = time.perf_counter() - t0
+    if isinstance(raw, RawScores) and raw.info.get("cached"):
+        seconds = raw.seconds  # the time the cached scores took to compute
+        info["cached"] = True
+    return UnitScores([h.double() for h in heads], [n.double() for n in neurons], "optin", seconds, info)
 
 
 # ----------------------------------------------------------------------------------------- registry
