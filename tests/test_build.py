@@ -125,3 +125,38 @@ def test_quality_gate():
     check_gate({"gate": None})
     with pytest.raises(QualityGateError, match="quality gate failed: accuracy dropped 3.10 points"):
         check_gate({"gate": {"passed": False, "drop": 3.1, "max_accuracy_drop": 2.0}, "bundle": "x"})
+
+
+def test_prune_cli(tiny_text_task, tmp_path):
+    out = tmp_path / "pruned"
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json")
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["macs"]["ratio"] <= 0.5 + 1e-9
+    assert "kept per layer" in proc.stdout + proc.stderr
+    from optin_deploy.adapters import get_adapter
+    from optin_deploy.pruned_io import load_pruned
+
+    model = load_pruned(out)
+    assert get_adapter(model).heads_per_layer() == summary["heads_per_layer"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flops", "1.01"], "--flops must be in (0, 1]"),
+    (["--flops", "-0.2"], "--flops must be in (0, 1]"),
+    (["--calib-samples", "5000"], "calibration samples"),
+])
+def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
+    out = tmp_path / "pruned"
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--calib", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_prune_cli_corrupt_checkpoint(tiny_text_task, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_text_task / "model", bad)
+    (bad / "model.safetensors").write_bytes(b"garbage")
+    proc = run_cli("prune", str(bad), "--calib", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
