@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lut", type=Path, help="an existing latency table (else measured and saved to results/)")
     ap.add_argument("--exact", action="store_true", help="compute exact OPTIN scores when none are given (slow: ~9k units)")
     ap.add_argument("--targets", default="0.5,0.7,0.9")
-    ap.add_argument("--rounds", type=int, default=4, help="select_for_latency rounds")
+    ap.add_argument("--rounds", type=int, default=6, help="select_for_latency rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "latency_targets.json")
     args = ap.parse_args(argv)
 

@@ -56,7 +56,7 @@ class BuildOptions:
     eval_split: str = "test"
     bench_iters: int = 100
     bench_warmup: int = 10
-    latency_rounds: int = 4
+    latency_rounds: int = 6
     seed: int = 0
     optimize: bool = False
     text_column: str = "text"
@@ -266,7 +266,10 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget, load_task, c
     acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
     agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
     lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
-    thr = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
+    # throughput at the median latency (medians survive a noisy machine); the mean-based figure is kept beside it
+    batch = next(iter(bench_np.values())).shape[0]
+    thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}
+    thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
     gate = None
     if opts.max_accuracy_drop is not None:
@@ -287,7 +290,8 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget, load_task, c
                      "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
-                       "p50_speedup": round(lat["dense"]["p50"] / lat["pruned"]["p50"], 3), "unit": "samples/s"},
+                       "unit": "samples/s at p50 latency",
+                       "mean_based": {**thr_mean, "speedup": round(thr_mean["pruned"] / thr_mean["dense"], 3)}},
         "memory": {label: bench["models"][label].get("peak_memory_mb") for label in ("dense", "pruned")},
         "scoring_seconds": round(scores[4], 2),
         "scoring": {"method": scores[3], "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,

@@ -72,7 +72,7 @@ def select_for_latency(
     lut: Any,
     target_ms: float,
     measure_fn: Callable[[nn.Module], float],
-    max_rounds: int = 4,
+    max_rounds: int = 6,
     *,
     low: float = 0.9,
     lam: float = 10.0,
@@ -125,6 +125,7 @@ def select_for_latency(
     rounds: list[dict] = []
     built: dict[tuple, tuple[Selection, nn.Module, float]] = {}
     lo, hi = None, None  # largest budget measured within target, smallest measured over
+    lo_m = hi_m = 0.0  # their measured latencies
     budget = float(target_ms)
     aim = (1.0 + low) / 2.0 * target_ms
     for r in range(max_rounds):
@@ -150,16 +151,20 @@ def select_for_latency(
         })
         log(f"round {r}: budget {budget:.3f} ms -> predicted {pred:.3f} ms, measured {measured:.3f} ms (target {target_ms:g})")
         if measured <= target_ms:
-            lo = budget if lo is None else max(lo, budget)
+            if lo is None or budget > lo:
+                lo, lo_m = budget, measured
         else:
-            hi = budget if hi is None else min(hi, budget)
+            if hi is None or budget < hi:
+                hi, hi_m = budget, measured
         if low * target_ms <= measured <= target_ms:
             break
-        new = budget * aim / measured
-        if hi is not None and new >= hi:
-            new = (lo + hi) / 2 if lo is not None else min(new, hi * 0.97)
-        if lo is not None and new <= lo:
-            new = (lo + hi) / 2 if hi is not None else max(new, lo * 1.03)
+        if lo is not None and hi is not None:
+            # bracketed: interpolate budget -> measured latency between the two closest measurements
+            # (regula falsi), kept away from the ends so the bracket keeps shrinking
+            frac = (aim - lo_m) / (hi_m - lo_m) if hi_m > lo_m else 0.5
+            new = lo + min(max(frac, 0.15), 0.85) * (hi - lo)
+        else:
+            new = budget * aim / measured
         budget = max(new, floor * 1.0001)
 
     ok = [(i, rd) for i, rd in enumerate(rounds) if rd["measured_ms"] <= target_ms]

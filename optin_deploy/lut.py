@@ -430,17 +430,6 @@ def mlp_grid(F: int, step: int | None = None, points: int = 12) -> list[int]:
     return sorted(set(widths))
 
 
-def _sliced_block(model: nn.Module, heads: int, neurons: int) -> nn.Module:
-    """A copy of block 0 keeping its first ``heads`` heads and ``neurons`` neurons."""
-    from .adapters import get_adapter
-
-    m = copy.deepcopy(model)
-    a = get_adapter(m)
-    a.keep_heads(0, list(range(heads)))
-    a.keep_neurons(0, list(range(neurons)))
-    return a.blocks()[0]
-
-
 def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | None = None, rounds: int = 7, iters: int = 5,
                 warmup: int = 3, model_name: str | None = None, progress: Callable[[str], None] | None = None,
                 workdir: str | os.PathLike | None = None, calibrate: bool = True) -> LatencyTable:
@@ -460,43 +449,39 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
     B = int(next(iter(inputs.values())).shape[0])
     T = a.seq_len(inputs)
     d = a.hidden_size()
-    x = torch.randn(B, T, d, generator=torch.Generator().manual_seed(0))
     widths = mlp_grid(F, mlp_step)
     rt_probe = ort_runtime_for(profile)  # fails early if the provider is missing
     t0 = time.perf_counter()
     runners: dict[str, Callable[[], Any]] = {}
     keep = []
+    # Each entry is measured IN CONTEXT: the whole model with every layer set to the same head count
+    # (MLPs dense) or the same MLP width (heads dense). Timing single blocks as separate graphs adds
+    # per-call overheads the real model does not have and mispredicts heavily pruned plans.
+    configs = [(f"heads_{h}", h, F) for h in range(H + 1)] + [(f"width_{f}", H, f) for f in widths if f < F] + [("empty_model", 0, 0)]
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        configs = [("attn", h, 0) for h in range(H + 1)] + [("mlp", 0, f) for f in widths if f > 0]
-        for i, (kind, h, f) in enumerate(configs):
-            log(f"export block heads={h} neurons={f} ({i + 1}/{len(configs)})")
-            path = export_block(_sliced_block(model, h, f), x, tmp / f"block_h{h}_f{f}.onnx", profile.precision)
-            rt = ort_runtime_for(profile).load(path)
-            feed = {"hidden_states": x.numpy().astype(np.float32)}
-            runners[f"block_h{h}_f{f}"] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
-            keep.append(rt)
-        log("export the reduced model (every block emptied) and the dense model")
-        empty = apply_plan(model, PrunePlan([[] for _ in range(L)], [[] for _ in range(L)]))
-        for name, m in (("empty_model", empty), ("dense_model", model)):
+        for i, (name, h, f) in enumerate(configs):
+            log(f"export the model with {h} heads and MLP width {f} in every layer ({i + 1}/{len(configs)})")
+            m = model if (h, f) == (H, F) else apply_plan(model, PrunePlan([list(range(h))] * L, [list(range(f))] * L))
             path = export_model(m, inputs, tmp / f"{name}.onnx", profile)
             rt = ort_runtime_for(profile).load(path)
             feed = _feed(rt, inputs)
             runners[name] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
             keep.append(rt)
-        log(f"timing {len(runners)} artifacts, {rounds} interleaved rounds of {iters} runs")
+        log(f"timing {len(runners)} models, {rounds} interleaved rounds of {iters} runs")
         res = time_interleaved(runners, rounds=rounds, iters=iters, warmup=warmup)
         describe = keep[0].describe()
         del keep, runners
     ms = {k: v["median_ms"] for k, v in res.items()}
-    base = ms["block_h0_f0"]
-    attn_raw = [0.0] + [ms[f"block_h{h}_f0"] - base for h in range(1, H + 1)]
-    mlp_raw = [0.0 if f == 0 else ms[f"block_h0_f{f}"] - base for f in widths]
-    empty_ms, dense_ms = ms["empty_model"], ms["dense_model"]
+    dense_ms, empty_ms = ms[f"heads_{H}"], ms["empty_model"]
+    width_ms = {f: (dense_ms if f == F else ms[f"width_{f}"]) for f in widths}
+    # additive model: T = empty + sum_l attn(h_l) + sum_l mlp(f_l), attn(0) = mlp(0) = 0
+    attn_raw = [(ms[f"heads_{h}"] - ms["heads_0"]) / L for h in range(H + 1)]
+    mlp_raw = [(width_ms[f] - width_ms[0]) / L for f in widths]
     block_dense_raw = attn_raw[H] + mlp_raw[-1]
     scale = 1.0
     if calibrate and block_dense_raw > 0 and dense_ms > empty_ms:
-        scale = (dense_ms - empty_ms) / (L * block_dense_raw)
+        scale = (dense_ms - empty_ms) / (L * block_dense_raw)  # residual non-additivity, spread over the table
     describe.pop("artifact", None)
     env = environment()
     env["runtime"] = describe
@@ -514,7 +499,7 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
         scale=scale,
         environment=env,
         raw={"ms": ms, "stats": res, "attn_ms_uncalibrated": attn_raw, "mlp_ms_uncalibrated": mlp_raw,
-             "dense_predicted_uncalibrated_ms": empty_ms + L * block_dense_raw},
+             "dense_predicted_uncalibrated_ms": empty_ms + L * block_dense_raw, "method": "in-context: whole model, uniform per-layer counts"},
         timing={"rounds": rounds, "iters": iters, "warmup": warmup, "statistic": "median", "interleaved": True,
                 "seconds": round(time.perf_counter() - t0, 1), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
     )
