@@ -26,19 +26,8 @@ from optin_deploy.core.scoring import ScoreSettings, _combine  # noqa: E402
 from optin_deploy.core.selection import select  # noqa: E402
 from optin_deploy.core.surgery import apply_plan  # noqa: E402
 
-
-def accuracy(task, model, split: str) -> float:
-    from optin_deploy.zoo import predict
-
-    orig = task.model
-    task.model = model
-    try:
-        with torch.no_grad():
-            pred = predict(task, split)
-    finally:
-        task.model = orig
-    labels = getattr(task.data, split).labels
-    return 100.0 * float(pred.eq(labels).float().mean())
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fast_vs_exact import accuracy  # noqa: E402  (PyTorch accuracy of a model on a task split)
 
 
 def normalise(scores: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -15,7 +15,6 @@ is complete; any error leaves nothing behind. Layout::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
+from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
 
@@ -62,14 +62,6 @@ class BuildOptions:
     text_column: str = "text"
     label_column: str = "label"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict:
@@ -277,7 +269,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget, load_task, c
     artifacts = {}
     for p in sorted(staging.rglob("*")):
         if p.is_file():
-            artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
         "model": task.model_source or opts.model or "minilm-sentiment",
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
@@ -325,7 +317,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     }
     for p in sorted(staging.rglob("*")):
         if p.is_file() and p.name != "manifest.json":
-            manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
 
 

@@ -160,7 +160,7 @@ def record_teacher(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: 
 
 
 def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
-    return {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
+    return {k: _rep(v, copies) for k, v in inputs.items()}
 
 
 def _distances(adapter, teacher: Teacher, rec: BlockRecorder, out, first: int, copies: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
