@@ -160,3 +160,16 @@ def test_prune_cli_corrupt_checkpoint(tiny_text_task, tmp_path):
     proc = run_cli("prune", str(bad), "--calib", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_build_latency_budget(tiny_text_task, tmp_path):
+    """``--latency-ms``: a latency table is measured here, selection runs closed-loop on onnxruntime."""
+    out = tmp_path / "lat"
+    run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--latency-ms", "1000",
+            "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    lb = report["latency_budget"]
+    assert report["budget"] == {"latency_ms": 1000.0}
+    assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"])
+    assert lb["met"] and lb["measured_ms"] <= 1000.0
+    assert (out / "lut.json").is_file() and "Latency budget rounds" in (out / "report.md").read_text()
