@@ -129,12 +129,7 @@ def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .exporters.bundle import export_bundle
-    from .profiles import load_profile, selection_kwargs
-    from .pruned_io import save_pruned
-    from .pruning import compute_scores, print_layer_table, prune
-    from .core.scoring import ScoreSettings
-    from .zoo import load_task
+    from .profiles import load_profile
 
     t_start = time.perf_counter()
     profile = load_profile(opts.profile)
@@ -151,8 +146,7 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"cannot write the bundle next to {out} ({exc.strerror or exc}); pass a writable --out") from None
     try:
         _check_target_available(profile)
-        report = _build_into(staging, opts, profile, budget, load_task, compute_scores, prune, print_layer_table, save_pruned,
-                             export_bundle, selection_kwargs, ScoreSettings)
+        report = _build_into(staging, opts, profile, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
         _write_reports(staging, report, opts, profile)
         if out.exists():
@@ -169,11 +163,16 @@ def run_build(opts: BuildOptions) -> dict:
     return report
 
 
-def _build_into(staging: Path, opts: BuildOptions, profile, budget, load_task, compute_scores, prune, print_layer_table, save_pruned,
-                export_bundle, selection_kwargs, ScoreSettings) -> dict:
+def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     from .bench import benchmark, print_bench_table
+    from .core.scoring import ScoreSettings
     from .evaluate import evaluate
+    from .exporters.bundle import export_bundle
+    from .profiles import selection_kwargs
+    from .pruned_io import save_pruned
+    from .pruning import compute_scores, print_layer_table, prune
     from .runtimes.base import get_runtime
+    from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
     task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed)

@@ -60,7 +60,7 @@ def check_budget(flops: float) -> None:
 
 
 def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring: str = "auto", scorer: str = "optin",
-                   settings: ScoreSettings | None = None, probes: int = 64, labels: torch.Tensor | None = None) -> tuple[list, list, RawScores | None, str, float, list[str]]:
+                   settings: ScoreSettings | None = None, probes: int = 64) -> tuple[list, list, RawScores | None, str, float, list[str]]:
     """Head and neuron scores (higher = keep) for the chosen scorer."""
     notes: list[str] = []
     settings = settings or ScoreSettings()

@@ -209,6 +209,15 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
 
 
+def _optimizer_step(model: torch.nn.Module, loss: torch.Tensor, opt, sched, max_grad_norm: float) -> None:
+    """Backward, clip, step the optimiser and the schedule, clear the gradients."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def train_text_classifier(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -250,11 +259,7 @@ def train_text_classifier(
                 x[r, : lengths[j]] = torch.tensor(ids[j])
                 m[r, : lengths[j]] = 1
             out = model(input_ids=x, attention_mask=m, labels=labels[b])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(model, out.loss, opt, sched, max_grad_norm)
             step += 1
             bar.step(step, out.loss.item())
     model.eval()
@@ -312,11 +317,7 @@ def train_image_classifier(
         for i in range(0, n, batch_size):
             b = perm[i:i + batch_size]
             out = model(pixel_values=x[b], labels=y[b])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            _optimizer_step(model, out.loss, opt, sched, max_grad_norm)
             step += 1
             bar.step(step, out.loss.item())
     model.eval()

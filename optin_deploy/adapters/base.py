@@ -38,10 +38,6 @@ class LayerParts:
     v: nn.Linear | None = None
     qkv: nn.Linear | None = None  # fused: rows [q; k; v]
 
-    @property
-    def heads_removed(self) -> bool:  # pragma: no cover - overridden by adapters via num_heads
-        return False
-
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new ``Linear`` keeping ``index`` along ``dim`` (0: output rows, 1: input columns)."""
