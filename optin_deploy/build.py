@@ -59,6 +59,8 @@ class BuildOptions:
     latency_rounds: int = 6
     seed: int = 0
     optimize: bool = False
+    reconstruct: bool = True
+    reconstruct_damp: float = 0.1
     text_column: str = "text"
     label_column: str = "label"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -101,6 +103,8 @@ def _check_target_available(profile) -> None:
 
 
 def _budget(opts: BuildOptions, profile) -> dict:
+    if opts.reconstruct and not opts.reconstruct_damp > 0:
+        raise OptinError(f"--reconstruct-damp must be positive, got {opts.reconstruct_damp}")
     if opts.flops is not None and opts.latency_ms is not None:
         raise OptinError("pass either --flops or --latency-ms, not both")
     if opts.latency_ms is not None:
@@ -170,7 +174,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     from .exporters.bundle import export_bundle
     from .profiles import selection_kwargs
     from .pruned_io import save_pruned
-    from .pruning import compute_scores, print_layer_table, prune
+    from .pruning import compute_scores, print_layer_table, prune, refit
     from .runtimes.base import get_runtime
     from .zoo import load_task
 
@@ -218,6 +222,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         latency_info.pop("plan", None)
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
+    reconstruction = refit(model, pruned, calib, opts.reconstruct_damp) if opts.reconstruct else None
     print_layer_table(model, pruned)
     pa = get_adapter(pruned)
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
@@ -289,6 +294,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
                     "cached": bool(scores[2] is not None and scores[2].info.get("cached")), "notes": notes},
         "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
                       "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
+        "reconstruction": reconstruction,
         "selection_cost": sel_cost,
         "latency_budget": latency_info,
         "parity": {label: exports[label]["parity"] for label in exports},

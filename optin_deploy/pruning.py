@@ -24,6 +24,7 @@ from .progress import console, progress_bar, step
 
 SCORING_CHOICES = ("auto", "exact", "fast")
 SCORERS = ("optin", "random", "magnitude", "fisher")
+DEFAULT_DAMP = 0.1  # ridge towards plain surgery, relative to the mean unit energy (benchmarks/reconstruct.py)
 AUTO_EXACT_LIMIT_S = 300.0  # "auto" picks exact scoring only when it should finish in 5 minutes
 
 
@@ -38,6 +39,7 @@ class PruneResult:
     dense_macs: int
     pruned_macs: int
     notes: list[str] = field(default_factory=list)
+    reconstruction: dict | None = None
 
     def summary(self) -> dict:
         a = get_adapter(self.model)
@@ -51,6 +53,7 @@ class PruneResult:
             "budget_cost": self.selection.cost,
             "budget_unit": self.cost_model.unit,
             "notes": self.notes,
+            "reconstruction": self.reconstruction,
         }
 
 
@@ -96,8 +99,10 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
 
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
-          head_multiple: int = 1, neuron_multiple: int = 1, scores=None) -> PruneResult:
-    """Score (or reuse ``scores``), select under the budget, and slice. ``model`` is not modified."""
+          head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
+          damp: float = DEFAULT_DAMP) -> PruneResult:
+    """Score (or reuse ``scores``), select under the budget, slice, and optionally refit the kept units
+    (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
     seq = a.seq_len(calib)
     macs = mac_cost_model(model, seq)
@@ -112,8 +117,27 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
+    rec = refit(model, pruned, calib, damp) if reconstruct else None
     pa = get_adapter(pruned)
-    return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes)
+    return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
+
+
+def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], damp: float = DEFAULT_DAMP) -> dict:
+    """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
+    from .core.reconstruct import reconstruct
+
+    if not damp > 0:
+        raise OptinError(f"--reconstruct-damp must be positive, got {damp}")
+    step(f"refitting the kept units layer by layer on the calibration batch (damping {damp})")
+    with progress_bar("refit") as update:
+        rep = reconstruct(dense, pruned, calib, damp=damp, progress=update)
+    out = rep.to_dict()
+    if rep.layers:
+        before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)
+        after = sum(r["error_after"] for r in rep.layers) / len(rep.layers)
+        out.update({"mean_error_before": round(before, 5), "mean_error_after": round(after, 5)})
+        step(f"refit {len(rep.layers)} sublayers in {rep.seconds:.1f}s: mean relative reconstruction error {before:.4f} -> {after:.4f}")
+    return out
 
 
 def layer_table(dense: nn.Module, pruned: nn.Module, title: str = "kept per layer") -> Table:

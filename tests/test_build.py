@@ -70,6 +70,9 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
     assert report["gate"]["passed"] is True
+    # the kept units were refitted (on by default) and the fit never got worse than plain surgery
+    rec = report["reconstruction"]
+    assert rec["layers"] and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rec["layers"])
     for rel in ("pruned/model.safetensors", "pruned/optin_structure.json", "onnx/pruned/model.onnx", "onnx/dense/model.onnx",
                 "report.md", "manifest.json", "plots/structure.png", "plots/accuracy_latency.png"):
         assert (out / rel).is_file(), rel
@@ -103,6 +106,7 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     (["--flops", "0.5", "--latency-ms", "3"], "either --flops or --latency-ms"),
     (["--max-accuracy-drop", "-1"], "--max-accuracy-drop must be >= 0"),
     (["--scoring", "bogus"], "unknown --scoring"),
+    (["--reconstruct-damp", "0"], "--reconstruct-damp must be positive"),
 ])
 def test_build_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "b"
@@ -139,12 +143,19 @@ def test_prune_cli(tiny_text_task, tmp_path):
 
     model = load_pruned(out)
     assert get_adapter(model).heads_per_layer() == summary["heads_per_layer"]
+    assert summary["reconstruction"]["layers"]
+    # --no-reconstruct gives plain surgery: same structure, no refit
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(tmp_path / "plain"), "--json", "--no-reconstruct")
+    plain = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert plain["reconstruction"] is None and plain["heads_per_layer"] == summary["heads_per_layer"]
 
 
 @pytest.mark.parametrize("args,message", [
     (["--flops", "1.01"], "--flops must be in (0, 1]"),
     (["--flops", "-0.2"], "--flops must be in (0, 1]"),
     (["--calib-samples", "5000"], "calibration samples"),
+    (["--reconstruct-damp", "-1"], "--reconstruct-damp must be positive"),
 ])
 def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "pruned"

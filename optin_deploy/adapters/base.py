@@ -123,6 +123,15 @@ class Adapter:
         """``B x T`` bool mask of real (non-padding) tokens in the block outputs."""
         raise NotImplementedError
 
+    def mlp_residual(self, layer: int) -> nn.Module:
+        """The module whose first input is the residual stream the MLP's output is added to."""
+        raise NotImplementedError
+
+    def branch_scale(self, layer: int, part: str) -> torch.Tensor | None:
+        """Per-channel scale applied to a sublayer's output ("attn" or "mlp") before the residual add
+        (timm's LayerScale); None when there is none."""
+        return None
+
     def structure(self) -> dict:
         """Everything needed to rebuild the (possibly pruned) architecture without weights."""
         raise NotImplementedError

@@ -116,6 +116,11 @@ class BertAdapter(Adapter):
     def seq_len(self, inputs) -> int:
         return int(inputs["input_ids"].shape[1])
 
+    def mlp_residual(self, layer: int) -> nn.Module:
+        # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
+        blk = self.blocks()[layer]
+        return blk.intermediate.dense if not isinstance(blk.output, BertReducedOutput) else blk.output
+
     def token_mask(self, inputs) -> torch.Tensor:
         if "attention_mask" in inputs:
             return inputs["attention_mask"].bool()

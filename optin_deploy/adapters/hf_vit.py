@@ -92,6 +92,10 @@ class HFViTAdapter(Adapter):
         n = (cfg.image_size // cfg.patch_size) ** 2
         return n + (2 if cfg.model_type == "deit" else 1)
 
+    def mlp_residual(self, layer: int) -> nn.Module:
+        # pre-norm: x + mlp(layernorm_after(x))
+        return self.blocks()[layer].layernorm_after
+
     def token_mask(self, inputs) -> torch.Tensor:
         return torch.ones(inputs["pixel_values"].shape[0], self.seq_len(inputs), dtype=torch.bool)
 

@@ -103,6 +103,15 @@ class TimmViTAdapter(Adapter):
     def seq_len(self, inputs) -> int:
         return self.model.patch_embed.num_patches + self.model.num_prefix_tokens
 
+    def mlp_residual(self, layer: int) -> nn.Module:
+        # pre-norm: x + mlp(norm2(x))
+        return self.blocks()[layer].norm2
+
+    def branch_scale(self, layer: int, part: str) -> torch.Tensor | None:
+        ls = getattr(self.blocks()[layer], "ls1" if part == "attn" else "ls2", None)
+        gamma = getattr(ls, "gamma", None)
+        return gamma.detach() if isinstance(gamma, torch.Tensor) else None
+
     def token_mask(self, inputs) -> torch.Tensor:
         return torch.ones(inputs["pixel_values"].shape[0], self.seq_len(inputs), dtype=torch.bool)
 

@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for --scoring fast."),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
+        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units by damped least squares on the calibration batch (structure and cost unchanged)."),
+        reconstruct_damp: float = typer.Option(0.1, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ):
@@ -36,13 +38,16 @@ def register(app: typer.Typer) -> None:
         from ..zoo import load_task
 
         check_budget(flops)
+        if not reconstruct_damp > 0:
+            raise OptinError(f"--reconstruct-damp must be positive, got {reconstruct_damp}")
         if calib_samples < 1:
             raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
         task = load_task(model, calib, max_length=max_length, text_column=text_column, label_column=label_column)
         if task.max_length is not None:
             task.max_length = max_length
         calib_inputs = task.calibration(calib_samples, seed=seed)
-        result = do_prune(task.model, calib_inputs, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes)
+        result = do_prune(task.model, calib_inputs, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
+                          reconstruct=reconstruct, damp=reconstruct_damp)
         print_layer_table(task.model, result.model)
         summary = {"model": task.model_source or model, "budget": {"flops": flops}, **result.summary()}
         save_pruned(result.model, out, extra={"source": task.model_source or model, "source_dir": task.model_source, "task": task.data.name,

@@ -1,0 +1,146 @@
+"""The least-squares refit of kept units after surgery (optin_deploy/core/reconstruct.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optin_deploy.adapters import get_adapter
+from optin_deploy.core.reconstruct import reconstruct
+from optin_deploy.core.surgery import PrunePlan, apply_plan, random_plan
+from optin_deploy.pruned_io import load_pruned, save_pruned
+
+from conftest import FAMILIES, make_tiny_timm
+
+
+def _logits(model, inputs):
+    a = get_adapter(model)
+    with torch.no_grad():
+        return a.logits(a.forward(inputs))
+
+
+def _case(name: str):
+    make, make_inputs = FAMILIES[name]
+    model = make()
+    kwargs = {"batch": 16, "seq": 12} if name == "bert" else {"batch": 16}
+    return model, make_inputs(**kwargs), make_inputs(**kwargs, seed=7)
+
+
+def _attn_out(model, inputs, layer: int) -> torch.Tensor:
+    """The output projection's output in block ``layer`` (what the attention adds to the residual)."""
+    a = get_adapter(model)
+    got = {}
+    h = a.layer_parts(layer).out_proj.register_forward_hook(lambda m, i, o: got.update(o=o))
+    with torch.no_grad():
+        a.forward(inputs)
+    h.remove()
+    return got["o"]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_refit_lowers_every_sublayer_error_and_keeps_structure(name):
+    model, calib, _ = _case(name)
+    plan = random_plan(model, seed=2, keep=0.5, empty_heads_layer=1, empty_mlp_layer=2)
+    student = apply_plan(model, plan)
+    before = get_adapter(student)
+    heads, neurons = before.heads_per_layer(), before.neurons_per_layer()
+    rep = reconstruct(model, student, calib, damp=0.1)
+    after = get_adapter(student)
+    assert after.heads_per_layer() == heads and after.neurons_per_layer() == neurons
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in student.modules())
+    # every pruned sublayer that still has units was refitted, and only those
+    expected = {(l, "attn") for l in range(before.num_layers) if 0 < heads[l] < get_adapter(model).num_heads(l)}
+    expected |= {(l, "mlp") for l in range(before.num_layers) if 0 < neurons[l] < get_adapter(model).num_neurons(l)}
+    assert {(r["layer"], r["part"]) for r in rep.layers} == expected
+    for r in rep.layers:
+        assert r["error_after"] <= r["error_before"] * (1 + 1e-6) + 1e-9, r
+    assert any(r["error_after"] < 0.99 * r["error_before"] for r in rep.layers)
+
+
+@pytest.mark.parametrize("name", ["bert", "timm_vit"])
+def test_reported_error_matches_a_direct_measurement(name):
+    """Block 0 sees the same input in both models, so the fitted error is just the attention output's."""
+    model, calib, _ = _case(name)
+    plan = random_plan(model, seed=5, keep=0.5)
+    plan.heads[0] = plan.heads[0][:2]  # make sure block 0's attention is pruned
+    student = apply_plan(model, plan)
+    a = get_adapter(student)
+    tok = a.token_mask(calib)
+    target = _attn_out(model, calib, 0)[tok]
+    bias = a.layer_parts(0).out_proj.bias.detach()
+    plain_err = float(((_attn_out(student, calib, 0)[tok] - target) ** 2).sum())
+    rep = reconstruct(model, student, calib, damp=0.05)
+    row = next(r for r in rep.layers if r["layer"] == 0 and r["part"] == "attn")
+    bb = float(((target - bias) ** 2).sum())
+    refit_err = float(((_attn_out(student, calib, 0)[tok] - target) ** 2).sum())
+    assert row["error_before"] * bb == pytest.approx(plain_err, rel=1e-3)
+    assert row["error_after"] * bb == pytest.approx(refit_err, rel=1e-3)
+    assert refit_err < plain_err
+
+
+def test_nothing_removed_means_nothing_changes():
+    model, calib, _ = _case("bert")
+    student = apply_plan(model, PrunePlan.full(model))
+    rep = reconstruct(model, student, calib)
+    assert rep.layers == []
+    for (k, p), (_, q) in zip(model.state_dict().items(), student.state_dict().items()):
+        assert torch.equal(p, q), k
+
+
+def test_heavy_damping_is_plain_surgery():
+    model, calib, held_out = _case("bert")
+    plan = random_plan(model, seed=1, keep=0.5)
+    plain = apply_plan(model, plan)
+    student = apply_plan(model, plan)
+    reconstruct(model, student, calib, damp=1e9)
+    assert torch.allclose(_logits(student, held_out), _logits(plain, held_out), atol=1e-5)
+    with pytest.raises(ValueError):
+        reconstruct(model, apply_plan(model, plan), calib, damp=0.0)
+
+
+def _last_block(model, inputs) -> torch.Tensor:
+    a = get_adapter(model)
+    got = {}
+    h = a.blocks()[-1].register_forward_hook(lambda m, i, o: got.update(o=o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        a.forward(inputs)
+    h.remove()
+    return got["o"]
+
+
+@pytest.mark.parametrize("name", ["bert", "hf_vit"])
+def test_refit_brings_held_out_features_closer_to_dense(name):
+    """On inputs not used for the fit, the refitted encoder output is closer to the dense one than plain surgery's."""
+    model, calib, held_out = _case(name)
+    plan = random_plan(model, seed=3, keep=0.6)
+    plain = apply_plan(model, plan)
+    student = apply_plan(model, plan)
+    reconstruct(model, student, calib, damp=0.1)
+    dense = _last_block(model, held_out)
+    assert (_last_block(student, held_out) - dense).norm() < (_last_block(plain, held_out) - dense).norm()
+
+
+def test_layerscale_is_taken_into_account():
+    torch.manual_seed(0)
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, mlp_ratio=1.5, num_classes=5,
+                              init_values=0.3).eval()
+    with torch.no_grad():  # non-uniform LayerScale, so a wrong scaling would show
+        for blk in model.blocks:
+            blk.ls1.gamma.uniform_(0.1, 2.0)
+            blk.ls2.gamma.uniform_(0.1, 2.0)
+    _, calib, _ = _case("timm_vit")
+    plan = random_plan(model, seed=4, keep=0.5)
+    student = apply_plan(model, plan)
+    rep = reconstruct(model, student, calib, damp=0.1)
+    assert rep.layers and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rep.layers)
+    assert get_adapter(make_tiny_timm()).branch_scale(0, "attn") is None
+
+
+def test_refitted_model_saves_and_reloads(tmp_path):
+    model, calib, held_out = _case("hf_vit")
+    student = apply_plan(model, random_plan(model, seed=6, empty_heads_layer=0))
+    reconstruct(model, student, calib)
+    save_pruned(student, tmp_path / "m")
+    assert torch.equal(_logits(load_pruned(tmp_path / "m"), held_out), _logits(student, held_out))
