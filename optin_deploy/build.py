@@ -60,7 +60,8 @@ class BuildOptions:
     seed: int = 0
     optimize: bool = False
     reconstruct: bool = True
-    reconstruct_damp: float = 0.1
+    reconstruct_fit: str = "weights"
+    reconstruct_damp: float = 1.0
     text_column: str = "text"
     label_column: str = "label"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -103,8 +104,10 @@ def _check_target_available(profile) -> None:
 
 
 def _budget(opts: BuildOptions, profile) -> dict:
-    if opts.reconstruct and not opts.reconstruct_damp > 0:
-        raise OptinError(f"--reconstruct-damp must be positive, got {opts.reconstruct_damp}")
+    if opts.reconstruct:
+        from .pruning import check_refit
+
+        check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
     if opts.flops is not None and opts.latency_ms is not None:
         raise OptinError("pass either --flops or --latency-ms, not both")
     if opts.latency_ms is not None:
@@ -222,7 +225,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         latency_info.pop("plan", None)
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
-    reconstruction = refit(model, pruned, calib, opts.reconstruct_damp) if opts.reconstruct else None
+    reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
     print_layer_table(model, pruned)
     pa = get_adapter(pruned)
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)

@@ -24,7 +24,7 @@ from .progress import console, progress_bar, step
 
 SCORING_CHOICES = ("auto", "exact", "fast")
 SCORERS = ("optin", "random", "magnitude", "fisher")
-DEFAULT_DAMP = 0.1  # ridge towards plain surgery, relative to the mean unit energy (benchmarks/reconstruct.py)
+DEFAULT_FIT, DEFAULT_DAMP = "weights", 1.0  # chosen on validation / held-out training data (benchmarks/reconstruct.py)
 AUTO_EXACT_LIMIT_S = 300.0  # "auto" picks exact scoring only when it should finish in 5 minutes
 
 
@@ -55,6 +55,15 @@ class PruneResult:
             "notes": self.notes,
             "reconstruction": self.reconstruction,
         }
+
+
+def check_refit(fit: str, damp: float) -> None:
+    from .core.reconstruct import FITS
+
+    if fit not in FITS:
+        raise OptinError(f"unknown --reconstruct-fit {fit!r}; choose from {', '.join(FITS)}")
+    if not damp > 0:
+        raise OptinError(f"--reconstruct-damp must be positive, got {damp}")
 
 
 def check_budget(flops: float) -> None:
@@ -100,7 +109,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
           head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
-          damp: float = DEFAULT_DAMP) -> PruneResult:
+          fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP) -> PruneResult:
     """Score (or reuse ``scores``), select under the budget, slice, and optionally refit the kept units
     (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
@@ -117,20 +126,19 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
-    rec = refit(model, pruned, calib, damp) if reconstruct else None
+    rec = refit(model, pruned, calib, fit, damp) if reconstruct else None
     pa = get_adapter(pruned)
     return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
 
 
-def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], damp: float = DEFAULT_DAMP) -> dict:
+def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP) -> dict:
     """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
     from .core.reconstruct import reconstruct
 
-    if not damp > 0:
-        raise OptinError(f"--reconstruct-damp must be positive, got {damp}")
-    step(f"refitting the kept units layer by layer on the calibration batch (damping {damp})")
+    check_refit(fit, damp)
+    step(f"refitting the kept units' output {fit} layer by layer on the calibration batch (damping {damp})")
     with progress_bar("refit") as update:
-        rep = reconstruct(dense, pruned, calib, damp=damp, progress=update)
+        rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update)
     out = rep.to_dict()
     if rep.layers:
         before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)

@@ -69,7 +69,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
     rec = report.get("reconstruction")
     if rec and rec.get("layers"):
-        lines.append(f"- refit of the kept units (damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
+        lines.append(f"- refit of the kept units' output {rec.get('fit', 'scales')} (damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
                      f"mean relative reconstruction error on the calibration batch {rec['mean_error_before']:.4f} -> {rec['mean_error_after']:.4f}")
     elif rec is None:
         lines.append("- no refit of the kept units (--no-reconstruct): plain surgery")

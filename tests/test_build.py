@@ -72,7 +72,7 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert report["gate"]["passed"] is True
     # the kept units were refitted (on by default) and the fit never got worse than plain surgery
     rec = report["reconstruction"]
-    assert rec["layers"] and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rec["layers"])
+    assert rec["fit"] == "weights" and rec["layers"] and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rec["layers"])
     for rel in ("pruned/model.safetensors", "pruned/optin_structure.json", "onnx/pruned/model.onnx", "onnx/dense/model.onnx",
                 "report.md", "manifest.json", "plots/structure.png", "plots/accuracy_latency.png"):
         assert (out / rel).is_file(), rel
@@ -107,6 +107,7 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     (["--max-accuracy-drop", "-1"], "--max-accuracy-drop must be >= 0"),
     (["--scoring", "bogus"], "unknown --scoring"),
     (["--reconstruct-damp", "0"], "--reconstruct-damp must be positive"),
+    (["--reconstruct-fit", "bogus"], "unknown --reconstruct-fit"),
 ])
 def test_build_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "b"

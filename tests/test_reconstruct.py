@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from optin_deploy.adapters import get_adapter
-from optin_deploy.core.reconstruct import reconstruct
+from optin_deploy.core.reconstruct import FITS, reconstruct
 from optin_deploy.core.surgery import PrunePlan, apply_plan, random_plan
 from optin_deploy.pruned_io import load_pruned, save_pruned
 
@@ -37,14 +37,16 @@ def _attn_out(model, inputs, layer: int) -> torch.Tensor:
     return got["o"]
 
 
+@pytest.mark.parametrize("fit", FITS)
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_refit_lowers_every_sublayer_error_and_keeps_structure(name):
+def test_refit_lowers_every_sublayer_error_and_keeps_structure(name, fit):
     model, calib, _ = _case(name)
     plan = random_plan(model, seed=2, keep=0.5, empty_heads_layer=1, empty_mlp_layer=2)
     student = apply_plan(model, plan)
     before = get_adapter(student)
     heads, neurons = before.heads_per_layer(), before.neurons_per_layer()
-    rep = reconstruct(model, student, calib, damp=0.1)
+    rep = reconstruct(model, student, calib, fit=fit, damp=0.1)
+    assert rep.fit == fit
     after = get_adapter(student)
     assert after.heads_per_layer() == heads and after.neurons_per_layer() == neurons
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in student.modules())
@@ -57,8 +59,9 @@ def test_refit_lowers_every_sublayer_error_and_keeps_structure(name):
     assert any(r["error_after"] < 0.99 * r["error_before"] for r in rep.layers)
 
 
+@pytest.mark.parametrize("fit", FITS)
 @pytest.mark.parametrize("name", ["bert", "timm_vit"])
-def test_reported_error_matches_a_direct_measurement(name):
+def test_reported_error_matches_a_direct_measurement(name, fit):
     """Block 0 sees the same input in both models, so the fitted error is just the attention output's."""
     model, calib, _ = _case(name)
     plan = random_plan(model, seed=5, keep=0.5)
@@ -69,7 +72,7 @@ def test_reported_error_matches_a_direct_measurement(name):
     target = _attn_out(model, calib, 0)[tok]
     bias = a.layer_parts(0).out_proj.bias.detach()
     plain_err = float(((_attn_out(student, calib, 0)[tok] - target) ** 2).sum())
-    rep = reconstruct(model, student, calib, damp=0.05)
+    rep = reconstruct(model, student, calib, fit=fit, damp=0.05)
     row = next(r for r in rep.layers if r["layer"] == 0 and r["part"] == "attn")
     bb = float(((target - bias) ** 2).sum())
     refit_err = float(((_attn_out(student, calib, 0)[tok] - target) ** 2).sum())
@@ -87,15 +90,18 @@ def test_nothing_removed_means_nothing_changes():
         assert torch.equal(p, q), k
 
 
-def test_heavy_damping_is_plain_surgery():
+@pytest.mark.parametrize("fit", FITS)
+def test_heavy_damping_is_plain_surgery(fit):
     model, calib, held_out = _case("bert")
     plan = random_plan(model, seed=1, keep=0.5)
     plain = apply_plan(model, plan)
     student = apply_plan(model, plan)
-    reconstruct(model, student, calib, damp=1e9)
+    reconstruct(model, student, calib, fit=fit, damp=1e9)
     assert torch.allclose(_logits(student, held_out), _logits(plain, held_out), atol=1e-5)
     with pytest.raises(ValueError):
-        reconstruct(model, apply_plan(model, plan), calib, damp=0.0)
+        reconstruct(model, apply_plan(model, plan), calib, fit=fit, damp=0.0)
+    with pytest.raises(ValueError):
+        reconstruct(model, apply_plan(model, plan), calib, fit="bogus")
 
 
 def _last_block(model, inputs) -> torch.Tensor:
@@ -108,19 +114,21 @@ def _last_block(model, inputs) -> torch.Tensor:
     return got["o"]
 
 
+@pytest.mark.parametrize("fit", FITS)
 @pytest.mark.parametrize("name", ["bert", "hf_vit"])
-def test_refit_brings_held_out_features_closer_to_dense(name):
+def test_refit_brings_held_out_features_closer_to_dense(name, fit):
     """On inputs not used for the fit, the refitted encoder output is closer to the dense one than plain surgery's."""
     model, calib, held_out = _case(name)
     plan = random_plan(model, seed=3, keep=0.6)
     plain = apply_plan(model, plan)
     student = apply_plan(model, plan)
-    reconstruct(model, student, calib, damp=0.1)
+    reconstruct(model, student, calib, fit=fit, damp=0.1 if fit == "scales" else 1.0)
     dense = _last_block(model, held_out)
     assert (_last_block(student, held_out) - dense).norm() < (_last_block(plain, held_out) - dense).norm()
 
 
-def test_layerscale_is_taken_into_account():
+@pytest.mark.parametrize("fit", FITS)
+def test_layerscale_is_taken_into_account(fit):
     torch.manual_seed(0)
     from timm.models.vision_transformer import VisionTransformer
 
@@ -132,9 +140,19 @@ def test_layerscale_is_taken_into_account():
             blk.ls2.gamma.uniform_(0.1, 2.0)
     _, calib, _ = _case("timm_vit")
     plan = random_plan(model, seed=4, keep=0.5)
+    plan.heads[0] = plan.heads[0][:2]
     student = apply_plan(model, plan)
-    rep = reconstruct(model, student, calib, damp=0.1)
+    # block 0 sees identical inputs: what its attention adds to the residual is gamma * proj(...)
+    gamma = model.blocks[0].ls1.gamma.detach()
+    target = _attn_out(model, calib, 0) * gamma
+    bias = student.blocks[0].attn.proj.bias.detach() * gamma
+    plain_err = float(((_attn_out(student, calib, 0) * gamma - target) ** 2).sum())
+    rep = reconstruct(model, student, calib, fit=fit, damp=0.1)
     assert rep.layers and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rep.layers)
+    row = next(r for r in rep.layers if r["layer"] == 0 and r["part"] == "attn")
+    bb = float(((target - bias) ** 2).sum())
+    assert row["error_before"] * bb == pytest.approx(plain_err, rel=1e-3)
+    assert row["error_after"] * bb == pytest.approx(float(((_attn_out(student, calib, 0) * gamma - target) ** 2).sum()), rel=1e-3)
     assert get_adapter(make_tiny_timm()).branch_scale(0, "attn") is None
 
 

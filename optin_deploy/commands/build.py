@@ -28,8 +28,9 @@ def register(app: typer.Typer) -> None:
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
         bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
-        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units by damped least squares on the calibration batch (structure and cost unchanged)."),
-        reconstruct_damp: float = typer.Option(0.1, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
+        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged)."),
+        reconstruct_fit: str = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit)."),
+        reconstruct_damp: float = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
         seed: int = typer.Option(0, "--seed"),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
@@ -45,7 +46,7 @@ def register(app: typer.Typer) -> None:
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
-                            reconstruct=reconstruct, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
+                            reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
         report = run_build(opts)
         a, t = report["accuracy"], report["throughput"]
         console.print(

@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for --scoring fast."),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
-        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units by damped least squares on the calibration batch (structure and cost unchanged)."),
-        reconstruct_damp: float = typer.Option(0.1, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
+        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged)."),
+        reconstruct_fit: str = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit)."),
+        reconstruct_damp: float = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ):
@@ -34,12 +35,11 @@ def register(app: typer.Typer) -> None:
         from ..core.scoring import ScoreSettings
         from ..progress import step
         from ..pruned_io import save_pruned
-        from ..pruning import check_budget, print_layer_table, prune as do_prune
+        from ..pruning import check_budget, check_refit, print_layer_table, prune as do_prune
         from ..zoo import load_task
 
         check_budget(flops)
-        if not reconstruct_damp > 0:
-            raise OptinError(f"--reconstruct-damp must be positive, got {reconstruct_damp}")
+        check_refit(reconstruct_fit, reconstruct_damp)
         if calib_samples < 1:
             raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
         task = load_task(model, calib, max_length=max_length, text_column=text_column, label_column=label_column)
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
             task.max_length = max_length
         calib_inputs = task.calibration(calib_samples, seed=seed)
         result = do_prune(task.model, calib_inputs, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
-                          reconstruct=reconstruct, damp=reconstruct_damp)
+                          reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp)
         print_layer_table(task.model, result.model)
         summary = {"model": task.model_source or model, "budget": {"flops": flops}, **result.summary()}
         save_pruned(result.model, out, extra={"source": task.model_source or model, "source_dir": task.model_source, "task": task.data.name,

@@ -1,28 +1,27 @@
-"""Optional step after surgery: refit the scale of every kept unit, layer by layer, by damped least squares.
+"""Optional step after surgery: refit the kept units' output weights, layer by layer, by damped least squares.
 
-OPTIN decides *which* heads and neurons to keep; this step (the "mask tuning" of Kwon et al. 2022,
-retraining-free) decides *how much* of each kept unit to use so that each pruned sublayer reproduces
-what the dense model added to its residual stream on the calibration batch.
+OPTIN decides *which* heads and neurons to keep. Surgery alone then drops their contributions and
+leaves the rest untouched; this retraining-free step re-fits what is left so that each pruned
+sublayer (the attention or the MLP of block ``l``) adds to the residual stream what the dense
+sublayer added, on the unlabelled calibration batch:
 
-For a pruned sublayer (the attention or the MLP of block ``l``) with kept units ``u``, its
-contribution to the residual stream is ``sum_u m_u c_u(x) + bias``, where ``c_u`` is unit ``u``'s
-part of the output projection (head ``h``: its columns of the output projection times its
-context vectors; neuron ``j``: column ``j`` of the second MLP linear times its activation), ``x`` is
-the *pruned* model's own input to the block, and ``m_u = 1`` is plain surgery. The target is the
-dense model's sublayer output on the dense model's input, plus the drift of the residual stream
-(dense minus pruned residual), so the sum ``residual + sublayer`` is what gets matched. Over the
-real tokens of the calibration batch, ``m`` minimises
+* target: the dense sublayer's output on the dense model's input, plus the drift of the residual
+  stream (dense minus pruned residual), so the sum ``residual + sublayer`` is what gets matched;
+* inputs: the *pruned* model's own unit outputs in that block (head context vectors, MLP
+  activations), after the earlier blocks were already refitted;
+* unknowns, ``fit="weights"`` (the default): the kept input columns ``W'`` of the output projection
+  (attention output projection / second MLP linear), by ridge regression towards the original
+  columns, ``min ||X W'^T - B||^2 + lam ||W' - W||^2`` (the least-squares weight update of
+  OBS/ZipLM-style structured pruning); ``fit="scales"``: one scale per kept unit (Kwon et al. 2022's
+  mask tuning), ``min ||sum_u m_u c_u - b||^2 + lam ||m - 1||^2``, whose neuron Gram matrix is
+  ``(A^T A) * (W2^T W2)`` so no ``tokens x hidden x units`` tensor is built;
+* ``lam = damp * mean(diag(X^T X))``; both are solved in closed form from the normal equations over
+  the real (non-padding) tokens.
 
-    || sum_u m_u c_u - b ||^2 + lam * || m - 1 ||^2,   lam = damp * mean_u ||c_u||^2
-
-(ridge towards plain surgery), solved in closed form from the normal equations. For neurons the
-Gram matrix is ``(A^T A) * (W2^T W2)`` (A: activations), so no ``tokens x hidden x units`` tensor is
-ever built. Since ``m = 1`` is feasible, the fitted error is never larger than plain surgery's on
-the calibration batch. Layers are refitted in order, each on the inputs produced by the layers
-already refitted. The result is folded into the output projections' input columns: the structure
-(head counts, widths) and hence the cost and the exporters are unchanged.
-
-Only sublayers that lost units are refitted. Like the scores, this needs no labels.
+Because plain surgery is a feasible point of the damped objective, the fitted error on the
+calibration batch is never larger than plain surgery's (tested). Only the output projections' kept
+columns change: head counts, widths, cost and exporters are untouched. Sublayers that lost no unit
+are left as they are. Like the scores, this needs no labels.
 """
 
 from __future__ import annotations
@@ -39,11 +38,12 @@ from ..adapters import get_adapter
 @dataclass
 class ReconstructReport:
     damp: float
+    fit: str = "weights"
     seconds: float = 0.0
     layers: list[dict] = field(default_factory=list)  # one row per refitted sublayer
 
     def to_dict(self) -> dict:
-        return {"damp": self.damp, "seconds": round(self.seconds, 2), "layers": self.layers}
+        return {"fit": self.fit, "damp": self.damp, "seconds": round(self.seconds, 2), "layers": self.layers}
 
 
 def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
@@ -84,16 +84,47 @@ def _scaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return t if scale is None else t * scale.to(t.dtype)
 
 
-def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, damp: float = 0.1,
+def _unscaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """A residual-stream difference expressed before the branch scale (LayerScale)."""
+    if scale is None:
+        return t
+    s = scale.to(t.dtype)
+    return t / torch.where(s.abs() < 1e-12, torch.full_like(s, 1e-12), s)
+
+
+FITS = ("weights", "scales")
+
+
+def _fit_weights(X: torch.Tensor, B: torch.Tensor, W: torch.Tensor, damp: float, scale: torch.Tensor | None) -> tuple[torch.Tensor, float, float, float]:
+    """Ridge least squares of the output projection's kept columns: ``X W'^T ~ B``, towards ``W``.
+
+    ``X``: N x k unit outputs (head contexts or activations), ``B``: N x d target before the branch
+    scale, ``W``: d x k. Returns the new ``W'`` and the relative errors before / after (in residual
+    stream units) and the target's energy.
+    """
+    X, B, W = X.double(), B.double(), W.double()
+    G = X.T @ X
+    lam = damp * float(G.diagonal().mean().clamp_min(1e-30))
+    Wn = torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype), X.T @ B + lam * W.T).T
+    s = 1.0 if scale is None else scale.double()
+    bb = float(((B * s) ** 2).sum()) or 1e-30
+    before = float((((X @ W.T - B) * s) ** 2).sum()) / bb
+    after = float((((X @ Wn.T - B) * s) ** 2).sum()) / bb
+    return Wn, before, after, bb
+
+
+def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, fit: str = "weights", damp: float = 1.0,
                 progress=None) -> ReconstructReport:
     """Refit the kept units of ``student`` (a sliced copy of ``teacher``) in place; see the module doc."""
     if damp <= 0:
         raise ValueError("damp must be > 0")
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     t0 = time.perf_counter()
     ta, sa = get_adapter(teacher), get_adapter(student)
     if ta.num_layers != sa.num_layers:
         raise ValueError("student and teacher have different depths")
-    report = ReconstructReport(damp)
+    report = ReconstructReport(damp, fit)
     tok = sa.token_mask(inputs)
     dh = sa.head_dim() if any(sa.heads_per_layer()) else 0
     for layer in range(sa.num_layers):
@@ -105,7 +136,16 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
                 progress(layer + 1, sa.num_layers)
             continue
         T = _capture(teacher, inputs, layer)
-        if refit_attn:
+        if refit_attn and fit == "weights":
+            S = _capture(student, inputs, layer)
+            scale = sa.branch_scale(layer, "attn")
+            lin = parts.out_proj
+            B = T["attn_out"][tok] - lin.bias.detach() + _unscaled(T["x"][tok] - S["x"][tok], scale)
+            Wn, before, after, _ = _fit_weights(S["ctx"][tok], B, lin.weight.detach(), damp, scale)
+            report.layers.append({"layer": layer, "part": "attn", "units": sa.num_heads(layer), "error_before": before, "error_after": after})
+            with torch.no_grad():
+                lin.weight.copy_(Wn.to(lin.weight.dtype))
+        elif refit_attn:
             S = _capture(student, inputs, layer)
             scale = sa.branch_scale(layer, "attn")
             W = parts.out_proj.weight.detach()
@@ -122,7 +162,16 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
                                   "error_after": _error(G, r, bb, m) / bb, "scale_min": float(m.min()), "scale_max": float(m.max())})
             with torch.no_grad():
                 parts.out_proj.weight.mul_(m.to(W.dtype).repeat_interleave(dh)[None, :])
-        if refit_mlp:
+        if refit_mlp and fit == "weights":
+            S = _capture(student, inputs, layer)
+            scale = sa.branch_scale(layer, "mlp")
+            lin = parts.fc2
+            B = T["mlp_out"][tok] - lin.bias.detach() + _unscaled(T["y"][tok] - S["y"][tok], scale)
+            Wn, before, after, _ = _fit_weights(S["act"][tok], B, lin.weight.detach(), damp, scale)
+            report.layers.append({"layer": layer, "part": "mlp", "units": sa.num_neurons(layer), "error_before": before, "error_after": after})
+            with torch.no_grad():
+                lin.weight.copy_(Wn.to(lin.weight.dtype))
+        elif refit_mlp:
             S = _capture(student, inputs, layer)
             scale = sa.branch_scale(layer, "mlp")
             W2 = _scaled(parts.fc2.weight.detach().T, scale).T.double()  # d x n
