@@ -10,6 +10,9 @@ Memory: on CPU the peak resident set size while loading and warming up (Linux ``
 ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each model; elsewhere the
 ``resource`` maximum, which cannot be reset and is marked ``approximate``). On CUDA
 ``torch.cuda.max_memory_allocated`` (PyTorch allocations only; TensorRT's own workspace is not in it).
+The CPU figure is the growth of the resident set in this process, so it is a lower bound: memory the
+allocator freed earlier (an export, another model) is reused without growing it, and the figure
+depends on what ran before. Compare models' memory in separate processes.
 """
 
 from __future__ import annotations
