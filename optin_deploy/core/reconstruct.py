@@ -113,6 +113,28 @@ def _fit_weights(X: torch.Tensor, B: torch.Tensor, W: torch.Tensor, damp: float,
     return Wn, before, after, bb
 
 
+def _fit_scales(X: torch.Tensor, b: torch.Tensor, W: torch.Tensor, damp: float, scale: torch.Tensor | None, group: int,
+                row: dict) -> torch.Tensor:
+    """One scale per kept unit (a unit = ``group`` consecutive input columns of ``W``, d x k), towards 1.
+
+    Unit ``u`` contributes ``c_u = X_u W_u^T`` (times the branch scale); the Gram matrix is
+    ``G_uv = <c_u, c_v>``, computed per pair of column groups as ``sum((X_u^T X_v) * (W_u^T W_v))``,
+    so no tokens x hidden x units tensor is built. Fills ``row`` with the relative errors and the
+    scales' range; returns the per-column scales (each unit's scale repeated ``group`` times).
+    """
+    X, W, b = X.double(), W.double(), b.double()
+    Ws = W if scale is None else W * scale.double()[:, None]
+    n = W.shape[1] // group
+    XtX, WtW = X.T @ X, Ws.T @ Ws  # k x k each
+    G = (XtX * WtW).reshape(n, group, n, group).sum((1, 3))
+    r = (X * (b @ Ws)).sum(0).reshape(n, group).sum(1)
+    bb = float((b ** 2).sum()) or 1e-30
+    m = _solve(G, r, damp)
+    row.update({"error_before": _error(G, r, bb, torch.ones_like(m)) / bb, "error_after": _error(G, r, bb, m) / bb,
+                "scale_min": float(m.min()), "scale_max": float(m.max())})
+    return m.repeat_interleave(group)
+
+
 def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, fit: str = "weights", damp: float = 1.0,
                 progress=None) -> ReconstructReport:
     """Refit the kept units of ``student`` (a sliced copy of ``teacher``) in place; see the module doc."""
@@ -126,66 +148,32 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
         raise ValueError("student and teacher have different depths")
     report = ReconstructReport(damp, fit)
     tok = sa.token_mask(inputs)
-    dh = sa.head_dim() if any(sa.heads_per_layer()) else 0
+    dh = sa.head_dim() if any(sa.heads_per_layer()) else 1
     for layer in range(sa.num_layers):
         parts = sa.layer_parts(layer)
-        refit_attn = parts.out_proj is not None and sa.num_heads(layer) < ta.num_heads(layer)
-        refit_mlp = parts.fc2 is not None and sa.num_neurons(layer) < ta.num_neurons(layer)
-        if not (refit_attn or refit_mlp):
-            if progress:
-                progress(layer + 1, sa.num_layers)
-            continue
-        T = _capture(teacher, inputs, layer)
-        if refit_attn and fit == "weights":
-            S = _capture(student, inputs, layer)
-            scale = sa.branch_scale(layer, "attn")
-            lin = parts.out_proj
-            B = T["attn_out"][tok] - lin.bias.detach() + _unscaled(T["x"][tok] - S["x"][tok], scale)
-            Wn, before, after, _ = _fit_weights(S["ctx"][tok], B, lin.weight.detach(), damp, scale)
-            report.layers.append({"layer": layer, "part": "attn", "units": sa.num_heads(layer), "error_before": before, "error_after": after})
+        # (part, output projection, unit outputs, dense output, residual, units kept, units in the dense model)
+        todo = [spec for spec in (
+            ("attn", parts.out_proj, "ctx", "attn_out", "x", sa.num_heads(layer), ta.num_heads(layer)),
+            ("mlp", parts.fc2, "act", "mlp_out", "y", sa.num_neurons(layer), ta.num_neurons(layer)),
+        ) if spec[1] is not None and spec[5] < spec[6]]
+        T = _capture(teacher, inputs, layer) if todo else None
+        for part, lin, x_key, out_key, res_key, units, _ in todo:
+            S = _capture(student, inputs, layer)  # after this block's earlier sublayer was refitted
+            scale = sa.branch_scale(layer, part)
+            bias = lin.bias.detach()
+            drift = T[res_key][tok] - S[res_key][tok]
+            row = {"layer": layer, "part": part, "units": units}
+            if fit == "weights":
+                B = T[out_key][tok] - bias + _unscaled(drift, scale)
+                Wn, row["error_before"], row["error_after"], _ = _fit_weights(S[x_key][tok], B, lin.weight.detach(), damp, scale)
+                new_weight = Wn.to(lin.weight.dtype)
+            else:
+                m = _fit_scales(S[x_key][tok], _scaled(T[out_key][tok] - bias, scale) + drift, lin.weight.detach(), damp, scale,
+                                dh if part == "attn" else 1, row)
+                new_weight = lin.weight.detach() * m.to(lin.weight.dtype)[None, :]
+            report.layers.append(row)
             with torch.no_grad():
-                lin.weight.copy_(Wn.to(lin.weight.dtype))
-        elif refit_attn:
-            S = _capture(student, inputs, layer)
-            scale = sa.branch_scale(layer, "attn")
-            W = parts.out_proj.weight.detach()
-            ctx = S["ctx"][tok]
-            H = sa.num_heads(layer)
-            C = torch.stack([_scaled(ctx[:, h * dh:(h + 1) * dh] @ W[:, h * dh:(h + 1) * dh].T, scale) for h in range(H)])
-            b = (_scaled(T["attn_out"][tok] - parts.out_proj.bias.detach(), scale) + T["x"][tok] - S["x"][tok])
-            G = torch.einsum("hnd,knd->hk", C, C).double()
-            r = torch.einsum("hnd,nd->h", C, b).double()
-            bb = float((b.double() ** 2).sum())
-            m = _solve(G, r, damp)
-            ones = torch.ones_like(m)
-            report.layers.append({"layer": layer, "part": "attn", "units": H, "error_before": _error(G, r, bb, ones) / bb,
-                                  "error_after": _error(G, r, bb, m) / bb, "scale_min": float(m.min()), "scale_max": float(m.max())})
-            with torch.no_grad():
-                parts.out_proj.weight.mul_(m.to(W.dtype).repeat_interleave(dh)[None, :])
-        if refit_mlp and fit == "weights":
-            S = _capture(student, inputs, layer)
-            scale = sa.branch_scale(layer, "mlp")
-            lin = parts.fc2
-            B = T["mlp_out"][tok] - lin.bias.detach() + _unscaled(T["y"][tok] - S["y"][tok], scale)
-            Wn, before, after, _ = _fit_weights(S["act"][tok], B, lin.weight.detach(), damp, scale)
-            report.layers.append({"layer": layer, "part": "mlp", "units": sa.num_neurons(layer), "error_before": before, "error_after": after})
-            with torch.no_grad():
-                lin.weight.copy_(Wn.to(lin.weight.dtype))
-        elif refit_mlp:
-            S = _capture(student, inputs, layer)
-            scale = sa.branch_scale(layer, "mlp")
-            W2 = _scaled(parts.fc2.weight.detach().T, scale).T.double()  # d x n
-            act = S["act"][tok].double()
-            b = (_scaled(T["mlp_out"][tok] - parts.fc2.bias.detach(), scale) + T["y"][tok] - S["y"][tok]).double()
-            G = (act.T @ act) * (W2.T @ W2)
-            r = (act * (b @ W2)).sum(0)
-            bb = float((b ** 2).sum())
-            m = _solve(G, r, damp)
-            ones = torch.ones_like(m)
-            report.layers.append({"layer": layer, "part": "mlp", "units": int(m.numel()), "error_before": _error(G, r, bb, ones) / bb,
-                                  "error_after": _error(G, r, bb, m) / bb, "scale_min": float(m.min()), "scale_max": float(m.max())})
-            with torch.no_grad():
-                parts.fc2.weight.mul_(m.to(parts.fc2.weight.dtype)[None, :])
+                lin.weight.copy_(new_weight)
         if progress:
             progress(layer + 1, sa.num_layers)
     report.seconds = time.perf_counter() - t0
