@@ -34,11 +34,14 @@ from torch import nn
 
 from ..adapters import get_adapter
 
+FITS = ("weights", "scales")
+DEFAULT_FIT, DEFAULT_DAMP = "weights", 1.0  # chosen on validation / held-out training data (benchmarks/reconstruct.py)
+
 
 @dataclass
 class ReconstructReport:
     damp: float
-    fit: str = "weights"
+    fit: str = DEFAULT_FIT
     seconds: float = 0.0
     layers: list[dict] = field(default_factory=list)  # one row per refitted sublayer
 
@@ -46,14 +49,24 @@ class ReconstructReport:
         return {"fit": self.fit, "damp": self.damp, "seconds": round(self.seconds, 2), "layers": self.layers}
 
 
+class _Captured(Exception):
+    """Raised by the hook on block ``layer``: everything needed is recorded, the later blocks need not run."""
+
+
 def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
-    """One forward pass recording block ``layer``'s input, head contexts, attention output,
-    MLP residual, activations and MLP output."""
+    """Run ``model`` up to block ``layer`` (and no further), recording its input, head contexts,
+    attention output, MLP residual, activations and MLP output."""
     a = get_adapter(model)
     parts = a.layer_parts(layer)
+    block = a.blocks()[layer]
     out: dict[str, torch.Tensor] = {}
-    handles = [a.blocks()[layer].register_forward_pre_hook(
-        lambda m, args, kwargs: out.__setitem__("x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True)]
+
+    def stop(*_):
+        raise _Captured
+
+    handles = [block.register_forward_pre_hook(
+        lambda m, args, kwargs: out.__setitem__("x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True),
+        block.register_forward_hook(stop)]
     if parts.out_proj is not None:
         handles.append(parts.out_proj.register_forward_hook(lambda m, i, o: out.update(ctx=i[0], attn_out=o)))
     if parts.fc2 is not None:
@@ -62,17 +75,19 @@ def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> d
     try:
         with torch.no_grad():
             a.forward(inputs)
+    except _Captured:
+        pass
     finally:
         for h in handles:
             h.remove()
     return out
 
 
-def _solve(G: torch.Tensor, r: torch.Tensor, damp: float) -> torch.Tensor:
-    n = G.shape[0]
+def _solve(G: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor, damp: float) -> torch.Tensor:
+    """``argmin_m m^T G m - 2 m^T rhs + lam ||m - prior||^2`` with ``lam = damp * mean(diag(G))``
+    (``rhs`` and ``prior``: vectors or matrices with one column per output)."""
     lam = damp * float(G.diagonal().mean().clamp_min(1e-30))
-    eye = torch.eye(n, dtype=G.dtype)
-    return torch.linalg.solve(G + lam * eye, r + lam * torch.ones(n, dtype=G.dtype))
+    return torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype), rhs + lam * prior)
 
 
 def _error(G: torch.Tensor, r: torch.Tensor, bb: float, m: torch.Tensor) -> float:
@@ -92,8 +107,6 @@ def _unscaled(t: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
     return t / torch.where(s.abs() < 1e-12, torch.full_like(s, 1e-12), s)
 
 
-FITS = ("weights", "scales")
-
 
 def _fit_weights(X: torch.Tensor, B: torch.Tensor, W: torch.Tensor, damp: float, scale: torch.Tensor | None) -> tuple[torch.Tensor, float, float, float]:
     """Ridge least squares of the output projection's kept columns: ``X W'^T ~ B``, towards ``W``.
@@ -103,9 +116,7 @@ def _fit_weights(X: torch.Tensor, B: torch.Tensor, W: torch.Tensor, damp: float,
     stream units) and the target's energy.
     """
     X, B, W = X.double(), B.double(), W.double()
-    G = X.T @ X
-    lam = damp * float(G.diagonal().mean().clamp_min(1e-30))
-    Wn = torch.linalg.solve(G + lam * torch.eye(G.shape[0], dtype=G.dtype), X.T @ B + lam * W.T).T
+    Wn = _solve(X.T @ X, X.T @ B, W.T, damp).T
     s = 1.0 if scale is None else scale.double()
     bb = float(((B * s) ** 2).sum()) or 1e-30
     before = float((((X @ W.T - B) * s) ** 2).sum()) / bb
@@ -129,13 +140,13 @@ def _fit_scales(X: torch.Tensor, b: torch.Tensor, W: torch.Tensor, damp: float, 
     G = (XtX * WtW).reshape(n, group, n, group).sum((1, 3))
     r = (X * (b @ Ws)).sum(0).reshape(n, group).sum(1)
     bb = float((b ** 2).sum()) or 1e-30
-    m = _solve(G, r, damp)
+    m = _solve(G, r, torch.ones_like(r), damp)
     row.update({"error_before": _error(G, r, bb, torch.ones_like(m)) / bb, "error_after": _error(G, r, bb, m) / bb,
                 "scale_min": float(m.min()), "scale_max": float(m.max())})
     return m.repeat_interleave(group)
 
 
-def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, fit: str = "weights", damp: float = 1.0,
+def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
                 progress=None) -> ReconstructReport:
     """Refit the kept units of ``student`` (a sliced copy of ``teacher``) in place; see the module doc."""
     if damp <= 0:
