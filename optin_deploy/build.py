@@ -30,6 +30,7 @@ import torch
 
 from . import __version__
 from .adapters import get_adapter
+from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
@@ -60,8 +61,8 @@ class BuildOptions:
     seed: int = 0
     optimize: bool = False
     reconstruct: bool = True
-    reconstruct_fit: str = "weights"
-    reconstruct_damp: float = 1.0
+    reconstruct_fit: str = DEFAULT_FIT
+    reconstruct_damp: float = DEFAULT_DAMP
     text_column: str = "text"
     label_column: str = "label"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -104,10 +105,6 @@ def _check_target_available(profile) -> None:
 
 
 def _budget(opts: BuildOptions, profile) -> dict:
-    if opts.reconstruct:
-        from .pruning import check_refit
-
-        check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
     if opts.flops is not None and opts.latency_ms is not None:
         raise OptinError("pass either --flops or --latency-ms, not both")
     if opts.latency_ms is not None:
@@ -137,6 +134,7 @@ def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
     from .profiles import load_profile
+    from .pruning import check_refit
 
     t_start = time.perf_counter()
     profile = load_profile(opts.profile)
@@ -145,6 +143,8 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
         raise OptinError(f"--max-accuracy-drop must be >= 0 points, got {opts.max_accuracy_drop}")
+    if opts.reconstruct:
+        check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
     out = Path(opts.out).expanduser().resolve()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from torch import nn
 from .adapters import get_adapter
 from .core.api import estimate_exact_seconds, score_model
 from .core.costs import CostModel, mac_cost_model
+from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT, FITS, reconstruct
 from .core.scoring import RawScores, ScoreSettings
 from .core.selection import Selection, select
 from .core.surgery import apply_plan
@@ -24,7 +25,6 @@ from .progress import console, progress_bar, step
 
 SCORING_CHOICES = ("auto", "exact", "fast")
 SCORERS = ("optin", "random", "magnitude", "fisher")
-DEFAULT_FIT, DEFAULT_DAMP = "weights", 1.0  # chosen on validation / held-out training data (benchmarks/reconstruct.py)
 AUTO_EXACT_LIMIT_S = 300.0  # "auto" picks exact scoring only when it should finish in 5 minutes
 
 
@@ -58,8 +58,6 @@ class PruneResult:
 
 
 def check_refit(fit: str, damp: float) -> None:
-    from .core.reconstruct import FITS
-
     if fit not in FITS:
         raise OptinError(f"unknown --reconstruct-fit {fit!r}; choose from {', '.join(FITS)}")
     if not damp > 0:
@@ -133,8 +131,6 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
 
 def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP) -> dict:
     """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
-    from .core.reconstruct import reconstruct
-
     check_refit(fit, damp)
     step(f"refitting the kept units' output {fit} layer by layer on the calibration batch (damping {damp})")
     with progress_bar("refit") as update:

@@ -162,3 +162,11 @@ def test_refitted_model_saves_and_reloads(tmp_path):
     reconstruct(model, student, calib)
     save_pruned(student, tmp_path / "m")
     assert torch.equal(_logits(load_pruned(tmp_path / "m"), held_out), _logits(student, held_out))
+
+
+def test_cli_defaults_match_the_core():
+    """The CLI options are declared without importing torch; their defaults must be the core's."""
+    from optin_deploy.commands import options
+    from optin_deploy.core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
+
+    assert (options.RECONSTRUCT.default, options.RECONSTRUCT_FIT.default, options.RECONSTRUCT_DAMP.default) == (True, DEFAULT_FIT, DEFAULT_DAMP)

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -28,9 +30,9 @@ def register(app: typer.Typer) -> None:
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
         bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
-        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged)."),
-        reconstruct_fit: str = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit)."),
-        reconstruct_damp: float = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
+        reconstruct: bool = options.RECONSTRUCT,
+        reconstruct_fit: str = options.RECONSTRUCT_FIT,
+        reconstruct_damp: float = options.RECONSTRUCT_DAMP,
         seed: int = typer.Option(0, "--seed"),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import OptinError
+from . import options
 
 
 def register(app: typer.Typer) -> None:
@@ -25,9 +26,9 @@ def register(app: typer.Typer) -> None:
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for --scoring fast."),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
-        reconstruct: bool = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged)."),
-        reconstruct_fit: str = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit)."),
-        reconstruct_damp: float = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0)."),
+        reconstruct: bool = options.RECONSTRUCT,
+        reconstruct_fit: str = options.RECONSTRUCT_FIT,
+        reconstruct_damp: float = options.RECONSTRUCT_DAMP,
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     ):
