@@ -69,23 +69,29 @@ def calibration(task, n: int, seed: int):
     return inputs, labels
 
 
-def subset(split, limit: int | None):
-    if not limit or len(split) <= limit:
-        return split
+def take(split, idx):
+    """The samples ``idx`` of a labelled split."""
     from optin_deploy.data.types import Split
 
-    g = torch.Generator().manual_seed(1234)
-    idx = torch.randperm(len(split), generator=g)[:limit].sort().values
     inputs = split.inputs[idx] if isinstance(split.inputs, torch.Tensor) else [split.inputs[int(i)] for i in idx]
     return Split(inputs, None if split.labels is None else split.labels[idx])
 
 
-def accuracy(task, model, split) -> float:
+def subset(split, limit: int | None):
+    if not limit or len(split) <= limit:
+        return split
+    g = torch.Generator().manual_seed(1234)
+    return take(split, torch.randperm(len(split), generator=g)[:limit].sort().values)
+
+
+def predict(task, model, split) -> torch.Tensor:
     from optin_deploy import zoo
 
-    t = dataclasses.replace(task, model=model)
-    pred = zoo.predict(t, split, batch_size=64)
-    return float((pred == split.labels.long()).float().mean())
+    return zoo.predict(dataclasses.replace(task, model=model), split, batch_size=64)
+
+
+def accuracy(task, model, split) -> float:
+    return float((predict(task, model, split) == split.labels.long()).float().mean())
 
 
 def seq_len_for(task, adapter, calib) -> int:

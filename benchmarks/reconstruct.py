@@ -70,8 +70,8 @@ def main() -> None:
             costs = mac_cost_model(model, compare.seq_len_for(task, adapter, calib))
             sc = compare.scores_for(task, "optin", cargs, adapter, calib, labels)
             perm = torch.randperm(len(task.data.train), generator=torch.Generator().manual_seed(seed))  # the calibration draw's order
-            held = heldout_split(task.data.train, perm[args.calib_samples:args.calib_samples + args.heldout].sort().values)
-            dense_pred = {k: predict(task, model, sp) for k, sp in (("val", val), ("held", held))}
+            held = compare.take(task.data.train, perm[args.calib_samples:args.calib_samples + args.heldout].sort().values)
+            dense_pred = {k: compare.predict(task, model, sp) for k, sp in (("val", val), ("held", held))}
             for b in budgets:
                 sel = select(sc.heads, sc.neurons, costs, b * costs.dense(), neuron_multiple=args.neuron_multiple)
                 plain = apply_plan(model, sel.plan)
@@ -93,25 +93,10 @@ def main() -> None:
     print(markdown(rows, damps))
 
 
-def heldout_split(train, idx):
-    from optin_deploy.data.types import Split
-
-    inputs = train.inputs[idx] if isinstance(train.inputs, torch.Tensor) else [train.inputs[int(i)] for i in idx]
-    return Split(inputs, train.labels[idx])
-
-
-def predict(task, model, split) -> torch.Tensor:
-    import dataclasses
-
-    from optin_deploy import zoo
-
-    return zoo.predict(dataclasses.replace(task, model=model), split, batch_size=64)
-
-
 def measure(task, model, val, test, held, dense_pred) -> dict:
     out = {"test": compare.accuracy(task, model, test)}
     for key, split in (("val", val), ("held", held)):
-        p = predict(task, model, split)
+        p = compare.predict(task, model, split)
         out[key] = float((p == split.labels.long()).float().mean())
         out[f"{key}_agree"] = float((p == dense_pred[key]).float().mean())
     return out

@@ -51,6 +51,14 @@ def tiny_text_task(tmp_path_factory):
     return root
 
 
+def assert_one_line_error(proc, message: str = "error:") -> None:
+    """A failed command: non-zero exit, no traceback, and a last stderr line ``error: ...`` naming ``message``."""
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert err and err[-1].startswith("error:") and message in err[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def run_cli(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env={**__import__("os").environ, "OPTIN_DEPLOY_QUIET": "1"})
     if check and proc.returncode != 0:
@@ -112,16 +120,13 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
 def test_build_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "b"
     proc = run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
-    assert proc.returncode != 0
-    err = proc.stderr.strip().splitlines()
-    assert err and err[-1].startswith("error:") and message in err[-1], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert_one_line_error(proc, message)
     assert not out.exists() and not list(tmp_path.glob(".b.tmp-*"))
 
 
 def test_build_unknown_model(tmp_path):
     proc = run_cli("build", "--model", str(tmp_path / "missing"), "--data", "rotten-tomatoes", "--out", str(tmp_path / "b"), check=False)
-    assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(proc)
     assert not (tmp_path / "b").exists()
 
 
@@ -161,7 +166,7 @@ def test_prune_cli(tiny_text_task, tmp_path):
 def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "pruned"
     proc = run_cli("prune", str(tiny_text_task / "model"), "--calib", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
-    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(proc, message)
     assert not out.exists()
 
 
@@ -170,7 +175,7 @@ def test_prune_cli_corrupt_checkpoint(tiny_text_task, tmp_path):
     shutil.copytree(tiny_text_task / "model", bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
     proc = run_cli("prune", str(bad), "--calib", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
-    assert proc.returncode != 0 and "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert_one_line_error(proc)
     assert not (tmp_path / "o").exists()
 
 
