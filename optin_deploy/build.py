@@ -124,7 +124,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
 def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
     batch = profile.opt_batch or profile.batch_size
     seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = getattr(getattr(task.model, "config", None), "max_position_embeddings", None)
+    maxpos = get_adapter(task.model).max_positions()
     if task.modality == "text" and maxpos:
         seq = min(seq, maxpos)
     inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
@@ -235,7 +235,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
                                                     "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
     shape = profile.shape_profile()
     if task.modality == "text":
-        maxpos = getattr(model.config, "max_position_embeddings", shape.max_seq)
+        maxpos = adapter.max_positions() or shape.max_seq
         if shape.max_seq > maxpos:
             from .exporters.base import ShapeProfile
 
@@ -255,7 +255,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "") + f", interleaved, {opts.bench_iters} rounds")
+         + (f" x {seq} tokens" if task.modality == "text" else "") + f", interleaved, {opts.bench_iters} rounds")
     runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
     print_bench_table(bench, console=console)
