@@ -279,6 +279,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
         "model": task.model_source or opts.model or "minilm-sentiment",
+        "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,
