@@ -350,6 +350,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     fmt = ctx.fmt
     if search is not None:
         exports["dense"] = search.dense_export  # exported once, at the start of the search
+        exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
     for label, m in (("dense", model), ("pruned", pruned)):
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)

@@ -597,7 +597,19 @@ class CandidateLab:
                                "inputs": "x".join(str(d) for d in next(iter(ctx.bench_np.values())).shape[:2])},
                         candidates=list(self.candidates), **kw)
 
-    def cleanup(self, keep: Sequence[int] = ()) -> None:
+    def adopt(self, c: Candidate, folder: Path) -> dict:
+        """Move candidate ``c``'s export folder to ``folder`` (no second export); returns its manifest
+        with the paths updated."""
+        src = self.workdir / f"cand-{c.id}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(folder))
+        text = (folder / "export.json").read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(folder))[1:-1])
+        (folder / "export.json").write_text(text)
+        manifest = json.loads(text)
+        self.exports[c.id] = manifest
+        return manifest
+
+    def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -613,6 +625,7 @@ class SearchBuildResult:
     reachable: bool
     message: str | None
     dense_export: dict | None = None
+    pruned_export: dict | None = None
 
     def to_dict(self) -> dict:
         return {"chosen": self.candidate.to_dict(), "reachable": self.reachable, "message": self.message,
@@ -676,9 +689,10 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     fr.write(staging, plot_name="plots/frontier.png")
     res = lab.results[chosen.id]
     model = lab.models[chosen.id]
+    pruned_export = lab.adopt(chosen, staging / ctx.fmt / "pruned")  # the chosen candidate's export becomes the bundle's
     lab.cleanup()
     return SearchBuildResult(model=model, candidate=chosen, frontier=fr, selection_cost=res.selection.cost, reconstruction=res.reconstruction,
-                             reachable=reachable, message=message, dense_export=dense_export)
+                             reachable=reachable, message=message, dense_export=dense_export, pruned_export=pruned_export)
 
 
 def _reference(lab: CandidateLab, objective: Objective, settings: SearchSettings, chosen: Candidate) -> dict:
@@ -687,6 +701,7 @@ def _reference(lab: CandidateLab, objective: Objective, settings: SearchSettings
     from .progress import step
 
     step(f"reference: fixed budgets {settings.reference}, measured the same way (not candidates of the search)")
+    t0 = time.perf_counter()
     refs = [lab.measure(b, "reference") for b in settings.reference]
     for c in refs:
         c.met = objective.met(c)
@@ -694,13 +709,13 @@ def _reference(lab: CandidateLab, objective: Objective, settings: SearchSettings
     ok = [c for c in refs if c.verification["passed"] and (objective.kind == "max_accuracy_drop" or c.speedup >= objective.limit)]
     out = {"budgets": list(settings.reference), "candidates": [c.id for c in refs], "rule": "meets the limit on the full validation split"}
     if not ok:
-        return {**out, "best_budget": None}
+        return {**out, "best_budget": None, "seconds": round(time.perf_counter() - t0, 2)}
     best = min(ok, key=lambda c: c.budget) if objective.kind == "max_accuracy_drop" else max(ok, key=lambda c: c.budget)
     rounds = max(settings.contest_rounds, 60)
     step(f"reference: timing the chosen candidate #{chosen.id} against the best fixed budget {best.budget} and dense, {rounds} interleaved rounds")
     sp = lab.contest([chosen, best] if best.id != chosen.id else [chosen], rounds)
     return {**out, "best_budget": best.budget, "best_candidate": best.id, "best_speedup": round(sp[best.id], 4), "chosen_speedup": round(sp[chosen.id], 4),
-            "rounds": rounds, "chosen_at_least_as_fast": bool(sp[chosen.id] >= sp[best.id])}
+            "rounds": rounds, "chosen_at_least_as_fast": bool(sp[chosen.id] >= sp[best.id]), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def sweep(ctx, out: Path, budgets: Sequence[float], scorers: Sequence[str], settings: SearchSettings) -> Frontier:
