@@ -114,7 +114,11 @@ def summarise(model_type: str, info: dict, report: dict, took: float, command: s
 
 
 def write_results(rows: dict, args) -> None:
+    """Merge ``rows`` into results/families.json (re-read first, so runs of other types in parallel
+    are kept) and rewrite results/families.md from all of them."""
     out_json, out_md = ROOT / "results" / "families.json", ROOT / "results" / "families.md"
+    if out_json.exists():
+        rows = {**json.loads(out_json.read_text())["families"], **rows}
     out_json.write_text(json.dumps({"settings": {"size": BASE, "flops": args.flops, "scoring": "fast", "probes": args.probes,
                                                  "calib_samples": args.calib_samples, "bench_iters": args.bench_iters,
                                                  "profile": "x86-cpu-ort (onnxruntime CPU, 2 threads, batch 8 x 128 tokens)",
@@ -147,8 +151,7 @@ def main() -> None:
     unknown = sorted(set(types) - set(text_model_types()))
     if unknown:
         sys.exit(f"error: not a registered text model_type: {', '.join(unknown)}; registered: {', '.join(text_model_types())}")
-    prev = ROOT / "results" / "families.json"
-    rows = json.loads(prev.read_text())["families"] if prev.exists() else {}
+    rows: dict = {}
     work = args.keep or Path(tempfile.mkdtemp(prefix="optin-families-"))
     try:
         data = work / "data.csv"
