@@ -16,11 +16,10 @@ is complete; any error leaves nothing behind. Layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
+from .safe_out import check_out, staged_output, write_json
 
 REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
 DEFAULT_PROFILE = "x86-cpu-ort"
@@ -65,6 +65,7 @@ class BuildOptions:
     reconstruct_damp: float = DEFAULT_DAMP
     text_column: str = "text"
     label_column: str = "label"
+    force: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -108,8 +109,8 @@ def _budget(opts: BuildOptions, profile) -> dict:
     if opts.flops is not None and opts.latency_ms is not None:
         raise OptinError("pass either --flops or --latency-ms, not both")
     if opts.latency_ms is not None:
-        if opts.latency_ms <= 0:
-            raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
+        if not (math.isfinite(opts.latency_ms) and opts.latency_ms > 0):
+            raise OptinError(f"--latency-ms must be a positive, finite number of milliseconds, got {opts.latency_ms}")
         return {"latency_ms": opts.latency_ms}
     if opts.flops is not None:
         from .pruning import check_budget
@@ -145,29 +146,42 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--max-accuracy-drop must be >= 0 points, got {opts.max_accuracy_drop}")
     if opts.reconstruct:
         check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
-    out = Path(opts.out).expanduser().resolve()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise OptinError(f"cannot write the bundle next to {out} ({exc.strerror or exc}); pass a writable --out") from None
-    try:
+    if opts.probes < 1:
+        raise OptinError(f"--probes must be at least 1, got {opts.probes}")
+    if opts.bench_iters < 1:
+        raise OptinError(f"--bench-iters must be at least 1, got {opts.bench_iters}")
+    if opts.bench_warmup < 0:
+        raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
+    if opts.calib_length < 1:
+        raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
+    out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
+    with staged_output(out, kind="bundle", checked=True, log=step) as staging:
         _check_target_available(profile)
         report = _build_into(staging, opts, profile, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
         _write_reports(staging, report, opts, profile)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report["bundle"] = str(out)
     return report
+
+
+def _spec(spec: str | None) -> str | None:
+    """A model spec as recorded in a bundle: an existing local path made absolute (it lies outside
+    the bundle), anything else (a zoo or hub name) as it is."""
+    if not spec:
+        return spec
+    p = Path(str(spec)).expanduser()
+    return str(p.resolve()) if not str(spec).startswith("timm:") and p.exists() else str(spec)
+
+
+def _relative_to(obj, root: Path):
+    """``obj`` with every path string inside ``root`` written relative to it."""
+    if isinstance(obj, dict):
+        return {k: _relative_to(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_to(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(root) + os.sep):
+        return os.path.relpath(obj, root)
+    return obj
 
 
 def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
@@ -176,13 +190,14 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     from .evaluate import evaluate
     from .exporters.bundle import export_bundle
     from .profiles import selection_kwargs
-    from .pruned_io import save_pruned
-    from .pruning import compute_scores, print_layer_table, prune, refit
+    from .pruned_io import save_pruned, task_hint
+    from .pruning import compute_scores, print_layer_table, prune, refit, report_emptied
     from .runtimes.base import get_runtime
     from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
-    task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed)
+    task = load_task(opts.model, opts.data, max_length=None, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed)
+    task.data.require_labels(opts.eval_split)  # evaluation needs labels: fail now, not after the pipeline ran
     model = task.model.eval()
     adapter = get_adapter(model)
     calib_len = opts.calib_length if task.modality == "text" else None
@@ -196,6 +211,12 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
     sel_kwargs = selection_kwargs(profile)
 
+    if "flops" in budget:  # a budget that keeps nothing is refused before scoring
+        from .core.costs import mac_cost_model
+        from .pruning import check_keeps_something
+
+        mc = mac_cost_model(model, seq)
+        check_keeps_something(mc, budget["flops"] * mc.dense(), f"--flops {budget['flops']}", sel_kwargs.get("head_multiple", 1), sel_kwargs.get("neuron_multiple", 1))
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=opts.scorer, settings=settings, probes=opts.probes)
     latency_info = None
     if "flops" in budget:
@@ -221,6 +242,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         step(f"selecting for {budget['latency_ms']} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
         ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, budget["latency_ms"], measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
+        report_emptied(model, pruned)
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
         notes = list(scores[5])
@@ -231,8 +253,9 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
 
     step("saving the pruned model")
-    save_pruned(pruned, staging / "pruned", extra={"source": task.model_source or opts.model, "source_dir": task.model_source,
-                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
+    save_pruned(pruned, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
+                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names},
+                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, eval_len))
     shape = profile.shape_profile()
     if task.modality == "text":
         maxpos = getattr(model.config, "max_position_embeddings", shape.max_seq)
@@ -248,7 +271,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         step(f"exporting the {label} model ({fmt}, {profile.precision}) and checking parity against PyTorch")
         exports[label] = export_bundle(m, example, staging / fmt / label, fmt=fmt, backend=backend, precision=profile.precision if fmt != "onnx" else "fp32",
                                        profile=shape, optimize=opts.optimize, task=task, threads=profile.threads,
-                                       source=task.model_source or None)
+                                       source=(staging / "pruned") if label == "pruned" else (_spec(task.model_source) or None))
 
     rt_name = exports["pruned"]["runtime"] if fmt != "onnx" else profile.runtime_name
     runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
@@ -278,7 +301,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         if p.is_file():
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
-        "model": task.model_source or opts.model or "minilm-sentiment",
+        "model": _spec(task.model_source or opts.model) or "minilm-sentiment",
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,
@@ -312,7 +335,8 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     from .report import write_markdown, write_plots
 
     plots = write_plots(report, staging / "plots")
-    (staging / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    report.update(_relative_to({k: v for k, v in report.items()}, staging.resolve()))
+    write_json(staging / "report.json", report)
     write_markdown(report, staging / "report.md", plots)
     manifest = {
         "created_by": f"optin-deploy {__version__}",
@@ -326,7 +350,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     for p in sorted(staging.rglob("*")):
         if p.is_file() and p.name != "manifest.json":
             manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    write_json(staging / "manifest.json", _relative_to(manifest, staging.resolve()))
 
 
 def check_gate(report: dict) -> None:

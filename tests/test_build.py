@@ -31,7 +31,7 @@ def tiny_text_task(tmp_path_factory):
     tok = assets.minilm().path
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                     max_position_embeddings=128, num_labels=2)
+                     max_position_embeddings=128, num_labels=2, id2label={0: "rotten", 1: "fresh"}, label2id={"rotten": 0, "fresh": 1})
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(root / "model")
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
