@@ -61,7 +61,11 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []  # the signals that stopped this run (typer turns KeyboardInterrupt into a return value)
+
+
 def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    _received.append(signum)
     raise Terminated(signum)
 
 
@@ -71,7 +75,8 @@ def _install_signal_handlers() -> dict:
     import signal
 
     previous = {}
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, but `kill -INT` must still stop the work
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
         if sig is not None:
             try:
                 previous[sig] = signal.signal(sig, _on_signal)
@@ -95,7 +100,7 @@ def _interrupted(exc: BaseException) -> None:
 
     signum = getattr(exc, "signum", signal.SIGINT)
     name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
-    typer.secho(f"error: interrupted by {name}; stopped, staging removed, nothing half-written left", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: interrupted by {name}; stopped, no staging or half-written output left behind", err=True, fg=typer.colors.RED)
     sys.exit(128 + int(signum))
 
 
@@ -131,8 +136,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str], debug: bool) -> None:
     click_exc = _click_exceptions()
+    _received.clear()
     try:
-        app(args=args, prog_name="optin-deploy", standalone_mode=False)
+        rc = app(args=args, prog_name="optin-deploy", standalone_mode=False)
+        if _received:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
+            _interrupted(Terminated(_received[0]))
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except OptinError as exc:
         if debug:
             raise

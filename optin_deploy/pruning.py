@@ -194,4 +194,7 @@ def layer_table(dense: nn.Module, pruned: nn.Module, title: str = "kept per laye
 
 
 def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
-    console.print(layer_table(dense, pruned))
+    from .progress import quiet
+
+    if not quiet():
+        console.print(layer_table(dense, pruned))

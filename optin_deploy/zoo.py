@@ -606,7 +606,7 @@ def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spe
         if sp.labels is not None:
             sp.labels = perm[sp.labels]
     td.label_names = model_names
-    td.source = {**td.source, "labels_matched": "by name to the model's id2label"}
+    td.source = {**td.source, "label_kind": "matched", "labels_matched": "by name to the model's id2label"}
     return td
 
 
@@ -622,6 +622,9 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
 
 
 def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    names = [str(v) for v in (getattr(getattr(model, "config", None), "id2label", None) or {}).values()]
+    if names and not _generic(names):  # named classes: unknown labels are named first, with both sets
+        td = match_labels(model, td, model_spec, data_spec)
     n = _model_classes(model)
     kind = model_task_type(model)
     if kind is not None and td.train.labels is not None and td.task_type != kind:

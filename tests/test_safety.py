@@ -544,9 +544,18 @@ def test_export_refuses_an_unsupported_opset(capsys, task_dir, tmp_path):
 
 def test_flops_budget_that_removes_every_unit_is_refused_before_scoring(capsys, task_dir, tmp_path, tmp_cache):
     out = tmp_path / "p"
-    assert_one_line(run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--flops", "0.01", "--out", out),
-                    2, "remove every head and neuron")
-    assert not out.exists() and not (tmp_cache / "scores").exists()
+    args = ["prune", task_dir / "model", "--calib", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact", "--out", out]
+    assert_one_line(run(capsys, *args, "--flops", "0.0001"), 2, "remove every head and neuron", "smallest budget")
+    assert not out.exists() and not (tmp_cache / "scores").exists()  # refused before scoring
+
+
+def test_flops_budget_that_empties_a_layer_warns_in_one_line(capsys, task_dir, tmp_path):
+    out = tmp_path / "p"
+    r = run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact",
+            "--flops", "0.01", "--out", out)
+    lines = [l for l in r.err.splitlines() if l.strip()]
+    assert r.code == 0 and len(lines) == 1 and lines[0].startswith("warning: the budget empties layer"), r.err
+    assert (out / "optin_structure.json").is_file()
 
 
 def test_latency_budget_the_dense_model_already_meets_stops(task_dir):
