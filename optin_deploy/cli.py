@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "zoo",
     "profiles",
     "lut",
+    "sweep",
 ]
 
 

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         from ..core.scoring import ScoreSettings
         from ..progress import step
         from ..pruned_io import save_pruned, task_hint
-        from ..pruning import check_budget, check_refit, print_layer_table, prune as do_prune
+        from ..pruning import check_budget, check_refit, print_layer_table, prune as do_prune, report_emptied
         from ..zoo import load_task
 
         from ..safe_out import check_out
@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
         result = do_prune(task.model, calib_inputs, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
                           reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp)
         print_layer_table(task.model, result.model)
+        report_emptied(task.model, result.model)
         summary = {"model": task.model_source or model, "budget": {"flops": flops}, **result.summary()}
         save_pruned(result.model, out, extra={"source": task.model_source or model, "source_dir": task.model_source, "task": task.data.name,
                                               "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},
