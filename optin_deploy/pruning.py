@@ -194,7 +194,4 @@ def layer_table(dense: nn.Module, pruned: nn.Module, title: str = "kept per laye
 
 
 def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
-    from .progress import quiet
-
-    if not quiet():
-        console.print(layer_table(dense, pruned))
+    console.print(layer_table(dense, pruned))

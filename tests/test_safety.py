@@ -101,9 +101,17 @@ def run(capsys, *args) -> Result:
     return Result(code, out, err)
 
 
+TABLE = set("┏┃┡│└━┳╇┩┓┗┛─")
+
+
+def lines_of(err: str) -> list[str]:
+    """The non-empty stderr lines, less the per-layer table that prune and build print as a result."""
+    return [l for l in err.splitlines() if l.strip() and not (set(l) & TABLE) and l.strip() != "kept per layer"]
+
+
 def assert_one_line(res: Result, code: int, *needles: str) -> str:
     """Exit ``code``, exactly one non-empty stderr line, starting ``error:``, holding every needle."""
-    lines = [l for l in res.err.splitlines() if l.strip()]
+    lines = lines_of(res.err)
     assert res.code == code, (res.code, res.err)
     assert len(lines) == 1, res.err
     assert lines[0].startswith("error:"), res.err
@@ -409,7 +417,7 @@ def test_signal_stops_the_build_removes_staging_and_exits_nonzero(task_dir, tmp_
     _wait_for_staging(proc, tmp_path)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    lines = [l for l in err.splitlines() if l.strip()]
+    lines = lines_of(err)
     assert proc.returncode == code, err
     assert len(lines) == 1 and lines[0].startswith("error: interrupted by " + name), err
     assert "Traceback" not in err
@@ -464,7 +472,7 @@ def test_corrupt_score_cache_entry_is_reported_discarded_and_recomputed(capsys, 
     for bad in (good[: len(good) // 2], ""):  # truncated, then empty
         entries[0].write_text(bad)
         r = run(capsys, *prune_args(task_dir, tmp_path / "p1"))
-        lines = [l for l in r.err.splitlines() if l.strip()]
+        lines = lines_of(r.err)
         assert r.code == 0 and len(lines) == 1 and lines[0].startswith("warning:") and "corrupt" in lines[0], r.err
         assert json.loads(entries[0].read_text()).keys() == json.loads(good).keys()
     assert [p.name for p in (tmp_cache / "scores").iterdir()] == [entries[0].name]  # no temporary files left
@@ -553,7 +561,7 @@ def test_flops_budget_that_empties_a_layer_warns_in_one_line(capsys, task_dir, t
     out = tmp_path / "p"
     r = run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact",
             "--flops", "0.01", "--out", out)
-    lines = [l for l in r.err.splitlines() if l.strip()]
+    lines = lines_of(r.err)
     assert r.code == 0 and len(lines) == 1 and lines[0].startswith("warning: the budget empties layer"), r.err
     assert (out / "optin_structure.json").is_file()
 
