@@ -12,6 +12,10 @@ recipe, seed, training time, validation and test accuracy and the assets' versio
 * ``vit-fashion-mnist``: a small ViT (patch 7, hidden 128, 4 layers, 4 heads) trained from scratch
   on Fashion-MNIST (batch 64, AdamW lr 1e-3, cosine, 12 epochs, fewer if the first steps show the
   machine cannot finish within the time budget ``$OPTIN_DEPLOY_ZOO_BUDGET_S``, default 1800 s).
+* ``swin-fashion-mnist``: a small Swin (patch 4, window 4, two stages of 2 blocks, hidden 48 then 96,
+  3 then 6 heads) trained from scratch on Fashion-MNIST with the same recipe and a 900 s time
+  budget; when not even one epoch fits, it trains the part of an epoch that does
+  (``partial_epochs``), so the figure it reaches depends on how loaded the machine was.
 
 Training is seeded and deterministic on a given machine; no choice is made on the test split.
 """
@@ -72,8 +76,17 @@ ZOO: dict[str, ZooEntry] = {
          "max_grad_norm": 1.0, "patch_size": 7, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
          "intermediate_size": 512, "time_budget_s": 1800},
     ),
+    "swin-fashion-mnist": ZooEntry(
+        "swin-fashion-mnist", "a small Swin (0.3M parameters, 2 stages) trained from scratch on Fashion-MNIST (10 classes)",
+        "fashion-mnist", "image", None,
+        {"arch": "swin", "epochs": 12, "lr": 1e-3, "batch_size": 64, "warmup": 0.02, "weight_decay": 0.05, "schedule": "cosine",
+         "max_grad_norm": 1.0, "patch_size": 4, "window_size": 4, "embed_dim": 48, "depths": [2, 2], "num_heads": [3, 6],
+         "mlp_ratio": 4.0, "time_budget_s": 900, "partial_epochs": True},
+    ),
 }
-DATA_TO_TASK = {e.data: e.name for e in ZOO.values()}
+DATA_TO_TASK: dict[str, str] = {}
+for _e in ZOO.values():  # a data set's task is the first zoo model trained on it
+    DATA_TO_TASK.setdefault(_e.data, _e.name)
 
 
 # --------------------------------------------------------------------------------------------- util
@@ -277,17 +290,20 @@ def train_image_classifier(
     weight_decay: float = 0.05,
     max_grad_norm: float = 1.0,
     time_budget_s: float | None = None,
+    partial_epochs: bool = False,
     seed: int = SEED,
     progress: bool = True,
     **_: Any,
 ) -> dict:
     """Train an image classifier in place (AdamW, warm-up + cosine). With ``time_budget_s`` the
-    epoch count is cut, before training starts, to what 30 timed steps say fits in the budget."""
+    epoch count is cut, before training starts, to what 30 timed steps say fits in the budget
+    (at least one epoch; with ``partial_epochs``, at least 100 steps: the part of an epoch that fits)."""
     seed_everything(seed)
     x, y = train.inputs, train.labels
     n = len(y)
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs
+    max_steps = None
     if time_budget_s:
         probe = {k: v.clone() for k, v in model.state_dict().items()}
         popt = torch.optim.AdamW(model.parameters(), lr=0.0)
@@ -302,9 +318,14 @@ def train_image_classifier(
         per_epoch = (time.perf_counter() - t) / k * steps_per_epoch
         model.load_state_dict(probe)
         epochs = max(1, min(epochs, int(time_budget_s // per_epoch)))
-        _log(f"about {per_epoch:.0f}s per epoch: training {epochs} epoch(s) (planned {planned}, budget {time_budget_s:.0f}s)", progress)
+        if partial_epochs and per_epoch > time_budget_s:
+            max_steps = max(100, int(time_budget_s / per_epoch * steps_per_epoch))
+            _log(f"about {per_epoch:.0f}s per epoch: training {max_steps} of {steps_per_epoch} steps of one epoch "
+                 f"(planned {planned} epochs, budget {time_budget_s:.0f}s)", progress)
+        else:
+            _log(f"about {per_epoch:.0f}s per epoch: training {epochs} epoch(s) (planned {planned}, budget {time_budget_s:.0f}s)", progress)
         seed_everything(seed)
-    total = steps_per_epoch * epochs
+    total = steps_per_epoch * epochs if max_steps is None else max_steps
     opt = _optimizer(model, lr, weight_decay)
     sched = _scheduler(opt, "cosine", int(round(warmup * total)), total)
     g = torch.Generator().manual_seed(seed)
@@ -315,13 +336,16 @@ def train_image_classifier(
     for _epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
+            if step >= total:
+                break
             b = perm[i:i + batch_size]
             out = model(pixel_values=x[b], labels=y[b])
             _optimizer_step(model, out.loss, opt, sched, max_grad_norm)
             step += 1
             bar.step(step, out.loss.item())
     model.eval()
-    return {"steps": step, "epochs": epochs, "planned_epochs": planned, "train_seconds": time.perf_counter() - t0}
+    return {"steps": step, "epochs": epochs if max_steps is None else step / steps_per_epoch, "planned_epochs": planned,
+            "train_seconds": time.perf_counter() - t0}
 
 
 def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
@@ -344,21 +368,35 @@ def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) ->
     return model, tok, stats | {"base_model": base.as_source()}
 
 
+def _image_model(r: dict, data: TaskData) -> torch.nn.Module:
+    """A fresh image classifier for a zoo recipe (``arch``: ViT by default, or Swin)."""
+    import transformers
+
+    labels = {"num_labels": data.num_labels, "id2label": dict(enumerate(data.label_names)),
+              "label2id": {n: i for i, n in enumerate(data.label_names)}}
+    if r.get("arch") == "swin":
+        config = transformers.SwinConfig(
+            image_size=28, patch_size=r["patch_size"], num_channels=1, embed_dim=r["embed_dim"], depths=list(r["depths"]),
+            num_heads=list(r["num_heads"]), window_size=r["window_size"], mlp_ratio=r["mlp_ratio"], hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, drop_path_rate=0.0, **labels,
+        )
+        return transformers.SwinForImageClassification(config)
+    config = transformers.ViTConfig(
+        image_size=28, patch_size=r["patch_size"], num_channels=1, hidden_size=r["hidden_size"],
+        num_hidden_layers=r["num_hidden_layers"], num_attention_heads=r["num_attention_heads"],
+        intermediate_size=r["intermediate_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **labels,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
 def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTImageProcessor
 
     from .data.builtin import FASHION_MEAN, FASHION_STD
 
     r = entry.recipe
     seed_everything(SEED)
-    config = ViTConfig(
-        image_size=28, patch_size=r["patch_size"], num_channels=1, hidden_size=r["hidden_size"],
-        num_hidden_layers=r["num_hidden_layers"], num_attention_heads=r["num_attention_heads"],
-        intermediate_size=r["intermediate_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        num_labels=data.num_labels, id2label=dict(enumerate(data.label_names)),
-        label2id={n: i for i, n in enumerate(data.label_names)},
-    )
-    model = ViTForImageClassification(config)
+    model = _image_model(r, data)
     budget = float(os.environ.get("OPTIN_DEPLOY_ZOO_BUDGET_S", r.get("time_budget_s", 0)) or 0) or None
     stats = train_image_classifier(model, data.train, seed=SEED, progress=progress, **(r | {"time_budget_s": budget}))
     model.save_pretrained(out)

@@ -46,7 +46,7 @@ def hutchinson_neuron_scores(adapter: Adapter, teacher, settings: ScoreSettings,
         with torch.enable_grad(), UnitMasks(adapter) as masks, BlockRecorder(adapter) as rec:
             masks.neurons = list(leaves)
             out = adapter.forward(teacher.inputs)
-            r_md = torch.cat([(gram(rec.outputs[k], teacher.positions, 1)[0] - teacher.grams[k]).flatten() for k in range(n)])
+            r_md = torch.cat([(gram(rec.outputs[k], teacher.positions[k], 1)[0] - teacher.grams[k]).flatten() for k in range(n)])
             r_kl = None
             if teacher.logits is not None:
                 zs = adapter.logits(out)

@@ -158,10 +158,10 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
     if ta.num_layers != sa.num_layers:
         raise ValueError("student and teacher have different depths")
     report = ReconstructReport(damp, fit)
-    tok = sa.token_mask(inputs)
-    dh = sa.head_dim() if any(sa.heads_per_layer()) else 1
     for layer in range(sa.num_layers):
         parts = sa.layer_parts(layer)
+        tok = sa.layer_token_mask(inputs, layer)
+        dh = sa.layer_head_dim(layer) if sa.num_heads(layer) else 1
         # (part, output projection, unit outputs, dense output, residual, units kept, units in the dense model)
         todo = [spec for spec in (
             ("attn", parts.out_proj, "ctx", "attn_out", "x", sa.num_heads(layer), ta.num_heads(layer)),

@@ -98,16 +98,18 @@ class Teacher:
     block_inputs: list[torch.Tensor]
     grams: list[torch.Tensor]  # K x K per block
     logits: torch.Tensor | None
-    positions: torch.Tensor  # K indices into the flattened B*T tokens
+    positions: list[torch.Tensor]  # per block: K indices into its flattened B*T_block tokens
     batch: int
     attn_out: list = field(default_factory=list)  # per layer: the attention module's return value
     fc2_in: list = field(default_factory=list)  # per layer: post-activation neurons (B x T x F)
     fc2_out: list = field(default_factory=list)  # per layer: second MLP linear's output
 
 
-def token_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], k: int, seed: int) -> torch.Tensor:
-    """A fixed random sample of ``k`` real-token positions (all of them if fewer)."""
-    valid = adapter.token_mask(inputs).flatten().nonzero().flatten()
+def token_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], k: int, seed: int, layer: int | None = None) -> torch.Tensor:
+    """A fixed random sample of ``k`` real-token positions (all of them if fewer) of block ``layer``'s
+    output (``None``: the model's token mask, the same in every block of a plain transformer)."""
+    mask = adapter.token_mask(inputs) if layer is None else adapter.layer_token_mask(inputs, layer)
+    valid = mask.flatten().nonzero().flatten()
     if valid.numel() <= k:
         return valid
     g = torch.Generator().manual_seed(seed)
@@ -151,12 +153,25 @@ def record_teacher(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: 
     finally:
         for h in handles:
             h.remove()
-    positions = token_positions(adapter, inputs, settings.num_tokens, settings.seed)
-    grams = [gram(rec.outputs[i], positions, 1)[0] for i in range(n)]
+    positions = layer_positions(adapter, inputs, settings)
+    grams = [gram(rec.outputs[i], positions[i], 1)[0] for i in range(n)]
     logits = adapter.logits(out)
     batch = next(iter(inputs.values())).shape[0]
     return Teacher(inputs, [rec.inputs[i] for i in range(n)], grams, None if logits is None else logits.detach(), positions, batch,
                    attn_out, fc2_in, fc2_out)
+
+
+def layer_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: ScoreSettings) -> list[torch.Tensor]:
+    """Per block, the ``K`` token positions its Gram matrix uses (one draw per distinct token mask)."""
+    drawn: dict[tuple, torch.Tensor] = {}
+    out = []
+    for layer in range(adapter.num_layers):
+        mask = adapter.layer_token_mask(inputs, layer)
+        key = (tuple(mask.shape), mask.flatten().nonzero().flatten().numpy().tobytes())
+        if key not in drawn:
+            drawn[key] = token_positions(adapter, inputs, settings.num_tokens, settings.seed, layer)
+        out.append(drawn[key])
+    return out
 
 
 def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
@@ -166,7 +181,7 @@ def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Ten
 def _distances(adapter, teacher: Teacher, rec: BlockRecorder, out, first: int, copies: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
     md = torch.zeros(copies, dtype=torch.float64)
     for k in range(first, adapter.num_layers):
-        ms = gram(rec.outputs[k], teacher.positions, copies)
+        ms = gram(rec.outputs[k], teacher.positions[k], copies)
         md += ((ms - teacher.grams[k]) ** 2).sum(dim=(1, 2)).double()
     kl = torch.zeros(copies, dtype=torch.float64)
     if teacher.logits is not None:
@@ -264,8 +279,11 @@ def neuron_shortcut(adapter: Adapter, teacher: Teacher, layer: int, neurons: lis
     fc2_out = (teacher.fc2_out[layer].unsqueeze(0) - corr).reshape(-1, *teacher.fc2_out[layer].shape[1:])
     attn_out = _rep(teacher.attn_out[layer], copies)
     saved = {m: m.forward for m in (parts.attn, parts.fc1, parts.fc2)}
+    first = [m for m in (parts.fc1, parts.up) if m is not None]
+    saved.update({m: m.forward for m in first})
     parts.attn.forward = lambda *a, **k: attn_out
-    parts.fc1.forward = lambda x: x[..., :1]
+    for m in first:
+        m.forward = lambda x: x[..., :1]
     parts.fc2.forward = lambda x: fc2_out
     try:
         yield
