@@ -41,6 +41,10 @@ class UnitMasks:
                 return None
             m = m.repeat_interleave(self._dh[layer], dim=-1)
             if m.dim() == 2:
+                rows = args[0].shape[0]
+                if rows != m.shape[0] and rows % m.shape[0] == 0:
+                    # window attention sees each sample as several rows, sample-major (Swin: B x windows)
+                    m = m.repeat_interleave(rows // m.shape[0], dim=0)
                 m = m[:, None, :]
             return (args[0] * m,) + tuple(args[1:])
 
