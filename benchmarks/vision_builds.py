@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--out", default=str(ROOT / "results"))
+    p.add_argument("--reuse", action="store_true", help="keep an existing build in WORKDIR (only re-run the benchmark)")
     args = p.parse_args(argv)
     work, out = Path(args.workdir), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -87,10 +88,13 @@ def main(argv=None) -> None:
             raise SystemExit(f"unknown family {fam!r}")
         build = work / f"build-{fam}"
         t0 = time.perf_counter()
-        run(py + ["build", "--model", model, "--data", args.data, "--flops", str(args.flops), "--out", str(build)])
-        build_s = time.perf_counter() - t0
+        if args.reuse and (build / "report.json").exists():
+            log(f"{fam}: reusing the build in {build}")
+        else:
+            run(py + ["build", "--model", model, "--data", args.data, "--flops", str(args.flops), "--out", str(build)])
+        build_s = json.loads((build / "report.json").read_text()).get("build_seconds", time.perf_counter() - t0)
         bench_json = work / f"bench-{fam}.json"
-        run(py + ["bench", str(build / "onnx" / "dense"), str(build / "onnx" / "pruned"), "--batch", str(args.batch),
+        run(py + ["bench", str(build / "onnx" / "dense" / "model.onnx"), str(build / "onnx" / "pruned" / "model.onnx"), "--batch", str(args.batch),
                   "--iters", str(args.iters), "--threads", "2", "--json", str(bench_json)])
         rep = json.loads((build / "report.json").read_text())
         bench = json.loads(bench_json.read_text())

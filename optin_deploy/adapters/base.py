@@ -138,6 +138,11 @@ class Adapter:
         """``B x T_layer`` bool mask of real tokens in block ``layer``'s output."""
         return self.token_mask(inputs)
 
+    def attention_in_token_layout(self, layer: int) -> bool:
+        """Whether block ``layer``'s attention projections see the residual stream's ``B x T`` tokens
+        (False for window attention, whose rows are windows of shifted / padded tokens)."""
+        return True
+
     def pass_through(self, layer: int) -> nn.Module:
         """A module that stands in for block ``layer`` and returns its input unchanged, in the
         form the model's code expects a block's output (a tensor unless a family says otherwise)."""

@@ -81,6 +81,13 @@ class HFSwinAdapter(Adapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._grid: tuple[int, int] | None = None
+        # Window attention runs through transformers' eager path: its sdpa path does not export to
+        # ONNX with a dynamic batch (torch 2.14 / transformers 5.24: "Cannot view a tensor ...").
+        # The windows are small (window_size^2 tokens), so eager costs nothing here.
+        for m in model.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
+                cfg._attn_implementation = "eager"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -186,6 +193,9 @@ class HFSwinAdapter(Adapter):
 
     def pass_through(self, layer: int) -> nn.Module:
         return SwinPassThrough()
+
+    def attention_in_token_layout(self, layer: int) -> bool:
+        return False  # (shifted) windows, padded to whole windows
 
     # slicing -------------------------------------------------------------------------------
     def set_num_heads(self, layer: int, n: int) -> None:
