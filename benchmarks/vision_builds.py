@@ -68,6 +68,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--out", default=str(ROOT / "results"))
+    p.add_argument("--calib-samples", type=int, default=None, help="passed to build (default: build's 128)")
     p.add_argument("--reuse", action="store_true", help="keep an existing build in WORKDIR (only re-run the benchmark)")
     args = p.parse_args(argv)
     work, out = Path(args.workdir), Path(args.out)
@@ -91,7 +92,8 @@ def main(argv=None) -> None:
         if args.reuse and (build / "report.json").exists():
             log(f"{fam}: reusing the build in {build}")
         else:
-            run(py + ["build", "--model", model, "--data", args.data, "--flops", str(args.flops), "--out", str(build)])
+            extra = ["--calib-samples", str(args.calib_samples)] if args.calib_samples else []
+            run(py + ["build", "--model", model, "--data", args.data, "--flops", str(args.flops), "--out", str(build)] + extra)
         build_s = json.loads((build / "report.json").read_text()).get("build_seconds", time.perf_counter() - t0)
         bench_json = work / f"bench-{fam}.json"
         run(py + ["bench", str(build / "onnx" / "dense" / "model.onnx"), str(build / "onnx" / "pruned" / "model.onnx"), "--batch", str(args.batch),

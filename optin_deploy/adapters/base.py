@@ -138,6 +138,9 @@ class Adapter:
         """``B x T_layer`` bool mask of real tokens in block ``layer``'s output."""
         return self.token_mask(inputs)
 
+    def for_export(self) -> None:
+        """Switch the model to a code path that exports (called by the exporters; default: nothing)."""
+
     def attention_in_token_layout(self, layer: int) -> bool:
         """Whether block ``layer``'s attention projections see the residual stream's ``B x T`` tokens
         (False for window attention, whose rows are windows of shifted / padded tokens)."""

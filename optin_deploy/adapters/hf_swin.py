@@ -81,10 +81,13 @@ class HFSwinAdapter(Adapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._grid: tuple[int, int] | None = None
-        # Window attention runs through transformers' eager path: its sdpa path does not export to
-        # ONNX with a dynamic batch (torch 2.14 / transformers 5.24: "Cannot view a tensor ...").
-        # The windows are small (window_size^2 tokens), so eager costs nothing here.
-        for m in model.modules():
+        self.for_export()  # the same attention path in PyTorch (scoring, refit) as in the export
+
+    def for_export(self) -> None:
+        """Window attention runs through transformers' eager path: its sdpa path does not export to
+        ONNX with a dynamic batch (torch 2.14 / transformers 5.24: "Cannot view a tensor ...").
+        The windows are small (window_size^2 tokens), so eager costs nothing here."""
+        for m in self.model.modules():
             cfg = getattr(m, "config", None)
             if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
                 cfg._attn_implementation = "eager"

@@ -37,6 +37,16 @@ from .base import (
 )
 from .parity import check_parity, parity_inputs
 
+
+def _prepare_for_export(model) -> None:
+    """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
+    from ..adapters import get_adapter
+
+    try:
+        get_adapter(model).for_export()
+    except OptinError:  # not a family the core knows: exported as it is
+        pass
+
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with a little headroom
 
 
@@ -130,6 +140,7 @@ class OnnxExporter(Exporter):
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
 
         model = model.eval()
+        _prepare_for_export(model)
         reference = LogitsModel(model, names)
         if precision != "fp32":
             wrapped = LogitsModel(copy.deepcopy(model), names, compute_dtype=TORCH_DTYPES[precision]).eval()
