@@ -55,10 +55,10 @@ class BuildOptions:
     probes: int = 64
     max_accuracy_drop: float | None = None
     min_speedup: float | None = None
-    search_samples: int = 512
-    search_candidates: int = 6
+    search_samples: int = 400
+    search_candidates: int = 5
     search_tol: float = 0.02
-    search_rounds: int = 20
+    search_rounds: int = 12
     search_range: tuple[float, float] = (0.1, 0.99)
     search_start: float | None = None
     search_reference: list[float] = field(default_factory=list)
@@ -157,7 +157,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
 def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
     batch = profile.opt_batch or profile.batch_size
     seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = getattr(getattr(task.model, "config", None), "max_position_embeddings", None)
+    maxpos = get_adapter(task.model).max_positions()
     if task.modality == "text" and maxpos:
         seq = min(seq, maxpos)
     inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
@@ -220,6 +220,7 @@ class BuildContext:
     sel_kwargs: dict
     eval_len: int | None
     calib_len: int | None
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
 
     @property
     def fmt(self) -> str:
@@ -237,12 +238,13 @@ class BuildContext:
         costs = mac_cost_model(self.model, self.seq)
         o = self.opts
         return prune(self.model, self.calib, costs=costs, budget=fraction * costs.dense(), scores=scores or self.scores,
-                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp, **self.sel_kwargs)
+                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
         shape = self.profile.shape_profile()
         if self.task.modality == "text":
-            maxpos = getattr(self.model.config, "max_position_embeddings", shape.max_seq)
+            maxpos = get_adapter(self.model).max_positions() or shape.max_seq  # the family's usable length
             if shape.max_seq > maxpos:
                 from .exporters.base import ShapeProfile
 
@@ -360,7 +362,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "") + f", interleaved, {opts.bench_iters} rounds")
+         + (f" x {seq} tokens" if task.modality == "text" else "") + f", interleaved, {opts.bench_iters} rounds")
     runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
     print_bench_table(bench, console=console)
@@ -384,6 +386,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
         "model": task.model_source or opts.model or "minilm-sentiment",
+        "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,

@@ -44,6 +44,7 @@ class HFDinov2Adapter(Adapter):
     family = "hf_dinov2"
     description = "transformers DINOv2 (Dinov2Model, Dinov2ForImageClassification; plain or SwiGLU MLP)"
     modality = "image"
+    model_types = ("dinov2",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

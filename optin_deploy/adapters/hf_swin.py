@@ -77,6 +77,7 @@ class HFSwinAdapter(Adapter):
     family = "hf_swin"
     description = "transformers Swin (SwinModel, SwinForImageClassification)"
     modality = "image"
+    model_types = ("swin",)
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
