@@ -70,6 +70,9 @@ class Adapter:
     family: ClassVar[str] = ""
     description: ClassVar[str] = ""
     modality: ClassVar[str] = "text"
+    # what the model's forward pass ends in: "logits" (a task head; OPTIN's output term is the KL of the
+    # logits) or "embedding" (a pooled sentence vector, adapters/embedding.py; the output term is 1 - cosine)
+    output_kind: ClassVar[str] = "logits"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -141,6 +144,12 @@ class Adapter:
         raise NotImplementedError
 
     # ----- generic ----------------------------------------------------------------------
+    @property
+    def root(self) -> nn.Module:
+        """The whole model the caller holds (``self.model`` is the part the family methods act on;
+        for a sentence-embedding model that is the wrapped encoder, and ``root`` the wrapper)."""
+        return self.model
+
     @property
     def num_layers(self) -> int:
         return len(self.blocks())

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher."),
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for fast scoring."),
         max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality gate in points: when the accuracy drop is larger, report.json says so and the command exits with code 4. Off unless given."),
+        min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Embedding models: quality gate on the mean cosine between dense and pruned embeddings of held-out texts (exit code 4 below it)."),
+        min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Embedding models: quality gate on recall@10 agreement of the pruned model's nearest neighbours with the dense model's."),
+        task: Optional[str] = typer.Option(None, "--task", help="embedding: treat the model as a sentence-embedding model (bare encoder + pooling). Default: from the model folder (sentence-transformers files mean embedding)."),
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
         bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
@@ -47,14 +50,22 @@ def register(app: typer.Typer) -> None:
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
-                            max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
+                            max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, min_recall=min_recall, task=task, eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
         report = run_build(opts)
         a, t = report["accuracy"], report["throughput"]
-        console.print(
-            f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
-            f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
-        )
+        e = report.get("embedding")
+        if e:
+            console.print(
+                f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, embeddings on {e['corpus_size']} held-out texts: "
+                f"cosine to dense mean {e['cosine_mean']:.4f} (5th pct {e['cosine_p5']:.4f}), recall@10 {e['recall_at_10']:.4f}, "
+                f"speed-up x{t['speedup']:.2f} on {report['runtime']}"
+            )
+        else:
+            console.print(
+                f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+                f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
+            )
         if json_out:
             typer.echo(json.dumps(report, indent=1, default=float))
         check_gate(report)
