@@ -283,8 +283,8 @@ def test_embedding_metrics():
 # --------------------------------------------------------------------------------------------- build
 
 
-def run_cli(*args, cache: Path, check: bool = True):
-    env = {**os.environ, "OPTIN_DEPLOY_QUIET": "1", "OPTIN_DEPLOY_CACHE": str(cache)}
+def run_cli(*args, check: bool = True):
+    env = {**os.environ, "OPTIN_DEPLOY_QUIET": "1"}  # the session's temporary cache (conftest)
     proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -303,12 +303,13 @@ def _pairs_csv(path: Path, n: int = 150) -> None:
             w.writerow([" ".join(a), " ".join(b), round(len(set(a) & set(b)) / 4 * 5, 2)])
 
 
+@pytest.mark.slow  # two builds (about a minute on an idle 2-core machine)
 def test_build_writes_embedding_metrics(st_folder, tmp_path):
     _pairs_csv(tmp_path / "pairs.csv")
     out = tmp_path / "bundle"
     run_cli("build", "--model", str(st_folder), "--data", str(tmp_path / "pairs.csv"), "--flops", "0.5", "--calib-samples", "16",
             "--calib-length", "16", "--bench-iters", "3", "--scoring", "exact", "--min-cosine", "0.0", "--min-recall", "0.0",
-            "--out", str(out), cache=tmp_path / "cache")
+            "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     emb = report["embedding"]
     assert report["task"]["type"] == "embedding" and report["macs"]["ratio"] <= 0.5 + 1e-9
@@ -325,7 +326,7 @@ def test_build_writes_embedding_metrics(st_folder, tmp_path):
     # a floor the pruned model misses: exit code 4, the report says so
     proc = run_cli("build", "--model", str(st_folder), "--data", str(tmp_path / "pairs.csv"), "--flops", "0.5", "--calib-samples", "16",
                    "--calib-length", "16", "--bench-iters", "3", "--scoring", "exact", "--min-cosine", "1.0",
-                   "--out", str(tmp_path / "b2"), cache=tmp_path / "cache", check=False)
+                   "--out", str(tmp_path / "b2"), check=False)
     assert proc.returncode == 4 and "mean cosine" in proc.stderr.strip().splitlines()[-1]
     assert json.loads((tmp_path / "b2" / "report.json").read_text())["gate"]["passed"] is False
 
@@ -341,7 +342,7 @@ def test_build_embedding_bad_input(st_folder, tmp_path, args, message):
     _pairs_csv(tmp_path / "pairs.csv")
     out = tmp_path / "b"
     proc = run_cli("build", "--model", str(st_folder), "--data", str(tmp_path / "pairs.csv"), "--out", str(out), *args,
-                   cache=tmp_path / "cache", check=False)
+                   check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and message in proc.stderr, proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".b.tmp-*"))
