@@ -58,10 +58,10 @@ class BuildOptions:
     min_recall: float | None = None  # embedding models: quality gate on recall@10 agreement with the dense model
     task: str | None = None  # "embedding" forces a sentence-embedding model; None: from the model folder
     min_speedup: float | None = None
-    search_samples: int = 512
-    search_candidates: int = 6
+    search_samples: int = 400
+    search_candidates: int = 5
     search_tol: float = 0.02
-    search_rounds: int = 20
+    search_rounds: int = 12
     search_range: tuple[float, float] = (0.1, 0.99)
     search_start: float | None = None
     search_reference: list[float] = field(default_factory=list)
@@ -231,6 +231,7 @@ class BuildContext:
     sel_kwargs: dict
     eval_len: int | None
     calib_len: int | None
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
 
     @property
     def fmt(self) -> str:
@@ -248,7 +249,8 @@ class BuildContext:
         costs = mac_cost_model(self.model, self.seq)
         o = self.opts
         return prune(self.model, self.calib, costs=costs, budget=fraction * costs.dense(), scores=scores or self.scores,
-                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp, **self.sel_kwargs)
+                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
         shape = self.profile.shape_profile()

@@ -135,13 +135,13 @@ class SearchSettings:
     lo: float = 0.1  # smallest budget tried
     hi: float = 0.99  # largest budget tried (1.0 is the dense model)
     tol: float = 0.02  # stop when the bracket is narrower than this (fraction of MACs)
-    max_candidates: int = 6
+    max_candidates: int = 5
     start: float | None = None  # first budget (default: 0.6, or the latency-model guess for a speed-up)
-    samples: int = 512  # validation subset size (the whole split when smaller)
-    rounds: int = 20  # interleaved benchmark rounds per candidate
+    samples: int = 400  # validation subset size (the whole split when smaller)
+    rounds: int = 12  # interleaved benchmark rounds per candidate
     warmup: int = 3
     tie: float = 0.04  # speed-ups within this relative margin of the best go to the joint contest
-    contest_rounds: int = 30
+    contest_rounds: int = 20
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
 

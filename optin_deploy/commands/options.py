@@ -12,9 +12,9 @@ RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After s
 RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit).")
 RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0).")
 
-SEARCH_SAMPLES = typer.Option(512, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller).")
-SEARCH_CANDIDATES = typer.Option(6, "--search-candidates", help="Budget search: the most candidate budgets measured.")
-SEARCH_ROUNDS = typer.Option(20, "--search-rounds", help="Budget search / sweep: interleaved benchmark rounds (candidate and dense) per candidate.")
+SEARCH_SAMPLES = typer.Option(400, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller).")
+SEARCH_CANDIDATES = typer.Option(5, "--search-candidates", help="Budget search: the most candidate budgets measured.")
+SEARCH_ROUNDS = typer.Option(12, "--search-rounds", help="Budget search / sweep: interleaved benchmark rounds (candidate and dense) per candidate.")
 
 
 def parse_budgets(text: str, flag: str) -> list[float]:
