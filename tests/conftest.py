@@ -41,6 +41,35 @@ def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):
     return BertForSequenceClassification(cfg).eval()
 
 
+TINY_TEXT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=64)
+
+# text families: transformers config class name, its SequenceClassification class, config overrides.
+# A new family adds one entry here (and its adapter file); the invariant tests in test_core.py and
+# test_export.py are parametrised over FAMILIES.
+TEXT_FAMILIES = {
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
+                   dict(vocab_size=120, dim=32, n_layers=3, n_heads=4, hidden_dim=48, max_position_embeddings=64)),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", dict(TINY_TEXT, embedding_size=24)),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "camembert": ("CamembertConfig", "CamembertForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+}
+
+
+def make_tiny_text(family: str, num_labels: int = 3, layers: int = 3, seed: int = 0, head: bool = True, **over):
+    """A tiny randomly initialised model of a text family (``head=False``: the bare encoder)."""
+    import transformers
+
+    cfg_name, cls_name, kw = TEXT_FAMILIES[family]
+    kw = dict(kw, **over)
+    kw["n_layers" if "n_layers" in kw else "num_hidden_layers"] = layers
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_name)(num_labels=num_labels, **kw)
+    cls = getattr(transformers, cls_name if head else cls_name.replace("ForSequenceClassification", "Model"))
+    return cls(cfg).eval()
+
+
 def make_tiny_vit(seed: int = 0, deit: bool = False):
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
@@ -77,6 +106,7 @@ FAMILIES = {
     "hf_vit": (make_tiny_vit, image_inputs),
     "hf_deit": (lambda seed=0: make_tiny_vit(seed, deit=True), image_inputs),
     "timm_vit": (make_tiny_timm, image_inputs),
+    **{f: ((lambda f: lambda seed=0: make_tiny_text(f, seed=seed))(f), text_inputs) for f in TEXT_FAMILIES},
 }
 
 
