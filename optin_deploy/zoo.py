@@ -9,6 +9,10 @@ recipe, seed, training time, validation and test accuracy and the assets' versio
   batches).
 * ``minilm-bbc-news``: all-MiniLM-L6-v2 fine-tuned on BBC News (5 classes, max length 128,
   3 epochs, batch 16, lr 1e-4).
+* ``minilm-embeddings``: all-MiniLM-L6-v2 as shipped, a sentence-embedding model (mean pooling and
+  L2 normalisation, from the sentence-transformers files of the same wheel): no training; its data
+  are the texts of ``rotten-tomatoes`` and ``bbc-news`` (training texts calibrate, held-out texts
+  validate), max length 128 (the length the model was trained at).
 * ``vit-fashion-mnist``: a small ViT (patch 7, hidden 128, 4 layers, 4 heads) trained from scratch
   on Fashion-MNIST (batch 64, AdamW lr 1e-3, cosine, 12 epochs, fewer if the first steps show the
   machine cannot finish within the time budget ``$OPTIN_DEPLOY_ZOO_BUDGET_S``, default 1800 s).
@@ -51,7 +55,7 @@ class ZooEntry:
     name: str
     description: str
     data: str  # a built-in data set
-    kind: str  # "text" or "image"
+    kind: str  # "text", "image" or "embedding" (a sentence-embedding model, used as shipped)
     max_length: int | None = None
     recipe: dict = field(default_factory=dict)
 
@@ -68,6 +72,10 @@ ZOO: dict[str, ZooEntry] = {
         "bbc-news", "text", 128,
         {"epochs": 3, "lr": 1e-4, "batch_size": 16, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear",
          "length_grouped": True, "max_grad_norm": 1.0},
+    ),
+    "minilm-embeddings": ZooEntry(
+        "minilm-embeddings", "all-MiniLM-L6-v2 as shipped: sentence embeddings (mean pooling, normalised), no fine-tuning",
+        "rotten-tomatoes+bbc-news", "embedding", 128, {"training": "none: the model as shipped"},
     ),
     "vit-fashion-mnist": ZooEntry(
         "vit-fashion-mnist", "a small ViT (0.8M parameters) trained from scratch on Fashion-MNIST (10 classes)",
@@ -408,12 +416,46 @@ def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -
     return model, None, stats | {"parameters": sum(p.numel() for p in model.parameters())}
 
 
+def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
+    """An embedding entry: the shipped model folder plus its sentence-transformers files; no training."""
+    import transformers
+
+    base = assets.minilm()
+    st = assets.minilm_sentence_transformers_files()
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=zoo_dir()))
+    try:
+        for f in assets.MINILM_FILES:
+            shutil.copy2(Path(base.path) / f, tmp / f)
+        for f, data in st.items():
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / f).write_bytes(data)
+        info = {
+            "format": ZOO_FORMAT, "name": entry.name, "description": entry.description, "data": entry.data,
+            "max_length": entry.max_length, "recipe": entry.recipe, "task": "embedding", "base_model": base.as_source(),
+            "sentence_transformers_files": sorted(st), "seed": SEED,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"{entry.name}: all-MiniLM-L6-v2 with its sentence-transformers pooling files, in {final}", progress)
+    return final
+
+
 def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = True) -> Path:
     """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains)."""
     entry = _entry(name)
     final = task_dir(name)
     if (final / "zoo_info.json").exists() and not force:
         return final
+    if entry.kind == "embedding":
+        return _prepare_embedding(entry, final, progress)
     from .data.builtin import load_builtin
 
     threads = set_threads()
@@ -491,12 +533,16 @@ def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
     from .models import load_model
 
     set_threads()
-    model = load_model(folder)
+    model = load_model(folder, task="embedding" if entry.kind == "embedding" else None)
     tok = None
-    if entry.kind == "text":
+    if entry.kind in ("text", "embedding"):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if entry.kind == "embedding":
+        from .data.texts import load_texts
+
+        return Task(name, model, load_texts(entry.data, seed=SEED), entry.max_length, tok, str(folder))
     return Task(name, model, load_builtin(entry.data, seed=SEED), entry.max_length, tok, str(folder))
 
 
@@ -531,6 +577,7 @@ def load_task(
     label_column: str | None = "label",
     seed: int = SEED,
     progress: bool = True,
+    task: str | None = None,
 ) -> Task:
     """The task a command works on.
 
@@ -540,6 +587,10 @@ def load_task(
     * otherwise ``load_model(model)`` with ``load_data(data)``; the tokenizer comes from the model
       folder. ``data`` may be left out when the model folder records it (``optin_task.json`` or
       ``zoo_info.json`` with a ``data`` key, plus ``max_length``).
+
+    ``task="embedding"`` (or a model folder with sentence-transformers files) makes it a
+    sentence-embedding task: the model is the bare encoder with its pooling and the data are texts
+    (:func:`optin_deploy.data.texts.load_texts`), no labels needed.
     """
     from .data.loaders import load_data
     from .models import load_model, load_tokenizer, preprocessing
@@ -552,12 +603,12 @@ def load_task(
             return get_task(DATA_TO_TASK[data], progress=progress)
         raise OptinError(f"--data {data!r} needs a model: pass --model (a zoo name, a model folder, a hub name or timm:NAME)")
     if model in ZOO:
-        task = get_task(model, progress=progress)
+        zt = get_task(model, progress=progress)
         if data is not None and data != ZOO[model].data:
-            task.data = _check_fit(task.model, _load_for(task, data, flags), model, data)
-        return task
+            zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
+        return zt
     set_threads()
-    m = load_model(model)
+    m = load_model(model, task=task)
     folder = Path(str(model)).expanduser()
     hint = _model_task_hint(folder) if folder.is_dir() else None
     if data is None:
@@ -566,7 +617,11 @@ def load_task(
         data = hint["data"]
         max_length = int(hint.get("max_length") or max_length)
     pre = preprocessing(m, model)
-    if pre["modality"] == "image":
+    if getattr(m, "output_kind", None) == "embedding":
+        from .data.texts import load_texts
+
+        td = load_texts(data, text_column=text_column, seed=seed)
+    elif pre["modality"] == "image":
         td = load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                        num_channels=pre["num_channels"], **flags)
     else:
@@ -583,6 +638,10 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
     from .models import preprocessing
 
     pre = preprocessing(task.model, task.model_source)
+    if getattr(task.model, "output_kind", None) == "embedding":
+        from .data.texts import load_texts
+
+        return load_texts(data, text_column=flags["text_column"], seed=flags["seed"])
     if pre["modality"] == "image":
         return load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                          num_channels=pre["num_channels"], **flags)

@@ -183,7 +183,8 @@ def test_metrics():
 
 def test_zoo_registry():
     names = [t["name"] for t in zoo.list_tasks()]
-    assert names == ["minilm-sentiment", "minilm-bbc-news", "vit-fashion-mnist", "swin-fashion-mnist"]
+    assert names[:2] == ["minilm-sentiment", "minilm-bbc-news"]
+    assert {"vit-fashion-mnist", "swin-fashion-mnist"} <= set(names) and names.index("vit-fashion-mnist") < names.index("swin-fashion-mnist")
     assert zoo.DATA_TO_TASK["fashion-mnist"] == "vit-fashion-mnist"  # the first model of a data set stays its task
     assert [t for t in zoo.list_tasks() if t["default"]][0]["name"] == zoo.DEFAULT_TASK == "minilm-sentiment"
     with pytest.raises(OptinError, match="unknown zoo model 'nope'"):

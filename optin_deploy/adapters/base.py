@@ -95,6 +95,9 @@ class Adapter:
     # build_from_structure gives the dense architecture, cut down by the saved kept indices; False:
     # it already has the widest kept sizes, and layers are cut to the saved counts
     rebuild_from_indices: ClassVar[bool] = True
+    # what the model's forward pass ends in: "logits" (a task head; OPTIN's output term is the KL of the
+    # logits) or "embedding" (a pooled sentence vector, adapters/embedding.py; the output term is 1 - cosine)
+    output_kind: ClassVar[str] = "logits"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -237,6 +240,12 @@ class Adapter:
         return getattr(transformers, spec["model_class"])(config)
 
     # ----- generic ----------------------------------------------------------------------
+    @property
+    def root(self) -> nn.Module:
+        """The whole model the caller holds (``self.model`` is the part the family methods act on;
+        for a sentence-embedding model that is the wrapped encoder, and ``root`` the wrapper)."""
+        return self.model
+
     @property
     def num_layers(self) -> int:
         return len(self.blocks())

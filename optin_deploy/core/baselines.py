@@ -340,7 +340,7 @@ def optin_scores(
         fn = api.score_model
         params = inspect.signature(fn).parameters
         kw = {k: v for k, v in {"method": method, "settings": settings, "progress": progress, **options}.items() if k in params}
-        raw = fn(a.model, dict(inputs), **kw)
+        raw = fn(a.root, dict(inputs), **kw)
         via = "api.score_model"
     elif method == "fast":
         from .fast import fast_scores

@@ -3,7 +3,9 @@
 ``score(u) = sum_{k >= l} MD_k + lambda_kl * KL`` where ``MD_k`` is the manifold distillation
 distance between the teacher's and the masked model's block-``k`` token features (Gram matrices of
 L2-normalised features at ``K`` fixed token positions) and ``KL`` the temperature-scaled KL
-divergence of the logits. The two raw components are kept separately (:class:`RawScores`) so that
+divergence of the logits. For a sentence-embedding model (no logits) the output term is
+``sum_batch (1 - cos(e_dense, e_masked))`` of the pooled embeddings instead (:func:`output_term`);
+it is stored in the same ``*_kl`` fields and balanced against MD by the same rule. The two raw components are kept separately (:class:`RawScores`) so that
 ``lambda_kl`` (set per unit kind so that the mean KL term is ``1/lambda`` of the mean MD term) can
 be applied later, and cached scores serve any budget.
 
@@ -132,6 +134,21 @@ def kl_term(zt: torch.Tensor, zs: torch.Tensor, temperature: float, copies: int)
     return (t * t) * (log_pt.exp() * (log_pt - log_ps)).sum(dim=(1, 2))
 
 
+def cosine_term(et: torch.Tensor, es: torch.Tensor, copies: int) -> torch.Tensor:
+    """``1 - cos(e_t, e_s)`` between dense and masked sentence embeddings, summed over the batch, one
+    value per copy (equal to ``||n(e_s) - n(e_t)||^2 / 2`` with ``n`` the L2 normalisation)."""
+    es = es.double().reshape(copies, *et.shape)
+    return (1.0 - F.cosine_similarity(es, et.double().unsqueeze(0), dim=-1)).sum(dim=1)
+
+
+def output_term(adapter: Adapter, zt: torch.Tensor, zs: torch.Tensor, temperature: float, copies: int) -> torch.Tensor:
+    """OPTIN's final-output term: the temperature-scaled KL of the logits, or, for a model whose
+    output is a sentence embedding (``adapter.output_kind == "embedding"``), ``1 - cosine``."""
+    if adapter.output_kind == "embedding":
+        return cosine_term(zt, zs, copies)
+    return kl_term(zt, zs, temperature, copies)
+
+
 def _store2(xs: list, ys: list, i: int, x, y) -> None:
     xs[i], ys[i] = x, y
 
@@ -185,7 +202,7 @@ def _distances(adapter, teacher: Teacher, rec: BlockRecorder, out, first: int, c
         md += ((ms - teacher.grams[k]) ** 2).sum(dim=(1, 2)).double()
     kl = torch.zeros(copies, dtype=torch.float64)
     if teacher.logits is not None:
-        kl = kl_term(teacher.logits, adapter.logits(out), settings.temperature, copies)
+        kl = output_term(adapter, teacher.logits, adapter.logits(out), settings.temperature, copies)
     return md, kl
 
 

@@ -1,6 +1,7 @@
 """ONNX export with ``torch.onnx.export(dynamo=True)``.
 
-* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``;
+* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``
+  (``sentence_embedding`` for a sentence-embedding model: pooled, and normalised if the model normalises);
 * dynamic batch axis, plus the sequence axis for text;
 * a single file (``external_data=False``) unless the weights pass 2 GB;
 * ``onnx.checker.check_model`` and an onnxruntime parity check run on a temporary file in the
@@ -34,6 +35,7 @@ from .base import (
     ShapeProfile,
     is_text_input,
     ordered_inputs,
+    output_name_for,
 )
 from .parity import check_parity, parity_inputs
 
@@ -168,7 +170,7 @@ class OnnxExporter(Exporter):
             "exporter": "torch.onnx.export(dynamo=True)",
             "torch_version": torch.__version__,
             "input_names": names,
-            "output_names": ["logits"],
+            "output_names": [output_name_for(model)],
             "dynamic_axes": {n: ({"0": "batch", "1": "sequence"} if is_text_input(n) else {"0": "batch"}) for n in names},
             "input_dtypes": {n: str(t.dtype).replace("torch.", "") for n, t in inputs.items()},
             "input_shapes": {n: [None, None] if is_text_input(n) else [None, *t.shape[1:]] for n, t in inputs.items()},
@@ -190,7 +192,7 @@ class OnnxExporter(Exporter):
                         str(tmp),
                         dynamo=True,
                         input_names=names,
-                        output_names=["logits"],
+                        output_names=[output_name_for(model)],
                         dynamic_shapes=(dyn,),
                         opset_version=opset,
                         external_data=external,
