@@ -109,12 +109,19 @@ def test_timm_checkpoint_without_arch(tmp_path):
 
 def test_timm_checkpoint_with_arch(tmp_path):
     timm = pytest.importorskip("timm")
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=1)
-    torch.save(m, tmp_path / "whole.pth")
-    loaded = models.load_model(tmp_path / "whole.pth")
-    assert not loaded.training
-    pre = models.preprocessing(loaded)
-    assert pre["modality"] == "image" and pre["num_channels"] == 3
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    torch.save(m, tmp_path / "whole.pth")  # a whole pickled model: loading it would run pickle, so it is refused
+    with pytest.raises(OptinError, match="needs Python pickle to load.*safetensors"):
+        models.load_model(tmp_path / "whole.pth")
+    torch.save({"arch": "vit_tiny_patch16_224", "state_dict": m.state_dict()}, tmp_path / "sd.pth")  # weights_only=True reads it
+    from safetensors.torch import save_file
+
+    save_file(m.state_dict(), str(tmp_path / "w.safetensors"))
+    for spec in (tmp_path / "sd.pth", f"timm:vit_tiny_patch16_224@{tmp_path / 'w.safetensors'}"):
+        loaded = models.load_model(spec)
+        assert not loaded.training and loaded.head.out_features == 3
+        pre = models.preprocessing(loaded)
+        assert pre["modality"] == "image" and pre["num_channels"] == 3
 
 
 def test_minilm_base_embeddings(minilm_dir):
@@ -160,6 +167,21 @@ def test_train_image_smoke():
     assert stats["steps"] == 4 and stats["epochs"] == 2
 
 
+def test_train_swin_partial_epoch():
+    """The zoo's Swin recipe builds a Swin; with ``partial_epochs`` a tiny budget trains only part of an epoch."""
+    from optin_deploy.adapters import get_adapter
+    from optin_deploy.data.types import TaskData
+
+    data = TaskData("fashion-mnist", "image", "classification", ["a", "b", "c"], Split(torch.randn(8, 1, 28, 28), torch.arange(8) % 3),
+                    Split(torch.randn(4, 1, 28, 28), torch.arange(4) % 3), Split(torch.randn(4, 1, 28, 28), torch.arange(4) % 3), {})
+    r = dict(zoo.ZOO["swin-fashion-mnist"].recipe, embed_dim=12, num_heads=[2, 2])
+    m = zoo._image_model(r, data)
+    assert get_adapter(m).family == "hf_swin" and get_adapter(m).heads_per_layer() == [2, 2, 2, 2]
+    split = Split(torch.randn(1600, 1, 28, 28), torch.arange(1600) % 3)
+    stats = zoo.train_image_classifier(m, split, epochs=3, batch_size=8, time_budget_s=1e-3, partial_epochs=True, progress=False)
+    assert stats["steps"] == 100 and stats["epochs"] == 0.5  # at least 100 steps, half of the 200-step epoch
+
+
 def test_metrics():
     m = zoo.metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert m["accuracy"] == 0.75
@@ -168,7 +190,9 @@ def test_metrics():
 
 def test_zoo_registry():
     names = [t["name"] for t in zoo.list_tasks()]
-    assert names == ["minilm-sentiment", "minilm-bbc-news", "vit-fashion-mnist"]
+    assert names[:2] == ["minilm-sentiment", "minilm-bbc-news"]
+    assert {"vit-fashion-mnist", "swin-fashion-mnist"} <= set(names) and names.index("vit-fashion-mnist") < names.index("swin-fashion-mnist")
+    assert zoo.DATA_TO_TASK["fashion-mnist"] == "vit-fashion-mnist"  # the first model of a data set stays its task
     assert [t for t in zoo.list_tasks() if t["default"]][0]["name"] == zoo.DEFAULT_TASK == "minilm-sentiment"
     with pytest.raises(OptinError, match="unknown zoo model 'nope'"):
         zoo.prepare("nope")
@@ -176,7 +200,7 @@ def test_zoo_registry():
 
 def test_load_task_with_user_model_and_data(tiny_bert, tmp_path):
     p = tmp_path / "d.csv"
-    p.write_text("text,label\n" + "\n".join(f"words {i},{'a' if i % 2 else 'b'}" for i in range(40)) + "\n")
+    p.write_text("text,label\n" + "\n".join(f"words {i},{i % 2}" for i in range(40)) + "\n")
     task = zoo.load_task(str(tiny_bert), str(p), max_length=32)
     assert task.modality == "text" and task.max_length == 32 and task.data.num_labels == 2
     batch = next(task.batches("test", 4))
