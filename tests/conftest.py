@@ -19,6 +19,46 @@ def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):
     return BertForSequenceClassification(cfg).eval()
 
 
+def make_tiny_deberta(num_labels: int = 3, layers: int = 3, seed: int = 0, v3: bool = False, head: bool = True):
+    """DeBERTa with relative attention, c2p and p2c. ``v3``: DeBERTa-v3's layout (share_att_key,
+    log-bucketed positions, LayerNorm on the relative table, no absolute positions)."""
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
+              max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"], num_labels=num_labels)
+    if v3:
+        kw.update(share_att_key=True, position_buckets=16, max_relative_positions=64, norm_rel_ebd="layer_norm",
+                  position_biased_input=False, type_vocab_size=0)
+    else:
+        kw.update(max_relative_positions=24, type_vocab_size=2)
+    cfg = DebertaV2Config(**kw)
+    model = (DebertaV2ForSequenceClassification if head else DebertaV2Model)(cfg).eval()
+    if head:  # at the default init the logits barely move (KL terms ~1e-12, below float64's cancellation)
+        with torch.no_grad():
+            model.classifier.weight.mul_(30.0)
+    return model
+
+
+def make_tiny_modernbert(num_labels: int = 3, layers: int = 3, seed: int = 0, bias: bool = True, head: bool = True):
+    """ModernBERT with alternating global / sliding-window layers; ``bias`` turns on the attention
+    and MLP biases (off in the released checkpoints)."""
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+
+    torch.manual_seed(seed)
+    cfg = ModernBertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
+                           max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                           sep_token_id=2, global_attn_every_n_layers=2, local_attention=8, attention_bias=bias,
+                           mlp_bias=bias, num_labels=num_labels, initializer_range=0.1)
+    model = (ModernBertForSequenceClassification if head else ModernBertModel)(cfg).eval()
+    if bias:  # transformers initialises biases to zero: make them matter
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") and ("Wqkv" in name or ".Wo." in name or ".Wi." in name):
+                    p.normal_(0, 0.1)
+    return model
+
+
 def make_tiny_vit(seed: int = 0, deit: bool = False):
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
@@ -55,6 +95,10 @@ FAMILIES = {
     "hf_vit": (make_tiny_vit, image_inputs),
     "hf_deit": (lambda seed=0: make_tiny_vit(seed, deit=True), image_inputs),
     "timm_vit": (make_tiny_timm, image_inputs),
+    "deberta_v2": (make_tiny_deberta, text_inputs),
+    "deberta_v3": (lambda seed=0: make_tiny_deberta(seed=seed, v3=True), text_inputs),
+    "modernbert": (make_tiny_modernbert, text_inputs),
+    "modernbert_nobias": (lambda seed=0: make_tiny_modernbert(seed=seed, bias=False), text_inputs),
 }
 
 

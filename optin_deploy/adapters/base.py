@@ -132,6 +132,11 @@ class Adapter:
         (timm's LayerScale); None when there is none."""
         return None
 
+    def skip_block(self, layer: int) -> nn.Module:
+        """What stands in for block ``layer`` when a partial run ("from block l on") skips: it hands its
+        first input on unchanged, in the form the family's encoder loop expects from a block."""
+        return PassThroughBlock()
+
     def structure(self) -> dict:
         """Everything needed to rebuild the (possibly pruned) architecture without weights."""
         raise NotImplementedError
@@ -208,6 +213,13 @@ class Adapter:
 
     def _replace(self, old: nn.Module, new: nn.Module) -> None:
         _set_child(self.model, old, new)
+
+
+class PassThroughBlock(nn.Module):
+    """A skipped block: returns its hidden-state input unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
 class BiasOnly(nn.Module):

@@ -72,11 +72,6 @@ class UnitMasks:
         self._handles.clear()
 
 
-class _Skip(nn.Module):
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
 @contextmanager
 def start_at(adapter: Adapter, layer: int, hidden: torch.Tensor):
     """Within the context, a forward pass starts at block ``layer`` with input ``hidden``."""
@@ -94,7 +89,7 @@ def start_at(adapter: Adapter, layer: int, hidden: torch.Tensor):
     handle = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
     try:
         for i in range(layer):
-            blocks[i] = _Skip()
+            blocks[i] = adapter.skip_block(i)
         yield
     finally:
         for i, b in enumerate(saved):

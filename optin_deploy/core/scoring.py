@@ -265,7 +265,7 @@ def neuron_shortcut(adapter: Adapter, teacher: Teacher, layer: int, neurons: lis
     attn_out = _rep(teacher.attn_out[layer], copies)
     saved = {m: m.forward for m in (parts.attn, parts.fc1, parts.fc2)}
     parts.attn.forward = lambda *a, **k: attn_out
-    parts.fc1.forward = lambda x: x[..., :1]
+    parts.fc1.forward = lambda x: x[..., :2]  # two columns: a gated MLP still splits them into input and gate
     parts.fc2.forward = lambda x: fc2_out
     try:
         yield
