@@ -56,7 +56,7 @@ def make_tiny_deberta(num_labels: int = 3, layers: int = 3, seed: int = 0, v3: b
         kw.update(max_relative_positions=24, type_vocab_size=2)
     cfg = DebertaV2Config(**kw)
     model = (DebertaV2ForSequenceClassification if head else DebertaV2Model)(cfg).eval()
-    if head:  # at the default init the logits barely move (KL terms ~1e-12, below float64's cancellation)
+    if head:  # at the default init the logits barely move: make the KL part of the scores matter
         with torch.no_grad():
             model.classifier.weight.mul_(30.0)
     return model

@@ -74,7 +74,7 @@ class DebertaV2Adapter(Adapter):
     family = "deberta-v2"
     description = "transformers DeBERTa-v2 / v3 encoders (DebertaV2Model, DebertaV2ForSequenceClassification...)"
     modality = "text"
-    input_names = ("input_ids", "attention_mask")
+    model_types = ("deberta-v2",)  # DeBERTa-v3 checkpoints carry model_type deberta-v2 too
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

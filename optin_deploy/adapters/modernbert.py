@@ -54,7 +54,8 @@ class ModernBertAdapter(Adapter):
     family = "modernbert"
     description = "transformers ModernBERT encoders (ModernBertModel, ModernBertForSequenceClassification...)"
     modality = "text"
-    input_names = ("input_ids", "attention_mask")
+    model_types = ("modernbert",)
+    sequence_inputs = ("input_ids", "attention_mask")  # no token types
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

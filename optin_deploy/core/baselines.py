@@ -95,7 +95,8 @@ def unit_weight_counts(adapter: Adapter) -> tuple[list[torch.Tensor], list[torch
             per_head += adapter.head_dim() * parts.out_proj.out_features
         else:
             per_head = 0
-        per_neuron = (parts.fc1.in_features + (parts.fc1.bias is not None) + parts.fc2.out_features) if nf else 0
+        # a gated MLP's first linear holds each neuron as one row per stacked block (input, gate)
+        per_neuron = ((parts.fc1.out_features // nf) * (parts.fc1.in_features + (parts.fc1.bias is not None)) + parts.fc2.out_features) if nf else 0
         heads.append(torch.full((nh,), float(per_head), dtype=torch.float64))
         neurons.append(torch.full((nf,), float(per_neuron), dtype=torch.float64))
     return heads, neurons
@@ -154,9 +155,11 @@ def magnitude_scores(model_or_adapter: nn.Module | Adapter, *, squared: bool = T
                 hs[h] = s
         ns = torch.zeros(nf, dtype=torch.float64)
         if nf:
-            ns = (parts.fc1.weight.double() ** 2).sum(1) + (parts.fc2.weight.double() ** 2).sum(0)
+            rows = (parts.fc1.weight.double() ** 2).sum(1)
             if parts.fc1.bias is not None:
-                ns = ns + parts.fc1.bias.double() ** 2
+                rows = rows + parts.fc1.bias.double() ** 2
+            # rows of stacked blocks (a gated MLP's input and gate halves) belong to the same neuron
+            ns = rows.reshape(-1, nf).sum(0) + (parts.fc2.weight.double() ** 2).sum(0)
         heads.append(hs if squared else hs.sqrt())
         neurons.append(ns if squared else ns.sqrt())
     return UnitScores(heads, neurons, "magnitude", time.perf_counter() - t0, {"squared": squared})
