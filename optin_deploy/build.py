@@ -54,6 +54,14 @@ class BuildOptions:
     scorer: str = "optin"
     probes: int = 64
     max_accuracy_drop: float | None = None
+    min_speedup: float | None = None
+    search_samples: int = 400
+    search_candidates: int = 5
+    search_tol: float = 0.02
+    search_rounds: int = 12
+    search_range: tuple[float, float] = (0.1, 0.99)
+    search_start: float | None = None
+    search_reference: list[float] = field(default_factory=list)
     eval_split: str = "test"
     bench_iters: int = 100
     bench_warmup: int = 10
@@ -104,9 +112,34 @@ def _check_target_available(profile) -> None:
     get_runtime(name, threads=profile.threads)
 
 
+def _objective(opts: BuildOptions):
+    from .search import Objective
+
+    if opts.min_speedup is not None:
+        return Objective("min_speedup", opts.min_speedup)
+    return Objective("max_accuracy_drop", opts.max_accuracy_drop)
+
+
+def _search_settings(opts: BuildOptions):
+    from .search import SearchSettings
+
+    lo, hi = opts.search_range
+    return SearchSettings(lo=lo, hi=hi, tol=opts.search_tol, max_candidates=opts.search_candidates, start=opts.search_start,
+                          samples=opts.search_samples, rounds=opts.search_rounds, reference=list(opts.search_reference))
+
+
 def _budget(opts: BuildOptions, profile) -> dict:
     if opts.flops is not None and opts.latency_ms is not None:
         raise OptinError("pass either --flops or --latency-ms, not both")
+    if opts.min_speedup is not None:
+        if opts.flops is not None or opts.latency_ms is not None:
+            raise OptinError("--min-speedup searches the budget itself: drop --flops / --latency-ms (or drop --min-speedup)")
+        if opts.max_accuracy_drop is not None:
+            raise OptinError("pass either --max-accuracy-drop or --min-speedup without a budget (the search optimises one under the other), not both")
+    if opts.flops is None and opts.latency_ms is None and (opts.max_accuracy_drop is not None or opts.min_speedup is not None):
+        obj = _objective(opts)  # checks the limit
+        _search_settings(opts).check()
+        return {"search": obj.to_dict()}
     if opts.latency_ms is not None:
         if opts.latency_ms <= 0:
             raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
@@ -170,15 +203,80 @@ def run_build(opts: BuildOptions) -> dict:
     return report
 
 
-def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
-    from .bench import benchmark, print_bench_table
+@dataclass
+class BuildContext:
+    """What every stage of a build shares once the task is loaded and scored: the dense model, the
+    calibration batch, the scores, the target profile and its benchmark inputs. The budget search
+    (:mod:`optin_deploy.search`) prunes, exports and measures its candidates through the same methods."""
+
+    opts: BuildOptions
+    profile: object
+    task: object
+    model: torch.nn.Module
+    calib: dict
+    scores: tuple
+    bench_np: dict
+    seq: int
+    sel_kwargs: dict
+    eval_len: int | None
+    calib_len: int | None
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
+
+    @property
+    def fmt(self) -> str:
+        return "tensorrt" if self.profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+
+    def example(self) -> dict:
+        return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
+
+    def prune_fraction(self, fraction: float, scores: tuple | None = None, *, refit_units: bool = True):
+        """Select under ``fraction`` of the dense MACs (with ``scores``, default the build's), slice,
+        and refit the kept units when the build refits. Returns the :class:`~optin_deploy.pruning.PruneResult`."""
+        from .core.costs import mac_cost_model
+        from .pruning import prune
+
+        costs = mac_cost_model(self.model, self.seq)
+        o = self.opts
+        return prune(self.model, self.calib, costs=costs, budget=fraction * costs.dense(), scores=scores or self.scores,
+                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     teacher_cache=self.teacher_cache, **self.sel_kwargs)
+
+    def shape(self):
+        shape = self.profile.shape_profile()
+        if self.task.modality == "text":
+            maxpos = getattr(self.model.config, "max_position_embeddings", shape.max_seq)
+            if shape.max_seq > maxpos:
+                from .exporters.base import ShapeProfile
+
+                shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
+        return shape
+
+    def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned") -> dict:
+        """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest."""
+        from .exporters.bundle import export_bundle
+
+        fmt = self.fmt
+        backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
+        step(f"exporting the {label} model ({fmt}, {self.profile.precision}) and checking parity against PyTorch")
+        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=self.profile.precision if fmt != "onnx" else "fp32",
+                             profile=self.shape(), optimize=self.opts.optimize, task=self.task, threads=self.profile.threads,
+                             source=self.task.model_source or None)
+
+    def runtime_name(self, export: dict) -> str:
+        return export["runtime"] if self.fmt != "onnx" else self.profile.runtime_name
+
+    def runtime(self, export: dict):
+        """A fresh, not yet loaded runtime for an export, and the artifact to load."""
+        from .runtimes.base import get_runtime
+
+        return get_runtime(self.runtime_name(export), threads=self.profile.threads), export["artifact"]
+
+
+def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> BuildContext:
+    """Load the task and the dense model, draw the calibration batch, score (cached when possible)."""
     from .core.scoring import ScoreSettings
-    from .evaluate import evaluate
-    from .exporters.bundle import export_bundle
     from .profiles import selection_kwargs
-    from .pruned_io import save_pruned
-    from .pruning import compute_scores, print_layer_table, prune, refit
-    from .runtimes.base import get_runtime
+    from .pruning import compute_scores
     from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
@@ -191,18 +289,32 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         task.max_length = calib_len
     calib = task.calibration(opts.calib_samples, seed=opts.seed)
     task.max_length = eval_len
-    settings = ScoreSettings(seed=opts.seed)
     bench_np = _bench_inputs(task, profile)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
-    sel_kwargs = selection_kwargs(profile)
+    scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
+    return BuildContext(opts, profile, task, model, calib, scores, bench_np, seq, selection_kwargs(profile), eval_len, calib_len)
 
-    scores = compute_scores(model, calib, scoring=opts.scoring, scorer=opts.scorer, settings=settings, probes=opts.probes)
+
+def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
+    from .bench import benchmark, print_bench_table
+    from .evaluate import evaluate
+    from .pruned_io import save_pruned
+    from .pruning import print_layer_table, refit
+
+    ctx = load_context(opts, profile)
+    task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
+    adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
     latency_info = None
-    if "flops" in budget:
-        from .core.costs import mac_cost_model
+    search = None
+    refitted = None
+    if "search" in budget:
+        from .search import search_build
 
-        costs = mac_cost_model(model, seq)
-        result = prune(model, calib, costs=costs, budget=budget["flops"] * costs.dense(), scores=scores, **sel_kwargs)
+        search = search_build(ctx, staging, _objective(opts), _search_settings(opts))
+        pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
+        notes = list(scores[5])
+    elif "flops" in budget:
+        result = ctx.prune_fraction(budget["flops"], refit_units=False)
         pruned = result.model
         notes = list(result.notes)
         sel_cost = result.selection.cost
@@ -217,7 +329,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
-        measure = make_measure_fn(profile, {k: torch.from_numpy(v) for k, v in bench_np.items()})
+        measure = make_measure_fn(profile, ctx.example())
         step(f"selecting for {budget['latency_ms']} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
         ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, budget["latency_ms"], measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
@@ -225,7 +337,10 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         latency_info.pop("plan", None)
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
-    reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
+    if search is not None:
+        reconstruction = refitted
+    else:
+        reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
     print_layer_table(model, pruned)
     pa = get_adapter(pruned)
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
@@ -233,30 +348,22 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     step("saving the pruned model")
     save_pruned(pruned, staging / "pruned", extra={"source": task.model_source or opts.model, "source_dir": task.model_source,
                                                     "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
-    shape = profile.shape_profile()
-    if task.modality == "text":
-        maxpos = getattr(model.config, "max_position_embeddings", shape.max_seq)
-        if shape.max_seq > maxpos:
-            from .exporters.base import ShapeProfile
-
-            shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
-    example = {k: torch.from_numpy(v) for k, v in bench_np.items()}
-    fmt = "tensorrt" if profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
-    backend = "torch-tensorrt" if profile.runtime_name == "torch-tensorrt" else "tensorrt"
     exports = {}
+    fmt = ctx.fmt
+    if search is not None:
+        exports["dense"] = search.dense_export  # exported once, at the start of the search
+        exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
     for label, m in (("dense", model), ("pruned", pruned)):
-        step(f"exporting the {label} model ({fmt}, {profile.precision}) and checking parity against PyTorch")
-        exports[label] = export_bundle(m, example, staging / fmt / label, fmt=fmt, backend=backend, precision=profile.precision if fmt != "onnx" else "fp32",
-                                       profile=shape, optimize=opts.optimize, task=task, threads=profile.threads,
-                                       source=task.model_source or None)
+        if label not in exports:
+            exports[label] = ctx.export(m, staging / fmt / label, label)
 
-    rt_name = exports["pruned"]["runtime"] if fmt != "onnx" else profile.runtime_name
-    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
+    rt_name = ctx.runtime_name(exports["pruned"])
+    runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
     step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
          + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "") + f", interleaved, {opts.bench_iters} rounds")
-    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in ("dense", "pruned")}
+    runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
     print_bench_table(bench, console=console)
 
@@ -271,7 +378,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
     gate = None
-    if opts.max_accuracy_drop is not None:
+    if opts.max_accuracy_drop is not None and search is None:  # with a search the limit applies to validation, not test
         gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(drop, 3), "passed": bool(drop <= opts.max_accuracy_drop)}
     artifacts = {}
     for p in sorted(staging.rglob("*")):
@@ -300,6 +407,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         "reconstruction": reconstruction,
         "selection_cost": sel_cost,
         "latency_budget": latency_info,
+        "search": search.to_dict() if search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
         "gate": gate,
         "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
@@ -330,6 +438,9 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
 
 
 def check_gate(report: dict) -> None:
+    search = report.get("search")
+    if search and not search.get("reachable"):
+        raise QualityGateError(f"{search['message']}; the bundle at {report.get('bundle')} holds that candidate, marked unreachable in report.json")
     gate = report.get("gate")
     if gate and not gate["passed"]:
         raise QualityGateError(
