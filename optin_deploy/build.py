@@ -157,7 +157,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
 def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
     batch = profile.opt_batch or profile.batch_size
     seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = getattr(getattr(task.model, "config", None), "max_position_embeddings", None)
+    maxpos = get_adapter(task.model).max_positions()
     if task.modality == "text" and maxpos:
         seq = min(seq, maxpos)
     inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
@@ -244,7 +244,7 @@ class BuildContext:
     def shape(self):
         shape = self.profile.shape_profile()
         if self.task.modality == "text":
-            maxpos = getattr(self.model.config, "max_position_embeddings", shape.max_seq)
+            maxpos = get_adapter(self.model).max_positions() or shape.max_seq  # the family's usable length
             if shape.max_seq > maxpos:
                 from .exporters.base import ShapeProfile
 
@@ -362,7 +362,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "") + f", interleaved, {opts.bench_iters} rounds")
+         + (f" x {seq} tokens" if task.modality == "text" else "") + f", interleaved, {opts.bench_iters} rounds")
     runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
     print_bench_table(bench, console=console)
@@ -386,6 +386,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
         "model": task.model_source or opts.model or "minilm-sentiment",
+        "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,

@@ -187,35 +187,19 @@ def export_block(block: nn.Module, x: torch.Tensor, path: Path, precision: str =
 
 
 def example_inputs(model: nn.Module, profile: Profile, batch: int | None = None) -> dict[str, torch.Tensor]:
-    """Benchmark inputs at the profile's batch and sequence length (text) or the model's image size."""
-    from .exporters.base import input_names_for
+    """Benchmark inputs at the profile's batch and sequence length (text: seeded random ids, every
+    position attended) or the model's image size; the model's adapter makes them."""
+    from .adapters import get_adapter
 
     b = batch or profile.batch_size
-    names = input_names_for(model)
-    if "input_ids" in names:
-        cfg = getattr(model, "config", None)
-        vocab = int(getattr(cfg, "vocab_size", 1000) or 1000)
-        T = profile.seq_len or profile.opt_seq or 128
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(min(5, vocab - 1), vocab, (b, T), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    size = _model_image_size(model) or profile.image_size or 224
+    a = get_adapter(model)
+    if a.modality == "text":
+        return a.example_inputs(b, profile.seq_len or profile.opt_seq or 128, padded=False)
+    size = a.image_shape()[-1]
     if profile.image_size and size != profile.image_size:
         warnings.warn(f"model takes {size}x{size} images; profile {profile.name} says image_size {profile.image_size}: timing at {size}",
                       LutMismatchWarning, stacklevel=2)
-    chans = int(getattr(getattr(model, "config", None), "num_channels", 3) or 3)
-    return {"pixel_values": torch.randn(b, chans, size, size, generator=torch.Generator().manual_seed(0))}
-
-
-def _model_image_size(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    s = getattr(cfg, "image_size", None)
-    if s is None:
-        pe = getattr(model, "patch_embed", None)
-        s = getattr(pe, "img_size", None)
-    if isinstance(s, (tuple, list)):
-        s = s[0]
-    return int(s) if s else None
+    return a.example_inputs(b)
 
 
 def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], profile: Profile | None = None):
@@ -487,8 +471,8 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
     env["runtime"] = describe
     return LatencyTable(
         profile=profile.to_dict(),
-        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if "input_ids" in inputs else None,
-                "image_size": int(inputs["pixel_values"].shape[-1]) if "pixel_values" in inputs else None},
+        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if a.modality == "text" else None,
+                "image_size": int(next(iter(inputs.values())).shape[-1]) if a.modality == "image" else None},
         model={"name": model_name or type(model).__name__, "family": a.family, "num_layers": L, "heads": heads, "neurons": neurons,
                "hidden_size": d, "head_dim": a.head_dim()},
         attn_ms=[v * scale for v in attn_raw],

@@ -84,12 +84,10 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _is_vision(config: Any) -> bool:
-    from transformers.models.auto import modeling_auto as m
+    """Whether a (supported) transformers config is an image model: its adapter says."""
+    from .adapters import adapter_for_config
 
-    mt = getattr(config, "model_type", "")
-    if mt in m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        return True
-    return mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and hasattr(config, "num_channels") and hasattr(config, "image_size")
+    return adapter_for_config(config).modality == "image"
 
 
 def _weights_file(folder: Path) -> str:
@@ -143,6 +141,9 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
         if not local:
             raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({str(exc).splitlines()[0]})") from None
         raise OptinError(f"{where}/config.json is not a valid transformers config ({str(exc).splitlines()[0][:200]}); fix or replace it") from None
+    from .adapters import adapter_for_config
+
+    adapter_for_config(config, f"model {spec!r}")  # an unsupported family is refused here, before any weights load
     if not head:
         cls = transformers.AutoModel
     else:
@@ -158,7 +159,7 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
             model = cls.from_pretrained(where, config=config, **kw)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
-            raise OptinError(f"model {spec!r} ({config.model_type}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
+            raise OptinError(f"model {spec!r} ({type(config).__name__}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
         raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({str(exc).splitlines()[0][:200]}); the file may be corrupt") from None
     except (OSError, RuntimeError, EOFError, Exception) as exc:  # noqa: BLE001 - safetensors/pickle errors vary
         if not local and isinstance(exc, OSError):
@@ -256,7 +257,7 @@ def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None)
         c, h, w = pcfg.get("input_size", (3, 224, 224))
         return {"modality": "image", "image_size": (h, w), "image_mean": list(pcfg.get("mean", (0.5,) * c)),
                 "image_std": list(pcfg.get("std", (0.5,) * c)), "num_channels": c}
-    if cfg is not None and _is_vision(cfg):
+    if cfg is not None and _model_modality(model) == "image":
         out = {"modality": "image", "image_size": getattr(cfg, "image_size", 224), "num_channels": getattr(cfg, "num_channels", 3),
                "image_mean": 0.5, "image_std": 0.5}
         pp = Path(str(spec)) / "preprocessor_config.json" if spec else None
@@ -271,6 +272,15 @@ def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None)
                 raise OptinError(f"{pp} is not valid JSON; fix or delete it") from None
         return out
     return {"modality": "text"}
+
+
+def _model_modality(model: torch.nn.Module) -> str:
+    from .adapters import get_adapter
+
+    try:
+        return get_adapter(model).modality
+    except OptinError:
+        return "image" if hasattr(getattr(model, "config", None), "image_size") else "text"
 
 
 def load_tokenizer(spec: str | os.PathLike):

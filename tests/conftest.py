@@ -41,39 +41,56 @@ def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):
     return BertForSequenceClassification(cfg).eval()
 
 
-def make_tiny_deberta(num_labels: int = 3, layers: int = 3, seed: int = 0, v3: bool = False, head: bool = True):
-    """DeBERTa with relative attention, c2p and p2c. ``v3``: DeBERTa-v3's layout (share_att_key,
-    log-bucketed positions, LayerNorm on the relative table, no absolute positions)."""
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Model
+TINY_TEXT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=64)
 
+# text families: transformers config class name, its SequenceClassification class, config overrides.
+# A new family adds one entry here (and its adapter file); the invariant tests in test_core.py and
+# test_export.py are parametrised over FAMILIES.
+TEXT_FAMILIES = {
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
+                   dict(vocab_size=120, dim=32, n_layers=3, n_heads=4, hidden_dim=48, max_position_embeddings=64)),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", dict(TINY_TEXT, embedding_size=24)),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "camembert": ("CamembertConfig", "CamembertForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    # DeBERTa-v2 layout: relative attention with c2p and p2c through separate position projections
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   dict(TINY_TEXT, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=24, type_vocab_size=2)),
+    # DeBERTa-v3 layout: position projections shared with key/query, log buckets, LayerNorm on the table
+    "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   dict(TINY_TEXT, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16,
+                        max_relative_positions=64, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)),
+    # ModernBERT as released (no biases), alternating global / sliding-window layers
+    "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification",
+                   dict(TINY_TEXT, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                        global_attn_every_n_layers=2, local_attention=8, initializer_range=0.1)),
+}
+
+
+def make_tiny_text(family: str, num_labels: int = 3, layers: int = 3, seed: int = 0, head: bool = True, **over):
+    """A tiny randomly initialised model of a text family (``head=False``: the bare encoder)."""
+    import transformers
+
+    cfg_name, cls_name, kw = TEXT_FAMILIES[family]
+    kw = dict(kw, **over)
+    kw["n_layers" if "n_layers" in kw else "num_hidden_layers"] = layers
     torch.manual_seed(seed)
-    kw = dict(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
-              max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"], num_labels=num_labels)
-    if v3:
-        kw.update(share_att_key=True, position_buckets=16, max_relative_positions=64, norm_rel_ebd="layer_norm",
-                  position_biased_input=False, type_vocab_size=0)
-    else:
-        kw.update(max_relative_positions=24, type_vocab_size=2)
-    cfg = DebertaV2Config(**kw)
-    model = (DebertaV2ForSequenceClassification if head else DebertaV2Model)(cfg).eval()
-    if head:  # at the default init the logits barely move: make the KL part of the scores matter
-        with torch.no_grad():
-            model.classifier.weight.mul_(30.0)
-    return model
+    cfg = getattr(transformers, cfg_name)(num_labels=num_labels, **kw)
+    cls = getattr(transformers, cls_name if head else cls_name.replace("ForSequenceClassification", "Model"))
+    return cls(cfg).eval()
 
 
-def make_tiny_modernbert(num_labels: int = 3, layers: int = 3, seed: int = 0, bias: bool = True, head: bool = True):
-    """ModernBERT with alternating global / sliding-window layers; ``bias`` turns on the attention
-    and MLP biases (off in the released checkpoints)."""
-    from transformers import ModernBertConfig, ModernBertForSequenceClassification, ModernBertModel
+def make_tiny_deberta(v3: bool = False, **kw):
+    return make_tiny_text("deberta-v3" if v3 else "deberta-v2", **kw)
 
-    torch.manual_seed(seed)
-    cfg = ModernBertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=48,
-                           max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1,
-                           sep_token_id=2, global_attn_every_n_layers=2, local_attention=8, attention_bias=bias,
-                           mlp_bias=bias, num_labels=num_labels, initializer_range=0.1)
-    model = (ModernBertForSequenceClassification if head else ModernBertModel)(cfg).eval()
-    if bias:  # transformers initialises biases to zero: make them matter
+
+def make_tiny_modernbert(bias: bool = False, **kw):
+    """ModernBERT; ``bias`` turns on the attention and MLP biases (off in the released checkpoints)
+    and draws them at random (transformers initialises them to zero), so the reduced blocks'
+    ``x + b`` is really tested."""
+    model = make_tiny_text("modernbert", **({"attention_bias": True, "mlp_bias": True} if bias else {}), **kw)
+    if bias:
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("bias") and ("Wqkv" in name or ".Wo." in name or ".Wi." in name):
@@ -117,10 +134,8 @@ FAMILIES = {
     "hf_vit": (make_tiny_vit, image_inputs),
     "hf_deit": (lambda seed=0: make_tiny_vit(seed, deit=True), image_inputs),
     "timm_vit": (make_tiny_timm, image_inputs),
-    "deberta_v2": (make_tiny_deberta, text_inputs),
-    "deberta_v3": (lambda seed=0: make_tiny_deberta(seed=seed, v3=True), text_inputs),
-    "modernbert": (make_tiny_modernbert, text_inputs),
-    "modernbert_nobias": (lambda seed=0: make_tiny_modernbert(seed=seed, bias=False), text_inputs),
+    **{f: ((lambda f: lambda seed=0: make_tiny_text(f, seed=seed))(f), text_inputs) for f in TEXT_FAMILIES},
+    "modernbert-bias": (lambda seed=0: make_tiny_modernbert(bias=True, seed=seed), text_inputs),
 }
 
 

@@ -22,7 +22,6 @@ the ``s R dh`` score product of each position type.
 from __future__ import annotations
 
 import torch
-import transformers
 from torch import nn
 
 from .base import Adapter, LayerParts, slice_linear
@@ -37,17 +36,11 @@ class DebertaReducedAttention(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.LayerNorm = layer_norm
 
-    def forward(self, hidden_states, attention_mask=None, output_attentions=False, query_states=None, relative_pos=None,
-                rel_embeddings=None):
-        residual = hidden_states if query_states is None else query_states
-        return self.LayerNorm(residual + self.bias), None
 
 
 class DebertaPassThrough(nn.Module):
     """Stands in for ``intermediate`` when the MLP has no neurons: hands its input on unchanged."""
 
-    def forward(self, hidden_states):
-        return hidden_states
 
 
 class DebertaReducedOutput(nn.Module):
@@ -58,15 +51,11 @@ class DebertaReducedOutput(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.LayerNorm = layer_norm
 
-    def forward(self, hidden_states, input_tensor):
-        return self.LayerNorm(input_tensor + self.bias)
 
 
 class DebertaSkipLayer(nn.Module):
     """Stands in for a block that a partial run skips; DeBERTa's encoder unpacks ``(hidden, attn)``."""
 
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states, None
 
 
 @register
@@ -78,8 +67,7 @@ class DebertaV2Adapter(Adapter):
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        cfg = getattr(model, "config", None)
-        return getattr(cfg, "model_type", None) == "deberta-v2" and cls._encoder(model) is not None
+        return cls.supports_config(getattr(model, "config", None)) and cls._encoder(model) is not None
 
     @staticmethod
     def _encoder(model):
@@ -185,34 +173,7 @@ class DebertaV2Adapter(Adapter):
     def skip_block(self, layer: int) -> nn.Module:
         return DebertaSkipLayer()
 
-    # ----- inputs / outputs ----------------------------------------------------------------
-    def forward(self, inputs):
-        return self.model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-
-    def seq_len(self, inputs) -> int:
-        return int(inputs["input_ids"].shape[1])
-
     def mlp_residual(self, layer: int) -> nn.Module:
         # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
         blk = self.blocks()[layer]
         return blk.intermediate.dense if not isinstance(blk.output, DebertaReducedOutput) else blk.output
-
-    def token_mask(self, inputs) -> torch.Tensor:
-        if "attention_mask" in inputs:
-            return inputs["attention_mask"].bool()
-        return torch.ones_like(inputs["input_ids"], dtype=torch.bool)
-
-    def structure(self) -> dict:
-        return {
-            "family": self.family,
-            "model_class": type(self.model).__name__,
-            "config": self.model.config.to_dict(),
-            "heads": self.heads_per_layer(),
-            "neurons": self.neurons_per_layer(),
-        }
-
-    @classmethod
-    def build_from_structure(cls, spec: dict) -> nn.Module:
-        cfg = dict(spec["config"])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        return getattr(transformers, spec["model_class"])(config)

@@ -20,7 +20,6 @@ transformers 5 runs ModernBERT on padded batches (no unpadding) with sdpa on CPU
 from __future__ import annotations
 
 import torch
-import transformers
 from torch import nn
 
 from .base import Adapter, BiasOnly, LayerParts, slice_linear
@@ -34,8 +33,6 @@ class ModernBertReducedAttention(nn.Module):
         super().__init__()
         self.out = BiasOnly(bias, width)
 
-    def forward(self, hidden_states, *args, **kwargs):
-        return self.out(hidden_states), None
 
 
 class ModernBertSkipLayer(nn.Module):
@@ -45,8 +42,6 @@ class ModernBertSkipLayer(nn.Module):
         super().__init__()
         self.attention_type = attention_type
 
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
 
 
 @register
@@ -59,8 +54,7 @@ class ModernBertAdapter(Adapter):
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        cfg = getattr(model, "config", None)
-        return getattr(cfg, "model_type", None) == "modernbert" and cls._base(model) is not None
+        return cls.supports_config(getattr(model, "config", None)) and cls._base(model) is not None
 
     @staticmethod
     def _base(model):
@@ -119,6 +113,7 @@ class ModernBertAdapter(Adapter):
             raise ValueError(f"layer {layer}: neuron index out of range 0..{n - 1}")
         if len(keep) == n:
             return
+        self._record_kept(layer, "neurons", keep, n)
         if not keep:
             self.reduce_mlp(layer)
             return
@@ -140,33 +135,6 @@ class ModernBertAdapter(Adapter):
         blk.mlp = BiasOnly(blk.mlp.Wo.bias, self.hidden_size())
         blk.mlp_norm = nn.Identity()
 
-    # ----- inputs / outputs ----------------------------------------------------------------
-    def forward(self, inputs):
-        return self.model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")})
-
-    def seq_len(self, inputs) -> int:
-        return int(inputs["input_ids"].shape[1])
-
     def mlp_residual(self, layer: int) -> nn.Module:
         # pre-norm: h + mlp(mlp_norm(h)), so the residual is mlp_norm's input
         return self.blocks()[layer].mlp_norm
-
-    def token_mask(self, inputs) -> torch.Tensor:
-        if "attention_mask" in inputs:
-            return inputs["attention_mask"].bool()
-        return torch.ones_like(inputs["input_ids"], dtype=torch.bool)
-
-    def structure(self) -> dict:
-        return {
-            "family": self.family,
-            "model_class": type(self.model).__name__,
-            "config": self.model.config.to_dict(),
-            "heads": self.heads_per_layer(),
-            "neurons": self.neurons_per_layer(),
-        }
-
-    @classmethod
-    def build_from_structure(cls, spec: dict) -> nn.Module:
-        cfg = dict(spec["config"])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        return getattr(transformers, spec["model_class"])(config)

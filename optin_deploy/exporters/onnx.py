@@ -58,13 +58,10 @@ def staging_dir(out_path: Path, stage: str = "onnx export") -> Iterator[Path]:
 
 
 def _max_positions(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
-    return int(n)
+    """The longest sequence the model takes (its adapter knows the family's position offset)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(model).max_positions()
 
 
 def _example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -86,6 +83,18 @@ def _first_line(exc: BaseException) -> str:
     if cause is not None and str(cause).strip():
         msg = str(cause).strip().splitlines()
     return (msg[0] if msg else type(exc).__name__)[:300]
+
+
+def _optimizer_kind(model: torch.nn.Module, text: bool) -> str:
+    """onnxruntime.transformers' optimizer kind for the model's family (its adapter says)."""
+    from ..adapters import get_adapter
+    from ..errors import OptinError as _E
+
+    try:
+        kind = get_adapter(model).ort_optimizer
+    except _E:
+        kind = None
+    return kind or ("bert" if text else "vit")
 
 
 def onnx_parity_runner(path: Path, threads: int | None = None):
@@ -211,7 +220,7 @@ class OnnxExporter(Exporter):
 
                 # stage 4 (optional): onnxruntime transformer optimisation, kept only if it passes
                 if optimize:
-                    meta["optimized"] = self._optimize(tmp, tmp_dir, out_path, names, reference, plist, threads)
+                    meta["optimized"] = self._optimize(tmp, tmp_dir, out_path, names, reference, plist, threads, _optimizer_kind(model, text))
             elif optimize:
                 meta["optimized"] = {"kept": False, "reason": f"optimisation is only done for fp32 exports (precision {precision})"}
         meta["path"] = str(out_path)
@@ -220,18 +229,16 @@ class OnnxExporter(Exporter):
         return ExportResult(path=out_path, metadata=meta)
 
     @staticmethod
-    def _optimize(src: Path, tmp_dir: Path, out_path: Path, names, reference, plist, threads) -> dict:
-        text = any(is_text_input(n) for n in names)
-        model_type = "bert" if text else "vit"
+    def _optimize(src: Path, tmp_dir: Path, out_path: Path, names, reference, plist, threads, kind: str) -> dict:
         opt_name = out_path.stem + ".optimized.onnx"
-        info: dict = {"model_type": model_type, "num_heads": 0, "hidden_size": 0, "file": opt_name}
+        info: dict = {"optimizer": kind, "num_heads": 0, "hidden_size": 0, "file": opt_name}
         try:
             from onnxruntime.transformers.optimizer import optimize_model
 
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 # num_heads=0 / hidden_size=0: detect per attention node (pruned layers differ)
-                opt = optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, use_gpu=False)
+                opt = optimize_model(str(src), kind, num_heads=0, hidden_size=0, use_gpu=False)
                 info["fused_operators"] = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
                 opt.save_model_to_file(str(tmp_dir / opt_name))
         except Exception as exc:

@@ -31,17 +31,12 @@ DEFAULT_BATCHES = (1, 8)
 DEFAULT_SEQ_LENS = (16, 64)
 
 
-def _resize_text(ids: torch.Tensor, mask: torch.Tensor, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    reps = -(-batch // ids.shape[0])
-    ids, mask = ids.repeat(reps, 1)[:batch], mask.repeat(reps, 1)[:batch]
-    if seq <= ids.shape[1]:
-        return ids[:, :seq].contiguous(), mask[:, :seq].contiguous()
-    # longer than the example: pad with the example's padding token (masked out)
-    pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
-    extra = seq - ids.shape[1]
-    ids = torch.cat([ids, torch.full((batch, extra), pad_id, dtype=ids.dtype)], dim=1)
-    mask = torch.cat([mask, torch.zeros((batch, extra), dtype=mask.dtype)], dim=1)
-    return ids, mask
+def _resize_text(inputs: Mapping[str, torch.Tensor], batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """Text inputs repeated to ``batch`` rows and cut or padded to ``seq`` tokens (the family with
+    these input names knows which one is the mask and what padding looks like)."""
+    from ..adapters import Adapter, adapter_for_inputs
+
+    return (adapter_for_inputs(inputs) or Adapter).resize_inputs(inputs, batch, seq)
 
 
 def parity_inputs(
@@ -76,11 +71,7 @@ def parity_inputs(
         if task is not None:
             out.append(task.example_inputs(b, s))
         elif text:
-            ids, mask = _resize_text(example_inputs["input_ids"], example_inputs["attention_mask"], b, s)
-            d = {"input_ids": ids, "attention_mask": mask}
-            for n in names:
-                if n not in d:  # e.g. token_type_ids
-                    d[n] = _resize_text(example_inputs[n], example_inputs["attention_mask"], b, s)[0]
+            d = _resize_text({n: example_inputs[n] for n in names}, b, s)
             out.append({n: d[n] for n in names})
         else:
             x = example_inputs[names[0]]
