@@ -36,11 +36,17 @@ class DebertaReducedAttention(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.LayerNorm = layer_norm
 
+    def forward(self, hidden_states, attention_mask=None, output_attentions=False, query_states=None, relative_pos=None,
+                rel_embeddings=None):
+        residual = hidden_states if query_states is None else query_states
+        return self.LayerNorm(residual + self.bias), None
 
 
 class DebertaPassThrough(nn.Module):
     """Stands in for ``intermediate`` when the MLP has no neurons: hands its input on unchanged."""
 
+    def forward(self, hidden_states):
+        return hidden_states
 
 
 class DebertaReducedOutput(nn.Module):
@@ -51,11 +57,15 @@ class DebertaReducedOutput(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.LayerNorm = layer_norm
 
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(input_tensor + self.bias)
 
 
 class DebertaSkipLayer(nn.Module):
     """Stands in for a block that a partial run skips; DeBERTa's encoder unpacks ``(hidden, attn)``."""
 
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states, None
 
 
 @register

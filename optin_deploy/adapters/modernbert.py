@@ -33,6 +33,8 @@ class ModernBertReducedAttention(nn.Module):
         super().__init__()
         self.out = BiasOnly(bias, width)
 
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.out(hidden_states), None
 
 
 class ModernBertSkipLayer(nn.Module):
@@ -42,6 +44,8 @@ class ModernBertSkipLayer(nn.Module):
         super().__init__()
         self.attention_type = attention_type
 
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
 @register
