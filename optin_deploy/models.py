@@ -97,13 +97,45 @@ def _weights_file(folder: Path) -> str:
     return str(folder)
 
 
-def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: bool = True) -> torch.nn.Module:
+TASKS = ("classification", "embedding")
+
+
+def wants_embedding(folder: str | os.PathLike, task: str | None) -> bool:
+    """Whether a transformers folder loads as a sentence-embedding model: ``task="embedding"``, or no
+    task given and the folder holds sentence-transformers files (``modules.json``) for a model
+    without a classification head."""
+    if task is not None:
+        if task not in TASKS:
+            raise OptinError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+        return task == "embedding"
+    folder = Path(str(folder)).expanduser()
+    if not (folder / "modules.json").is_file() or not (folder / "config.json").is_file():
+        return False
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except ValueError:
+        return False
+    return not any(a.endswith("Classification") for a in archs)
+
+
+def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: bool = True, task: str | None = None) -> torch.nn.Module:
     """Load a model for inference (float32, eval mode). See the module docstring for what ``spec`` may be.
 
     ``num_labels`` replaces a transformers classification head of another size (freshly initialised);
     ``head=False`` loads a transformers checkpoint as its base model, without a task head.
+    ``task="embedding"`` (or a folder with sentence-transformers files, see :func:`wants_embedding`)
+    loads the bare encoder wrapped with its pooling as a
+    :class:`~optin_deploy.adapters.embedding.SentenceEmbedder`.
     """
     s = str(spec)
+    if wants_embedding(s, task) and not (Path(s).expanduser() / "optin_structure.json").exists():
+        from .adapters.embedding import SentenceEmbedder, read_pooling
+
+        if s.startswith("timm:"):
+            raise OptinError("embedding models need a text encoder; timm models are vision models")
+        base = load_model(spec, head=False, task="classification")  # the bare encoder (no pooling yet)
+        folder = Path(s).expanduser()
+        return _finish(SentenceEmbedder(base, read_pooling(folder if folder.is_dir() else None)))
     if s.startswith("timm:"):
         return _load_timm(s[5:], num_labels)
     path = Path(s).expanduser()

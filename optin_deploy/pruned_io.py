@@ -59,8 +59,10 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
 
 
 def build_from_spec(spec: dict) -> nn.Module:
+    from .adapters.embedding import wrap_from_structure
+
     cls = adapter_class(spec.get("family", "?"))
-    model = cls.build_from_structure(spec)
+    model = wrap_from_structure(cls.build_from_structure(spec), spec)  # a sentence-embedding model gets its pooling back
     adapter = get_adapter(model)
     if adapter.num_layers != len(spec["heads"]):
         raise OptinError(f"structure spec has {len(spec['heads'])} layers but the architecture builds {adapter.num_layers}")

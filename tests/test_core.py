@@ -162,12 +162,14 @@ def test_fast_scores_every_text_family(family):
     assert all(float(t.sum()) > 0 for t in s.neuron_md)  # every layer's neurons got a signal
 
 
-def test_exact_scoring_matches_reference_vision():
-    from conftest import image_inputs, make_tiny_timm
+@pytest.mark.parametrize("family", ["timm_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_swin"])
+def test_exact_scoring_matches_reference_vision(family):
+    from conftest import FAMILIES
 
-    model = make_tiny_timm().double()
+    make, make_inputs = FAMILIES[family]
+    model = make().double()
     a = get_adapter(model)
-    inputs = {"pixel_values": image_inputs(3)["pixel_values"].double()}
+    inputs = {"pixel_values": make_inputs(3)["pixel_values"].double()}
     s = ScoreSettings(num_tokens=20, group=3)
     ref, fast = reference_scores(a, inputs, s), exact_scores(a, inputs, s)
     for x, y in [(ref.head_md, fast.head_md), (ref.neuron_md, fast.neuron_md), (ref.neuron_kl, fast.neuron_kl)]:

@@ -18,7 +18,7 @@ from optin_deploy.exporters.base import LogitsModel
 from optin_deploy.runtimes import get_runtime
 
 PROFILE = ShapeProfile(min_batch=1, opt_batch=4, max_batch=16, min_seq=1, opt_seq=16, max_seq=64)
-FAMS = ["bert", "hf_vit", "timm_vit", *TEXT_FAMILIES]
+FAMS = ["bert", "hf_vit", "timm_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_swin", *TEXT_FAMILIES]
 
 
 def _pruned(model, seed=1, empty_heads_layer=1, empty_mlp_layer=None):

@@ -5,7 +5,14 @@ An adapter describes, for each transformer block, where its prunable units live:
 * heads: the query/key/value projections (separate ``Linear``s, or one fused ``qkv`` ``Linear``
   with the q, k and v blocks stacked along the output rows) and the attention output projection
   whose input columns are grouped by head;
-* FFN neurons: the first MLP ``Linear`` (rows) and the second (columns).
+* FFN neurons: the first MLP ``Linear`` (rows) and the second (columns); in a gated MLP
+  (SwiGLU: ``fc2(act(fc1 x) * up x)``) one neuron is a row of ``fc1`` and the same row of ``up``.
+
+Sizes may differ from layer to layer (hierarchical models such as Swin change the hidden size,
+head size and token count from stage to stage, and window attention lets a query see only its
+window). The per-layer methods (``layer_hidden_size``, ``layer_head_dim``, ``layer_tokens``,
+``attention_tokens``, ``attention_span``, ``layer_token_mask``) default to the single-size ones, so a
+family with equal layers implements only ``hidden_size`` / ``head_dim`` / ``seq_len`` / ``token_mask``.
 
 From that the generic machinery here masks units (hooks on the *inputs* of the output projection
 and of the second MLP linear, i.e. exactly the head outputs and post-activation neurons), counts
@@ -37,6 +44,7 @@ class LayerParts:
     k: nn.Linear | None = None
     v: nn.Linear | None = None
     qkv: nn.Linear | None = None  # fused: rows [q; k; v]
+    up: nn.Linear | None = None  # gated MLP: second first-layer linear, same neuron rows as fc1
 
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -87,6 +95,9 @@ class Adapter:
     # build_from_structure gives the dense architecture, cut down by the saved kept indices; False:
     # it already has the widest kept sizes, and layers are cut to the saved counts
     rebuild_from_indices: ClassVar[bool] = True
+    # what the model's forward pass ends in: "logits" (a task head; OPTIN's output term is the KL of the
+    # logits) or "embedding" (a pooled sentence vector, adapters/embedding.py; the output term is 1 - cosine)
+    output_kind: ClassVar[str] = "logits"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -128,6 +139,43 @@ class Adapter:
         """Replace block ``layer``'s MLP (all neurons removed) by its reduced form."""
         raise NotImplementedError
 
+    # ----- per-layer sizes (defaults: every layer alike) -----------------------------------
+    def layer_hidden_size(self, layer: int) -> int:
+        """Width of the residual stream in block ``layer``."""
+        return self.hidden_size()
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.head_dim()
+
+    def layer_tokens(self, layer: int, s: int) -> int:
+        """Tokens per sample in block ``layer`` when the model sees ``s`` (= :meth:`seq_len`) tokens."""
+        return s
+
+    def attention_tokens(self, layer: int, s: int) -> int:
+        """Tokens the attention of block ``layer`` projects (window attention: incl. window padding)."""
+        return self.layer_tokens(layer, s)
+
+    def attention_span(self, layer: int, s: int) -> int:
+        """Keys each query attends to (the window's area for window attention)."""
+        return self.attention_tokens(layer, s)
+
+    def layer_token_mask(self, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+        """``B x T_layer`` bool mask of real tokens in block ``layer``'s output."""
+        return self.token_mask(inputs)
+
+    def for_export(self) -> None:
+        """Switch the model to a code path that exports (called by the exporters; default: nothing)."""
+
+    def attention_in_token_layout(self, layer: int) -> bool:
+        """Whether block ``layer``'s attention projections see the residual stream's ``B x T`` tokens
+        (False for window attention, whose rows are windows of shifted / padded tokens)."""
+        return True
+
+    def pass_through(self, layer: int) -> nn.Module:
+        """A module that stands in for block ``layer`` and returns its input unchanged, in the
+        form the model's code expects a block's output (a tensor unless a family says otherwise)."""
+        return PassThrough()
+
     def logits(self, outputs: Any) -> torch.Tensor | None:
         """The logits from the model's forward output (None for a model without a task head)."""
         if isinstance(outputs, torch.Tensor):
@@ -163,11 +211,6 @@ class Adapter:
         (timm's LayerScale); None when there is none."""
         return None
 
-    def skip_block(self, layer: int) -> nn.Module:
-        """What stands in for block ``layer`` when a partial run ("from block l on") skips: it hands its
-        first input on unchanged, in the form the family's encoder loop expects from a block."""
-        return PassThroughBlock()
-
     def structure(self) -> dict:
         """Everything needed to rebuild the (possibly pruned) architecture without weights: the dense
         architecture (here: a transformers class and its config) plus, per layer, the kept head and
@@ -198,6 +241,12 @@ class Adapter:
 
     # ----- generic ----------------------------------------------------------------------
     @property
+    def root(self) -> nn.Module:
+        """The whole model the caller holds (``self.model`` is the part the family methods act on;
+        for a sentence-embedding model that is the wrapped encoder, and ``root`` the wrapper)."""
+        return self.model
+
+    @property
     def num_layers(self) -> int:
         return len(self.blocks())
 
@@ -205,22 +254,37 @@ class Adapter:
         parts = self.layer_parts(layer)
         return 0 if parts is None or parts.fc1 is None else parts.fc1.out_features
 
+    def uniform(self) -> bool:
+        """Whether every layer has the same hidden size, head size and token count."""
+        return len({(self.layer_hidden_size(l), self.layer_head_dim(l), self.layer_tokens(l, 1 << 10)) for l in range(self.num_layers)}) <= 1
+
     def heads_per_layer(self) -> list[int]:
         return [self.num_heads(i) for i in range(self.num_layers)]
 
     def neurons_per_layer(self) -> list[int]:
         return [self.num_neurons(i) for i in range(self.num_layers)]
 
-    def head_mac(self, s: int) -> int:
-        """Multiply-accumulates of one head at sequence length ``s`` (spec: 4 s d dh + 2 s^2 dh)."""
-        d, dh = self.hidden_size(), self.head_dim()
-        return 4 * s * d * dh + 2 * s * s * dh
+    def head_mac(self, s: int, layer: int = 0) -> int:
+        """Multiply-accumulates of one head of block ``layer`` when the model sees ``s`` tokens.
 
-    def neuron_mac(self, s: int) -> int:
-        return 2 * s * self.hidden_size()
+        Spec: ``4 T d dh + 2 T w dh`` with ``T`` the tokens the attention projects, ``d`` the hidden
+        size, ``dh`` the head size and ``w`` the keys per query (``w = T`` for global attention,
+        giving ``4 s d dh + 2 s^2 dh``; the window's area for window attention, i.e. the score and
+        weighted-sum matmuls counted per window).
+        """
+        d, dh = self.layer_hidden_size(layer), self.layer_head_dim(layer)
+        t, w = self.attention_tokens(layer, s), self.attention_span(layer, s)
+        return 4 * t * d * dh + 2 * t * w * dh
+
+    def neuron_mac(self, s: int, layer: int = 0) -> int:
+        """``2 T d`` (a row of ``fc1``, a column of ``fc2``); ``3 T d`` in a gated MLP (also a row of ``up``)."""
+        parts = self.layer_parts(layer)
+        k = 3 if parts is not None and parts.up is not None else 2
+        return k * self.layer_tokens(layer, s) * self.layer_hidden_size(layer)
 
     def encoder_macs(self, s: int) -> int:
-        return sum(self.heads_per_layer()) * self.head_mac(s) + sum(self.neurons_per_layer()) * self.neuron_mac(s)
+        return sum(h * self.head_mac(s, l) + f * self.neuron_mac(s, l)
+                   for l, (h, f) in enumerate(zip(self.heads_per_layer(), self.neurons_per_layer())))
 
     # slicing -------------------------------------------------------------------------------
     def keep_heads(self, layer: int, keep: list[int]) -> None:
@@ -237,7 +301,7 @@ class Adapter:
             self.after_keep_heads(layer, keep)
             return
         parts = self.layer_parts(layer)
-        dh = self.head_dim()
+        dh = self.layer_head_dim(layer)
         idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in keep])
         if parts.qkv is not None:
             width = n * dh
@@ -263,7 +327,9 @@ class Adapter:
             return
         parts = self.layer_parts(layer)
         idx = torch.tensor(keep, dtype=torch.long)
-        self._replace(parts.fc1, slice_linear(parts.fc1, idx, 0))
+        for lin in (parts.fc1, parts.up):
+            if lin is not None:
+                self._replace(lin, slice_linear(lin, idx, 0))
         self._replace(parts.fc2, slice_linear(parts.fc2, idx, 1))
 
     def _replace(self, old: nn.Module, new: nn.Module) -> None:
@@ -374,8 +440,8 @@ class Adapter:
         return int(getattr(cfg, "num_channels", 3)), int(h), int(w)
 
 
-class PassThroughBlock(nn.Module):
-    """A skipped block: returns its hidden-state input unchanged."""
+class PassThrough(nn.Module):
+    """Stands in for a block: returns its hidden-state input unchanged."""
 
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states

@@ -158,7 +158,7 @@ class DebertaV2Adapter(Adapter):
             span = buckets
         return 2 * span
 
-    def head_mac(self, s: int) -> int:
+    def head_mac(self, s: int, layer: int = 0) -> int:
         d, dh = self.hidden_size(), self.head_dim()
         base = 4 * s * d * dh + 2 * s * s * dh
         rows = self._position_rows()
@@ -180,7 +180,7 @@ class DebertaV2Adapter(Adapter):
         blk.intermediate = DebertaPassThrough()
         blk.output = DebertaReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
 
-    def skip_block(self, layer: int) -> nn.Module:
+    def pass_through(self, layer: int) -> nn.Module:
         return DebertaSkipLayer()
 
     def mlp_residual(self, layer: int) -> nn.Module:

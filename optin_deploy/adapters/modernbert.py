@@ -107,7 +107,7 @@ class ModernBertAdapter(Adapter):
         # the forward reshapes q/k/v with -1 heads and reads only head_dim; keep a readable count
         self.blocks()[layer].attn.num_heads = n
 
-    def neuron_mac(self, s: int) -> int:
+    def neuron_mac(self, s: int, layer: int = 0) -> int:
         return 3 * s * self.hidden_size()  # input row, gate row, output column
 
     def keep_neurons(self, layer: int, keep: list[int]) -> None:
@@ -126,7 +126,7 @@ class ModernBertAdapter(Adapter):
         mlp.Wi = slice_linear(mlp.Wi, torch.cat([idx, idx + n]), 0)  # input half, then gate half
         mlp.Wo = slice_linear(mlp.Wo, idx, 1)
 
-    def skip_block(self, layer: int) -> nn.Module:
+    def pass_through(self, layer: int) -> nn.Module:
         return ModernBertSkipLayer(self.blocks()[layer].attention_type)
 
     def reduce_attention(self, layer: int) -> None:

@@ -25,10 +25,24 @@ def supported_model_types() -> list[str]:
     return sorted({t for c in ADAPTERS.values() for t in c.model_types})
 
 
-def get_adapter(model: nn.Module):
+def _family_class(model: nn.Module):
     for cls in ADAPTERS.values():
         if cls.matches(model):
-            return cls(model)
+            return cls
+    return None
+
+
+def get_adapter(model: nn.Module):
+    from .embedding import SentenceEmbedder, embedding_adapter
+
+    if isinstance(model, SentenceEmbedder):  # a sentence-embedding model: its encoder's family, pooling on top
+        cls = _family_class(model.backbone)
+        if cls is not None:
+            return embedding_adapter(model, cls)
+        model = model.backbone
+    cls = _family_class(model)
+    if cls is not None:
+        return cls(model)
     raise OptinError(
         f"unsupported model architecture {type(model).__name__}: optin-deploy supports {supported_families()}"
     )

@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 
 Modality = Literal["text", "image"]
-TaskType = Literal["classification", "regression"]
+TaskType = Literal["classification", "regression", "embedding"]
 
 
 @dataclass

@@ -144,6 +144,11 @@ class LogitsModel(torch.nn.Module):
         return logits.float() if self.compute_dtype not in (None, torch.float32) else logits
 
 
+def output_name_for(model: torch.nn.Module) -> str:
+    """The graph's output name: ``logits`` for classifiers, ``sentence_embedding`` for embedding models."""
+    return str(getattr(model, "output_name", None) or "logits")
+
+
 def input_names_for(model: torch.nn.Module) -> list[str]:
     """The input names a model takes, in export order (its family adapter says)."""
     from ..adapters import get_adapter

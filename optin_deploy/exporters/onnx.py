@@ -1,6 +1,7 @@
 """ONNX export with ``torch.onnx.export(dynamo=True)``.
 
-* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``;
+* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``
+  (``sentence_embedding`` for a sentence-embedding model: pooled, and normalised if the model normalises);
 * dynamic batch axis, plus the sequence axis for text;
 * a single file (``external_data=False``) unless the weights pass 2 GB;
 * ``onnx.checker.check_model`` and an onnxruntime parity check run on a temporary file in the
@@ -34,8 +35,19 @@ from .base import (
     ShapeProfile,
     is_text_input,
     ordered_inputs,
+    output_name_for,
 )
 from .parity import check_parity, parity_inputs
+
+
+def _prepare_for_export(model) -> None:
+    """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
+    from ..adapters import get_adapter
+
+    try:
+        get_adapter(model).for_export()
+    except OptinError:  # not a family the core knows: exported as it is
+        pass
 
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with a little headroom
 
@@ -139,6 +151,7 @@ class OnnxExporter(Exporter):
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
 
         model = model.eval()
+        _prepare_for_export(model)
         reference = LogitsModel(model, names)
         if precision != "fp32":
             wrapped = LogitsModel(copy.deepcopy(model), names, compute_dtype=TORCH_DTYPES[precision]).eval()
@@ -157,7 +170,7 @@ class OnnxExporter(Exporter):
             "exporter": "torch.onnx.export(dynamo=True)",
             "torch_version": torch.__version__,
             "input_names": names,
-            "output_names": ["logits"],
+            "output_names": [output_name_for(model)],
             "dynamic_axes": {n: ({"0": "batch", "1": "sequence"} if is_text_input(n) else {"0": "batch"}) for n in names},
             "input_dtypes": {n: str(t.dtype).replace("torch.", "") for n, t in inputs.items()},
             "input_shapes": {n: [None, None] if is_text_input(n) else [None, *t.shape[1:]] for n, t in inputs.items()},
@@ -179,7 +192,7 @@ class OnnxExporter(Exporter):
                         str(tmp),
                         dynamo=True,
                         input_names=names,
-                        output_names=["logits"],
+                        output_names=[output_name_for(model)],
                         dynamic_shapes=(dyn,),
                         opset_version=opset,
                         external_data=external,
