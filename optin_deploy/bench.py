@@ -271,7 +271,10 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
     else:
         import onnx
 
-        m = onnx.load(str(p), load_external_data=False)
+        try:
+            m = onnx.load(str(p), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError
+            raise OptinError(f"{p} is not a readable ONNX model ({type(exc).__name__}); the file is truncated or corrupt: re-export it") from None
         names = [i.name for i in m.graph.input]
         shapes = {i.name: [d.dim_value or None for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
         vocab, source = None, None

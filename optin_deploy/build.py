@@ -16,11 +16,10 @@ is complete; any error leaves nothing behind. Layout::
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
+from .safe_out import check_out, staged_output, write_json
 
 REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
 DEFAULT_PROFILE = "x86-cpu-ort"
@@ -76,6 +76,7 @@ class BuildOptions:
     reconstruct_damp: float = DEFAULT_DAMP
     text_column: str = "text"
     label_column: str = "label"
+    force: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -144,8 +145,8 @@ def _budget(opts: BuildOptions, profile) -> dict:
         _search_settings(opts).check()
         return {"search": obj.to_dict()}
     if opts.latency_ms is not None:
-        if opts.latency_ms <= 0:
-            raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
+        if not (math.isfinite(opts.latency_ms) and opts.latency_ms > 0):
+            raise OptinError(f"--latency-ms must be a positive, finite number of milliseconds, got {opts.latency_ms}")
         return {"latency_ms": opts.latency_ms}
     if opts.flops is not None:
         from .pruning import check_budget
@@ -189,29 +190,42 @@ def run_build(opts: BuildOptions) -> dict:
             raise OptinError(f"unknown --task {opts.task!r}; choose one of {', '.join(TASKS)}")
     if opts.reconstruct:
         check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
-    out = Path(opts.out).expanduser().resolve()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise OptinError(f"cannot write the bundle next to {out} ({exc.strerror or exc}); pass a writable --out") from None
-    try:
+    if opts.probes < 1:
+        raise OptinError(f"--probes must be at least 1, got {opts.probes}")
+    if opts.bench_iters < 1:
+        raise OptinError(f"--bench-iters must be at least 1, got {opts.bench_iters}")
+    if opts.bench_warmup < 0:
+        raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
+    if opts.calib_length < 1:
+        raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
+    out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
+    with staged_output(out, kind="bundle", checked=True, log=step) as staging:
         _check_target_available(profile)
         report = _build_into(staging, opts, profile, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
         _write_reports(staging, report, opts, profile)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     report["bundle"] = str(out)
     return report
+
+
+def _spec(spec: str | None) -> str | None:
+    """A model spec as recorded in a bundle: an existing local path made absolute (it lies outside
+    the bundle), anything else (a zoo or hub name) as it is."""
+    if not spec:
+        return spec
+    p = Path(str(spec)).expanduser()
+    return str(p.resolve()) if not str(spec).startswith("timm:") and p.exists() else str(spec)
+
+
+def _relative_to(obj, root: Path):
+    """``obj`` with every path string inside ``root`` written relative to it."""
+    if isinstance(obj, dict):
+        return {k: _relative_to(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_to(v, root) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(root) + os.sep):
+        return os.path.relpath(obj, root)
+    return obj
 
 
 @dataclass
@@ -264,14 +278,19 @@ class BuildContext:
 
     def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned") -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest."""
-        from .exporters.bundle import export_bundle
+        from .exporters.bundle import _bundle_root, export_bundle
 
         fmt = self.fmt
+        root = _bundle_root(Path(folder).resolve())
+        # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
+        source = _spec(self.task.model_source) or None
+        if label != "dense" and root != Path(folder).resolve():
+            source = root / "pruned"
         backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {self.profile.precision}) and checking parity against PyTorch")
         return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=self.profile.precision if fmt != "onnx" else "fp32",
                              profile=self.shape(), optimize=self.opts.optimize, task=self.task, threads=self.profile.threads,
-                             source=self.task.model_source or None)
+                             source=source)
 
     def runtime_name(self, export: dict) -> str:
         return export["runtime"] if self.fmt != "onnx" else self.profile.runtime_name
@@ -291,8 +310,10 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
     from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
-    task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed,
+    task = load_task(opts.model, opts.data, max_length=None, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed,
                      task=opts.task)
+    if task.data.task_type != "embedding":
+        task.data.require_labels(opts.eval_split)  # evaluation needs labels: fail now, not after the pipeline ran
     model = task.model.eval()
     embedding = task.data.task_type == "embedding"
     _check_task_options(opts, embedding)
@@ -307,6 +328,12 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
     task.max_length = eval_len
     bench_np = _bench_inputs(task, profile)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
+    if opts.flops is not None:  # a budget that keeps nothing is refused before scoring
+        from .core.costs import mac_cost_model
+        from .pruning import check_keeps_something
+
+        mc, kw = mac_cost_model(model, seq), selection_kwargs(profile)
+        check_keeps_something(mc, opts.flops * mc.dense(), f"--flops {opts.flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
     return BuildContext(opts, profile, task, model, calib, scores, bench_np, seq, selection_kwargs(profile), eval_len, calib_len)
 
@@ -314,8 +341,8 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
 def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     from .bench import benchmark, print_bench_table
     from .evaluate import evaluate
-    from .pruned_io import save_pruned
-    from .pruning import print_layer_table, refit
+    from .pruned_io import save_pruned, task_hint
+    from .pruning import print_layer_table, refit, report_emptied
 
     ctx = load_context(opts, profile)
     task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
@@ -362,9 +389,11 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     pa = get_adapter(pruned)
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
 
+    report_emptied(model, pruned)
     step("saving the pruned model")
-    save_pruned(pruned, staging / "pruned", extra={"source": task.model_source or opts.model, "source_dir": task.model_source,
-                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
+    save_pruned(pruned, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
+                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names},
+                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, eval_len))
     exports = {}
     fmt = ctx.fmt
     if search is not None:
@@ -418,7 +447,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         if p.is_file():
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
-        "model": task.model_source or opts.model or "minilm-sentiment",
+        "model": _spec(task.model_source or opts.model) or "minilm-sentiment",
         "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
@@ -455,7 +484,8 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     from .report import write_markdown, write_plots
 
     plots = write_plots(report, staging / "plots")
-    (staging / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    report.update(_relative_to(dict(report), staging.resolve()))
+    write_json(staging / "report.json", report)
     write_markdown(report, staging / "report.md", plots)
     manifest = {
         "created_by": f"optin-deploy {__version__}",
@@ -469,7 +499,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     for p in sorted(staging.rglob("*")):
         if p.is_file() and p.name != "manifest.json":
             manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    write_json(staging / "manifest.json", _relative_to(manifest, staging.resolve()))
 
 
 def _check_task_options(opts: BuildOptions, embedding: bool) -> None:

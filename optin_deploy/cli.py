@@ -8,11 +8,14 @@ stderr and a non-zero exit code.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
 
-from .errors import OptinError
+from .errors import EXIT_INTERNAL, EXIT_IO, EXIT_USAGE, OptinError
+
+DEBUG_ENV = "OPTIN_DEPLOY_DEBUG"
 
 app = typer.Typer(
     name="optin-deploy",
@@ -51,26 +54,133 @@ def _register_all() -> None:
 _register_all()
 
 
-def main() -> None:
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives, so that staging folders are cleaned up."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_received: list[int] = []  # the signals that stopped this run (typer turns KeyboardInterrupt into a return value)
+
+
+def _on_signal(signum, frame) -> None:  # noqa: ARG001
+    _received.append(signum)
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> dict:
+    """SIGTERM (and SIGHUP) raise :class:`Terminated` like Ctrl-C raises KeyboardInterrupt, so the
+    same cleanup runs; returns the previous handlers."""
+    import signal
+
+    previous = {}
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, but `kill -INT` must still stop the work
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            try:
+                previous[sig] = signal.signal(sig, _on_signal)
+            except (ValueError, OSError):  # not the main thread
+                pass
+    return previous
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _fail(message: str, code: int) -> None:
+    message = " ".join(str(message).split())  # always one line
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    sys.exit(code)
+
+
+def _interrupted(exc: BaseException) -> None:
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+    typer.secho(f"error: interrupted by {name}; stopped, no staging or half-written output left behind", err=True, fg=typer.colors.RED)
+    sys.exit(128 + int(signum))
+
+
+def _click_exceptions() -> dict:
+    """click's exception classes, as typer raises them (recent typer vendors click as typer._click)."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return {n: tuple(getattr(m, n) for m in mods if hasattr(m, n)) for n in ("Abort", "ClickException", "Exit")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure ends with one ``error: ...`` line on stderr and an exit code from
+    :mod:`optin_deploy.errors` (130/143 after SIGINT/SIGTERM). ``--debug`` anywhere on the command
+    line, or ``OPTIN_DEPLOY_DEBUG=1``, shows the traceback instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled()
+    if "--debug" in args:
+        args.remove("--debug")
+        debug = True
+    previous = _install_signal_handlers()
     try:
-        app(standalone_mode=False)
+        _run(args, debug)
+    finally:
+        import signal
+
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(args: list[str], debug: bool) -> None:
+    click_exc = _click_exceptions()
+    _received.clear()
+    try:
+        rc = app(args=args, prog_name="optin-deploy", standalone_mode=False)
+        if _received:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
+            _interrupted(Terminated(_received[0]))
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except OptinError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except click_exc["Abort"] as exc:  # click turns Ctrl-C into Abort
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _interrupted(cause)
+        _interrupted(KeyboardInterrupt())
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    except click_exc["ClickException"] as exc:  # usage errors: bad value, unknown option, missing argument
+        if debug:
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help is the answer
+            typer.echo(exc.ctx.get_help() if getattr(exc, "ctx", None) else "optin-deploy --help")
+            sys.exit(0)
+        cmd = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) is not None else "optin-deploy --help"
+        _fail(f"{exc.format_message()} (see {cmd})", EXIT_USAGE)
+    except click_exc["Exit"] as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors etc.
-        import click
+    except OSError as exc:
+        if debug:
+            raise
+        import errno
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            _fail(f"no space left on the device{where}; free some space or write elsewhere", EXIT_IO)
+        _fail(f"{exc.strerror or type(exc).__name__}{where}; check the path and its permissions", EXIT_IO)
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if debug:
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        _fail(f"internal error {type(exc).__name__}: {first} (a bug in optin-deploy; rerun with --debug or {DEBUG_ENV}=1 for the traceback)", EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

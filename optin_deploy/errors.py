@@ -6,6 +6,16 @@ do. The CLI prints that line and exits non-zero; it never prints a traceback for
 """
 
 
+# Exit codes (documented in the README):
+EXIT_OK = 0
+EXIT_INTERNAL = 1  #: a bug in optin-deploy (one line; the traceback with --debug or OPTIN_DEPLOY_DEBUG=1)
+EXIT_USAGE = 2  #: bad input: a wrong option, value, path, model or data (OptinError and usage errors)
+EXIT_RUNTIME = 3  #: a runtime the command needs (TensorRT, CUDA, a provider) is missing here
+EXIT_GATE = 4  #: build --max-accuracy-drop: the pruned model failed the quality gate
+EXIT_IO = 5  #: the file system failed (disk full, permission denied) while writing; nothing half-written is left
+# 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM; staging removed
+
+
 class OptinError(Exception):
     """A problem with the user's input or environment, reported as one line."""
 
@@ -22,3 +32,9 @@ class QualityGateError(OptinError):
     """The pruned model failed the accuracy gate (``--max-accuracy-drop``)."""
 
     exit_code = 4
+
+
+class StorageError(OptinError):
+    """Writing failed (disk full, permission denied); nothing half-written was left behind."""
+
+    exit_code = EXIT_IO

@@ -21,6 +21,8 @@ did, the fastest round, with ``met = False``.
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -91,8 +93,8 @@ def select_for_latency(
     from .lut import LatencyTable, load_lut
 
     log = progress or (lambda s: None)
-    if target_ms <= 0:
-        raise OptinError(f"--latency-ms must be positive, got {target_ms}")
+    if not (math.isfinite(target_ms) and target_ms > 0):
+        raise OptinError(f"--latency-ms must be a positive, finite number of milliseconds, got {target_ms}")
     if max_rounds < 1:
         raise OptinError("max_rounds must be at least 1")
     prof = load_profile(profile) if profile is not None else None
@@ -115,6 +117,13 @@ def select_for_latency(
             f"target {target_ms:g} ms is below what pruning can reach on this table ({floor:.3g} ms with every head and "
             f"neuron removed); raise --latency-ms"
         )
+    if costs.dense() <= target_ms:  # the table says the dense model fits: measure it to be sure, then stop
+        dense_ms = float(measure_fn(model))
+        if dense_ms <= target_ms:
+            raise OptinError(
+                f"the dense model already meets --latency-ms {target_ms:g} (measured {dense_ms:.3g} ms here, table {costs.dense():.3g} ms); "
+                f"nothing to prune: pass a smaller --latency-ms or a --flops budget"
+            )
 
     def predict(plan: PrunePlan, sel: Selection) -> float:
         if table is not None:

@@ -343,9 +343,9 @@ class LatencyTable:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        from .safe_out import write_json
+
+        write_json(path, self.to_dict())
         return path
 
     @classmethod

@@ -8,8 +8,10 @@
   ``AutoModelForSequenceClassification``, vision configs with ``AutoModelForImageClassification``;
   ``head=False`` loads the bare base model (e.g. a ``BertModel``-only checkpoint);
 * ``timm:NAME`` (pretrained weights from the hub), ``timm:NAME@FILE`` (weights from a checkpoint
-  file), or a checkpoint file (``.pth``/``.pt``/``.bin``/``.safetensors``) holding a whole pickled
-  model or a dict with ``arch``/``model_name`` and a state dict;
+  file), or a checkpoint file (``.pth``/``.pt``/``.bin``/``.safetensors``) holding a dict with
+  ``arch``/``model_name`` and a state dict. Checkpoints are read with safetensors or
+  ``torch.load(weights_only=True)`` only: a file that needs full pickle (a whole pickled model) is
+  refused with a one-line message saying how to convert it; no code from a model file ever runs;
 * anything else is tried as a Hugging Face hub name, failing fast when the hub is unreachable.
 
 :func:`preprocessing` says how inputs for a model are prepared (tokenizer, image size, mean, std).
@@ -190,10 +192,16 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
         with quiet_transformers():
             model = cls.from_pretrained(where, config=config, **kw)
     except ValueError as exc:
+        if needs_pickle(exc):
+            raise OptinError(f"the weights {_weights_file(Path(where)) if local else spec} need Python pickle to load, which can run code "
+                             f"from the file, so optin-deploy does not load them; " + PICKLE_HINT) from None
         if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
             raise OptinError(f"model {spec!r} ({type(config).__name__}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
         raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({str(exc).splitlines()[0][:200]}); the file may be corrupt") from None
     except (OSError, RuntimeError, EOFError, Exception) as exc:  # noqa: BLE001 - safetensors/pickle errors vary
+        if needs_pickle(exc) or needs_pickle(exc.__cause__ or exc):
+            raise OptinError(f"the weights {_weights_file(Path(where)) if local else spec} need Python pickle to load, which can run code "
+                             f"from the file, so optin-deploy does not load them; " + PICKLE_HINT) from None
         if not local and isinstance(exc, OSError):
             raise OptinError(f"model {spec!r}: cannot download it from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); pass a local path") from None
         raise OptinError(
@@ -238,24 +246,37 @@ def _load_timm(name: str, num_labels: int | None) -> torch.nn.Module:
         raise OptinError(f"cannot load pretrained timm model {name!r} ({str(exc).splitlines()[0][:200]}); pass timm:{name}@CHECKPOINT_FILE") from None
 
 
+PICKLE_HINT = ("load it yourself in trusted Python and save the weights with safetensors "
+               "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')), then pass timm:ARCH@model.safetensors "
+               "or a transformers folder saved with save_pretrained(safe_serialization=True)")
+
+
+def needs_pickle(exc: BaseException) -> bool:
+    """Whether a ``torch.load(weights_only=True)`` failure means the file holds pickled code/objects."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(k in text for k in ("Unsupported global", "not an allowed global", "Unsupported class", "non-allowlisted"))
+
+
 def _read_state(path: Path) -> Any:
+    """Read a checkpoint without running code from it: safetensors, else ``torch.load(weights_only=True)``.
+
+    A file that needs full pickle (a whole pickled model, custom classes) is refused: unpickling can
+    run arbitrary code, so it is never tried."""
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        try:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a whole pickled model needs weights_only=False
-            return torch.load(str(path), map_location="cpu", weights_only=False)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
+        if needs_pickle(exc):
+            raise OptinError(f"{path} needs Python pickle to load, which can run code from the file, so optin-deploy does not load it; "
+                             + PICKLE_HINT) from None
         raise OptinError(f"cannot read the checkpoint {path} ({type(exc).__name__}); the file may be corrupt or truncated") from None
 
 
 def _load_timm_file(path: Path, arch: str | None, num_labels: int | None) -> torch.nn.Module:
     obj = _read_state(path)
-    if isinstance(obj, torch.nn.Module):
-        return _finish(obj)
     if not isinstance(obj, dict):
         raise OptinError(f"{path} holds neither a model nor a state dict; save it with torch.save(model.state_dict())")
     arch = arch or obj.get("arch") or obj.get("model_name") or obj.get("architecture")

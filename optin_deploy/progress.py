@@ -48,3 +48,8 @@ def progress_bar(description: str, total: int | None = None):
 def step(message: str) -> None:
     if not quiet():
         console.print(f"[bold cyan]>[/] {message}")
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (also when quiet: a warning is about the result)."""
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -31,31 +30,65 @@ def is_pruned_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / STRUCTURE_FILE).is_file()
 
 
-def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write weights + structure spec to ``out_dir`` atomically (temp folder, then rename)."""
+def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None, *, force: bool = False,
+                protect=(), checked: bool = False, task_hint: dict | None = None) -> Path:
+    """Write weights + structure spec to ``out_dir`` through a staging folder, then an atomic rename.
+
+    ``out_dir`` must be new or a folder optin-deploy wrote (see :mod:`optin_deploy.safe_out`;
+    ``checked`` when the caller already checked it). ``task_hint`` (data, max_length, columns) is
+    written to ``optin_task.json`` so that the folder alone says which data it is evaluated on.
+    """
     from safetensors.torch import save_model
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .safe_out import staged_output
+
     spec = get_adapter(model).structure()
     spec["optin_deploy_version"] = __version__
     if extra:
         spec["extra"] = extra
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
-    try:
-        save_model(model, str(tmp / WEIGHTS_FILE))
+    with staged_output(out_dir, kind="pruned", force=force, protect=protect, checked=checked) as tmp:
+        try:
+            save_model(model, str(tmp / WEIGHTS_FILE))
+        except OSError:
+            raise
+        except Exception as exc:  # safetensors reports write errors as its own type
+            import errno
+
+            msg = str(exc)
+            if "No space left" in msg or "os error 28" in msg:
+                raise OSError(errno.ENOSPC, "No space left on device") from None
+            raise
         (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
+        if task_hint:
+            (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "preprocessor_config.json"):
             src = (extra or {}).get("source_dir")
             if src and (Path(src) / name).is_file():
                 shutil.copy2(Path(src) / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
+
+
+def task_hint(task, data: str | None, text_column: str, label_column: str | None, max_length: int | None) -> dict | None:
+    """What ``optin_task.json`` records: the data a pruned model is evaluated on (an existing local
+    file or folder as an absolute path; a built-in name as it is)."""
+    if data is None:
+        src = getattr(task, "model_source", "") or ""
+        hint = None
+        for f in ("optin_task.json", "zoo_info.json"):
+            p = Path(src) / f if src else None
+            if p is not None and p.is_file():
+                try:
+                    hint = json.loads(p.read_text())
+                except ValueError:
+                    hint = None
+                if hint and hint.get("data"):
+                    data = hint["data"]
+                    break
+    if data is None:
+        return None
+    p = Path(str(data)).expanduser()
+    spec = str(p.resolve()) if p.exists() else str(data)
+    return {"data": spec, "max_length": max_length, "text_column": text_column, "label_column": label_column}
 
 
 def build_from_spec(spec: dict) -> nn.Module:

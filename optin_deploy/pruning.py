@@ -21,7 +21,7 @@ from .core.scoring import RawScores, ScoreSettings
 from .core.selection import Selection, select
 from .core.surgery import apply_plan
 from .errors import OptinError
-from .progress import console, progress_bar, step
+from .progress import console, progress_bar, step, warn
 
 SCORING_CHOICES = ("auto", "exact", "fast")
 SCORERS = ("optin", "random", "magnitude", "fisher")
@@ -69,6 +69,32 @@ def check_budget(flops: float) -> None:
         raise OptinError(f"--flops must be in (0, 1] (the fraction of the dense encoder's MACs to keep), got {flops}")
 
 
+def check_keeps_something(costs: CostModel, budget: float, what: str, head_multiple: int = 1, neuron_multiple: int = 1) -> None:
+    """Refuse, before any scoring, a budget too small to keep even one head or one block of neurons."""
+    empty = costs.total([0] * costs.num_layers, [0] * costs.num_layers)
+    cheapest = min(
+        [costs.attn(l, min(head_multiple, costs.head_counts[l])) - costs.attn(l, 0) for l in range(costs.num_layers) if costs.head_counts[l]]
+        + [min(neuron_multiple, costs.neuron_counts[l]) * costs.neuron[l] for l in range(costs.num_layers) if costs.neuron_counts[l]]
+        or [0.0]
+    )
+    if budget < empty + cheapest:
+        smallest = (empty + cheapest) / costs.dense()
+        raise OptinError(f"{what} would remove every head and neuron of the model (the smallest budget that keeps one unit is "
+                         f"{smallest:.4f} of the dense cost); raise it")
+
+
+def report_emptied(dense: nn.Module, pruned: nn.Module) -> None:
+    """Refuse a pruned model with no unit left; warn, one line, when a layer's attention or MLP is emptied."""
+    p = get_adapter(pruned)
+    heads, neurons = p.heads_per_layer(), p.neurons_per_layer()
+    if sum(heads) == 0 and sum(neurons) == 0:
+        raise OptinError("the budget removes every head and neuron of the model; raise the budget")
+    emptied = [f"{l} ({'attention' if h == 0 else ''}{' and ' if h == 0 and f == 0 else ''}{'MLP' if f == 0 else ''})"
+               for l, (h, f) in enumerate(zip(heads, neurons)) if h == 0 or f == 0]
+    if emptied:
+        warn(f"the budget empties layer {', '.join(emptied)}: only the bias of those parts is left; accuracy may suffer, consider a larger budget")
+
+
 def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring: str = "auto", scorer: str = "optin",
                    settings: ScoreSettings | None = None, probes: int = 64) -> tuple[list, list, RawScores | None, str, float, list[str]]:
     """Head and neuron scores (higher = keep) for the chosen scorer."""
@@ -99,6 +125,8 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
         raw = score_model(model, calib, method, settings, probes=probes, progress=update)
     if raw.info.get("cached"):
         step(f"scores loaded from cache {raw.info.get('cache_file')}")
+    if raw.info.get("cache_discarded"):
+        warn(f"the score cache entry {raw.info.get('cache_file')} was corrupt ({raw.info['cache_discarded']}); it was discarded and the scores recomputed")
     hs, ns = raw.combined(settings.lam)
     # the time the scores took to compute, also when this run loaded them from the cache
     return hs, ns, raw, method, raw.seconds, notes
@@ -116,6 +144,9 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     if costs is None:
         check_budget(flops)
         costs, budget = macs, flops * macs.dense()
+        check_keeps_something(costs, budget, f"--flops {flops}", head_multiple, neuron_multiple)
+    if probes < 1:
+        raise OptinError(f"--probes must be at least 1, got {probes}")
     if scores is None:
         scores = compute_scores(model, calib, scoring=scoring, scorer=scorer, settings=settings, probes=probes)
     hs, ns, raw, method, secs, notes = scores

@@ -605,7 +605,9 @@ class CandidateLab:
         shutil.move(str(src), str(folder))
         text = (folder / "export.json").read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(folder))[1:-1])
         (folder / "export.json").write_text(text)
-        manifest = json.loads(text)
+        from .exporters.bundle import read_manifest
+
+        manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
         self.exports[c.id] = manifest
         return manifest
 
@@ -745,10 +747,8 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     """``optin-deploy sweep``: load and score like a build, measure every (scorer, budget), write
     ``frontier.json``, ``frontier.png`` and ``frontier.md`` into ``opts.out`` (assembled beside it and
     moved into place when complete; an existing folder is replaced only when it holds a previous sweep)."""
-    import os
-    import tempfile
-
     from .build import _check_target_available, _search_settings, load_context
+    from .progress import step
     from .profiles import load_profile
     from .pruning import SCORERS
 
@@ -760,27 +760,14 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     settings = _search_settings(opts)
     settings.check()
     profile = load_profile(opts.profile)
+    from .safe_out import check_out, staged_output
+
     out = Path(opts.out).expanduser().resolve()
-    if out.exists() and not (out.is_dir() and ((out / "frontier.json").is_file() or not any(out.iterdir()))):
-        raise OptinError(f"{out} exists and is not a previous sweep's folder; pass another --out (nothing was written)")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as exc:
-        raise OptinError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None
-    try:
+    legacy = out.is_dir() and (out / "frontier.json").is_file()  # a sweep folder written before the marker existed
+    out = check_out(out, force=legacy or bool(getattr(opts, "force", False)), protect=[opts.model, opts.data, opts.lut])
+    with staged_output(out, kind="sweep", checked=True, log=step) as staging:
         _check_target_available(profile)
         ctx = load_context(opts, profile, scorer=scorers[0])
         ctx.opts.scorer = scorers[0]
         fr = sweep(ctx, staging, budgets, scorers, settings)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return fr, out

@@ -572,7 +572,7 @@ def load_task(
     model: str | None = None,
     data: str | None = None,
     *,
-    max_length: int = 128,
+    max_length: int | None = 128,
     text_column: str = "text",
     label_column: str | None = "label",
     seed: int = SEED,
@@ -588,6 +588,10 @@ def load_task(
       folder. ``data`` may be left out when the model folder records it (``optin_task.json`` or
       ``zoo_info.json`` with a ``data`` key, plus ``max_length``).
 
+    ``max_length=None``: the model's own limit (its position embeddings, at most 512); texts are
+    padded to the longest in each batch, so evaluation sees the data's own length up to that limit.
+    The data's labels are read as the model's task (a classifier's data is classification) and
+    string labels are matched to the model's ``id2label`` (:func:`match_labels`).
     ``task="embedding"`` (or a model folder with sentence-transformers files) makes it a
     sentence-embedding task: the model is the bare encoder with its pooling and the data are texts
     (:func:`optin_deploy.data.texts.load_texts`), no labels needed.
@@ -605,6 +609,7 @@ def load_task(
     if model in ZOO:
         zt = get_task(model, progress=progress)
         if data is not None and data != ZOO[model].data:
+            flags["task_type"] = model_task_type(zt.model)
             zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
         return zt
     set_threads()
@@ -615,7 +620,14 @@ def load_task(
         if hint is None:
             raise OptinError(f"model {model!r} does not record its data: pass --data (a built-in data set or a file/folder)")
         data = hint["data"]
-        max_length = int(hint.get("max_length") or max_length)
+        if hint.get("max_length"):
+            max_length = int(hint["max_length"])
+        for k in ("text_column", "label_column"):
+            if hint.get(k) and flags[k] in ("text", "label"):
+                flags[k] = hint[k]
+    if max_length is None:
+        max_length = model_max_length(m)
+    flags["task_type"] = model_task_type(m)
     pre = preprocessing(m, model)
     if getattr(m, "output_kind", None) == "embedding":
         from .data.texts import load_texts
@@ -631,6 +643,63 @@ def load_task(
     td = _check_fit(m, td, model, data)
     tok = load_tokenizer(model) if td.modality == "text" else None
     return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
+
+
+def model_max_length(model: torch.nn.Module, cap: int = 512) -> int:
+    """The longest input a text model takes (its position embeddings), at most ``cap``."""
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(int(n), cap) if isinstance(n, int) and n > 0 else cap
+
+
+def model_task_type(model: torch.nn.Module) -> str | None:
+    """``regression`` for a one-output regression head, ``classification`` for a classifier, else None."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "problem_type", None) == "regression":
+        return "regression"
+    n = _model_classes(model)
+    if n is None:
+        return None
+    return "regression" if n == 1 else "classification"
+
+
+def _generic(names: list[str]) -> bool:
+    return all(str(n).upper() == f"LABEL_{i}" for i, n in enumerate(names))
+
+
+def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    """Renumber string labels to the model's ``id2label`` ids, matched case-insensitively.
+
+    A data label the model does not know is an error naming both sets. Integer labels are class ids
+    as they are. Models without ``id2label`` (timm) keep the data's sorted order."""
+    kind = td.source.get("label_kind")
+    if td.task_type != "classification" or not td.label_names or kind not in ("str", "folder"):
+        return td
+    cfg = getattr(model, "config", None)
+    id2label = getattr(cfg, "id2label", None) if cfg is not None else None
+    if not id2label:
+        return td
+    model_names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if kind == "folder" and _generic(model_names):
+        return td  # class folders of a model without label names: sorted order, as documented
+    index = {}
+    for i, n in enumerate(model_names):
+        index.setdefault(n.strip().lower(), i)
+    unknown = [n for n in td.label_names if n.strip().lower() not in index]
+    if unknown:
+        hint = ("; the model's labels are generic, so give integer class ids 0..{} or set id2label in its config.json".format(len(model_names) - 1)
+                if _generic(model_names) else "; rename the data's labels to the model's")
+        raise OptinError(
+            f"data {data_spec!r} has labels the model {model_spec!r} does not know: {', '.join(map(repr, unknown[:6]))} "
+            f"(data labels: {', '.join(td.label_names[:12])}; model labels: {', '.join(model_names[:12])}){hint}"
+        )
+    perm = torch.tensor([index[n.strip().lower()] for n in td.label_names], dtype=torch.long)
+    for split in ("train", "validation", "test"):
+        sp = getattr(td, split)
+        if sp.labels is not None:
+            sp.labels = perm[sp.labels]
+    td.label_names = model_names
+    td.source = {**td.source, "label_kind": "matched", "labels_matched": "by name to the model's id2label"}
+    return td
 
 
 def _load_for(task: Task, data: str, flags: dict) -> TaskData:
@@ -649,10 +718,17 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
 
 
 def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    names = [str(v) for v in (getattr(getattr(model, "config", None), "id2label", None) or {}).values()]
+    if names and not _generic(names):  # named classes: unknown labels are named first, with both sets
+        td = match_labels(model, td, model_spec, data_spec)
     n = _model_classes(model)
+    kind = model_task_type(model)
+    if kind is not None and td.train.labels is not None and td.task_type != kind:
+        raise OptinError(f"model {model_spec!r} is a {kind} model but data {data_spec!r} has {td.task_type} labels; pass matching data")
     if n is not None and td.train.labels is not None and td.task_type == "classification" and td.num_labels != n:
         raise OptinError(
             f"model {model_spec!r} predicts {n} classes but data {data_spec!r} has {td.num_labels} labels "
             f"({', '.join(td.label_names[:6])}); use data with the model's classes or a fine-tuned model"
         )
+    td = match_labels(model, td, model_spec, data_spec)
     return td

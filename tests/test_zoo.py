@@ -109,12 +109,19 @@ def test_timm_checkpoint_without_arch(tmp_path):
 
 def test_timm_checkpoint_with_arch(tmp_path):
     timm = pytest.importorskip("timm")
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, img_size=32, depth=1)
-    torch.save(m, tmp_path / "whole.pth")
-    loaded = models.load_model(tmp_path / "whole.pth")
-    assert not loaded.training
-    pre = models.preprocessing(loaded)
-    assert pre["modality"] == "image" and pre["num_channels"] == 3
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3)
+    torch.save(m, tmp_path / "whole.pth")  # a whole pickled model: loading it would run pickle, so it is refused
+    with pytest.raises(OptinError, match="needs Python pickle to load.*safetensors"):
+        models.load_model(tmp_path / "whole.pth")
+    torch.save({"arch": "vit_tiny_patch16_224", "state_dict": m.state_dict()}, tmp_path / "sd.pth")  # weights_only=True reads it
+    from safetensors.torch import save_file
+
+    save_file(m.state_dict(), str(tmp_path / "w.safetensors"))
+    for spec in (tmp_path / "sd.pth", f"timm:vit_tiny_patch16_224@{tmp_path / 'w.safetensors'}"):
+        loaded = models.load_model(spec)
+        assert not loaded.training and loaded.head.out_features == 3
+        pre = models.preprocessing(loaded)
+        assert pre["modality"] == "image" and pre["num_channels"] == 3
 
 
 def test_minilm_base_embeddings(minilm_dir):
@@ -193,7 +200,7 @@ def test_zoo_registry():
 
 def test_load_task_with_user_model_and_data(tiny_bert, tmp_path):
     p = tmp_path / "d.csv"
-    p.write_text("text,label\n" + "\n".join(f"words {i},{'a' if i % 2 else 'b'}" for i in range(40)) + "\n")
+    p.write_text("text,label\n" + "\n".join(f"words {i},{i % 2}" for i in range(40)) + "\n")
     task = zoo.load_task(str(tiny_bert), str(p), max_length=32)
     assert task.modality == "text" and task.max_length == 32 and task.data.num_labels == 2
     batch = next(task.batches("test", 4))

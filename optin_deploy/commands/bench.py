@@ -28,6 +28,13 @@ def bench_cmd(
     from ..errors import OptinError
     from ..runtimes.base import get_runtime, resolve_artifact
 
+    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
+        if v < low:
+            raise OptinError(f"{flag} must be at least {low}, got {v}")
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
+    if threads is not None and threads < 1:
+        raise OptinError(f"--threads must be at least 1, got {threads}")
     names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
     if len(names) != len(models) or len(set(names)) != len(names):
         raise OptinError(f"need {len(models)} distinct labels, got {names}")
@@ -41,8 +48,10 @@ def bench_cmd(
                        interleave=interleave, baseline=names[0])
     print_bench_table(result)
     if json_out:
+        from ..safe_out import write_json
+
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+        write_json(json_out, result, indent=2)
         typer.echo(f"wrote {json_out}")
 
 

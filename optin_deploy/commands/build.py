@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
         json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
+        force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
     ):
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         from ..build import BuildOptions, check_gate, run_build
@@ -62,7 +63,7 @@ def register(app: typer.Typer) -> None:
                             search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,
                             search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
                             search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
-                            reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
+                            reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
         a, t = report["accuracy"], report["throughput"]
         srch = report.get("search")
@@ -84,5 +85,7 @@ def register(app: typer.Typer) -> None:
                 f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
             )
         if json_out:
-            typer.echo(json.dumps(report, indent=1, default=float))
+            from ..safe_out import finite
+
+            typer.echo(json.dumps(finite(report), indent=1, default=float, allow_nan=False))
         check_gate(report)

@@ -31,21 +31,28 @@ def eval_cmd(
     names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
     if len(names) != len(models) or len(set(names)) != len(names):
         raise OptinError(f"need {len(models)} distinct labels, got {names}")
+    if batch_size < 1:
+        raise OptinError(f"--batch-size must be at least 1, got {batch_size}")
     targets = {}
-    source = model
+    sources = []
     for label, spec in zip(names, models):
         rt_name, artifact, manifest = resolve_artifact(spec, runtime)
         targets[label] = (get_runtime(rt_name, threads=threads), artifact)
-        if source is None:
-            source = (manifest or {}).get("source") or (None if manifest else spec)
+        sources.append((manifest or {}).get("source") or (None if manifest else spec))
+    source = model
+    if source is None:  # prefer a source that records its data (a bundle's pruned/ folder does)
+        recorded = [s for s in sources if s and any((Path(s) / f).is_file() for f in ("optin_task.json", "zoo_info.json"))]
+        source = recorded[0] if recorded else next((s for s in sources if s), None)
     if source is None:
         raise OptinError("cannot tell which model/data these bundles come from; pass --model MODEL_DIR")
-    task = load_task(source, data)
+    task = load_task(source, data, max_length=None)
     result = evaluate(task, targets, split=split, batch_size=batch_size, baseline=names[0])
     print_eval_table(result)
     if json_out:
+        from ..safe_out import write_json
+
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
+        write_json(json_out, result, indent=2)
         typer.echo(f"wrote {json_out}")
 
 

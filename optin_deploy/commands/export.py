@@ -25,6 +25,7 @@ def export_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="Data set for real parity inputs (default: the model's recorded data, else built-in sentences / random pixels)."),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT builder workspace limit."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="TensorRT timing cache file (reused across builds)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
 ) -> None:
     """Export MODEL_DIR and check it against PyTorch on real inputs at two shapes."""
     from ..exporters.bundle import export_model_dir
@@ -32,7 +33,7 @@ def export_cmd(
     m = export_model_dir(
         model_dir, out, fmt=fmt, backend=backend, precision=precision, batch=batch, seq_len=seq_len,
         min_batch=min_batch, max_batch=max_batch, min_seq_len=min_seq_len, max_seq_len=max_seq_len,
-        optimize=optimize, opset=opset, data=data, workspace_gb=workspace_gb, timing_cache=timing_cache,
+        optimize=optimize, opset=opset, data=data, workspace_gb=workspace_gb, timing_cache=timing_cache, force=force,
     )
     for name, par in m["parity"].items():
         if par:

@@ -15,6 +15,7 @@ def lut_cmd(
     mlp_step: Optional[int] = typer.Option(None, "--mlp-step", help="MLP width grid step (default: about width/12)."),
     rounds: int = typer.Option(7, help="Interleaved timing rounds."),
     iters: int = typer.Option(5, help="Runs per artifact per round (the statistic is the median of all)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
 ) -> None:
     """Measure on THIS machine, with the profile's runtime, threads, batch and sequence length, the
     latency of one attention part for every head count and one MLP over a grid of widths, plus the
@@ -24,9 +25,17 @@ def lut_cmd(
     from ..lut import measure_lut, ort_runtime_for
     from ..profiles import load_profile
 
+    import json
+
+    from ..lut import LUT_FORMAT
+    from ..safe_out import check_out_file
+
     prof = load_profile(profile)
     if rounds < 1 or iters < 1:
         raise OptinError("--rounds and --iters must be at least 1")
+    if mlp_step is not None and mlp_step < 1:
+        raise OptinError(f"--mlp-step must be at least 1, got {mlp_step}")
+    out = check_out_file(out, force=force, ours=lambda p: json.loads(p.read_text()).get("format") == LUT_FORMAT)
     ort_runtime_for(prof)  # a missing provider fails before the model is loaded
     m = _load(model)
     table = measure_lut(m, prof, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model,

@@ -31,28 +31,39 @@ def register(app: typer.Typer) -> None:
         reconstruct_damp: float = options.RECONSTRUCT_DAMP,
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+        force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
     ):
         """Prune MODEL to a MAC budget with OPTIN and save the physically smaller model."""
         from ..core.scoring import ScoreSettings
         from ..progress import step
-        from ..pruned_io import save_pruned
-        from ..pruning import check_budget, check_refit, print_layer_table, prune as do_prune
+        from ..pruned_io import save_pruned, task_hint
+        from ..pruning import check_budget, check_refit, print_layer_table, prune as do_prune, report_emptied
         from ..zoo import load_task
+
+        from ..safe_out import check_out
 
         check_budget(flops)
         check_refit(reconstruct_fit, reconstruct_damp)
         if calib_samples < 1:
             raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
-        task = load_task(model, calib, max_length=max_length, text_column=text_column, label_column=label_column)
+        if probes < 1:
+            raise OptinError(f"--probes must be at least 1, got {probes}")
+        if max_length < 1:
+            raise OptinError(f"--max-length must be at least 1, got {max_length}")
+        out = check_out(out, force=force, protect=[model, calib])
+        task = load_task(model, calib, max_length=None, text_column=text_column, label_column=label_column)
+        eval_len = task.max_length
         if task.max_length is not None:
             task.max_length = max_length
         calib_inputs = task.calibration(calib_samples, seed=seed)
         result = do_prune(task.model, calib_inputs, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
                           reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp)
         print_layer_table(task.model, result.model)
+        report_emptied(task.model, result.model)
         summary = {"model": task.model_source or model, "budget": {"flops": flops}, **result.summary()}
         save_pruned(result.model, out, extra={"source": task.model_source or model, "source_dir": task.model_source, "task": task.data.name,
-                                              "max_length": task.max_length, "prune": summary, "label_names": task.data.label_names})
+                                              "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},
+                    checked=True, task_hint=task_hint(task, calib, text_column, label_column, eval_len))
         step(f"pruned model written to {out} (MACs {summary['macs']['ratio']:.1%} of dense, scoring {result.scoring_seconds:.1f}s)")
         if json_out:
-            typer.echo(json.dumps(summary, indent=1))
+            typer.echo(json.dumps(summary, indent=1, default=float))

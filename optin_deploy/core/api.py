@@ -53,10 +53,12 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
         extra["output_term"] = adapter.output_kind
     key = score_key(model, inputs, method, settings, extra)
     path = cache_root() / "scores" / f"{key}.json"
+    discarded = None
     if cache and path.is_file():
-        raw = RawScores.from_dict(json.loads(path.read_text()))
-        raw.info = {**raw.info, "cached": True, "cache_file": str(path)}
-        return raw
+        raw, discarded = _read_cached(path, adapter)
+        if raw is not None:
+            raw.info = {**raw.info, "cached": True, "cache_file": str(path)}
+            return raw
     t0 = time.perf_counter()
     if method == "exact":
         raw = exact_scores(adapter, inputs, settings, progress)
@@ -69,12 +71,56 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
     raw.seconds = time.perf_counter() - t0
     raw.info = {**raw.info, "output_term": "1 - cosine of the sentence embeddings" if adapter.output_kind == "embedding" else "KL of the logits (T^2-scaled)"}
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(raw.to_dict()))
-        os.replace(tmp, path)
+        _write_cached(path, raw)
     raw.info = {**raw.info, "cached": False, "cache_file": str(path) if cache else None}
+    if discarded:
+        raw.info["cache_discarded"] = discarded
     return raw
+
+
+def _read_cached(path: Path, adapter) -> tuple[RawScores | None, str | None]:
+    """A cache entry, or ``(None, reason)`` when it is corrupt, partial or does not fit the model
+    (the entry is then removed, so that it is recomputed and rewritten)."""
+    try:
+        raw = RawScores.from_dict(json.loads(path.read_text()))
+        heads, neurons = adapter.heads_per_layer(), adapter.neurons_per_layer()
+        shapes_ok = ([t.numel() for t in raw.head_md] == heads and [t.numel() for t in raw.head_kl] == heads
+                     and [t.numel() for t in raw.neuron_md] == neurons and [t.numel() for t in raw.neuron_kl] == neurons)
+        if not shapes_ok:
+            raise ValueError("its score shapes do not match the model")
+        if not all(bool(torch.isfinite(t).all()) for t in (*raw.head_md, *raw.head_kl, *raw.neuron_md, *raw.neuron_kl)):
+            raise ValueError("it holds non-finite scores")
+        return raw, None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None, reason
+
+
+def _write_cached(path: Path, raw: RawScores) -> None:
+    """Write a cache entry under a unique temporary name, then rename it into place (atomic), so
+    concurrent writers never share a file and readers never see a partial entry."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    except OSError:
+        return  # an unwritable cache costs a recomputation next time, nothing else
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(raw.to_dict(), f)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if not isinstance(exc, OSError):  # a full disk only costs a recomputation next time
+            raise
 
 
 def estimate_exact_seconds(model: nn.Module, inputs: dict[str, torch.Tensor]) -> float:

@@ -11,8 +11,10 @@
   ``train/``, ``validation/``, ``test/``). Images are resized to the model's image size and
   normalised with its mean and std.
 
-Labels: integers are class ids as they are; strings are mapped to ids in sorted order (the
-training split's labels); non-integer numbers make a regression task. The label column may be
+Labels are read as the model's task (``task_type``): for a classifier, non-negative integers are
+class ids as they are and anything else (strings, -1/1, 'nan') is a class name, which
+:func:`optin_deploy.zoo.match_labels` matches to the model's ``id2label``; for a regression model
+labels must be finite numbers. Without a model, only non-integer finite numbers make a regression task. The label column may be
 absent (calibration-only data): labels are then None and evaluation says so.
 """
 
@@ -50,11 +52,14 @@ def load_data(
     image_std: float | Sequence[float] = 0.5,
     num_channels: int = 3,
     seed: int = SEED,
+    task_type: str | None = None,
 ) -> TaskData:
     """Load a built-in data set (by name) or the user's data (by path) as :class:`TaskData`.
 
     ``image_size``/``image_mean``/``image_std``/``num_channels`` apply to image folders only (the
     model's preprocessing; size defaults to 224). ``label_column=None`` loads inputs only.
+    ``task_type`` (the model's: classification or regression) decides how labels are read; without
+    it, only labels that are all non-integer numbers make a regression task.
     """
     s = str(spec)
     if s in BUILTINS:
@@ -68,8 +73,8 @@ def load_data(
         if path.suffix.lower() not in TEXT_SUFFIXES:
             raise OptinError(f"{path}: unsupported data file type {path.suffix!r}; use .csv, .tsv or .jsonl (or a folder)")
         rows, cols = _read_table(path)
-        return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path))
-    return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed)
+        return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path), task_type)
+    return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
 
 
 # ---------------------------------------------------------------------------------------- tables
@@ -143,19 +148,27 @@ def _is_number(v: Any) -> bool:
 class _Labels:
     """Maps raw label values to ids (or floats for regression), fitted on the training split."""
 
-    def __init__(self, values: list, where: str):
+    def __init__(self, values: list, where: str, task_type: str | None = None):
         vals = [v for v in values if v is not None and str(v).strip() != ""]
         if len(vals) < len(values):
             raise OptinError(f"{where}: {len(values) - len(vals)} rows have an empty label; fill them in or drop them")
         self.where = where
-        if vals and all(_is_int(v) for v in vals) and min(int(float(v)) for v in vals) >= 0:
+        if task_type == "regression":
+            bad = [v for v in vals if not _is_number(v) or not math.isfinite(float(str(v).strip()))]
+            if bad:
+                raise OptinError(f"{where}: the model is a regression model but {len(bad)} labels are not finite numbers "
+                                 f"(e.g. {bad[0]!r}); fix or drop those rows")
+            self.kind = "float"
+            self.names = ["score"]
+        elif vals and all(_is_int(v) for v in vals) and min(int(float(v)) for v in vals) >= 0:
             self.kind = "int"
             self.names = [str(i) for i in range(max(int(float(v)) for v in vals) + 1)]
             self.seen = {int(float(v)) for v in vals}
-        elif vals and all(_is_number(v) for v in vals):
+        elif task_type is None and vals and all(_is_number(v) for v in vals) and not all(_is_int(v) for v in vals) \
+                and all(math.isfinite(float(str(v).strip())) for v in vals):
             self.kind = "float"
             self.names = ["score"]
-        else:
+        else:  # class names (a classifier's data is classification: -1/1 or 'nan' are names, not numbers)
             self.kind = "str"
             self.names = sorted({str(v).strip() for v in vals})
             self.ids = {n: i for i, n in enumerate(self.names)}
@@ -196,6 +209,7 @@ def _from_rows(
     label_column: str | None,
     seed: int,
     origin: str,
+    task_type: str | None = None,
 ) -> TaskData:
     """Build TaskData from tabular rows: ``parts`` maps split name ('all', 'train', ...) to rows."""
     for split, (rows, cols, where) in parts.items():
@@ -215,8 +229,9 @@ def _from_rows(
     def texts_of(rows: list[dict]) -> list[str]:
         return ["" if v is None else str(v) for v in _column(rows, text_column)]
 
-    labeler = _Labels(_column(train_rows, label_column), train_where) if have_labels else None
-    source = {"path": origin, "text_column": text_column, "label_column": label_column if have_labels else None}
+    labeler = _Labels(_column(train_rows, label_column), train_where, task_type) if have_labels else None
+    source = {"path": origin, "text_column": text_column, "label_column": label_column if have_labels else None,
+              "label_kind": labeler.kind if labeler else None}
     if not have_labels:
         source["missing_label_column"] = label_column
         source["columns"] = parts.get("all", parts.get("train"))[1]
@@ -276,9 +291,9 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower())
 
 
-def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
+def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
     if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists() or (path / "state.json").exists():
-        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed)
+        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
     files = {}
     for f in sorted(path.iterdir()):
         if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and _split_name(f.stem):
@@ -288,7 +303,7 @@ def _load_folder(path: Path, text_column, label_column, image_size, image_mean, 
         for split, f in files.items():
             rows, cols = _read_table(f)
             parts[split] = (rows, cols, str(f))
-        return _from_rows(path.name, parts, text_column, label_column, seed, str(path))
+        return _from_rows(path.name, parts, text_column, label_column, seed, str(path), task_type)
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         raise OptinError(
@@ -365,7 +380,7 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
         x = images_to_tensor(files, image_size, image_mean, image_std, num_channels)
         parts[split] = Split(x, torch.tensor([ids[l] for l in labels], dtype=torch.long))
     parts, how = _fill_splits(parts, True, seed, str(origin))
-    source = {"path": str(origin), "split": how, "seed": seed, "image_size": list(_size(image_size)),
+    source = {"path": str(origin), "split": how, "seed": seed, "label_kind": "folder", "image_size": list(_size(image_size)),
               "image_mean": np.ravel(_norm_vec(image_mean, num_channels, "mean")).tolist(),
               "image_std": np.ravel(_norm_vec(image_std, num_channels, "std")).tolist()}
     return TaskData(origin.name, "image", "classification", names, parts["train"], parts["validation"], parts["test"], source)
@@ -374,7 +389,7 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
 # ----------------------------------------------------------------------------------- HF datasets
 
 
-def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
+def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -417,7 +432,8 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
         if not rows:
             raise OptinError(f"{path}: the {k} split is empty")
         rows_parts[k] = (rows, list(d.column_names), f"{path} ({k})")
-    td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path))
+    td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
     if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
         td.label_names = list(features[label_column].names)
+        td.source["label_kind"] = "classlabel"
     return td

@@ -24,9 +24,51 @@ from .parity import parity_inputs
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    from ..safe_out import write_json
+
+    write_json(path, obj, indent=2, default=str)
+
+
+def _relative(obj, folder: Path):
+    """``obj`` with every absolute path inside ``folder``'s bundle written relative to ``folder``
+    (``model.onnx``, ``../../pruned``), so that a bundle can be moved or copied elsewhere."""
+    if isinstance(obj, dict):
+        return {k: _relative(v, folder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative(v, folder) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(folder.anchor)) and os.path.isabs(obj):
+        root = _bundle_root(folder)
+        p = Path(obj).resolve()
+        try:
+            p.relative_to(root)
+        except ValueError:
+            return obj
+        rel = os.path.relpath(p, folder)
+        return rel if rel.startswith("..") else f"./{rel}" if rel != "." else "."
+    return obj
+
+
+def _bundle_root(folder: Path) -> Path:
+    """The outermost folder being written (a build's staging folder holds onnx/dense, onnx/pruned)."""
+    folder = Path(folder)
+    for parent in (folder, *folder.parents):
+        if parent.name.startswith(".") and ".tmp-" in parent.name:
+            return parent
+    return folder
+
+
+_PATH_KEYS = ("artifact", "path", "source", "onnx_path", "engine", "file_path")
+
+
+def _absolute(obj, folder: Path, key: str | None = None):
+    """Inverse of :func:`_relative` for a manifest read from ``folder``."""
+    if isinstance(obj, dict):
+        return {k: _absolute(v, folder, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_absolute(v, folder, key) for v in obj]
+    if isinstance(obj, str) and (obj.startswith(("./", "../")) or (key in ("artifact", "path") and obj and not os.path.isabs(obj))):
+        return str((folder / obj).resolve())
+    return obj
 
 
 def export_bundle(
@@ -60,6 +102,7 @@ def export_bundle(
         raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
     if fmt == "onnx" and precision != "fp32":
         raise OptinError("ONNX exports are fp32 (onnxruntime CPU has few fp16 kernels); use --format tensorrt for fp16/bf16")
+    check_opset(opset)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +149,24 @@ def export_bundle(
             manifest["parity"]["model.ep"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
     manifest["runtime"] = default_runtime_for(manifest["artifact"])
-    _write_json(out_dir / "parity.json", manifest["parity"])
-    _write_json(out_dir / "export.json", manifest)
+    folder = out_dir.resolve()
+    _write_json(out_dir / "parity.json", _relative(manifest["parity"], folder))
+    _write_json(out_dir / "export.json", _relative(manifest, folder))
     return manifest
+
+
+MIN_OPSET = 18  # torch.onnx.export(dynamo=True) writes opset 18 and newer
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset the exporter cannot write (it would silently ship another one)."""
+    if opset is None:
+        return
+    import onnx
+
+    top = onnx.defs.onnx_opset_version()
+    if not (MIN_OPSET <= opset <= top):
+        raise OptinError(f"--opset {opset} is not supported: the exporter writes opsets {MIN_OPSET} to {top}; pass one of those or leave --opset out")
 
 
 def read_manifest(path: str | os.PathLike) -> dict | None:
@@ -118,9 +176,14 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
         f = d / "export.json"
         if d.is_dir() and f.exists():
             try:
-                return json.loads(f.read_text())
-            except ValueError:
+                m = json.loads(f.read_text())
+            except (ValueError, OSError):
                 raise OptinError(f"{f} is not valid JSON; re-export the bundle") from None
+            if not isinstance(m, dict) or "artifact" not in m:
+                raise OptinError(f"{f} is not an optin-deploy export manifest (no 'artifact'); re-export the bundle")
+            m = _absolute(m, d.resolve())
+            m["folder"] = str(d.resolve())
+            return m
     return None
 
 
@@ -184,9 +247,20 @@ def export_model_dir(
     data: str | None = None,
     workspace_gb: float = 4.0,
     timing_cache: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> dict:
-    """Load a model folder/spec (with its task when data is given or recorded) and export it."""
+    """Load a model folder/spec (with its task when data is given or recorded) and export it into
+    ``out`` (a new folder, or one optin-deploy wrote: see :mod:`optin_deploy.safe_out`)."""
     from ..models import load_model
+    from ..safe_out import check_out, staged_output
+
+    if fmt not in ("onnx", "tensorrt"):
+        raise OptinError(f"unknown --format {fmt!r}; choose onnx or tensorrt")
+    check_opset(opset)
+    for name, v in (("--batch", batch), ("--min-batch", min_batch), ("--max-batch", max_batch), ("--seq-len", seq_len), ("--min-seq-len", min_seq_len)):
+        if v < 1:
+            raise OptinError(f"{name} must be at least 1, got {v}")
+    out = check_out(out, force=force, protect=[model_dir, data, timing_cache])
 
     task = None
     folder = Path(str(model_dir)).expanduser()
@@ -209,6 +283,9 @@ def export_model_dir(
         example = task.example_inputs(batch, seq_len if task.modality == "text" else None)
     else:
         example = example_inputs_for_model(model, batch, seq_len, model_dir=folder if folder.is_dir() else None)
-    return export_bundle(model, example, out, fmt=fmt, backend=backend, precision=precision, profile=profile,
-                         optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
-                         timing_cache=timing_cache, source=str(model_dir))
+    source = str(folder.resolve()) if folder.exists() else str(model_dir)
+    with staged_output(out, kind="export", checked=True) as staging:
+        m = export_bundle(model, example, staging, fmt=fmt, backend=backend, precision=precision, profile=profile,
+                          optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
+                          timing_cache=timing_cache, source=source)
+    return _absolute(_relative(m, staging.resolve()), out)

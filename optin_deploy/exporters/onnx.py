@@ -215,6 +215,9 @@ class OnnxExporter(Exporter):
             except Exception as exc:
                 raise OptinError(f"ONNX export failed at onnx.checker: {_first_line(exc)}") from None
             meta["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+            if opset is not None and meta["opset"] != opset:
+                raise OptinError(f"ONNX export wrote opset {meta['opset']} instead of the requested --opset {opset}; "
+                                 f"pass --opset {meta['opset']} or leave --opset out")
             meta["ir_version"] = proto.ir_version
             meta["onnx_version"] = onnx.__version__
             meta["export_seconds"] = round(time.perf_counter() - t0, 2)

@@ -134,11 +134,16 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
             return name, manifest["source"], manifest
         if p.is_file():
             return name, p, manifest
+        art = Path(manifest["artifact"])
+        if not art.is_file():
+            raise OptinError(f"bundle {p} names the artifact {art.name}, which is missing; re-export the bundle")
         onnx_meta = manifest.get("artifacts", {}).get("onnx")
         if name.startswith("ort-") and onnx_meta:  # the optimised graph when it was kept
             return name, Path(onnx_meta.get("optimized", {}).get("path") or onnx_meta["path"]), manifest
         return name, Path(manifest["artifact"]), manifest
     if p.suffix in (".onnx", ".engine", ".ep"):
+        if not p.is_file():
+            raise OptinError(f"{spec} does not exist; pass an exported artifact or a bundle folder (optin-deploy export / build)")
         return runtime or default_runtime_for(p), p, None
     name = runtime or "torch-cpu"
     if not name.startswith("torch-") or name == "torch-tensorrt":
