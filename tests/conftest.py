@@ -54,6 +54,17 @@ TEXT_FAMILIES = {
     "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
     "camembert": ("CamembertConfig", "CamembertForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
     "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    # DeBERTa-v2 layout: relative attention with c2p and p2c through separate position projections
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   dict(TINY_TEXT, relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=24, type_vocab_size=2)),
+    # DeBERTa-v3 layout: position projections shared with key/query, log buckets, LayerNorm on the table
+    "deberta-v3": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   dict(TINY_TEXT, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=16,
+                        max_relative_positions=64, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0)),
+    # ModernBERT as released (no biases), alternating global / sliding-window layers
+    "modernbert": ("ModernBertConfig", "ModernBertForSequenceClassification",
+                   dict(TINY_TEXT, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                        global_attn_every_n_layers=2, local_attention=8, initializer_range=0.1)),
 }
 
 
@@ -68,6 +79,23 @@ def make_tiny_text(family: str, num_labels: int = 3, layers: int = 3, seed: int 
     cfg = getattr(transformers, cfg_name)(num_labels=num_labels, **kw)
     cls = getattr(transformers, cls_name if head else cls_name.replace("ForSequenceClassification", "Model"))
     return cls(cfg).eval()
+
+
+def make_tiny_deberta(v3: bool = False, **kw):
+    return make_tiny_text("deberta-v3" if v3 else "deberta-v2", **kw)
+
+
+def make_tiny_modernbert(bias: bool = False, **kw):
+    """ModernBERT; ``bias`` turns on the attention and MLP biases (off in the released checkpoints)
+    and draws them at random (transformers initialises them to zero), so the reduced blocks'
+    ``x + b`` is really tested."""
+    model = make_tiny_text("modernbert", **({"attention_bias": True, "mlp_bias": True} if bias else {}), **kw)
+    if bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") and ("Wqkv" in name or ".Wo." in name or ".Wi." in name):
+                    p.normal_(0, 0.1)
+    return model
 
 
 def make_tiny_vit(seed: int = 0, deit: bool = False):
@@ -145,6 +173,7 @@ FAMILIES = {
     "hf_dinov2_swiglu": (lambda seed=0: make_tiny_dinov2(seed, swiglu=True), image_inputs),
     "hf_swin": (make_tiny_swin, grey_inputs),
     **{f: ((lambda f: lambda seed=0: make_tiny_text(f, seed=seed))(f), text_inputs) for f in TEXT_FAMILIES},
+    "modernbert-bias": (lambda seed=0: make_tiny_modernbert(bias=True, seed=seed), text_inputs),
 }
 
 

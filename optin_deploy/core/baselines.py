@@ -96,7 +96,8 @@ def unit_weight_counts(adapter: Adapter) -> tuple[list[torch.Tensor], list[torch
             per_head += dh * parts.out_proj.out_features
         else:
             per_head = 0
-        per_neuron = sum(l.in_features + (l.bias is not None) for l in (parts.fc1, parts.up) if l is not None) + parts.fc2.out_features if nf else 0
+        # a fused gated first linear (ModernBERT's Wi) holds each neuron as one row per stacked block
+        per_neuron = sum((l.out_features // nf) * (l.in_features + (l.bias is not None)) for l in (parts.fc1, parts.up) if l is not None) + parts.fc2.out_features if nf else 0
         heads.append(torch.full((nh,), float(per_head), dtype=torch.float64))
         neurons.append(torch.full((nf,), float(per_neuron), dtype=torch.float64))
     return heads, neurons
@@ -155,9 +156,11 @@ def magnitude_scores(model_or_adapter: nn.Module | Adapter, *, squared: bool = T
                 hs[h] = s
         ns = torch.zeros(nf, dtype=torch.float64)
         if nf:
-            ns = (parts.fc1.weight.double() ** 2).sum(1) + (parts.fc2.weight.double() ** 2).sum(0)
+            rows = (parts.fc1.weight.double() ** 2).sum(1)
             if parts.fc1.bias is not None:
-                ns = ns + parts.fc1.bias.double() ** 2
+                rows = rows + parts.fc1.bias.double() ** 2
+            # a fused gated first linear (ModernBERT's Wi: input rows, then gate rows) folds per neuron
+            ns = rows.reshape(-1, nf).sum(0) + (parts.fc2.weight.double() ** 2).sum(0)
             if parts.up is not None:  # a gated MLP's neuron is also a row of the up projection
                 ns = ns + (parts.up.weight.double() ** 2).sum(1)
                 if parts.up.bias is not None:

@@ -79,8 +79,12 @@ def counted_encoder_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> i
         counter.__exit__(None, None, None)
         totals.append(counter.get_total_flops())
 
+    # a block argument that is a bare parameter (DeBERTa's relative-position table) trips the
+    # counter's module tracker when it requires grad: count with gradients off everywhere
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in grads:
+        p.requires_grad_(False)
     try:
-
         for blk in a.blocks():
             handles.append(blk.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(blk.register_forward_hook(post))
@@ -93,4 +97,6 @@ def counted_encoder_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> i
             cfg._attn_implementation = old_impl
         for att, f in fused:
             att.fused_attn = f
+        for p, r in grads:
+            p.requires_grad_(r)
     return sum(totals) // 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from ..adapters.base import Adapter
 

@@ -182,7 +182,7 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
         for part, lin, x_key, out_key, res_key, units, _ in todo:
             S = _capture(student, inputs, layer)  # after this block's earlier sublayer was refitted
             scale = sa.branch_scale(layer, part)
-            bias = lin.bias.detach()
+            bias = lin.bias.detach() if lin.bias is not None else 0.0  # ModernBERT has no output biases
             row = {"layer": layer, "part": part, "units": units}
             if part == "attn" and not sa.attention_in_token_layout(layer):
                 # window attention: its rows are windows of (shifted, padded) tokens, not the residual's
