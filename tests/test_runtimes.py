@@ -116,6 +116,9 @@ def test_registry_names():
 def test_resolve_artifact(bert_onnx, tmp_path):
     _, path = bert_onnx
     assert resolve_artifact(path)[0] == "ort-cpu"
+    with pytest.raises(OptinError, match="does not exist"):  # a missing artifact is refused in one line (issue 12)
+        resolve_artifact(tmp_path / "x.engine")
+    (tmp_path / "x.engine").write_bytes(b"engine")
     assert resolve_artifact(tmp_path / "x.engine")[0] == "tensorrt"
     assert resolve_artifact("some/model_dir") == ("torch-cpu", "some/model_dir", None)
     with pytest.raises(OptinError, match="export it first"):
