@@ -416,6 +416,14 @@ def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -
     return model, None, stats | {"parameters": sum(p.numel() for p in model.parameters())}
 
 
+def _commit(tmp: Path, final: Path, info: dict) -> None:
+    """Write ``zoo_info.json`` into the staged folder ``tmp`` and move it into place as ``final``."""
+    (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
 def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
     """An embedding entry: the shipped model folder plus its sentence-transformers files; no training."""
     import transformers
@@ -437,10 +445,7 @@ def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _commit(tmp, final, info)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -494,10 +499,7 @@ def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = T
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        _commit(tmp, final, info)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
