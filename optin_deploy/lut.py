@@ -235,12 +235,14 @@ def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], p
 
 
 def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Path, profile: Profile | None = None) -> Path:
-    """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter)."""
+    """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter: the
+    profile's graph and precision, e.g. the fused int8 graph for ``x86-cpu-ort``)."""
     from .exporters.onnx import OnnxExporter
 
-    precision = profile.precision if profile is not None and profile.runtime != "onnxruntime-cpu" else "fp32"
+    precision = profile.precision if profile is not None and (profile.runtime != "onnxruntime-cpu" or profile.precision == "int8") else "fp32"
+    graph = "auto" if profile is None or profile.runtime.startswith("onnxruntime") else "dynamo"  # TensorRT parses standard ops only
     OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, profile), parity=False,
-                          precision=precision)
+                          precision=precision, graph=graph)
     return path
 
 

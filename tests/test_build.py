@@ -78,6 +78,15 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
     assert report["gate"]["passed"] is True
+    # the default CPU profile ships the fused int8 graph; the dense alternatives were measured beside it
+    assert report["precision"] == "int8" and report["graph"]["pruned"]["kind"] == "fused"
+    assert report["graph"]["pruned"]["fused_operators"].get("Attention", 0) >= 1
+    b = report["baselines"]
+    assert set(b["models"]) == {"dense", "pruned", "dense-dynamo-fp32", "dense-fused-fp32"}
+    assert b["reference_fp32"] == "dense-dynamo-fp32" and b["fastest_dense"] in b["models"] and b["fastest_dense"] != "pruned"
+    assert b["speedup_vs_fastest_dense"] <= b["speedup_vs_same_way"] + 1e-9 or b["fastest_dense"] == "dense"
+    assert (out / "onnx/pruned/model.fp32.onnx").is_file() and (out / "baselines/dense-dynamo-fp32/model.onnx").is_file()
+    assert report["bench"]["mode"] == "blocks"
     # the kept units were refitted (on by default) and the fit never got worse than plain surgery
     rec = report["reconstruction"]
     assert rec["fit"] == "weights" and rec["layers"] and all(r["error_after"] <= r["error_before"] * (1 + 1e-6) for r in rec["layers"])

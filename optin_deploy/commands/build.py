@@ -28,7 +28,9 @@ def register(app: typer.Typer) -> None:
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for fast scoring."),
         max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality gate in points: when the accuracy drop is larger, report.json says so and the command exits with code 4. Off unless given."),
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
-        bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
+        bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
+        bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also export, evaluate and time the dense alternatives (plain dynamo fp32, fused fp32, fused int8) and report the speed-up against the fastest."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
@@ -47,13 +49,19 @@ def register(app: typer.Typer) -> None:
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
-                            max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
+                            max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
+                            baselines=baselines, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
         report = run_build(opts)
-        a, t = report["accuracy"], report["throughput"]
+        a, t, b = report["accuracy"], report["throughput"], report.get("baselines") or {}
+        lead = ""
+        if b.get("fastest_dense"):
+            lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
         console.print(
-            f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
-            f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
+            f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
+            f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+            f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
+            + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
         )
         if json_out:
             typer.echo(json.dumps(report, indent=1, default=float))
