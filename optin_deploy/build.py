@@ -46,6 +46,7 @@ class BuildOptions:
     profile: str = DEFAULT_PROFILE
     flops: float | None = None
     latency_ms: float | None = None
+    speedup: float | None = None
     lut: str | None = None
     out: Path = Path("optin-build")
     calib_samples: int = 128
@@ -107,8 +108,13 @@ def _check_target_available(profile) -> None:
 
 
 def _budget(opts: BuildOptions, profile) -> dict:
-    if opts.flops is not None and opts.latency_ms is not None:
-        raise OptinError("pass either --flops or --latency-ms, not both")
+    given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
+    if len(given) > 1:
+        raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
+    if opts.speedup is not None:
+        if not opts.speedup > 1.0:
+            raise OptinError(f"--speedup must be more than 1 (times faster than the dense model), got {opts.speedup}")
+        return {"speedup": opts.speedup}
     if opts.latency_ms is not None:
         if opts.latency_ms <= 0:
             raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
@@ -210,21 +216,33 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         sel_cost = result.selection.cost
     else:
         from .latency_budget import select_for_latency
-        from .lut import make_measure_fn, measure_lut
+        from .lut import make_measure_fn, make_relative_measure_fn, measure_lut, read_lut
 
         lut = opts.lut
         if lut is None:
-            step(f"no --lut given: measuring a latency table on this machine for profile {profile.name}")
+            step(f"no --lut given: measuring a latency table on this machine for profile {profile.name} ({profile.precision})")
             table = measure_lut(model, profile)
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
-        measure = make_measure_fn(profile, {k: torch.from_numpy(v) for k, v in bench_np.items()})
-        step(f"selecting for {budget['latency_ms']} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, budget["latency_ms"], measure, opts.latency_rounds, progress=step)
+        inputs_t = {k: torch.from_numpy(v) for k, v in bench_np.items()}
+        if "speedup" in budget:
+            ref_ms = read_lut(lut).dense_model_ms
+            target = ref_ms / budget["speedup"]
+            measure = make_relative_measure_fn(profile, model, inputs_t, reference_ms=ref_ms)
+            step(f"selecting for x{budget['speedup']:g} against the dense model, timed beside it in every round "
+                 f"({target:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
+        else:
+            target = budget["latency_ms"]
+            measure = make_measure_fn(profile, inputs_t)
+            step(f"selecting for {target} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
+        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, target, measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
+        if "speedup" in budget:
+            latency_info["relative"] = {"speedup_target": budget["speedup"], "reference_ms": ref_ms, "history": list(measure.history),
+                                        "measured_speedup": ref_ms / ls.measured_ms}
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
     reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None

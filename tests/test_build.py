@@ -122,6 +122,8 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     (["--calib-samples", "100000"], "calibration samples"),
     (["--flops", "0.5", "--latency-ms", "3"], "either --flops or --latency-ms"),
     (["--max-accuracy-drop", "-1"], "--max-accuracy-drop must be >= 0"),
+    (["--speedup", "0.9"], "--speedup must be more than 1"),
+    (["--speedup", "1.5", "--flops", "0.5"], "pass only one budget"),
     (["--scoring", "bogus"], "unknown --scoring"),
     (["--reconstruct-damp", "0"], "--reconstruct-damp must be positive"),
     (["--reconstruct-fit", "bogus"], "unknown --reconstruct-fit"),

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`)."),
         flops: Optional[float] = typer.Option(None, "--flops", help="Keep this fraction of the dense encoder's MACs, in (0, 1]. Default: the profile's budget, else 0.6."),
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
+        speedup: Optional[float] = typer.Option(None, "--speedup", help="Relative latency budget: S times faster than the dense model, both timed in the same run on the profile's runtime and precision (needs a latency table; measured here when --lut is omitted)."),
         lut: Optional[str] = typer.Option(None, "--lut", help="Latency table from `optin-deploy lut` (measured here when omitted)."),
         out: Path = typer.Option(Path("optin-build"), "--out", help="Bundle folder (written atomically)."),
         calib_samples: int = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split)."),
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
 
         if eval_split not in ("validation", "test"):
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
-        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
+        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
                             baselines=baselines, optimize=optimize,

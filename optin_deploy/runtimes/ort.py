@@ -56,6 +56,8 @@ class OrtRuntime(Runtime):
         threads: int | None = None,
         provider_options: dict | None = None,
         graph_optimization: str = "all",
+        spinning: bool = True,
+        profile_file: str | None = None,
         **_: Any,
     ):
         import onnxruntime as ort
@@ -67,6 +69,8 @@ class OrtRuntime(Runtime):
         self.threads = threads
         self.provider_options = provider_options or {}
         self.graph_optimization = graph_optimization
+        self.spinning = spinning
+        self.profile_file = profile_file
         self.session = None
         self.path: Path | None = None
         available = ort.get_available_providers()
@@ -89,6 +93,11 @@ class OrtRuntime(Runtime):
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[self.graph_optimization]
         so.log_severity_level = 3
+        if not self.spinning:  # idle intra-op threads sleep instead of spinning (several sessions in one process)
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.profile_file:  # onnxruntime's own per-node profiler (JSON trace, see end_profiling)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(self.profile_file)
         providers: list = [(self.provider, self.provider_options)] if self.provider_options else [self.provider]
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider does not take
@@ -133,6 +142,7 @@ class OrtRuntime(Runtime):
             "device": self.device,
             "version": self.ort.__version__,
             "threads": self.threads,
+            "spinning": self.spinning,
         }
         if self.path is not None:
             d["artifact"] = str(self.path)
