@@ -3,11 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) uses a temporary cache, never the user's.
+
+    Registry wheels already downloaded into the user's cache are copied in (read, never written),
+    so the suite does not fetch them again.
+    """
+    user = Path(os.environ.get("OPTIN_DEPLOY_CACHE") or Path.home() / ".cache" / "optin-deploy")
+    cache = tmp_path_factory.mktemp("optin-cache")
+    if (user / "wheels").is_dir():
+        shutil.copytree(user / "wheels", cache / "wheels")
+    old = os.environ.get("OPTIN_DEPLOY_CACHE")
+    os.environ["OPTIN_DEPLOY_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("OPTIN_DEPLOY_CACHE", None)
+    else:
+        os.environ["OPTIN_DEPLOY_CACHE"] = old
 
 
 def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):

@@ -19,7 +19,7 @@ from optin_deploy.runtimes import get_runtime
 
 @pytest.fixture(scope="module")
 def dense_and_pruned(tmp_path_factory):
-    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    from optin_deploy.core import surgery
     d = tmp_path_factory.mktemp("b")
     dense = make_tiny_bert()
     pruned = surgery.apply_plan(dense, surgery.random_plan(dense, seed=1, empty_heads_layer=1))
@@ -164,7 +164,7 @@ def test_cli_export_model_dir(tmp_path):
 
 
 def test_cli_export_pruned_dir_and_bench_table(tmp_path):
-    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    from optin_deploy.core import surgery
     from optin_deploy.cli import app
     from optin_deploy.pruned_io import save_pruned
 

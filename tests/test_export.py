@@ -22,7 +22,7 @@ FAMS = ["bert", "hf_vit", "timm_vit"]
 
 
 def _pruned(model, seed=1, empty_heads_layer=1, empty_mlp_layer=None):
-    surgery = pytest.importorskip("optin_deploy.core.surgery")
+    from optin_deploy.core import surgery
     plan = surgery.random_plan(model, seed=seed, empty_heads_layer=empty_heads_layer, empty_mlp_layer=empty_mlp_layer)
     return surgery.apply_plan(model, plan), plan
 
