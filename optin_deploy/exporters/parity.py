@@ -6,8 +6,9 @@ difference of the logits and the argmax agreement rate. Thresholds:
 
 * fp32 (ONNX, fp32 engines): max |diff| <= 1e-4 and 100 % argmax agreement;
 * fp16 / bf16 engines: >= 99 % argmax agreement (the difference is recorded, not gated);
-* int8 (dynamic quantisation): >= 90 % argmax agreement on the parity inputs (the accuracy of the
-  quantised artefact itself is what ``eval`` and the quality gate measure).
+* int8 (dynamic quantisation): >= 75 % argmax agreement on the few parity inputs, a guard against a
+  broken graph only: an untrained head's near-zero logits flip under int8 rounding. The accuracy of
+  the quantised artefact is what ``eval`` and the quality gate measure, on the whole split.
 
 The result is a JSON-able dict (written to ``parity.json`` in the bundle); a failure raises
 :class:`OptinError` unless ``raise_on_fail=False``.
@@ -25,7 +26,7 @@ from .base import ShapeProfile, is_text_input
 
 THRESHOLDS = {
     "fp32": {"atol": 1e-4, "min_agreement": 1.0},
-    "int8": {"atol": None, "min_agreement": 0.9},
+    "int8": {"atol": None, "min_agreement": 0.75},
     "fp16": {"atol": None, "min_agreement": 0.99},
     "bf16": {"atol": None, "min_agreement": 0.99},
 }
