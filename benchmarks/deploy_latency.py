@@ -130,10 +130,13 @@ def main() -> None:
         export_bundle(pruned_model, example, extra, precision="fp32", graph="dynamo", threads=args.threads)
         dm = read_manifest(dense_dir)
         pm = read_manifest(pruned_dir)
+        # manifests record the paths where the bundle was assembled; the files sit in the bundle's folders
+        dm["artifact"], pm["artifact"] = str(dense_dir / Path(dm["artifact"]).name), str(pruned_dir / Path(pm["artifact"]).name)
+        int8 = report.get("precision") == "int8"
         arts = {  # (dense, pruned) per way of running
             "onnxruntime, dynamo export (fp32)": (bundle / "baselines" / "dense-dynamo-fp32" / "model.onnx", extra / "model.onnx"),
-            "onnxruntime, fused graph (fp32)": (Path(dm.get("artifacts", {}).get("onnx", {}).get("fp32_path") or bundle / "baselines" / "dense-fused-fp32" / "model.onnx"),
-                                                Path(pm.get("artifacts", {}).get("onnx", {}).get("fp32_path") or pruned_dir / "model.onnx")),
+            "onnxruntime, fused graph (fp32)": ((bundle / "baselines" / "dense-fused-fp32" / "model.onnx") if int8 else dense_dir / "model.onnx",
+                                                (pruned_dir / "model.fp32.onnx") if int8 else pruned_dir / "model.onnx"),
             "onnxruntime, fused graph + int8 (quantize_dynamic)": (Path(dm["artifact"]), Path(pm["artifact"])),
         }
         if report.get("precision") != "int8":

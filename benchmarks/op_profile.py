@@ -105,11 +105,10 @@ def main() -> None:
     ratio = report["macs"]["ratio"]
     arts = {}
     for label in ("dense", "pruned"):
-        m = read_manifest(bundle / "onnx" / label)
-        arts[f"{label} ({report.get('precision')})"] = Path(m["artifact"])
-        fp32 = m.get("artifacts", {}).get("onnx", {}).get("fp32_path")
-        if fp32:
-            arts[f"{label} (fp32)"] = Path(fp32)
+        folder = bundle / "onnx" / label
+        arts[f"{label} ({report.get('precision')})"] = folder / "model.onnx"
+        if (folder / "model.fp32.onnx").exists():
+            arts[f"{label} (fp32)"] = folder / "model.fp32.onnx"
     out = {"bundle": str(bundle), "shape": args.shape, "mac_ratio": ratio, "threads": args.threads, "runs": args.runs,
            "machine": "2-core x86-64, shared with other jobs while measured", "models": {}}
     for _ in range(1):

@@ -216,7 +216,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         sel_cost = result.selection.cost
     else:
         from .latency_budget import select_for_latency
-        from .lut import make_measure_fn, make_relative_measure_fn, measure_lut, read_lut
+        from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
 
         lut = opts.lut
         if lut is None:
@@ -227,7 +227,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             lut = str(lut_path)
         inputs_t = {k: torch.from_numpy(v) for k, v in bench_np.items()}
         if "speedup" in budget:
-            ref_ms = read_lut(lut).dense_model_ms
+            ref_ms = load_lut(lut, model, profile).dense()  # the table's own prediction for the dense model
             target = ref_ms / budget["speedup"]
             measure = make_relative_measure_fn(profile, model, inputs_t, reference_ms=ref_ms)
             step(f"selecting for x{budget['speedup']:g} against the dense model, timed beside it in every round "
