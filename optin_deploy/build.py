@@ -55,6 +55,14 @@ class BuildOptions:
     scorer: str = "optin"
     probes: int = 64
     max_accuracy_drop: float | None = None
+    min_speedup: float | None = None
+    search_samples: int = 400
+    search_candidates: int = 5
+    search_tol: float = 0.02
+    search_rounds: int = 12
+    search_range: tuple[float, float] = (0.1, 0.99)
+    search_start: float | None = None
+    search_reference: list[float] = field(default_factory=list)
     eval_split: str = "test"
     bench_iters: int = 100
     bench_warmup: int = 10
@@ -107,6 +115,22 @@ def _check_target_available(profile) -> None:
     get_runtime(name, threads=profile.threads)
 
 
+def _objective(opts: BuildOptions):
+    from .search import Objective
+
+    if opts.min_speedup is not None:
+        return Objective("min_speedup", opts.min_speedup)
+    return Objective("max_accuracy_drop", opts.max_accuracy_drop)
+
+
+def _search_settings(opts: BuildOptions):
+    from .search import SearchSettings
+
+    lo, hi = opts.search_range
+    return SearchSettings(lo=lo, hi=hi, tol=opts.search_tol, max_candidates=opts.search_candidates, start=opts.search_start,
+                          samples=opts.search_samples, rounds=opts.search_rounds, reference=list(opts.search_reference))
+
+
 def _budget(opts: BuildOptions, profile) -> dict:
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
     if len(given) > 1:
@@ -114,7 +138,18 @@ def _budget(opts: BuildOptions, profile) -> dict:
     if opts.speedup is not None:
         if not opts.speedup > 1.0:
             raise OptinError(f"--speedup must be more than 1 (times faster than the dense model), got {opts.speedup}")
+        if opts.min_speedup is not None:
+            raise OptinError("--min-speedup searches the budget itself: drop --speedup (or drop --min-speedup)")
         return {"speedup": opts.speedup}
+    if opts.min_speedup is not None:
+        if opts.flops is not None or opts.latency_ms is not None:
+            raise OptinError("--min-speedup searches the budget itself: drop --flops / --latency-ms (or drop --min-speedup)")
+        if opts.max_accuracy_drop is not None:
+            raise OptinError("pass either --max-accuracy-drop or --min-speedup without a budget (the search optimises one under the other), not both")
+    if opts.flops is None and opts.latency_ms is None and (opts.max_accuracy_drop is not None or opts.min_speedup is not None):
+        obj = _objective(opts)  # checks the limit
+        _search_settings(opts).check()
+        return {"search": obj.to_dict()}
     if opts.latency_ms is not None:
         if opts.latency_ms <= 0:
             raise OptinError(f"--latency-ms must be positive, got {opts.latency_ms}")
@@ -178,15 +213,89 @@ def run_build(opts: BuildOptions) -> dict:
     return report
 
 
-def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
-    from .bench import benchmark, print_bench_table
+@dataclass
+class BuildContext:
+    """What every stage of a build shares once the task is loaded and scored: the dense model, the
+    calibration batch, the scores, the target profile and its benchmark inputs. The budget search
+    (:mod:`optin_deploy.search`) prunes, exports and measures its candidates through the same methods."""
+
+    opts: BuildOptions
+    profile: object
+    task: object
+    model: torch.nn.Module
+    calib: dict
+    scores: tuple
+    bench_np: dict
+    seq: int
+    sel_kwargs: dict
+    eval_len: int | None
+    calib_len: int | None
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
+
+    @property
+    def fmt(self) -> str:
+        return "tensorrt" if self.profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+
+    def example(self) -> dict:
+        return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
+
+    def prune_fraction(self, fraction: float, scores: tuple | None = None, *, refit_units: bool = True):
+        """Select under ``fraction`` of the dense MACs (with ``scores``, default the build's), slice,
+        and refit the kept units when the build refits. Returns the :class:`~optin_deploy.pruning.PruneResult`."""
+        from .core.costs import mac_cost_model
+        from .pruning import prune
+
+        costs = mac_cost_model(self.model, self.seq)
+        o = self.opts
+        return prune(self.model, self.calib, costs=costs, budget=fraction * costs.dense(), scores=scores or self.scores,
+                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     teacher_cache=self.teacher_cache, **self.sel_kwargs)
+
+    def shape(self):
+        shape = self.profile.shape_profile()
+        if self.task.modality == "text":
+            maxpos = getattr(self.model.config, "max_position_embeddings", shape.max_seq)
+            if shape.max_seq > maxpos:
+                from .exporters.base import ShapeProfile
+
+                shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
+        return shape
+
+    @property
+    def precision(self) -> str:
+        """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
+        p = self.profile.precision
+        return p if self.fmt != "onnx" or p == "int8" else "fp32"
+
+    def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
+               optimize: bool | None = None) -> dict:
+        """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
+        ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
+        from .exporters.bundle import export_bundle
+
+        fmt = self.fmt
+        precision = precision or self.precision
+        backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
+        step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
+        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
+                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.profile.threads,
+                             source=self.task.model_source or None)
+
+    def runtime_name(self, export: dict) -> str:
+        return export["runtime"] if self.fmt != "onnx" else self.profile.runtime_name
+
+    def runtime(self, export: dict):
+        """A fresh, not yet loaded runtime for an export, and the artifact to load."""
+        from .runtimes.base import get_runtime
+
+        return get_runtime(self.runtime_name(export), threads=self.profile.threads), export["artifact"]
+
+
+def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> BuildContext:
+    """Load the task and the dense model, draw the calibration batch, score (cached when possible)."""
     from .core.scoring import ScoreSettings
-    from .evaluate import evaluate
-    from .exporters.bundle import export_bundle
     from .profiles import selection_kwargs
-    from .pruned_io import save_pruned
-    from .pruning import compute_scores, print_layer_table, prune, refit
-    from .runtimes.base import get_runtime
+    from .pruning import compute_scores
     from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
@@ -199,18 +308,32 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         task.max_length = calib_len
     calib = task.calibration(opts.calib_samples, seed=opts.seed)
     task.max_length = eval_len
-    settings = ScoreSettings(seed=opts.seed)
     bench_np = _bench_inputs(task, profile)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
-    sel_kwargs = selection_kwargs(profile)
+    scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
+    return BuildContext(opts, profile, task, model, calib, scores, bench_np, seq, selection_kwargs(profile), eval_len, calib_len)
 
-    scores = compute_scores(model, calib, scoring=opts.scoring, scorer=opts.scorer, settings=settings, probes=opts.probes)
+
+def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
+    from .bench import benchmark, print_bench_table
+    from .evaluate import evaluate
+    from .pruned_io import save_pruned
+    from .pruning import print_layer_table, refit
+
+    ctx = load_context(opts, profile)
+    task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
+    adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
     latency_info = None
-    if "flops" in budget:
-        from .core.costs import mac_cost_model
+    search = None
+    refitted = None
+    if "search" in budget:
+        from .search import search_build
 
-        costs = mac_cost_model(model, seq)
-        result = prune(model, calib, costs=costs, budget=budget["flops"] * costs.dense(), scores=scores, **sel_kwargs)
+        search = search_build(ctx, staging, _objective(opts), _search_settings(opts))
+        pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
+        notes = list(scores[5])
+    elif "flops" in budget:
+        result = ctx.prune_fraction(budget["flops"], refit_units=False)
         pruned = result.model
         notes = list(result.notes)
         sel_cost = result.selection.cost
@@ -225,7 +348,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
-        inputs_t = {k: torch.from_numpy(v) for k, v in bench_np.items()}
+        inputs_t = ctx.example()
         if "speedup" in budget:
             ref_ms = load_lut(lut, model, profile).dense()  # the table's own prediction for the dense model
             target = ref_ms / budget["speedup"]
@@ -245,7 +368,10 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
                                         "measured_speedup": ref_ms / ls.measured_ms}
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
-    reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
+    if search is not None:
+        reconstruction = refitted
+    else:
+        reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
     print_layer_table(model, pruned)
     pa = get_adapter(pruned)
     dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
@@ -253,41 +379,31 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     step("saving the pruned model")
     save_pruned(pruned, staging / "pruned", extra={"source": task.model_source or opts.model, "source_dir": task.model_source,
                                                     "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names})
-    shape = profile.shape_profile()
-    if task.modality == "text":
-        maxpos = getattr(model.config, "max_position_embeddings", shape.max_seq)
-        if shape.max_seq > maxpos:
-            from .exporters.base import ShapeProfile
-
-            shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
-    example = {k: torch.from_numpy(v) for k, v in bench_np.items()}
-    fmt = "tensorrt" if profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
-    backend = "torch-tensorrt" if profile.runtime_name == "torch-tensorrt" else "tensorrt"
     exports = {}
-    precision = profile.precision if fmt != "onnx" or profile.precision == "int8" else "fp32"
+    fmt = ctx.fmt
+    if search is not None:
+        exports["dense"] = search.dense_export  # exported once, at the start of the search
+        exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
     for label, m in (("dense", model), ("pruned", pruned)):
-        step(f"exporting the {label} model ({fmt}, {precision}) and checking parity against PyTorch")
-        exports[label] = export_bundle(m, example, staging / fmt / label, fmt=fmt, backend=backend, precision=precision,
-                                       profile=shape, optimize=opts.optimize, task=task, threads=profile.threads,
-                                       source=task.model_source or None)
-    rt_name = exports["pruned"]["runtime"] if fmt != "onnx" else profile.runtime_name
+        if label not in exports:
+            exports[label] = ctx.export(m, staging / fmt / label, label)
+    precision = ctx.precision
+    rt_name = ctx.runtime_name(exports["pruned"])
     # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
     alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
     for label, graph, prec in alternatives:
-        step(f"exporting the dense alternative {label} ({graph} graph, {prec}) and checking parity")
         try:
-            exports[label] = export_bundle(model, example, staging / "baselines" / label, fmt="onnx", precision=prec, graph=graph,
-                                           profile=shape, task=task, threads=profile.threads, source=task.model_source or None)
+            exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
         except OptinError as exc:
             notes.append(f"dense alternative {label} skipped: {exc}")
     labels = list(exports)
-    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in labels}
+    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
     step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {rt_name}")
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
          + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "")
          + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
-    runtimes = {label: (get_runtime(rt_name, threads=profile.threads), exports[label]["artifact"]) for label in labels}
+    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
     print_bench_table(bench, console=console)
 
@@ -305,7 +421,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     ref = baselines.get("reference_fp32")
     drop_ref = (100 * ev["models"][ref][metric] - acc_p) if ref else drop
     gate = None
-    if opts.max_accuracy_drop is not None:
+    if opts.max_accuracy_drop is not None and search is None:  # with a search the limit applies to validation, not test
         # the quantised / fused artefact is gated against the fp32 dense model when one was measured
         worst = max(drop, drop_ref)
         gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
@@ -337,6 +453,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         "reconstruction": reconstruction,
         "selection_cost": sel_cost,
         "latency_budget": latency_info,
+        "search": search.to_dict() if search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
         "precision": precision,
@@ -414,6 +531,9 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
 
 
 def check_gate(report: dict) -> None:
+    search = report.get("search")
+    if search and not search.get("reachable"):
+        raise QualityGateError(f"{search['message']}; the bundle at {report.get('bundle')} holds that candidate, marked unreachable in report.json")
     gate = report.get("gate")
     if gate and not gate["passed"]:
         raise QualityGateError(

@@ -33,6 +33,7 @@ COMMAND_MODULES = [
     "zoo",
     "profiles",
     "lut",
+    "sweep",
 ]
 
 

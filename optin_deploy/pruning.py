@@ -107,7 +107,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
           head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
-          fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP) -> PruneResult:
+          fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP, teacher_cache: dict | None = None) -> PruneResult:
     """Score (or reuse ``scores``), select under the budget, slice, and optionally refit the kept units
     (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
@@ -124,17 +124,18 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
-    rec = refit(model, pruned, calib, fit, damp) if reconstruct else None
+    rec = refit(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
     pa = get_adapter(pruned)
     return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
 
 
-def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP) -> dict:
+def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
+          teacher_cache: dict | None = None) -> dict:
     """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
     check_refit(fit, damp)
     step(f"refitting the kept units' output {fit} layer by layer on the calibration batch (damping {damp})")
     with progress_bar("refit") as update:
-        rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update)
+        rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update, teacher_cache=teacher_cache)
     out = rep.to_dict()
     if rep.layers:
         before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)

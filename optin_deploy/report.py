@@ -85,6 +85,14 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
     ]
     if gate:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
+    srch = report.get("search")
+    if srch:
+        c = srch["chosen"]
+        ver = next((v for v in srch.get("verification") or [] if v["candidate"] == c["id"]), None)
+        lines.append(f"- budget search ({srch['objective']['description']}): chosen candidate #{c['id']}, budget {c['budget']:.4f} "
+                     f"(MACs x{c['macs_ratio']:.3f}); " + ("limit met" if srch["reachable"] else f"**limit NOT met**: {srch['message']}")
+                     + (f"; full validation: drop {ver['drop']:+.2f} points on {ver['samples']} samples" if ver else "")
+                     + f". The {report['task']['eval_split']} figures below were computed after the choice and never used by it.")
     rec = report.get("reconstruction")
     if rec and rec.get("layers"):
         lines.append(f"- refit of the kept units' output {rec.get('fit', 'scales')} (damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
@@ -113,6 +121,13 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         for i, r in enumerate(lb.get("rounds", [])):
             lines.append(f"| {i} | {r.get('predicted_ms', float('nan')):.2f} | {r.get('measured_ms', float('nan')):.2f} |")
         lines.append("")
+    if report.get("search"):
+        import json
+
+        from .search import frontier_markdown
+
+        fr = json.loads((path.parent / "frontier.json").read_text())
+        lines += frontier_markdown(fr, "plots/frontier.png")
     lines += [f"![{k}]({v})" for k, v in plots.items()]
     lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
     lines += [f"| `{k}` | {v['bytes']:,} |" for k, v in report["artifacts"].items()]

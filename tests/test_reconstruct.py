@@ -170,3 +170,18 @@ def test_cli_defaults_match_the_core():
     from optin_deploy.core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 
     assert (options.RECONSTRUCT.default, options.RECONSTRUCT_FIT.default, options.RECONSTRUCT_DAMP.default) == (True, DEFAULT_FIT, DEFAULT_DAMP)
+
+
+@pytest.mark.parametrize("name", ["bert", "timm_vit"])
+def test_shared_teacher_cache_gives_the_same_refit(name):
+    """A budget search refits many students of one teacher on one batch, sharing the teacher's captures."""
+    model, calib, _ = _case(name)
+    cache: dict = {}
+    for seed, keep in ((2, 0.5), (3, 0.7)):
+        plan = random_plan(model, seed=seed, keep=keep)
+        a, b = apply_plan(model, plan), apply_plan(model, plan)
+        reconstruct(model, a, calib)
+        reconstruct(model, b, calib, teacher_cache=cache)
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            assert torch.equal(pa, pb)
+    assert cache and all(set(v) <= {"x", "y", "attn_out", "mlp_out"} for v in cache.values())

@@ -27,7 +27,15 @@ def register(app: typer.Typer) -> None:
         scoring: str = typer.Option("auto", "--scoring", help="exact | fast | auto (fast when exact would take over 5 minutes)."),
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher."),
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for fast scoring."),
-        max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality gate in points: when the accuracy drop is larger, report.json says so and the command exits with code 4. Off unless given."),
+        max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Without --flops/--latency-ms: search the budget for the fastest model whose validation accuracy drops at most this many points. With a budget: a quality gate (exit code 4 when the drop is larger). Off unless given."),
+        min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Search the budget for the most accurate model at least this much faster (p50, interleaved with the dense model) on the target runtime."),
+        search_samples: int = options.SEARCH_SAMPLES,
+        search_candidates: int = options.SEARCH_CANDIDATES,
+        search_tol: float = typer.Option(0.02, "--search-tol", help="Search: stop when the bracket of budgets is narrower than this fraction of the MACs."),
+        search_rounds: int = options.SEARCH_ROUNDS,
+        search_range: str = typer.Option("0.1:0.99", "--search-range", help="Search: lowest:highest budget (fractions of the dense MACs) tried."),
+        search_start: Optional[float] = typer.Option(None, "--search-start", help="Search: the first budget measured (default 0.6 for an accuracy limit, a latency-model guess for a speed-up)."),
+        search_reference: str = typer.Option("", "--search-reference", help="Search: fixed budgets (comma-separated) also measured the same way for comparison; never chosen."),
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
         bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
         bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
@@ -50,7 +58,10 @@ def register(app: typer.Typer) -> None:
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
-                            max_accuracy_drop=max_accuracy_drop, eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
+                            max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, search_samples=search_samples,
+                            search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,
+                            search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
+                            search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
                             baselines=baselines, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column)
         report = run_build(opts)
@@ -58,6 +69,12 @@ def register(app: typer.Typer) -> None:
         lead = ""
         if b.get("fastest_dense"):
             lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
+        srch = report.get("search")
+        if srch:
+            fs = srch["search"]
+            console.print(f"[bold]search[/] {srch['objective']['description']}: {fs['candidates_measured']} candidates in {fs['seconds']:.0f} s; "
+                          f"chosen budget {srch['chosen']['budget']:.4f} (validation drop {srch['chosen']['drop']:+.2f} pts on "
+                          f"{srch['validation']['samples']} samples, {srch['chosen']['speedup']:.2f}x); frontier in {report['bundle']}/frontier.json")
         console.print(
             f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
             f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "

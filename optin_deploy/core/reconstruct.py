@@ -147,8 +147,13 @@ def _fit_scales(X: torch.Tensor, b: torch.Tensor, W: torch.Tensor, damp: float, 
 
 
 def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.Tensor], *, fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
-                progress=None) -> ReconstructReport:
-    """Refit the kept units of ``student`` (a sliced copy of ``teacher``) in place; see the module doc."""
+                progress=None, teacher_cache: dict | None = None) -> ReconstructReport:
+    """Refit the kept units of ``student`` (a sliced copy of ``teacher``) in place; see the module doc.
+
+    ``teacher_cache``: a dict owned by the caller for one ``(teacher, inputs)`` pair; the teacher's
+    per-layer captures are kept there, so refitting several students of the same teacher on the same
+    batch (a budget search) runs the teacher once per layer in all.
+    """
     if damp <= 0:
         raise ValueError("damp must be > 0")
     if fit not in FITS:
@@ -167,7 +172,13 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
             ("attn", parts.out_proj, "ctx", "attn_out", "x", sa.num_heads(layer), ta.num_heads(layer)),
             ("mlp", parts.fc2, "act", "mlp_out", "y", sa.num_neurons(layer), ta.num_neurons(layer)),
         ) if spec[1] is not None and spec[5] < spec[6]]
-        T = _capture(teacher, inputs, layer) if todo else None
+        T = None
+        if todo:
+            T = teacher_cache.get(layer) if teacher_cache is not None else None
+            if T is None:
+                T = {k: v for k, v in _capture(teacher, inputs, layer).items() if k in ("x", "y", "attn_out", "mlp_out")}
+                if teacher_cache is not None:
+                    teacher_cache[layer] = T
         for part, lin, x_key, out_key, res_key, units, _ in todo:
             S = _capture(student, inputs, layer)  # after this block's earlier sublayer was refitted
             scale = sa.branch_scale(layer, part)

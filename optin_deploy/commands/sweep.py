@@ -1,0 +1,48 @@
+"""``optin-deploy sweep``: the accuracy / speed frontier over a list of budgets, without choosing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import options
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def sweep(
+        model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
+        data: Optional[str] = typer.Option(None, "--data", help="Labelled data (its validation split is used). Default: the model's own."),
+        profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file."),
+        budgets: str = typer.Option("0.5,0.6,0.7,0.8,0.9", "--budgets", help="Fractions of the dense encoder MACs, comma-separated."),
+        scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher; comma-separated to overlay several."),
+        out: Path = typer.Option(Path("optin-sweep"), "--out", help="Folder for frontier.json, frontier.png, frontier.md."),
+        calib_samples: int = typer.Option(128, "--calib-samples"),
+        calib_length: int = typer.Option(64, "--calib-length"),
+        scoring: str = typer.Option("auto", "--scoring", help="exact | fast | auto (OPTIN only)."),
+        probes: int = typer.Option(64, "--probes"),
+        reconstruct: bool = options.RECONSTRUCT,
+        reconstruct_fit: str = options.RECONSTRUCT_FIT,
+        reconstruct_damp: float = options.RECONSTRUCT_DAMP,
+        search_samples: int = options.SEARCH_SAMPLES,
+        search_rounds: int = options.SEARCH_ROUNDS,
+        seed: int = typer.Option(0, "--seed"),
+        text_column: str = typer.Option("text", "--text-column"),
+        label_column: str = typer.Option("label", "--label-column"),
+    ):
+        """Measure validation accuracy and speed-up for each budget (and scorer); write the frontier, choose nothing."""
+        from ..build import BuildOptions
+        from ..progress import console
+        from ..search import run_sweep
+
+        bs = options.parse_budgets(budgets, "--budgets")
+        scorers = [s.strip() for s in scorer.split(",") if s.strip()]
+        opts = BuildOptions(model=model, data=data, profile=profile, out=out, calib_samples=calib_samples, calib_length=calib_length,
+                            scoring=scoring, scorer=scorers[0] if scorers else "optin", probes=probes, reconstruct=reconstruct,
+                            reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, search_samples=search_samples,
+                            search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column)
+        fr, folder = run_sweep(opts, bs, scorers)
+        console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
+                      f"plot {folder}/frontier.png, table {folder}/frontier.md")

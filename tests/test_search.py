@@ -1,0 +1,251 @@
+"""Budget search (``build --max-accuracy-drop`` / ``--min-speedup`` without a budget) and ``sweep``.
+
+The search loop is tested on synthetic accuracy / speed curves (fast, exact expectations); the real
+pipeline on a tiny BERT whose labels are its own predictions (so the dense model is 100% accurate and
+a drop of 0 points means "change no prediction").
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optin_deploy.errors import OptinError
+from optin_deploy.search import (FRONTIER_FORMAT, Candidate, Objective, SearchSettings, best_effort, paired_drop_se, plan_next, ranked,
+                                 run_search)
+
+from test_build import assert_one_line_error, run_cli
+
+# ------------------------------------------------------------------------------ the pure search loop
+
+
+def synthetic(drop_fn, speed_fn):
+    """``measure(budget, phase)`` from closed-form curves, like CandidateLab.measure."""
+    made: list[Candidate] = []
+
+    def measure(b: float, phase: str) -> Candidate:
+        c = Candidate(id=len(made), budget=b, phase=phase, macs_ratio=b, drop=drop_fn(b), speedup=speed_fn(b))
+        made.append(c)
+        return c
+
+    return measure
+
+
+def speed(b: float) -> float:
+    return 1.0 / (0.25 + 0.75 * b)  # a quarter of the latency cannot be pruned
+
+
+def test_accuracy_search_finds_the_smallest_budget_meeting_the_limit():
+    drop = lambda b: 12.0 * (1 - b) ** 2  # noqa: E731 convex, 0 at the dense end
+    obj, st = Objective("max_accuracy_drop", 1.0), SearchSettings(tol=0.02, max_candidates=8)
+    out = run_search(synthetic(drop, speed), obj, st)
+    root = 1 - math.sqrt(1 / 12)
+    best = ranked(obj, out.candidates)[0]
+    assert drop(best.budget) <= 1.0
+    assert root <= best.budget <= root + 0.03  # within the tolerance (plus rounding) above the exact answer
+    assert len(out.candidates) <= 8
+    assert {c.phase for c in out.candidates} <= {"bracket", "interpolate"}
+    # it spends its candidates near the answer, not on a grid
+    assert sum(abs(c.budget - root) < 0.06 for c in out.candidates) >= len(out.candidates) // 2
+
+
+def test_speed_search_finds_the_largest_budget_meeting_the_speedup():
+    obj, st = Objective("min_speedup", 1.6), SearchSettings(tol=0.02, max_candidates=8)
+    out = run_search(synthetic(lambda b: 3 * (1 - b), speed), obj, st)
+    root = (1 / 1.6 - 0.25) / 0.75
+    best = ranked(obj, out.candidates)[0]  # most accurate meeting the speed-up = largest feasible budget here
+    assert speed(best.budget) >= 1.6 - 1e-9
+    assert root - 0.03 <= best.budget <= root + 1e-9
+
+
+def test_unreachable_limit_stops_and_reports_the_closest_candidate():
+    obj, st = Objective("max_accuracy_drop", 0.0), SearchSettings(max_candidates=6)
+    out = run_search(synthetic(lambda b: 0.5 + 5 * (1 - b), speed), obj, st)  # never below 0.5 points
+    assert ranked(obj, out.candidates) == []
+    best = best_effort(obj, out.candidates)
+    assert best is not None and best.drop == min(c.drop for c in out.candidates)
+    assert len(out.candidates) <= 6 and out.stop_reason
+
+
+def test_noisy_curve_terminates_within_the_candidate_limit():
+    rng = np.random.default_rng(0)
+    obj, st = Objective("max_accuracy_drop", 1.0), SearchSettings(max_candidates=5)
+    out = run_search(synthetic(lambda b: 6 * (1 - b) + rng.normal(0, 0.8), lambda b: speed(b) * (1 + rng.normal(0, 0.03))), obj, st)
+    assert 1 <= len(out.candidates) <= 5
+    budgets = [c.budget for c in out.candidates]
+    assert len(set(budgets)) == len(budgets) and all(st.lo <= b <= st.hi for b in budgets)
+
+
+def test_plan_stops_when_the_lowest_budget_already_meets_the_limit():
+    obj, st = Objective("max_accuracy_drop", 50.0), SearchSettings(lo=0.2, max_candidates=8)
+    out = run_search(synthetic(lambda b: 1.0, speed), obj, st)
+    assert min(c.budget for c in out.candidates) == pytest.approx(0.2)
+    assert "lowest budget" in out.stop_reason
+
+
+def test_objective_and_settings_reject_bad_limits():
+    with pytest.raises(OptinError, match="min-speedup"):
+        Objective("min_speedup", 1.0)
+    with pytest.raises(OptinError, match="max-accuracy-drop"):
+        Objective("max_accuracy_drop", -1)
+    with pytest.raises(OptinError, match="search-range"):
+        SearchSettings(lo=0.6, hi=0.5).check()
+    assert plan_next(Objective("min_speedup", 2.0), [], SearchSettings())[0] == pytest.approx((0.5 - 0.2) / 0.8)
+
+
+def test_paired_standard_error():
+    d = np.array([1, 1, 1, 0] * 25, bool)
+    assert paired_drop_se(d, d) == 0.0
+    p = d.copy()
+    p[:10] = ~p[:10]
+    se = paired_drop_se(d, p)
+    assert 2.0 < se < 4.0  # 10 of 100 changed: sqrt(0.1 / 100) ~ 3.2 points
+
+
+# ------------------------------------------------------------------------------ the real pipeline
+
+FRONTIER_KEYS = {"format", "version", "model", "task", "metric", "profile", "runtime", "objective", "validation", "dense", "bench",
+                 "candidates", "chosen", "reachable", "message", "search", "verification", "contest", "reference"}
+CANDIDATE_KEYS = {"id", "budget", "phase", "scorer", "macs_ratio", "heads", "neurons", "accuracy", "dense_accuracy", "drop", "drop_se",
+                  "agreement", "latency_ms", "dense_latency_ms", "speedup", "met", "seconds", "contest_speedup", "verification"}
+
+
+@pytest.fixture(scope="module")
+def self_labelled_task(tmp_path_factory):
+    """A tiny random BERT (large initial weights, so its predictions depend on the input) and a CSV
+    labelled with its own predictions: the dense model is 100% accurate."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from optin_deploy.data import assets
+
+    root = tmp_path_factory.mktemp("selflabel")
+    tok_dir = assets.minilm().path
+    torch.manual_seed(1)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=128, num_labels=2, initializer_range=0.5)
+    model = BertForSequenceClassification(cfg).eval()
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    rng = random.Random(0)
+    vocab = ["good", "great", "bad", "awful", "the", "film", "was", "a", "plot", "dull", "fun", "weak", "music", "actor", "scene", "long"]
+    texts = [" ".join(rng.choices(vocab, k=rng.randint(4, 12))) for _ in range(240)]
+    with torch.no_grad():
+        enc = tok(texts, padding=True, return_tensors="pt")
+        logits = model(**enc).logits
+        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()  # balance the two classes
+        pred = model(**enc).logits.argmax(-1).tolist()
+    model.save_pretrained(root / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(tok_dir) / name).is_file():
+            shutil.copy2(Path(tok_dir) / name, root / "model" / name)
+    assert 0.2 < sum(pred) / len(pred) < 0.8, "the fixture needs both classes"
+    with open(root / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for t, y in zip(texts, pred):
+            w.writerow([t, ["neg", "pos"][y]])
+    return root
+
+
+def _search_args(task: Path, out: Path, *extra: str) -> list[str]:
+    return ["build", "--model", str(task / "model"), "--data", str(task / "data.csv"), "--calib-samples", "16", "--scoring", "exact",
+            "--bench-iters", "3", "--search-rounds", "3", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def searched(self_labelled_task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("searched") / "bundle"
+    run_cli(*_search_args(self_labelled_task, out, "--max-accuracy-drop", "35", "--search-candidates", "4"))
+    return out
+
+
+@pytest.mark.slow
+def test_search_build_returns_a_candidate_meeting_the_limit(searched):
+    report = json.loads((searched / "report.json").read_text())
+    fr = json.loads((searched / "frontier.json").read_text())
+    s = report["search"]
+    assert s["reachable"] is True and report["gate"] is None
+    chosen = next(c for c in fr["candidates"] if c["id"] == fr["chosen"])
+    assert chosen["drop"] <= 35 and chosen["met"] is True
+    ver = next(v for v in fr["verification"] if v["candidate"] == chosen["id"])
+    assert ver["passed"] and ver["drop"] <= 35 and ver["samples"] == fr["validation"]["total"]
+    assert 1 <= fr["search"]["candidates_measured"] <= 4
+    # the bundle holds the chosen structure, and its test figures were computed
+    assert report["macs"]["ratio"] == pytest.approx(chosen["macs_ratio"], abs=1e-3)
+    assert report["task"]["eval_split"] == "test" and "pruned" in report["accuracy"]
+    assert not (searched / ".search").exists()
+
+
+@pytest.mark.slow
+def test_frontier_file_has_the_documented_schema(searched):
+    fr = json.loads((searched / "frontier.json").read_text())
+    assert set(fr) == FRONTIER_KEYS
+    assert fr["format"] == FRONTIER_FORMAT and fr["version"] == 1
+    assert fr["objective"] == {"kind": "max_accuracy_drop", "limit": 35.0, "description": "validation accuracy drop <= 35 points"}
+    v = fr["validation"]
+    assert v["split"] == "validation" and 0 < v["samples"] <= v["total"] and v["accuracy_se"] >= 0
+    assert fr["dense"]["accuracy"] == 100.0 and fr["dense"]["latency_ms"] > 0
+    assert fr["bench"]["interleaved"] is True and fr["bench"]["rounds"] == 3
+    assert {"candidates_measured", "seconds", "stop_reason", "settings"} <= set(fr["search"])
+    for c in fr["candidates"]:
+        assert set(c) == CANDIDATE_KEYS
+        assert 0 < c["budget"] < 1 and 0 < c["macs_ratio"] <= 1 and c["speedup"] > 0 and c["latency_ms"] > 0
+        assert c["drop"] == pytest.approx(c["dense_accuracy"] - c["accuracy"], abs=1e-3)
+        assert c["phase"] in ("bracket", "interpolate")
+    md = (searched / "report.md").read_text()
+    assert "## Accuracy / speed frontier" in md and "**chosen**" in md and "plots/frontier.png" in md
+    assert (searched / "plots" / "frontier.png").stat().st_size > 1000
+    assert "frontier.json" in json.loads((searched / "manifest.json").read_text())["files"]
+
+
+@pytest.mark.slow
+def test_unreachable_accuracy_limit_ends_with_one_line_and_the_best_candidate(self_labelled_task, tmp_path):
+    out = tmp_path / "bundle"
+    proc = run_cli(*_search_args(self_labelled_task, out, "--max-accuracy-drop", "0", "--search-range", "0.1:0.3", "--search-candidates", "2"),
+                   check=False)
+    assert proc.returncode == 4
+    assert_one_line_error(proc, "no budget in [0.1, 0.3] keeps the validation accuracy drop within 0 points")
+    assert "best candidate: budget" in proc.stderr and "raise --max-accuracy-drop" in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    fr = json.loads((out / "frontier.json").read_text())
+    assert report["search"]["reachable"] is False and fr["reachable"] is False and fr["message"]
+    assert all(c["met"] is False for c in fr["candidates"])
+    best = min(fr["candidates"], key=lambda c: c["drop"])
+    assert fr["chosen"] == best["id"]
+
+
+def test_search_flags_are_checked_before_any_work(tmp_path):
+    out = tmp_path / "b"
+    for args, msg in ((("--min-speedup", "0.9"), "--min-speedup must be above 1"),
+                      (("--min-speedup", "2", "--flops", "0.5"), "--min-speedup searches the budget itself"),
+                      (("--min-speedup", "2", "--max-accuracy-drop", "1"), "not both"),
+                      (("--max-accuracy-drop", "1", "--search-range", "0.9:0.2"), "--search-range"),
+                      (("--max-accuracy-drop", "1", "--search-reference", "0.5,x"), "--search-reference")):
+        proc = run_cli("build", "--out", str(out), *args, check=False)
+        assert_one_line_error(proc, msg)
+        assert not out.exists()
+    proc = run_cli("sweep", "--out", str(out), "--budgets", "0.5,2", check=False)
+    assert_one_line_error(proc, "--budgets")
+    proc = run_cli("sweep", "--out", str(out), "--scorer", "optin,nope", check=False)
+    assert_one_line_error(proc, "unknown --scorer 'nope'")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sweep_writes_the_frontier_for_each_scorer_and_budget(self_labelled_task, tmp_path):
+    out = tmp_path / "sweep"
+    run_cli("sweep", "--model", str(self_labelled_task / "model"), "--data", str(self_labelled_task / "data.csv"), "--budgets", "0.3,0.7",
+            "--scorer", "optin,magnitude", "--calib-samples", "16", "--scoring", "exact", "--search-rounds", "3", "--out", str(out))
+    fr = json.loads((out / "frontier.json").read_text())
+    assert set(fr) == FRONTIER_KEYS and fr["objective"] is None and fr["chosen"] is None
+    assert sorted((c["scorer"], c["budget"]) for c in fr["candidates"]) == [("magnitude", 0.3), ("magnitude", 0.7), ("optin", 0.3), ("optin", 0.7)]
+    assert all(c["phase"] == "sweep" and c["met"] is None for c in fr["candidates"])
+    assert (out / "frontier.png").is_file() and "| magnitude |" in (out / "frontier.md").read_text()
+    assert not any(p.name.startswith(".") for p in out.iterdir())
