@@ -39,7 +39,7 @@ from optin_deploy.core.selection import select  # noqa: E402
 from optin_deploy.core.surgery import apply_plan  # noqa: E402
 
 OUT = ROOT / "results"  # --out changes it
-TASKS = ["minilm-sentiment", "minilm-bbc-news", "vit-fashion-mnist"]
+TASKS = ["minilm-sentiment", "minilm-bbc-news", "vit-fashion-mnist", "swin-fashion-mnist"]
 BUDGETS = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 FORMAT = 1
 

@@ -1,6 +1,7 @@
 """Budget search against fixed budgets, per task: time and result.
 
-For each task it runs, one after the other on the same machine:
+For each task it runs, one after the other on the same machine (or, with ``--concurrent``, both at
+the same time, so that both see the same load on a shared machine; the scores must then be cached):
 
 1. ``optin-deploy build --model M --flops F`` (a fixed-budget build; the first run of a task may
    compute and cache the scores, so it is repeated after the search when its scores were not cached);
@@ -30,18 +31,27 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 
 
-def build(args: list[str], out: Path) -> tuple[dict, float]:
+def start(args: list[str], out: Path):
     cmd = [sys.executable, "-m", "optin_deploy.cli", "build", *args, "--out", str(out)]
     print("$", " ".join(cmd[2:]), flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env={**os.environ, "OPTIN_DEPLOY_QUIET": "1"}, capture_output=True, text=True)
+    return subprocess.Popen(cmd, env={**os.environ, "OPTIN_DEPLOY_QUIET": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), time.perf_counter()
+
+
+def finish(started, out: Path) -> tuple[dict, float]:
+    proc, t0 = started
+    stdout, stderr = proc.communicate()
     wall = time.perf_counter() - t0
+    proc.stdout, proc.stderr = stdout, stderr
     if proc.returncode not in (0, 4):
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"build failed ({proc.returncode})")
     if proc.returncode == 4:
         print(proc.stderr.strip().splitlines()[-1], flush=True)
     return json.loads((out / "report.json").read_text()), wall
+
+
+def build(args: list[str], out: Path) -> tuple[dict, float]:
+    return finish(start(args, out), out)
 
 
 def main() -> None:
@@ -51,22 +61,34 @@ def main() -> None:
     ap.add_argument("--flops", type=float, default=0.6, help="budget of the fixed-budget build timed against the search")
     ap.add_argument("--reference", default="0.5,0.6,0.7,0.8,0.9")
     ap.add_argument("--work", default="/tmp/optin-search-bench")
-    ap.add_argument("--extra", default="", help="extra build flags, space-separated")
+    ap.add_argument("--extra", default="", help="extra flags for both builds, space-separated")
+    ap.add_argument("--search-extra", default="", help="extra flags for the search build, space-separated")
+    ap.add_argument("--concurrent", action="store_true", help="run the fixed and the search build at the same time (scores must be cached)")
+    ap.add_argument("--collect-only", action="store_true", help="only summarise bundles already in --work")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     out_json = RESULTS / "search_vs_fixed.json"
     all_rows = json.loads(out_json.read_text()) if out_json.exists() else {}
-    extra = a.extra.split()
+    extra, sextra = a.extra.split(), a.search_extra.split()
     for task in a.tasks.split(","):
         fixed_runs = []
-        rep_f, wall_f = build(["--model", task, "--flops", str(a.flops), *extra], work / f"fixed-{task}")
+        fixed_args = ["--model", task, "--flops", str(a.flops), *extra]
+        search_args = ["--model", task, "--max-accuracy-drop", str(a.max_drop), "--search-reference", a.reference, *extra, *sextra]
+        if a.collect_only:
+            rep_f, wall_f = json.loads((work / f"fixed-{task}" / "report.json").read_text()), float("nan")
+            rep_s = json.loads((work / f"search-{task}" / "report.json").read_text())
+        elif a.concurrent:
+            f, s_ = start(fixed_args, work / f"fixed-{task}"), start(search_args, work / f"search-{task}")
+            (rep_f, wall_f), (rep_s, _) = finish(f, work / f"fixed-{task}"), finish(s_, work / f"search-{task}")
+        else:
+            rep_f, wall_f = build(fixed_args, work / f"fixed-{task}")
+            rep_s, _ = build(search_args, work / f"search-{task}")
         fixed_runs.append({"wall_s": round(wall_f, 1), "build_seconds": rep_f["build_seconds"], "scores_cached": rep_f["scoring"]["cached"],
                            "speedup": rep_f["throughput"]["speedup"], "test_drop": rep_f["accuracy"]["drop"]})
-        rep_s, wall_s = build(["--model", task, "--max-accuracy-drop", str(a.max_drop), "--search-reference", a.reference, *extra], work / f"search-{task}")
-        if not rep_f["scoring"]["cached"]:  # the first fixed build computed the scores: time a cached one too
-            rep_f2, wall_f2 = build(["--model", task, "--flops", str(a.flops), *extra], work / f"fixed-{task}")
+        if not rep_f["scoring"]["cached"] and not a.collect_only:  # the first fixed build computed the scores: time a cached one too
+            rep_f2, wall_f2 = build(fixed_args, work / f"fixed-{task}")
             fixed_runs.append({"wall_s": round(wall_f2, 1), "build_seconds": rep_f2["build_seconds"], "scores_cached": rep_f2["scoring"]["cached"],
                                "speedup": rep_f2["throughput"]["speedup"], "test_drop": rep_f2["accuracy"]["drop"]})
         cached = [r for r in fixed_runs if r["scores_cached"]]
@@ -80,7 +102,9 @@ def main() -> None:
         ver = next((v for v in fr["verification"] if v["candidate"] == chosen["id"]), None)
         refs = [c for c in fr["candidates"] if c["phase"] == "reference"]
         row = {
-            "task": task, "max_accuracy_drop": a.max_drop, "fixed_flops": a.flops, "fixed_runs": fixed_runs,
+            "task": task, "mode": "concurrent" if a.concurrent else ("collected" if a.collect_only else "sequential"),
+            "fixed_command": "optin-deploy build " + " ".join(fixed_args), "search_command": "optin-deploy build " + " ".join(search_args),
+            "max_accuracy_drop": a.max_drop, "fixed_flops": a.flops, "fixed_runs": fixed_runs,
             "fixed_build_seconds_cached": fixed_s,
             "search_build_seconds": round(search_build_s, 1), "search_build_seconds_with_reference": rep_s["build_seconds"],
             "reference_seconds": ref_s, "time_ratio": round(search_build_s / fixed_s, 3) if fixed_s else None,

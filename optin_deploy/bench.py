@@ -323,6 +323,11 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
         vocab, source = None, None
     g = np.random.default_rng(seed)
     if any(is_text_input(n) for n in names):
+        from .adapters import Adapter, adapter_for_inputs
+
+        family = adapter_for_inputs(names) or Adapter  # the family with these inputs makes them
+        hi = min(int(vocab), 1000) if vocab else 100
+        out = {n: t.numpy() for n, t in family.random_inputs(names, batch, seq_len, hi, seed=seed, padded=False).items()}
         if source:
             try:
                 from .models import load_tokenizer
@@ -330,15 +335,9 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
                 tok = load_tokenizer(source)
                 texts = (SAMPLE_TEXTS * (-(-batch // len(SAMPLE_TEXTS))))[:batch]
                 enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-                return {n: enc[n].astype(np.int64) if n in enc else np.ones((batch, seq_len), np.int64) for n in names}
+                out.update({n: enc[n].astype(np.int64) for n in names if n in enc})
             except Exception:
                 pass
-        hi = min(int(vocab), 1000) if vocab else 100
-        out = {n: np.ones((batch, seq_len), np.int64) for n in names}
-        if "input_ids" in out:
-            out["input_ids"] = g.integers(5, hi, size=(batch, seq_len)).astype(np.int64)
-        if "token_type_ids" in out:
-            out["token_type_ids"][:] = 0
         return out
     n = names[0]
     shape = shapes.get(n)

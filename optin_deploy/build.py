@@ -55,6 +55,9 @@ class BuildOptions:
     scorer: str = "optin"
     probes: int = 64
     max_accuracy_drop: float | None = None
+    min_cosine: float | None = None  # embedding models: quality gate on the mean cosine to the dense embeddings
+    min_recall: float | None = None  # embedding models: quality gate on recall@10 agreement with the dense model
+    task: str | None = None  # "embedding" forces a sentence-embedding model; None: from the model folder
     min_speedup: float | None = None
     search_samples: int = 400
     search_candidates: int = 5
@@ -167,7 +170,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
 def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
     batch = profile.opt_batch or profile.batch_size
     seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = getattr(getattr(task.model, "config", None), "max_position_embeddings", None)
+    maxpos = get_adapter(task.model).max_positions()
     if task.modality == "text" and maxpos:
         seq = min(seq, maxpos)
     inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
@@ -186,6 +189,14 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
         raise OptinError(f"--max-accuracy-drop must be >= 0 points, got {opts.max_accuracy_drop}")
+    for flag, v in (("--min-cosine", opts.min_cosine), ("--min-recall", opts.min_recall)):
+        if v is not None and not (0.0 <= v <= 1.0):
+            raise OptinError(f"{flag} must be in [0, 1], got {v}")
+    if opts.task is not None:
+        from .models import TASKS
+
+        if opts.task not in TASKS:
+            raise OptinError(f"unknown --task {opts.task!r}; choose one of {', '.join(TASKS)}")
     if opts.reconstruct:
         check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
     out = Path(opts.out).expanduser().resolve()
@@ -254,7 +265,7 @@ class BuildContext:
     def shape(self):
         shape = self.profile.shape_profile()
         if self.task.modality == "text":
-            maxpos = getattr(self.model.config, "max_position_embeddings", shape.max_seq)
+            maxpos = get_adapter(self.model).max_positions() or shape.max_seq  # the family's usable length
             if shape.max_seq > maxpos:
                 from .exporters.base import ShapeProfile
 
@@ -299,8 +310,13 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
     from .zoo import load_task
 
     step(f"loading task (model {opts.model or 'default: minilm-sentiment'}, data {opts.data or 'its own'})")
-    task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed)
+    task = load_task(opts.model, opts.data, max_length=opts.calib_length, text_column=opts.text_column, label_column=opts.label_column, seed=opts.seed,
+                     task=opts.task)
     model = task.model.eval()
+    embedding = task.data.task_type == "embedding"
+    _check_task_options(opts, embedding)
+    if embedding:
+        step(f"sentence-embedding model: {model.pooling.describe()}; output sentence_embedding")
     adapter = get_adapter(model)
     calib_len = opts.calib_length if task.modality == "text" else None
     eval_len = task.max_length
@@ -322,6 +338,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
 
     ctx = load_context(opts, profile)
     task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
+    embedding = task.data.task_type == "embedding"
     adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
     latency_info = None
     search = None
@@ -389,35 +406,51 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             exports[label] = ctx.export(m, staging / fmt / label, label)
     precision = ctx.precision
     rt_name = ctx.runtime_name(exports["pruned"])
-    # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
-    alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
-    for label, graph, prec in alternatives:
-        try:
-            exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
-        except OptinError as exc:
-            notes.append(f"dense alternative {label} skipped: {exc}")
-    labels = list(exports)
+    labels = ["dense", "pruned"]
+    if not embedding:
+        # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
+        alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
+        for label, graph, prec in alternatives:
+            try:
+                exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
+            except OptinError as exc:
+                notes.append(f"dense alternative {label} skipped: {exc}")
+        labels = list(exports)
     runtimes = {label: ctx.runtime(exports[label]) for label in labels}
     step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {rt_name}")
-    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
+    if embedding:
+        from .embedding_eval import embedding_summary, evaluate_embeddings
+
+        ev = evaluate_embeddings(task, runtimes, split=opts.eval_split, baseline="dense")
+        emb_summary = embedding_summary(ev)
+        emb_summary["pooling"] = model.pooling.to_dict()
+        step(f"embeddings on {emb_summary['corpus_size']} held-out texts: cosine to dense mean {emb_summary['cosine_mean']:.4f}, "
+             f"5th percentile {emb_summary['cosine_p5']:.4f}; recall@10 agreement {emb_summary['recall_at_10']:.4f}")
+    else:
+        ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {bench_np['input_ids'].shape[1]} tokens" if "input_ids" in bench_np else "")
+         + (f" x {seq} tokens" if task.modality == "text" else "")
          + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
     runtimes = {label: ctx.runtime(exports[label]) for label in labels}
     bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
     print_bench_table(bench, console=console)
 
-    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
     md, mp = ev["models"]["dense"], ev["models"]["pruned"]
-    acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
-    agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
+    if embedding:  # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
+        metric = "mean cosine to dense"
+        acc_d, acc_p = 100.0, 100 * emb_summary["cosine_mean"]
+        agreement = emb_summary["recall_at_10"]
+    else:
+        metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+        acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
+        agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
     lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
     # throughput at the median latency (medians survive a noisy machine); the mean-based figure is kept beside it
     batch = next(iter(bench_np.values())).shape[0]
     thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}
     thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
-    baselines = baseline_summary(exports, ev, bench, metric, precision)
+    baselines = baseline_summary(exports, ev, bench, metric, precision) if not embedding else {}
     ref = baselines.get("reference_fp32")
     drop_ref = (100 * ev["models"][ref][metric] - acc_p) if ref else drop
     gate = None
@@ -426,12 +459,15 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         worst = max(drop, drop_ref)
         gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
                 "passed": bool(worst <= opts.max_accuracy_drop)}
+    if embedding and (opts.min_cosine is not None or opts.min_recall is not None):
+        gate = _embedding_gate(emb_summary, opts.min_cosine, opts.min_recall)
     artifacts = {}
     for p in sorted(staging.rglob("*")):
         if p.is_file():
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     report = {
         "model": task.model_source or opts.model or "minilm-sentiment",
+        "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,
@@ -451,6 +487,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
                       "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
         "reconstruction": reconstruction,
+        "embedding": emb_summary if embedding else None,
         "selection_cost": sel_cost,
         "latency_budget": latency_info,
         "search": search.to_dict() if search is not None else None,
@@ -484,6 +521,8 @@ def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, st
 def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:
     """Speed-ups of the pruned model against the dense one run the same way and against the fastest
     dense alternative measured in the same run; the fp32 dense reference for accuracy."""
+    if len(exports) < 3:  # no dense alternatives were measured
+        return {"speedup_vs_same_way": round(bench["models"]["dense"]["p50_ms"] / bench["models"]["pruned"]["p50_ms"], 3), "same_way": "dense"}
     dense_labels = [l for l in exports if l != "pruned"]
     p50 = {l: bench["models"][l]["p50_ms"] for l in exports}
     rows = {}
@@ -530,11 +569,44 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
 
 
+def _check_task_options(opts: BuildOptions, embedding: bool) -> None:
+    """Options that only make sense for one kind of task, checked before any expensive work."""
+    if embedding:
+        if opts.max_accuracy_drop is not None:
+            raise OptinError("--max-accuracy-drop needs labels; for an embedding model gate on --min-cosine or --min-recall")
+        if opts.scorer == "fisher":
+            raise OptinError("the fisher scorer needs a task head (logits); for an embedding model use optin, magnitude or random")
+        if opts.min_speedup is not None:
+            raise OptinError("the budget search (--min-speedup) needs labels; for an embedding model pass --flops and gate on --min-cosine or --min-recall")
+    elif opts.min_cosine is not None or opts.min_recall is not None:
+        raise OptinError("--min-cosine / --min-recall apply to sentence-embedding models; for a classifier use --max-accuracy-drop")
+
+
+def _embedding_gate(emb: dict, min_cosine: float | None, min_recall: float | None) -> dict:
+    checks, failed = {}, []
+    if min_cosine is not None:
+        ok = emb["cosine_mean"] >= min_cosine
+        checks["min_cosine"] = {"floor": min_cosine, "value": emb["cosine_mean"], "passed": bool(ok)}
+        if not ok:
+            failed.append(f"mean cosine {emb['cosine_mean']:.4f} < --min-cosine {min_cosine}")
+    if min_recall is not None:
+        ok = emb["recall_at_10"] >= min_recall
+        checks["min_recall"] = {"floor": min_recall, "value": emb["recall_at_10"], "passed": bool(ok)}
+        if not ok:
+            failed.append(f"recall@10 {emb['recall_at_10']:.4f} < --min-recall {min_recall}")
+    return {**checks, "passed": not failed, "failures": failed}
+
+
 def check_gate(report: dict) -> None:
     search = report.get("search")
     if search and not search.get("reachable"):
         raise QualityGateError(f"{search['message']}; the bundle at {report.get('bundle')} holds that candidate, marked unreachable in report.json")
     gate = report.get("gate")
+    if gate and not gate["passed"] and gate.get("failures"):
+        raise QualityGateError(
+            f"quality gate failed: {'; '.join(gate['failures'])}; the bundle at {report.get('bundle')} is marked failed in report.json; "
+            "raise the budget or lower the floor"
+        )
     if gate and not gate["passed"]:
         raise QualityGateError(
             f"quality gate failed: accuracy dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "

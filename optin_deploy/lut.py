@@ -17,6 +17,12 @@ change in machine load hits all entries alike. Blocks timed alone do not add up 
 whole graph, so the block tables are multiplied by one calibration factor ``scale`` that makes
 ``empty + L * (attn[H] + mlp[F])`` equal the measured dense latency.
 
+Models whose layers differ (Swin's stages: other hidden size, head count, MLP width and token
+count per stage) get one table per *group* of equal layers (``groups``): each group is measured in
+context the same way, varying only that group's layers while the others stay dense, and the
+calibration makes ``empty + sum_g |g| (attn_g[H_g] + mlp_g[F_g])`` the dense latency. A model with
+equal layers has one group and the same file as before.
+
 The JSON file is self-describing (device, versions, shapes, profile, model dimensions), so a table
 measured on an edge device can be copied to the build host. ``load_lut(file)`` turns it into a
 :class:`~optin_deploy.core.costs.CostModel` in milliseconds for :func:`~optin_deploy.core.selection.select`:
@@ -187,35 +193,19 @@ def export_block(block: nn.Module, x: torch.Tensor, path: Path, precision: str =
 
 
 def example_inputs(model: nn.Module, profile: Profile, batch: int | None = None) -> dict[str, torch.Tensor]:
-    """Benchmark inputs at the profile's batch and sequence length (text) or the model's image size."""
-    from .exporters.base import input_names_for
+    """Benchmark inputs at the profile's batch and sequence length (text: seeded random ids, every
+    position attended) or the model's image size; the model's adapter makes them."""
+    from .adapters import get_adapter
 
     b = batch or profile.batch_size
-    names = input_names_for(model)
-    if "input_ids" in names:
-        cfg = getattr(model, "config", None)
-        vocab = int(getattr(cfg, "vocab_size", 1000) or 1000)
-        T = profile.seq_len or profile.opt_seq or 128
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(min(5, vocab - 1), vocab, (b, T), generator=g)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    size = _model_image_size(model) or profile.image_size or 224
+    a = get_adapter(model)
+    if a.modality == "text":
+        return a.example_inputs(b, profile.seq_len or profile.opt_seq or 128, padded=False)
+    size = a.image_shape()[-1]
     if profile.image_size and size != profile.image_size:
         warnings.warn(f"model takes {size}x{size} images; profile {profile.name} says image_size {profile.image_size}: timing at {size}",
                       LutMismatchWarning, stacklevel=2)
-    chans = int(getattr(getattr(model, "config", None), "num_channels", 3) or 3)
-    return {"pixel_values": torch.randn(b, chans, size, size, generator=torch.Generator().manual_seed(0))}
-
-
-def _model_image_size(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    s = getattr(cfg, "image_size", None)
-    if s is None:
-        pe = getattr(model, "patch_embed", None)
-        s = getattr(pe, "img_size", None)
-    if isinstance(s, (tuple, list)):
-        s = s[0]
-    return int(s) if s else None
+    return a.example_inputs(b)
 
 
 def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], profile: Profile | None = None):
@@ -321,6 +311,7 @@ class LatencyTable:
     environment: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
     timing: dict = field(default_factory=dict)
+    groups: list[dict] | None = None  # layers differ: per group of equal layers {"layers", "attn_ms", "mlp_widths", "mlp_ms"}
     format: str = LUT_FORMAT
     version: int = LUT_VERSION
 
@@ -329,24 +320,33 @@ class LatencyTable:
     def num_layers(self) -> int:
         return int(self.model["num_layers"])
 
-    def attn(self, h: int) -> float:
-        return float(self.attn_ms[min(int(h), len(self.attn_ms) - 1)])
+    def _group(self, layer: int | None) -> dict:
+        if self.groups is None or layer is None:
+            return {"attn_ms": self.attn_ms, "mlp_widths": self.mlp_widths, "mlp_ms": self.mlp_ms}
+        return next(g for g in self.groups if layer in g["layers"])
 
-    def mlp(self, f: int) -> float:
+    def attn(self, h: int, layer: int | None = None) -> float:
+        t = self._group(layer)["attn_ms"]
+        return float(t[min(int(h), len(t) - 1)])
+
+    def mlp(self, f: int, layer: int | None = None) -> float:
         """Piecewise-linear interpolation of the MLP table (linear extrapolation past the ends)."""
-        return float(np.interp(f, self.mlp_widths, self.mlp_ms))
+        g = self._group(layer)
+        return float(np.interp(f, g["mlp_widths"], g["mlp_ms"]))
 
     def predict(self, heads: list[int], neurons: list[int]) -> float:
         """Predicted latency (ms) of a model with these per-layer head counts and MLP widths."""
-        return self.empty_model_ms + sum(self.attn(h) + self.mlp(f) for h, f in zip(heads, neurons))
+        return self.empty_model_ms + sum(self.attn(h, l) + self.mlp(f, l) for l, (h, f) in enumerate(zip(heads, neurons)))
 
     def dense_predicted(self) -> float:
         return self.predict(self.model["heads"], self.model["neurons"])
 
-    def linear_fit(self) -> tuple[float, float]:
-        """``(intercept_ms, ms_per_neuron)`` of a least-squares line through the MLP table (widths > 0)."""
-        w = np.array([x for x in self.mlp_widths if x > 0], dtype=float)
-        t = np.array([y for x, y in zip(self.mlp_widths, self.mlp_ms) if x > 0], dtype=float)
+    def linear_fit(self, layer: int | None = None) -> tuple[float, float]:
+        """``(intercept_ms, ms_per_neuron)`` of a least-squares line through the MLP table (widths > 0)
+        of ``layer``'s group (the first group if None)."""
+        g = self._group(layer)
+        w = np.array([x for x in g["mlp_widths"] if x > 0], dtype=float)
+        t = np.array([y for x, y in zip(g["mlp_widths"], g["mlp_ms"]) if x > 0], dtype=float)
         if len(w) == 0:
             return 0.0, 0.0
         if len(w) == 1:
@@ -359,16 +359,17 @@ class LatencyTable:
         from .core.costs import CostModel
 
         L = self.num_layers
-        intercept, slope = self.linear_fit()
-        table = list(self.attn_ms)
+        fits = [self.linear_fit(l) for l in range(L)]
+        tables = [list(self._group(l)["attn_ms"]) for l in range(L)]
 
         def attn(l: int, h: int) -> float:
-            return float(table[min(int(h), len(table) - 1)])
+            return float(tables[l][min(int(h), len(tables[l]) - 1)])
 
-        fixed = self.empty_model_ms + L * intercept
+        fixed = self.empty_model_ms + sum(i for i, _ in fits)
+        intercept, slope = fits[0]
         info = {"lut": self, "mlp_intercept_ms": intercept, "neuron_ms": slope, "profile": self.profile.get("name"),
                 "shapes": self.shapes}
-        return CostModel(L, list(self.model["heads"]), list(self.model["neurons"]), attn, [slope] * L, fixed, "ms", info)
+        return CostModel(L, list(self.model["heads"]), list(self.model["neurons"]), attn, [s for _, s in fits], fixed, "ms", info)
 
     # ---- io ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -435,6 +436,8 @@ def check_compatible(table: LatencyTable, model: nn.Module | None = None, profil
                             f"({table.model['heads']} / {table.model['neurons']} vs {a.heads_per_layer()} / {a.neurons_per_layer()})")
         if a.hidden_size() != table.model.get("hidden_size"):
             problems.append(f"latency table hidden size {table.model.get('hidden_size')} differs from the model's {a.hidden_size()}")
+        elif table.model.get("hidden_sizes") and table.model["hidden_sizes"] != [a.layer_hidden_size(l) for l in range(a.num_layers)]:
+            problems.append(f"latency table per-layer hidden sizes {table.model['hidden_sizes']} differ from the model's")
     for msg in problems:
         warnings.warn(msg, LutMismatchWarning, stacklevel=3)
     return problems
@@ -480,27 +483,41 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
     model = model.eval()
     a = get_adapter(model)
     heads, neurons = a.heads_per_layer(), a.neurons_per_layer()
-    if len(set(heads)) != 1 or len(set(neurons)) != 1:
-        raise OptinError(f"latency tables are measured on a dense model with equal layers; this one has heads {heads} and widths {neurons}")
-    H, F, L = heads[0], neurons[0], a.num_layers
+    L = a.num_layers
     inputs = example_inputs(model, profile)
     B = int(next(iter(inputs.values())).shape[0])
     T = a.seq_len(inputs)
     d = a.hidden_size()
-    widths = mlp_grid(F, mlp_step)
+    sig = [(heads[l], neurons[l], a.layer_hidden_size(l), a.layer_head_dim(l), a.layer_tokens(l, T)) for l in range(L)]
+    groups = [[l for l in range(L) if sig[l] == g] for g in dict.fromkeys(sig)]
+    single = len(groups) == 1
+    grid = {gi: mlp_grid(neurons[g[0]], mlp_step) for gi, g in enumerate(groups)}
     rt_probe = ort_runtime_for(profile)  # fails early if the provider is missing
     t0 = time.perf_counter()
     runners: dict[str, Callable[[], Any]] = {}
     keep = []
-    # Each entry is measured IN CONTEXT: the whole model with every layer set to the same head count
-    # (MLPs dense) or the same MLP width (heads dense). Timing single blocks as separate graphs adds
-    # per-call overheads the real model does not have and mispredicts heavily pruned plans.
-    configs = [(f"heads_{h}", h, F) for h in range(H + 1)] + [(f"width_{f}", H, f) for f in widths if f < F] + [("empty_model", 0, 0)]
+    # Each entry is measured IN CONTEXT: the whole model with every layer of a group set to the same
+    # head count (MLPs dense) or the same MLP width (heads dense), the other groups dense. Timing
+    # single blocks as separate graphs adds per-call overheads the real model does not have and
+    # mispredicts heavily pruned plans.
+    configs: list[tuple[str, list[int], list[int]]] = []
+    for gi, g in enumerate(groups):
+        tag = "" if single else f"g{gi}_"
+        H, F = heads[g[0]], neurons[g[0]]
+        for h in range(H + 1):
+            hs = [h if l in g else heads[l] for l in range(L)]
+            configs.append((f"{tag}heads_{h}", hs, list(neurons)))
+        for f in grid[gi]:
+            if f < F:
+                configs.append((f"{tag}width_{f}", list(heads), [f if l in g else neurons[l] for l in range(L)]))
+    configs.append(("empty_model", [0] * L, [0] * L))
+    dense_name = configs[len(range(heads[groups[0][0]] + 1)) - 1][0]  # the first group at full heads: the dense model
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        for i, (name, h, f) in enumerate(configs):
-            log(f"export the model with {h} heads and MLP width {f} in every layer ({i + 1}/{len(configs)})")
-            m = model if (h, f) == (H, F) else apply_plan(model, PrunePlan([list(range(h))] * L, [list(range(f))] * L))
+        for i, (name, hs, fs) in enumerate(configs):
+            what = f"{hs[0]} heads and MLP width {fs[0]} in every layer" if single else f"heads {hs} and MLP widths {fs}"
+            log(f"export the model with {what} ({i + 1}/{len(configs)})")
+            m = model if (hs, fs) == (heads, neurons) else apply_plan(model, PrunePlan([list(range(h)) for h in hs], [list(range(f)) for f in fs]))
             path = export_model(m, inputs, tmp / f"{name}.onnx", profile)
             rt = ort_runtime_for(profile).load(path)
             feed = _feed(rt, inputs)
@@ -511,33 +528,45 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
         describe = keep[0].describe()
         del keep, runners
     ms = {k: v["median_ms"] for k, v in res.items()}
-    dense_ms, empty_ms = ms[f"heads_{H}"], ms["empty_model"]
-    width_ms = {f: (dense_ms if f == F else ms[f"width_{f}"]) for f in widths}
-    # additive model: T = empty + sum_l attn(h_l) + sum_l mlp(f_l), attn(0) = mlp(0) = 0
-    attn_raw = [(ms[f"heads_{h}"] - ms["heads_0"]) / L for h in range(H + 1)]
-    mlp_raw = [(width_ms[f] - width_ms[0]) / L for f in widths]
-    block_dense_raw = attn_raw[H] + mlp_raw[-1]
+    dense_ms, empty_ms = ms[dense_name], ms["empty_model"]
+    # additive model: T = empty + sum_l attn_g(l)(h_l) + sum_l mlp_g(l)(f_l), attn(0) = mlp(0) = 0
+    tables = []
+    for gi, g in enumerate(groups):
+        tag = "" if single else f"g{gi}_"
+        H, F = heads[g[0]], neurons[g[0]]
+        full = {f"{tag}heads_{H}": ms[f"{tag}heads_{H}"]}
+        width_ms = {f: (full[f"{tag}heads_{H}"] if f == F else ms[f"{tag}width_{f}"]) for f in grid[gi]}
+        n = len(g)
+        tables.append({"layers": g, "attn_raw": [(ms[f"{tag}heads_{h}"] - ms[f"{tag}heads_0"]) / n for h in range(H + 1)],
+                       "mlp_widths": grid[gi], "mlp_raw": [(width_ms[f] - width_ms[0]) / n for f in grid[gi]]})
+    dense_raw = sum(len(t["layers"]) * (t["attn_raw"][-1] + t["mlp_raw"][-1]) for t in tables)
     scale = 1.0
-    if calibrate and block_dense_raw > 0 and dense_ms > empty_ms:
-        scale = (dense_ms - empty_ms) / (L * block_dense_raw)  # residual non-additivity, spread over the table
+    if calibrate and dense_raw > 0 and dense_ms > empty_ms:
+        scale = (dense_ms - empty_ms) / dense_raw  # residual non-additivity, spread over the table
     describe.pop("artifact", None)
     env = environment()
     env["runtime"] = describe
+    first = tables[0]
+    group_list = None if single else [{"layers": t["layers"], "attn_ms": [v * scale for v in t["attn_raw"]], "mlp_widths": t["mlp_widths"],
+                                       "mlp_ms": [v * scale for v in t["mlp_raw"]]} for t in tables]
     return LatencyTable(
         profile=profile.to_dict(),
-        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if "input_ids" in inputs else None,
-                "image_size": int(inputs["pixel_values"].shape[-1]) if "pixel_values" in inputs else None},
+        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if a.modality == "text" else None,
+                "image_size": int(next(iter(inputs.values())).shape[-1]) if a.modality == "image" else None},
         model={"name": model_name or type(model).__name__, "family": a.family, "num_layers": L, "heads": heads, "neurons": neurons,
-               "hidden_size": d, "head_dim": a.head_dim()},
-        attn_ms=[v * scale for v in attn_raw],
-        mlp_widths=widths,
-        mlp_ms=[v * scale for v in mlp_raw],
+               "hidden_size": d, "head_dim": a.head_dim(), "hidden_sizes": [a.layer_hidden_size(l) for l in range(L)]},
+        attn_ms=[v * scale for v in first["attn_raw"]],
+        mlp_widths=first["mlp_widths"],
+        mlp_ms=[v * scale for v in first["mlp_raw"]],
         empty_model_ms=empty_ms,
         dense_model_ms=dense_ms,
         scale=scale,
         environment=env,
-        raw={"ms": ms, "stats": res, "attn_ms_uncalibrated": attn_raw, "mlp_ms_uncalibrated": mlp_raw,
-             "dense_predicted_uncalibrated_ms": empty_ms + L * block_dense_raw, "method": "in-context: whole model, uniform per-layer counts"},
+        raw={"ms": ms, "stats": res, "attn_ms_uncalibrated": first["attn_raw"], "mlp_ms_uncalibrated": first["mlp_raw"],
+             "groups_uncalibrated": None if single else [{k: t[k] for k in ("layers", "attn_raw", "mlp_raw")} for t in tables],
+             "dense_predicted_uncalibrated_ms": empty_ms + dense_raw, "method": "in-context: whole model, uniform per-layer counts"
+             + ("" if single else " within each group of equal layers, the other groups dense")},
         timing={"rounds": rounds, "iters": iters, "warmup": warmup, "statistic": "median", "interleaved": True,
                 "seconds": round(time.perf_counter() - t0, 1), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        groups=group_list,
     )

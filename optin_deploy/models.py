@@ -84,12 +84,10 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _is_vision(config: Any) -> bool:
-    from transformers.models.auto import modeling_auto as m
+    """Whether a (supported) transformers config is an image model: its adapter says."""
+    from .adapters import adapter_for_config
 
-    mt = getattr(config, "model_type", "")
-    if mt in m.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES:
-        return True
-    return mt not in m.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES and hasattr(config, "num_channels") and hasattr(config, "image_size")
+    return adapter_for_config(config).modality == "image"
 
 
 def _weights_file(folder: Path) -> str:
@@ -99,13 +97,45 @@ def _weights_file(folder: Path) -> str:
     return str(folder)
 
 
-def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: bool = True) -> torch.nn.Module:
+TASKS = ("classification", "embedding")
+
+
+def wants_embedding(folder: str | os.PathLike, task: str | None) -> bool:
+    """Whether a transformers folder loads as a sentence-embedding model: ``task="embedding"``, or no
+    task given and the folder holds sentence-transformers files (``modules.json``) for a model
+    without a classification head."""
+    if task is not None:
+        if task not in TASKS:
+            raise OptinError(f"unknown --task {task!r}; choose one of {', '.join(TASKS)}")
+        return task == "embedding"
+    folder = Path(str(folder)).expanduser()
+    if not (folder / "modules.json").is_file() or not (folder / "config.json").is_file():
+        return False
+    try:
+        archs = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    except ValueError:
+        return False
+    return not any(a.endswith("Classification") for a in archs)
+
+
+def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: bool = True, task: str | None = None) -> torch.nn.Module:
     """Load a model for inference (float32, eval mode). See the module docstring for what ``spec`` may be.
 
     ``num_labels`` replaces a transformers classification head of another size (freshly initialised);
     ``head=False`` loads a transformers checkpoint as its base model, without a task head.
+    ``task="embedding"`` (or a folder with sentence-transformers files, see :func:`wants_embedding`)
+    loads the bare encoder wrapped with its pooling as a
+    :class:`~optin_deploy.adapters.embedding.SentenceEmbedder`.
     """
     s = str(spec)
+    if wants_embedding(s, task) and not (Path(s).expanduser() / "optin_structure.json").exists():
+        from .adapters.embedding import SentenceEmbedder, read_pooling
+
+        if s.startswith("timm:"):
+            raise OptinError("embedding models need a text encoder; timm models are vision models")
+        base = load_model(spec, head=False, task="classification")  # the bare encoder (no pooling yet)
+        folder = Path(s).expanduser()
+        return _finish(SentenceEmbedder(base, read_pooling(folder if folder.is_dir() else None)))
     if s.startswith("timm:"):
         return _load_timm(s[5:], num_labels)
     path = Path(s).expanduser()
@@ -143,6 +173,9 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
         if not local:
             raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({str(exc).splitlines()[0]})") from None
         raise OptinError(f"{where}/config.json is not a valid transformers config ({str(exc).splitlines()[0][:200]}); fix or replace it") from None
+    from .adapters import adapter_for_config
+
+    adapter_for_config(config, f"model {spec!r}")  # an unsupported family is refused here, before any weights load
     if not head:
         cls = transformers.AutoModel
     else:
@@ -158,7 +191,7 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
             model = cls.from_pretrained(where, config=config, **kw)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
-            raise OptinError(f"model {spec!r} ({config.model_type}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
+            raise OptinError(f"model {spec!r} ({type(config).__name__}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
         raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({str(exc).splitlines()[0][:200]}); the file may be corrupt") from None
     except (OSError, RuntimeError, EOFError, Exception) as exc:  # noqa: BLE001 - safetensors/pickle errors vary
         if not local and isinstance(exc, OSError):
@@ -256,7 +289,7 @@ def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None)
         c, h, w = pcfg.get("input_size", (3, 224, 224))
         return {"modality": "image", "image_size": (h, w), "image_mean": list(pcfg.get("mean", (0.5,) * c)),
                 "image_std": list(pcfg.get("std", (0.5,) * c)), "num_channels": c}
-    if cfg is not None and _is_vision(cfg):
+    if cfg is not None and _model_modality(model) == "image":
         out = {"modality": "image", "image_size": getattr(cfg, "image_size", 224), "num_channels": getattr(cfg, "num_channels", 3),
                "image_mean": 0.5, "image_std": 0.5}
         pp = Path(str(spec)) / "preprocessor_config.json" if spec else None
@@ -271,6 +304,15 @@ def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None)
                 raise OptinError(f"{pp} is not valid JSON; fix or delete it") from None
         return out
     return {"modality": "text"}
+
+
+def _model_modality(model: torch.nn.Module) -> str:
+    from .adapters import get_adapter
+
+    try:
+        return get_adapter(model).modality
+    except OptinError:
+        return "image" if hasattr(getattr(model, "config", None), "image_size") else "text"
 
 
 def load_tokenizer(spec: str | os.PathLike):

@@ -1,7 +1,8 @@
 """Save and load physically pruned models.
 
 A pruned model is a folder with ``model.safetensors`` (the weights) and ``optin_structure.json``
-(family, base architecture, and the kept head count and MLP width of every layer). Loading builds
+(family, base architecture, and for every layer the indices of the kept heads and MLP neurons,
+with their counts). Loading builds
 the base architecture, shrinks each layer to the saved sizes and loads the weights: the original
 checkpoint is not needed. (transformers' ``save_pretrained`` checkpoints of non-uniform models do
 not reload with ``from_pretrained``.)
@@ -58,14 +59,23 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
 
 
 def build_from_spec(spec: dict) -> nn.Module:
+    from .adapters.embedding import wrap_from_structure
+
     cls = adapter_class(spec.get("family", "?"))
-    model = cls.build_from_structure(spec)
+    model = wrap_from_structure(cls.build_from_structure(spec), spec)  # a sentence-embedding model gets its pooling back
     adapter = get_adapter(model)
     if adapter.num_layers != len(spec["heads"]):
         raise OptinError(f"structure spec has {len(spec['heads'])} layers but the architecture builds {adapter.num_layers}")
-    for layer, (h, f) in enumerate(zip(spec["heads"], spec["neurons"])):
-        adapter.keep_heads(layer, list(range(h)))
-        adapter.keep_neurons(layer, list(range(f)))
+    # kept indices (any structure written since they were recorded); counts only in older files,
+    # which is exact for families without per-head tables outside the sliced weights
+    use_idx = cls.rebuild_from_indices
+    kept_heads = (use_idx and spec.get("kept_heads")) or [list(range(h)) for h in spec["heads"]]
+    kept_neurons = (use_idx and spec.get("kept_neurons")) or [list(range(f)) for f in spec["neurons"]]
+    if [len(k) for k in kept_heads] != list(spec["heads"]) or [len(k) for k in kept_neurons] != list(spec["neurons"]):
+        raise OptinError("structure spec: kept_heads/kept_neurons disagree with heads/neurons; re-run optin-deploy prune")
+    for layer, (h, f) in enumerate(zip(kept_heads, kept_neurons)):
+        adapter.keep_heads(layer, h)
+        adapter.keep_neurons(layer, f)
     return model
 
 

@@ -83,8 +83,25 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         f"- budget: `{report['budget']}`; scoring: {report['scoring']['method']} ({report['scoring']['scorer']}), {report['scoring_seconds']:.1f} s"
         + (" (cached)" if report["scoring"].get("cached") else ""),
     ]
-    if gate:
+    if gate and "max_accuracy_drop" in gate:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
+    elif gate:
+        floors = ", ".join(f"{k.replace('_', ' ')} >= {v['floor']}" for k, v in gate.items() if isinstance(v, dict))
+        lines.append(f"- quality gate ({floors}): **{'PASSED' if gate['passed'] else 'FAILED'}**")
+    emb = report.get("embedding")
+    if emb:
+        pool = emb.get("pooling") or {}
+        lines.append(f"- sentence embeddings: {'+'.join(pool.get('modes', []))} pooling{', L2-normalised' if pool.get('normalize') else ''} "
+                     f"({pool.get('source', '')}); output `sentence_embedding`")
+        lines.append(f"- on {emb['corpus_size']} held-out texts ({emb['split']} split, max {emb.get('max_length')} tokens), through the exported runtime: "
+                     f"cosine between dense and pruned embeddings of the same text mean **{emb['cosine_mean']:.4f}**, 5th percentile "
+                     f"**{emb['cosine_p5']:.4f}**, min {emb['cosine_min']:.4f}; recall@{emb['k']} of the pruned model's nearest neighbours "
+                     f"against the dense model's **{emb['recall_at_' + str(emb['k'])]:.4f}**")
+        if emb.get("spearman_pairs"):
+            sp = emb["spearman_pairs"]
+            lines.append(f"- Spearman of the pair cosine with the pairs' scores ({sp['pairs']} pairs): dense {sp['dense']:.4f}, pruned {sp['pruned']:.4f}")
+        if emb.get("note"):
+            lines.append(f"- note: {emb['note']}")
     srch = report.get("search")
     if srch:
         c = srch["chosen"]

@@ -9,9 +9,17 @@ recipe, seed, training time, validation and test accuracy and the assets' versio
   batches).
 * ``minilm-bbc-news``: all-MiniLM-L6-v2 fine-tuned on BBC News (5 classes, max length 128,
   3 epochs, batch 16, lr 1e-4).
+* ``minilm-embeddings``: all-MiniLM-L6-v2 as shipped, a sentence-embedding model (mean pooling and
+  L2 normalisation, from the sentence-transformers files of the same wheel): no training; its data
+  are the texts of ``rotten-tomatoes`` and ``bbc-news`` (training texts calibrate, held-out texts
+  validate), max length 128 (the length the model was trained at).
 * ``vit-fashion-mnist``: a small ViT (patch 7, hidden 128, 4 layers, 4 heads) trained from scratch
   on Fashion-MNIST (batch 64, AdamW lr 1e-3, cosine, 12 epochs, fewer if the first steps show the
   machine cannot finish within the time budget ``$OPTIN_DEPLOY_ZOO_BUDGET_S``, default 1800 s).
+* ``swin-fashion-mnist``: a small Swin (patch 4, window 4, two stages of 2 blocks, hidden 48 then 96,
+  3 then 6 heads) trained from scratch on Fashion-MNIST with the same recipe and a 900 s time
+  budget; when not even one epoch fits, it trains the part of an epoch that does
+  (``partial_epochs``), so the figure it reaches depends on how loaded the machine was.
 
 Training is seeded and deterministic on a given machine; no choice is made on the test split.
 """
@@ -47,7 +55,7 @@ class ZooEntry:
     name: str
     description: str
     data: str  # a built-in data set
-    kind: str  # "text" or "image"
+    kind: str  # "text", "image" or "embedding" (a sentence-embedding model, used as shipped)
     max_length: int | None = None
     recipe: dict = field(default_factory=dict)
 
@@ -65,6 +73,10 @@ ZOO: dict[str, ZooEntry] = {
         {"epochs": 3, "lr": 1e-4, "batch_size": 16, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear",
          "length_grouped": True, "max_grad_norm": 1.0},
     ),
+    "minilm-embeddings": ZooEntry(
+        "minilm-embeddings", "all-MiniLM-L6-v2 as shipped: sentence embeddings (mean pooling, normalised), no fine-tuning",
+        "rotten-tomatoes+bbc-news", "embedding", 128, {"training": "none: the model as shipped"},
+    ),
     "vit-fashion-mnist": ZooEntry(
         "vit-fashion-mnist", "a small ViT (0.8M parameters) trained from scratch on Fashion-MNIST (10 classes)",
         "fashion-mnist", "image", None,
@@ -72,8 +84,17 @@ ZOO: dict[str, ZooEntry] = {
          "max_grad_norm": 1.0, "patch_size": 7, "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
          "intermediate_size": 512, "time_budget_s": 1800},
     ),
+    "swin-fashion-mnist": ZooEntry(
+        "swin-fashion-mnist", "a small Swin (0.3M parameters, 2 stages) trained from scratch on Fashion-MNIST (10 classes)",
+        "fashion-mnist", "image", None,
+        {"arch": "swin", "epochs": 12, "lr": 1e-3, "batch_size": 64, "warmup": 0.02, "weight_decay": 0.05, "schedule": "cosine",
+         "max_grad_norm": 1.0, "patch_size": 4, "window_size": 4, "embed_dim": 48, "depths": [2, 2], "num_heads": [3, 6],
+         "mlp_ratio": 4.0, "time_budget_s": 900, "partial_epochs": True},
+    ),
 }
-DATA_TO_TASK = {e.data: e.name for e in ZOO.values()}
+DATA_TO_TASK: dict[str, str] = {}
+for _e in ZOO.values():  # a data set's task is the first zoo model trained on it
+    DATA_TO_TASK.setdefault(_e.data, _e.name)
 
 
 # --------------------------------------------------------------------------------------------- util
@@ -277,17 +298,20 @@ def train_image_classifier(
     weight_decay: float = 0.05,
     max_grad_norm: float = 1.0,
     time_budget_s: float | None = None,
+    partial_epochs: bool = False,
     seed: int = SEED,
     progress: bool = True,
     **_: Any,
 ) -> dict:
     """Train an image classifier in place (AdamW, warm-up + cosine). With ``time_budget_s`` the
-    epoch count is cut, before training starts, to what 30 timed steps say fits in the budget."""
+    epoch count is cut, before training starts, to what 30 timed steps say fits in the budget
+    (at least one epoch; with ``partial_epochs``, at least 100 steps: the part of an epoch that fits)."""
     seed_everything(seed)
     x, y = train.inputs, train.labels
     n = len(y)
     steps_per_epoch = math.ceil(n / batch_size)
     planned = epochs
+    max_steps = None
     if time_budget_s:
         probe = {k: v.clone() for k, v in model.state_dict().items()}
         popt = torch.optim.AdamW(model.parameters(), lr=0.0)
@@ -302,9 +326,14 @@ def train_image_classifier(
         per_epoch = (time.perf_counter() - t) / k * steps_per_epoch
         model.load_state_dict(probe)
         epochs = max(1, min(epochs, int(time_budget_s // per_epoch)))
-        _log(f"about {per_epoch:.0f}s per epoch: training {epochs} epoch(s) (planned {planned}, budget {time_budget_s:.0f}s)", progress)
+        if partial_epochs and per_epoch > time_budget_s:
+            max_steps = max(100, int(time_budget_s / per_epoch * steps_per_epoch))
+            _log(f"about {per_epoch:.0f}s per epoch: training {max_steps} of {steps_per_epoch} steps of one epoch "
+                 f"(planned {planned} epochs, budget {time_budget_s:.0f}s)", progress)
+        else:
+            _log(f"about {per_epoch:.0f}s per epoch: training {epochs} epoch(s) (planned {planned}, budget {time_budget_s:.0f}s)", progress)
         seed_everything(seed)
-    total = steps_per_epoch * epochs
+    total = steps_per_epoch * epochs if max_steps is None else max_steps
     opt = _optimizer(model, lr, weight_decay)
     sched = _scheduler(opt, "cosine", int(round(warmup * total)), total)
     g = torch.Generator().manual_seed(seed)
@@ -315,13 +344,16 @@ def train_image_classifier(
     for _epoch in range(epochs):
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, batch_size):
+            if step >= total:
+                break
             b = perm[i:i + batch_size]
             out = model(pixel_values=x[b], labels=y[b])
             _optimizer_step(model, out.loss, opt, sched, max_grad_norm)
             step += 1
             bar.step(step, out.loss.item())
     model.eval()
-    return {"steps": step, "epochs": epochs, "planned_epochs": planned, "train_seconds": time.perf_counter() - t0}
+    return {"steps": step, "epochs": epochs if max_steps is None else step / steps_per_epoch, "planned_epochs": planned,
+            "train_seconds": time.perf_counter() - t0}
 
 
 def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
@@ -344,21 +376,35 @@ def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) ->
     return model, tok, stats | {"base_model": base.as_source()}
 
 
+def _image_model(r: dict, data: TaskData) -> torch.nn.Module:
+    """A fresh image classifier for a zoo recipe (``arch``: ViT by default, or Swin)."""
+    import transformers
+
+    labels = {"num_labels": data.num_labels, "id2label": dict(enumerate(data.label_names)),
+              "label2id": {n: i for i, n in enumerate(data.label_names)}}
+    if r.get("arch") == "swin":
+        config = transformers.SwinConfig(
+            image_size=28, patch_size=r["patch_size"], num_channels=1, embed_dim=r["embed_dim"], depths=list(r["depths"]),
+            num_heads=list(r["num_heads"]), window_size=r["window_size"], mlp_ratio=r["mlp_ratio"], hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, drop_path_rate=0.0, **labels,
+        )
+        return transformers.SwinForImageClassification(config)
+    config = transformers.ViTConfig(
+        image_size=28, patch_size=r["patch_size"], num_channels=1, hidden_size=r["hidden_size"],
+        num_hidden_layers=r["num_hidden_layers"], num_attention_heads=r["num_attention_heads"],
+        intermediate_size=r["intermediate_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **labels,
+    )
+    return transformers.ViTForImageClassification(config)
+
+
 def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTImageProcessor
 
     from .data.builtin import FASHION_MEAN, FASHION_STD
 
     r = entry.recipe
     seed_everything(SEED)
-    config = ViTConfig(
-        image_size=28, patch_size=r["patch_size"], num_channels=1, hidden_size=r["hidden_size"],
-        num_hidden_layers=r["num_hidden_layers"], num_attention_heads=r["num_attention_heads"],
-        intermediate_size=r["intermediate_size"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        num_labels=data.num_labels, id2label=dict(enumerate(data.label_names)),
-        label2id={n: i for i, n in enumerate(data.label_names)},
-    )
-    model = ViTForImageClassification(config)
+    model = _image_model(r, data)
     budget = float(os.environ.get("OPTIN_DEPLOY_ZOO_BUDGET_S", r.get("time_budget_s", 0)) or 0) or None
     stats = train_image_classifier(model, data.train, seed=SEED, progress=progress, **(r | {"time_budget_s": budget}))
     model.save_pretrained(out)
@@ -370,12 +416,46 @@ def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -
     return model, None, stats | {"parameters": sum(p.numel() for p in model.parameters())}
 
 
+def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
+    """An embedding entry: the shipped model folder plus its sentence-transformers files; no training."""
+    import transformers
+
+    base = assets.minilm()
+    st = assets.minilm_sentence_transformers_files()
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=zoo_dir()))
+    try:
+        for f in assets.MINILM_FILES:
+            shutil.copy2(Path(base.path) / f, tmp / f)
+        for f, data in st.items():
+            (tmp / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / f).write_bytes(data)
+        info = {
+            "format": ZOO_FORMAT, "name": entry.name, "description": entry.description, "data": entry.data,
+            "max_length": entry.max_length, "recipe": entry.recipe, "task": "embedding", "base_model": base.as_source(),
+            "sentence_transformers_files": sorted(st), "seed": SEED,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"{entry.name}: all-MiniLM-L6-v2 with its sentence-transformers pooling files, in {final}", progress)
+    return final
+
+
 def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = True) -> Path:
     """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains)."""
     entry = _entry(name)
     final = task_dir(name)
     if (final / "zoo_info.json").exists() and not force:
         return final
+    if entry.kind == "embedding":
+        return _prepare_embedding(entry, final, progress)
     from .data.builtin import load_builtin
 
     threads = set_threads()
@@ -453,12 +533,16 @@ def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
     from .models import load_model
 
     set_threads()
-    model = load_model(folder)
+    model = load_model(folder, task="embedding" if entry.kind == "embedding" else None)
     tok = None
-    if entry.kind == "text":
+    if entry.kind in ("text", "embedding"):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if entry.kind == "embedding":
+        from .data.texts import load_texts
+
+        return Task(name, model, load_texts(entry.data, seed=SEED), entry.max_length, tok, str(folder))
     return Task(name, model, load_builtin(entry.data, seed=SEED), entry.max_length, tok, str(folder))
 
 
@@ -493,6 +577,7 @@ def load_task(
     label_column: str | None = "label",
     seed: int = SEED,
     progress: bool = True,
+    task: str | None = None,
 ) -> Task:
     """The task a command works on.
 
@@ -502,6 +587,10 @@ def load_task(
     * otherwise ``load_model(model)`` with ``load_data(data)``; the tokenizer comes from the model
       folder. ``data`` may be left out when the model folder records it (``optin_task.json`` or
       ``zoo_info.json`` with a ``data`` key, plus ``max_length``).
+
+    ``task="embedding"`` (or a model folder with sentence-transformers files) makes it a
+    sentence-embedding task: the model is the bare encoder with its pooling and the data are texts
+    (:func:`optin_deploy.data.texts.load_texts`), no labels needed.
     """
     from .data.loaders import load_data
     from .models import load_model, load_tokenizer, preprocessing
@@ -514,12 +603,12 @@ def load_task(
             return get_task(DATA_TO_TASK[data], progress=progress)
         raise OptinError(f"--data {data!r} needs a model: pass --model (a zoo name, a model folder, a hub name or timm:NAME)")
     if model in ZOO:
-        task = get_task(model, progress=progress)
+        zt = get_task(model, progress=progress)
         if data is not None and data != ZOO[model].data:
-            task.data = _check_fit(task.model, _load_for(task, data, flags), model, data)
-        return task
+            zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
+        return zt
     set_threads()
-    m = load_model(model)
+    m = load_model(model, task=task)
     folder = Path(str(model)).expanduser()
     hint = _model_task_hint(folder) if folder.is_dir() else None
     if data is None:
@@ -528,7 +617,11 @@ def load_task(
         data = hint["data"]
         max_length = int(hint.get("max_length") or max_length)
     pre = preprocessing(m, model)
-    if pre["modality"] == "image":
+    if getattr(m, "output_kind", None) == "embedding":
+        from .data.texts import load_texts
+
+        td = load_texts(data, text_column=text_column, seed=seed)
+    elif pre["modality"] == "image":
         td = load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                        num_channels=pre["num_channels"], **flags)
     else:
@@ -545,6 +638,10 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
     from .models import preprocessing
 
     pre = preprocessing(task.model, task.model_source)
+    if getattr(task.model, "output_kind", None) == "embedding":
+        from .data.texts import load_texts
+
+        return load_texts(data, text_column=flags["text_column"], seed=flags["seed"])
     if pre["modality"] == "image":
         return load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                          num_channels=pre["num_channels"], **flags)

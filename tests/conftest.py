@@ -41,6 +41,35 @@ def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):
     return BertForSequenceClassification(cfg).eval()
 
 
+TINY_TEXT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
+                 max_position_embeddings=64)
+
+# text families: transformers config class name, its SequenceClassification class, config overrides.
+# A new family adds one entry here (and its adapter file); the invariant tests in test_core.py and
+# test_export.py are parametrised over FAMILIES.
+TEXT_FAMILIES = {
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
+                   dict(vocab_size=120, dim=32, n_layers=3, n_heads=4, hidden_dim=48, max_position_embeddings=64)),
+    "electra": ("ElectraConfig", "ElectraForSequenceClassification", dict(TINY_TEXT, embedding_size=24)),
+    "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "camembert": ("CamembertConfig", "CamembertForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+    "mpnet": ("MPNetConfig", "MPNetForSequenceClassification", dict(TINY_TEXT, max_position_embeddings=66)),
+}
+
+
+def make_tiny_text(family: str, num_labels: int = 3, layers: int = 3, seed: int = 0, head: bool = True, **over):
+    """A tiny randomly initialised model of a text family (``head=False``: the bare encoder)."""
+    import transformers
+
+    cfg_name, cls_name, kw = TEXT_FAMILIES[family]
+    kw = dict(kw, **over)
+    kw["n_layers" if "n_layers" in kw else "num_hidden_layers"] = layers
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_name)(num_labels=num_labels, **kw)
+    cls = getattr(transformers, cls_name if head else cls_name.replace("ForSequenceClassification", "Model"))
+    return cls(cfg).eval()
+
+
 def make_tiny_vit(seed: int = 0, deit: bool = False):
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
@@ -57,6 +86,41 @@ def make_tiny_timm(seed: int = 0):
 
     torch.manual_seed(seed)
     return VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=3, num_heads=4, mlp_ratio=1.5, num_classes=5).eval()
+
+
+def make_tiny_dinov2(seed: int = 0, swiglu: bool = False):
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2, image_size=16, patch_size=4,
+                       num_channels=3, num_labels=5, use_swiglu_ffn=swiglu, layerscale_value=0.5)
+    m = Dinov2ForImageClassification(cfg).eval()
+    with torch.no_grad():  # layer scales away from their constant init, so a wrong fold shows
+        for blk in m.dinov2.encoder.layer:
+            for ls in (blk.layer_scale1, blk.layer_scale2):
+                ls.lambda1.uniform_(0.2, 1.5)
+    return m
+
+
+def make_tiny_swin(seed: int = 0):
+    """Two stages (hidden 24 then 48, head size 8 then 16), 28x28 grey images, patch 4, window 4:
+    the 7x7 first-stage grid is padded to 8x8 windows; the 4x4 second stage is one window."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(seed)
+    cfg = SwinConfig(image_size=28, patch_size=4, num_channels=1, embed_dim=24, depths=[2, 2], num_heads=[3, 3], window_size=4,
+                     mlp_ratio=1.0, num_labels=5)
+    m = SwinForImageClassification(cfg).eval()
+    with torch.no_grad():  # the relative-position tables start at zero: give each head its own bias
+        for p in m.parameters():
+            if p.dim() == 2 and p.shape[1] == 3 and p.shape[0] == 49:
+                p.normal_(0, 0.5)
+    return m
+
+
+def grey_inputs(batch: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(batch, 1, 28, 28, generator=g)}
 
 
 def text_inputs(batch: int = 4, seq: int = 12, seed: int = 0):
@@ -77,6 +141,10 @@ FAMILIES = {
     "hf_vit": (make_tiny_vit, image_inputs),
     "hf_deit": (lambda seed=0: make_tiny_vit(seed, deit=True), image_inputs),
     "timm_vit": (make_tiny_timm, image_inputs),
+    "hf_dinov2": (make_tiny_dinov2, image_inputs),
+    "hf_dinov2_swiglu": (lambda seed=0: make_tiny_dinov2(seed, swiglu=True), image_inputs),
+    "hf_swin": (make_tiny_swin, grey_inputs),
+    **{f: ((lambda f: lambda seed=0: make_tiny_text(f, seed=seed))(f), text_inputs) for f in TEXT_FAMILIES},
 }
 
 

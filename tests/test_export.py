@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
+from conftest import FAMILIES, TEXT_FAMILIES, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile, export_bundle, get_exporter, parity_inputs
@@ -18,7 +18,7 @@ from optin_deploy.exporters.base import LogitsModel
 from optin_deploy.runtimes import get_runtime
 
 PROFILE = ShapeProfile(min_batch=1, opt_batch=4, max_batch=16, min_seq=1, opt_seq=16, max_seq=64)
-FAMS = ["bert", "hf_vit", "timm_vit"]
+FAMS = ["bert", "hf_vit", "timm_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_swin", *TEXT_FAMILIES]
 
 
 def _pruned(model, seed=1, empty_heads_layer=1, empty_mlp_layer=None):
@@ -63,7 +63,7 @@ def test_onnx_dense(family, tmp_path):
     assert [o.name for o in m.graph.output] == ["logits"]
     dims = m.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param  # dynamic batch
-    if family == "bert":
+    if "pixel_values" not in example:
         assert dims[1].dim_param  # dynamic sequence
     else:
         assert [d.dim_value for d in dims[1:]] == list(example["pixel_values"].shape[1:])
@@ -86,7 +86,7 @@ def test_onnx_optimize_records_result(tmp_path):
     pruned, _ = _pruned(model, seed=5, empty_heads_layer=None)
     res = get_exporter("onnx").export(pruned, text_inputs(), tmp_path / "model.onnx", profile=PROFILE, optimize=True, graph="dynamo")
     opt = res.metadata["optimized"]
-    assert opt["model_type"] == "bert"
+    assert opt["optimizer"] == "bert"
     if opt["kept"]:
         assert (tmp_path / "model.optimized.onnx").exists() and opt["parity"]["passed"]
     else:

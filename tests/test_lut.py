@@ -246,3 +246,39 @@ def test_relative_measure_times_against_the_dense_model(tmp_path):
     ms = fn(pruned)
     h = fn.history[-1]
     assert ms == pytest.approx(10.0 * h["candidate_ms"] / h["dense_ms"]) and h["dense_ms"] > 0
+
+
+def test_grouped_table_predicts_per_layer():
+    """A table for a model whose layers differ (Swin's stages): one table per group of equal layers."""
+    t = synthetic_table(L=4, H=4, F=48)
+    t.model.update(heads=[2, 2, 4, 4], neurons=[24, 24, 48, 48])
+    t.groups = [{"layers": [0, 1], "attn_ms": [0.0, 0.2, 0.3], "mlp_widths": [0, 24], "mlp_ms": [0.0, 0.2]},
+                {"layers": [2, 3], "attn_ms": [0.0, 0.5, 0.75, 1.0, 1.25], "mlp_widths": [0, 16, 32, 48], "mlp_ms": [0.0, 0.3, 0.5, 0.7]}]
+    assert t.predict([2, 1, 4, 0], [24, 12, 48, 0]) == pytest.approx(1.0 + 0.3 + 0.2 + 0.2 + 0.1 + 1.25 + 0.7)
+    cm = t.cost_model()
+    assert cm.attn(0, 2) == pytest.approx(0.3) and cm.attn(3, 2) == pytest.approx(0.75)
+    assert cm.neuron[0] == pytest.approx(0.2 / 24) and cm.neuron[2] != cm.neuron[0]
+    again = LatencyTable.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert again.predict([2, 1, 4, 0], [24, 12, 48, 0]) == pytest.approx(t.predict([2, 1, 4, 0], [24, 12, 48, 0]))
+
+
+@pytest.mark.slow
+def test_real_measurement_on_tiny_swin(tmp_path):
+    """Swin's two stages get a table each, measured in context; selection under it stays in budget."""
+    from conftest import make_tiny_swin
+    from optin_deploy.core.selection import select
+    from optin_deploy.lut import measure_lut
+
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(TINY_PROFILE)
+    model = make_tiny_swin()
+    t = measure_lut(model, prof, mlp_step=24, rounds=2, iters=2, warmup=1)
+    assert [g["layers"] for g in t.groups] == [[0, 1], [2, 3]]
+    assert [len(g["attn_ms"]) for g in t.groups] == [4, 4] and [g["mlp_widths"] for g in t.groups] == [[0, 24], [0, 24, 48]]
+    assert t.model["hidden_sizes"] == [24, 24, 48, 48] and t.scale > 0
+    cm = load_lut(t.save(tmp_path / "lut.json"), model, prof)
+    assert cm.info["warnings"] == []
+    assert cm.dense() == pytest.approx(t.dense_predicted())
+    hs, ns = scores(model)
+    sel = select(hs, ns, cm, 0.7 * cm.dense())
+    assert sel.cost <= 0.7 * cm.dense() * (1 + 1e-9)

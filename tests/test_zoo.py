@@ -160,6 +160,21 @@ def test_train_image_smoke():
     assert stats["steps"] == 4 and stats["epochs"] == 2
 
 
+def test_train_swin_partial_epoch():
+    """The zoo's Swin recipe builds a Swin; with ``partial_epochs`` a tiny budget trains only part of an epoch."""
+    from optin_deploy.adapters import get_adapter
+    from optin_deploy.data.types import TaskData
+
+    data = TaskData("fashion-mnist", "image", "classification", ["a", "b", "c"], Split(torch.randn(8, 1, 28, 28), torch.arange(8) % 3),
+                    Split(torch.randn(4, 1, 28, 28), torch.arange(4) % 3), Split(torch.randn(4, 1, 28, 28), torch.arange(4) % 3), {})
+    r = dict(zoo.ZOO["swin-fashion-mnist"].recipe, embed_dim=12, num_heads=[2, 2])
+    m = zoo._image_model(r, data)
+    assert get_adapter(m).family == "hf_swin" and get_adapter(m).heads_per_layer() == [2, 2, 2, 2]
+    split = Split(torch.randn(1600, 1, 28, 28), torch.arange(1600) % 3)
+    stats = zoo.train_image_classifier(m, split, epochs=3, batch_size=8, time_budget_s=1e-3, partial_epochs=True, progress=False)
+    assert stats["steps"] == 100 and stats["epochs"] == 0.5  # at least 100 steps, half of the 200-step epoch
+
+
 def test_metrics():
     m = zoo.metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert m["accuracy"] == 0.75
@@ -168,7 +183,9 @@ def test_metrics():
 
 def test_zoo_registry():
     names = [t["name"] for t in zoo.list_tasks()]
-    assert names == ["minilm-sentiment", "minilm-bbc-news", "vit-fashion-mnist"]
+    assert names[:2] == ["minilm-sentiment", "minilm-bbc-news"]
+    assert {"vit-fashion-mnist", "swin-fashion-mnist"} <= set(names) and names.index("vit-fashion-mnist") < names.index("swin-fashion-mnist")
+    assert zoo.DATA_TO_TASK["fashion-mnist"] == "vit-fashion-mnist"  # the first model of a data set stays its task
     assert [t for t in zoo.list_tasks() if t["default"]][0]["name"] == zoo.DEFAULT_TASK == "minilm-sentiment"
     with pytest.raises(OptinError, match="unknown zoo model 'nope'"):
         zoo.prepare("nope")

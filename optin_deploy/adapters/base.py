@@ -5,7 +5,14 @@ An adapter describes, for each transformer block, where its prunable units live:
 * heads: the query/key/value projections (separate ``Linear``s, or one fused ``qkv`` ``Linear``
   with the q, k and v blocks stacked along the output rows) and the attention output projection
   whose input columns are grouped by head;
-* FFN neurons: the first MLP ``Linear`` (rows) and the second (columns).
+* FFN neurons: the first MLP ``Linear`` (rows) and the second (columns); in a gated MLP
+  (SwiGLU: ``fc2(act(fc1 x) * up x)``) one neuron is a row of ``fc1`` and the same row of ``up``.
+
+Sizes may differ from layer to layer (hierarchical models such as Swin change the hidden size,
+head size and token count from stage to stage, and window attention lets a query see only its
+window). The per-layer methods (``layer_hidden_size``, ``layer_head_dim``, ``layer_tokens``,
+``attention_tokens``, ``attention_span``, ``layer_token_mask``) default to the single-size ones, so a
+family with equal layers implements only ``hidden_size`` / ``head_dim`` / ``seq_len`` / ``token_mask``.
 
 From that the generic machinery here masks units (hooks on the *inputs* of the output projection
 and of the second MLP linear, i.e. exactly the head outputs and post-activation neurons), counts
@@ -18,7 +25,7 @@ a saved structure.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +44,7 @@ class LayerParts:
     k: nn.Linear | None = None
     v: nn.Linear | None = None
     qkv: nn.Linear | None = None  # fused: rows [q; k; v]
+    up: nn.Linear | None = None  # gated MLP: second first-layer linear, same neuron rows as fc1
 
 
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
@@ -64,12 +72,32 @@ def _set_child(root: nn.Module, child: nn.Module, new: nn.Module) -> None:
     raise KeyError("module not found under root")
 
 
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the tokenizer conventions text families draw from
+
+
 class Adapter:
-    """Base class: the generic part of every family."""
+    """Base class: the generic part of every family.
+
+    Besides the block layout, an adapter owns everything else the tool must know about its family:
+    the inputs the model takes (:meth:`input_names`, :attr:`sequence_inputs`), the usable maximum
+    sequence length (:meth:`max_positions`), how inputs are made (:meth:`encode`,
+    :meth:`example_inputs`, :meth:`random_inputs`), how logits are read (:meth:`logits`), which
+    config ``model_type`` values it accepts before any weight is loaded (:attr:`model_types`), and
+    how the model is rebuilt from a saved structure (:meth:`structure`, :meth:`build_from_structure`).
+    """
 
     family: ClassVar[str] = ""
     description: ClassVar[str] = ""
     modality: ClassVar[str] = "text"
+    model_types: ClassVar[tuple[str, ...]] = ()  # transformers config.model_type values this adapter takes
+    sequence_inputs: ClassVar[tuple[str, ...]] = TEXT_INPUTS  # inputs with a (dynamic) sequence axis
+    ort_optimizer: ClassVar[str | None] = None  # onnxruntime.transformers optimizer kind ("bert", "vit"), if any
+    # build_from_structure gives the dense architecture, cut down by the saved kept indices; False:
+    # it already has the widest kept sizes, and layers are cut to the saved counts
+    rebuild_from_indices: ClassVar[bool] = True
+    # what the model's forward pass ends in: "logits" (a task head; OPTIN's output term is the KL of the
+    # logits) or "embedding" (a pooled sentence vector, adapters/embedding.py; the output term is 1 - cosine)
+    output_kind: ClassVar[str] = "logits"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -78,6 +106,11 @@ class Adapter:
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         raise NotImplementedError
+
+    @classmethod
+    def supports_config(cls, config: Any) -> bool:
+        """Whether a transformers config (read before any weights) belongs to this family."""
+        return getattr(config, "model_type", None) in cls.model_types
 
     def blocks(self) -> nn.ModuleList | nn.Sequential:
         raise NotImplementedError
@@ -106,6 +139,43 @@ class Adapter:
         """Replace block ``layer``'s MLP (all neurons removed) by its reduced form."""
         raise NotImplementedError
 
+    # ----- per-layer sizes (defaults: every layer alike) -----------------------------------
+    def layer_hidden_size(self, layer: int) -> int:
+        """Width of the residual stream in block ``layer``."""
+        return self.hidden_size()
+
+    def layer_head_dim(self, layer: int) -> int:
+        return self.head_dim()
+
+    def layer_tokens(self, layer: int, s: int) -> int:
+        """Tokens per sample in block ``layer`` when the model sees ``s`` (= :meth:`seq_len`) tokens."""
+        return s
+
+    def attention_tokens(self, layer: int, s: int) -> int:
+        """Tokens the attention of block ``layer`` projects (window attention: incl. window padding)."""
+        return self.layer_tokens(layer, s)
+
+    def attention_span(self, layer: int, s: int) -> int:
+        """Keys each query attends to (the window's area for window attention)."""
+        return self.attention_tokens(layer, s)
+
+    def layer_token_mask(self, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
+        """``B x T_layer`` bool mask of real tokens in block ``layer``'s output."""
+        return self.token_mask(inputs)
+
+    def for_export(self) -> None:
+        """Switch the model to a code path that exports (called by the exporters; default: nothing)."""
+
+    def attention_in_token_layout(self, layer: int) -> bool:
+        """Whether block ``layer``'s attention projections see the residual stream's ``B x T`` tokens
+        (False for window attention, whose rows are windows of shifted / padded tokens)."""
+        return True
+
+    def pass_through(self, layer: int) -> nn.Module:
+        """A module that stands in for block ``layer`` and returns its input unchanged, in the
+        form the model's code expects a block's output (a tensor unless a family says otherwise)."""
+        return PassThrough()
+
     def logits(self, outputs: Any) -> torch.Tensor | None:
         """The logits from the model's forward output (None for a model without a task head)."""
         if isinstance(outputs, torch.Tensor):
@@ -113,6 +183,9 @@ class Adapter:
         return getattr(outputs, "logits", None)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """Run the model on named inputs (text: the ones the family takes, others ignored)."""
+        if self.modality == "text":
+            return self.model(**{k: v for k, v in inputs.items() if k in self.sequence_inputs})
         return self.model(**inputs)
 
     def export_module(self, input_names: list[str]) -> nn.Module | None:
@@ -123,10 +196,16 @@ class Adapter:
 
     def seq_len(self, inputs: dict[str, torch.Tensor]) -> int:
         """Tokens per sequence seen by the blocks (incl. special / class tokens)."""
+        if self.modality == "text":
+            return int(inputs[self.input_names()[0]].shape[1])
         raise NotImplementedError
 
     def token_mask(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``B x T`` bool mask of real (non-padding) tokens in the block outputs."""
+        if self.modality == "text":
+            if "attention_mask" in inputs:
+                return inputs["attention_mask"].bool()
+            return torch.ones_like(inputs[self.input_names()[0]], dtype=torch.bool)
         raise NotImplementedError
 
     def mlp_residual(self, layer: int) -> nn.Module:
@@ -139,14 +218,40 @@ class Adapter:
         return None
 
     def structure(self) -> dict:
-        """Everything needed to rebuild the (possibly pruned) architecture without weights."""
-        raise NotImplementedError
+        """Everything needed to rebuild the (possibly pruned) architecture without weights: the dense
+        architecture (here: a transformers class and its config) plus, per layer, the kept head and
+        neuron indices (``kept_heads`` / ``kept_neurons``; ``heads`` / ``neurons`` are their counts)."""
+        return {
+            "family": self.family,
+            "model_class": type(self.model).__name__,
+            "config": self.model.config.to_dict(),
+            **self.kept_structure(),
+        }
+
+    def kept_structure(self) -> dict:
+        return {
+            "heads": self.heads_per_layer(),
+            "neurons": self.neurons_per_layer(),
+            "kept_heads": [self.kept_heads(i) for i in range(self.num_layers)],
+            "kept_neurons": [self.kept_neurons(i) for i in range(self.num_layers)],
+        }
 
     @classmethod
     def build_from_structure(cls, spec: dict) -> nn.Module:
-        raise NotImplementedError
+        """The dense architecture of ``spec`` with fresh weights (pruned_io then cuts it down)."""
+        import transformers
+
+        cfg = dict(spec["config"])
+        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+        return getattr(transformers, spec["model_class"])(config)
 
     # ----- generic ----------------------------------------------------------------------
+    @property
+    def root(self) -> nn.Module:
+        """The whole model the caller holds (``self.model`` is the part the family methods act on;
+        for a sentence-embedding model that is the wrapped encoder, and ``root`` the wrapper)."""
+        return self.model
+
     @property
     def num_layers(self) -> int:
         return len(self.blocks())
@@ -155,22 +260,37 @@ class Adapter:
         parts = self.layer_parts(layer)
         return 0 if parts is None or parts.fc1 is None else parts.fc1.out_features
 
+    def uniform(self) -> bool:
+        """Whether every layer has the same hidden size, head size and token count."""
+        return len({(self.layer_hidden_size(l), self.layer_head_dim(l), self.layer_tokens(l, 1 << 10)) for l in range(self.num_layers)}) <= 1
+
     def heads_per_layer(self) -> list[int]:
         return [self.num_heads(i) for i in range(self.num_layers)]
 
     def neurons_per_layer(self) -> list[int]:
         return [self.num_neurons(i) for i in range(self.num_layers)]
 
-    def head_mac(self, s: int) -> int:
-        """Multiply-accumulates of one head at sequence length ``s`` (spec: 4 s d dh + 2 s^2 dh)."""
-        d, dh = self.hidden_size(), self.head_dim()
-        return 4 * s * d * dh + 2 * s * s * dh
+    def head_mac(self, s: int, layer: int = 0) -> int:
+        """Multiply-accumulates of one head of block ``layer`` when the model sees ``s`` tokens.
 
-    def neuron_mac(self, s: int) -> int:
-        return 2 * s * self.hidden_size()
+        Spec: ``4 T d dh + 2 T w dh`` with ``T`` the tokens the attention projects, ``d`` the hidden
+        size, ``dh`` the head size and ``w`` the keys per query (``w = T`` for global attention,
+        giving ``4 s d dh + 2 s^2 dh``; the window's area for window attention, i.e. the score and
+        weighted-sum matmuls counted per window).
+        """
+        d, dh = self.layer_hidden_size(layer), self.layer_head_dim(layer)
+        t, w = self.attention_tokens(layer, s), self.attention_span(layer, s)
+        return 4 * t * d * dh + 2 * t * w * dh
+
+    def neuron_mac(self, s: int, layer: int = 0) -> int:
+        """``2 T d`` (a row of ``fc1``, a column of ``fc2``); ``3 T d`` in a gated MLP (also a row of ``up``)."""
+        parts = self.layer_parts(layer)
+        k = 3 if parts is not None and parts.up is not None else 2
+        return k * self.layer_tokens(layer, s) * self.layer_hidden_size(layer)
 
     def encoder_macs(self, s: int) -> int:
-        return sum(self.heads_per_layer()) * self.head_mac(s) + sum(self.neurons_per_layer()) * self.neuron_mac(s)
+        return sum(h * self.head_mac(s, l) + f * self.neuron_mac(s, l)
+                   for l, (h, f) in enumerate(zip(self.heads_per_layer(), self.neurons_per_layer())))
 
     # slicing -------------------------------------------------------------------------------
     def keep_heads(self, layer: int, keep: list[int]) -> None:
@@ -181,11 +301,13 @@ class Adapter:
             raise ValueError(f"layer {layer}: head index out of range 0..{n - 1}")
         if len(keep) == n:
             return
+        self._record_kept(layer, "heads", keep, n)
         if not keep:
             self.reduce_attention(layer)
+            self.after_keep_heads(layer, keep)
             return
         parts = self.layer_parts(layer)
-        dh = self.head_dim()
+        dh = self.layer_head_dim(layer)
         idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in keep])
         if parts.qkv is not None:
             width = n * dh
@@ -196,6 +318,7 @@ class Adapter:
                 self._replace(lin, slice_linear(lin, idx, 0))
         self._replace(parts.out_proj, slice_linear(parts.out_proj, idx, 1))
         self.set_num_heads(layer, len(keep))
+        self.after_keep_heads(layer, keep)
 
     def keep_neurons(self, layer: int, keep: list[int]) -> None:
         n = self.num_neurons(layer)
@@ -204,16 +327,130 @@ class Adapter:
             raise ValueError(f"layer {layer}: neuron index out of range 0..{n - 1}")
         if len(keep) == n:
             return
+        self._record_kept(layer, "neurons", keep, n)
         if not keep:
             self.reduce_mlp(layer)
             return
         parts = self.layer_parts(layer)
         idx = torch.tensor(keep, dtype=torch.long)
-        self._replace(parts.fc1, slice_linear(parts.fc1, idx, 0))
+        for lin in (parts.fc1, parts.up):
+            if lin is not None:
+                self._replace(lin, slice_linear(lin, idx, 0))
         self._replace(parts.fc2, slice_linear(parts.fc2, idx, 1))
 
     def _replace(self, old: nn.Module, new: nn.Module) -> None:
         _set_child(self.model, old, new)
+
+    def after_keep_heads(self, layer: int, keep: list[int]) -> None:
+        """Called after block ``layer`` kept heads ``keep`` (indices into its heads before this cut):
+        the place for per-head tables that live outside the sliced projections (MPNet's shared
+        relative-attention bias). :meth:`kept_heads` already holds the new original indices."""
+
+    # which units were kept (indices into the dense model), remembered on the block -------------
+    def _record_kept(self, layer: int, kind: str, keep: list[int], n: int) -> None:
+        blk = self.blocks()[layer]
+        attr = f"_optin_kept_{kind}"
+        before = getattr(blk, attr, None) or list(range(n))
+        setattr(blk, attr, [int(before[i]) for i in keep])
+
+    def kept_heads(self, layer: int) -> list[int]:
+        """Original indices of the heads block ``layer`` still has (all of them if never cut)."""
+        got = getattr(self.blocks()[layer], "_optin_kept_heads", None)
+        return list(got) if got is not None else list(range(self.num_heads(layer)))
+
+    def kept_neurons(self, layer: int) -> list[int]:
+        got = getattr(self.blocks()[layer], "_optin_kept_neurons", None)
+        return list(got) if got is not None else list(range(self.num_neurons(layer)))
+
+    # ----- inputs: names, lengths, example batches ---------------------------------------------
+    def input_names(self) -> list[str]:
+        """The model's inputs in the order exporters and runtimes use."""
+        return ["input_ids", "attention_mask"] if self.modality == "text" else ["pixel_values"]
+
+    def max_positions(self) -> int | None:
+        """The longest sequence the model takes (text), or None when unbounded / not text."""
+        if self.modality != "text":
+            return None
+        n = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return None if n is None else int(n) - self.position_offset()
+
+    def position_offset(self) -> int:
+        """Position-embedding rows a family reserves before the first token (RoBERTa: padding_idx + 1)."""
+        return 0
+
+    def vocab_size(self) -> int:
+        return int(getattr(getattr(self.model, "config", None), "vocab_size", 1000) or 1000)
+
+    def encode(self, tokenizer, texts: Sequence[str], *, max_length: int | None, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise ``texts`` into this model's inputs (padding to the longest, or to ``pad_to``)."""
+        limit = self.max_positions()
+        length = pad_to or max_length
+        if limit is not None and length is not None:
+            length = min(length, limit)
+        enc = tokenizer(list(texts), padding="max_length" if pad_to else "longest", truncation=True,
+                        max_length=length, return_tensors="pt")
+        return {n: (enc[n] if n in enc else torch.zeros_like(enc["input_ids"])).long() for n in self.input_names()}
+
+    @classmethod
+    def random_inputs(cls, names: Sequence[str], batch: int, seq_len: int, vocab: int, *, seed: int = 0,
+                      padded: bool = True) -> dict[str, torch.Tensor]:
+        """Seeded random token ids (``padded``: rows after the first end early, masked out)."""
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(min(5, vocab - 1), max(vocab, 6), (batch, seq_len), generator=g)
+        mask = torch.ones_like(ids)
+        if padded:
+            lengths = torch.randint(max(seq_len // 2, 1), seq_len + 1, (batch,), generator=g)
+            lengths[0] = seq_len
+            for i, n in enumerate(lengths.tolist()):
+                mask[i, n:] = 0
+                ids[i, n:] = 0
+        made = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+        return {n: made[n] for n in names}
+
+    @classmethod
+    def resize_inputs(cls, inputs: dict[str, torch.Tensor], batch: int, seq: int) -> dict[str, torch.Tensor]:
+        """Text inputs repeated to ``batch`` rows and cut or padded to ``seq`` tokens; added tokens
+        are padding (the example's pad id, mask 0, token type 0)."""
+        rows = {n: t.repeat(-(-batch // t.shape[0]), 1)[:batch] for n, t in inputs.items()}
+        if seq <= next(iter(rows.values())).shape[1]:
+            return {n: t[:, :seq].contiguous() for n, t in rows.items()}
+        mask = rows.get("attention_mask")
+        out = {}
+        for n, t in rows.items():
+            fill = 0
+            if n == "input_ids" and mask is not None and bool((mask == 0).any()):
+                fill = int(t[mask == 0][0])
+            out[n] = torch.cat([t, torch.full((batch, seq - t.shape[1]), fill, dtype=t.dtype)], dim=1)
+        return out
+
+    def example_inputs(self, batch: int, seq_len: int = 128, *, tokenizer=None, texts: Sequence[str] | None = None,
+                       seed: int = 0, padded: bool = True) -> dict[str, torch.Tensor]:
+        """Inputs of an exact shape: text from ``texts`` through ``tokenizer`` when both are given,
+        else seeded random ids; images are seeded standard-normal pixels of the model's size."""
+        if self.modality == "text":
+            limit = self.max_positions()
+            if limit is not None:
+                seq_len = min(seq_len, limit)
+            if tokenizer is not None and texts:
+                texts = (list(texts) * (-(-batch // len(texts))))[:batch]
+                return self.encode(tokenizer, texts, max_length=seq_len, pad_to=seq_len)
+            return self.random_inputs(self.input_names(), batch, seq_len, self.vocab_size(), seed=seed, padded=padded)
+        c, h, w = self.image_shape()
+        return {self.input_names()[0]: torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))}
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of an image model's input."""
+        cfg = getattr(self.model, "config", None)
+        size = getattr(cfg, "image_size", 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(getattr(cfg, "num_channels", 3)), int(h), int(w)
+
+
+class PassThrough(nn.Module):
+    """Stands in for a block: returns its hidden-state input unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
 
 
 class BiasOnly(nn.Module):

@@ -1,4 +1,5 @@
-"""transformers BERT-style encoders: BertModel, BertFor*, RobertaModel, RobertaFor*.
+"""transformers BERT encoders: BertModel, BertFor*; the base of every BERT-layout family
+(RoBERTa, ELECTRA subclass it and change only what differs: names, position offset).
 
 Post-norm blocks: ``LN(x + attn_out(x))`` then ``LN(h + fc2(act(fc1(h))))``. A block that loses all
 heads keeps ``LN(x + b_o)`` (the output projection bias goes through the residual and LayerNorm);
@@ -8,7 +9,6 @@ one that loses all neurons keeps ``LN(h + b_2)``.
 from __future__ import annotations
 
 import torch
-import transformers
 from torch import nn
 
 from .base import Adapter, LayerParts
@@ -49,17 +49,19 @@ class BertReducedOutput(nn.Module):
 @register
 class BertAdapter(Adapter):
     family = "bert"
-    description = "transformers BERT / RoBERTa encoders (BertModel, BertForSequenceClassification, RoBERTa...)"
+    description = "transformers BERT (BertModel, BertForSequenceClassification)"
     modality = "text"
+    model_types = ("bert",)
+    base_attrs: tuple[str, ...] = ("bert",)  # where the encoder sits in the task models
+    ort_optimizer = "bert"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        cfg = getattr(model, "config", None)
-        return getattr(cfg, "model_type", None) in ("bert", "roberta") and cls._encoder(model) is not None
+        return cls.supports_config(getattr(model, "config", None)) and cls._encoder(model) is not None
 
-    @staticmethod
-    def _encoder(model):
-        for attr in ("bert", "roberta"):
+    @classmethod
+    def _encoder(cls, model):
+        for attr in cls.base_attrs:
             base = getattr(model, attr, None)
             if base is not None:
                 return base.encoder
@@ -110,30 +112,10 @@ class BertAdapter(Adapter):
         blk.intermediate = PassThrough()
         blk.output = BertReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
 
-    def forward(self, inputs):
-        return self.model(**{k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
-
-    def seq_len(self, inputs) -> int:
-        return int(inputs["input_ids"].shape[1])
-
     def mlp_residual(self, layer: int) -> nn.Module:
         # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
         blk = self.blocks()[layer]
         return blk.intermediate.dense if not isinstance(blk.output, BertReducedOutput) else blk.output
-
-    def token_mask(self, inputs) -> torch.Tensor:
-        if "attention_mask" in inputs:
-            return inputs["attention_mask"].bool()
-        return torch.ones_like(inputs["input_ids"], dtype=torch.bool)
-
-    def structure(self) -> dict:
-        return {
-            "family": self.family,
-            "model_class": type(self.model).__name__,
-            "config": self.model.config.to_dict(),
-            "heads": self.heads_per_layer(),
-            "neurons": self.neurons_per_layer(),
-        }
 
     def export_module(self, input_names: list[str]) -> nn.Module | None:
         """A fusion-friendly forward for export (:mod:`.bert_export`): per-layer head counts as
@@ -151,11 +133,3 @@ class BertAdapter(Adapter):
             return None
         return BertExportForward(model, base, self.heads_per_layer(), self.head_dim(), BertReducedAttention, BertReducedOutput,
                                  self.model.config.model_type == "roberta", input_names).eval()
-
-    @classmethod
-    def build_from_structure(cls, spec: dict) -> nn.Module:
-        cfg = dict(spec["config"])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        model_cls = getattr(transformers, spec["model_class"])
-        model = model_cls(config)
-        return model

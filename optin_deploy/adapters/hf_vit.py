@@ -30,11 +30,13 @@ class HFViTAdapter(Adapter):
     family = "hf_vit"
     description = "transformers ViT / DeiT (ViTForImageClassification, DeiTForImageClassification, ViTModel...)"
     modality = "image"
+    model_types = ("vit", "deit")
+    ort_optimizer = "vit"
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         cfg = getattr(model, "config", None)
-        return getattr(cfg, "model_type", None) in ("vit", "deit") and cls._base(model) is not None
+        return cls.supports_config(cfg) and cls._base(model) is not None
 
     @staticmethod
     def _base(model):
@@ -98,18 +100,3 @@ class HFViTAdapter(Adapter):
 
     def token_mask(self, inputs) -> torch.Tensor:
         return torch.ones(inputs["pixel_values"].shape[0], self.seq_len(inputs), dtype=torch.bool)
-
-    def structure(self) -> dict:
-        return {
-            "family": self.family,
-            "model_class": type(self.model).__name__,
-            "config": self.model.config.to_dict(),
-            "heads": self.heads_per_layer(),
-            "neurons": self.neurons_per_layer(),
-        }
-
-    @classmethod
-    def build_from_structure(cls, spec: dict) -> nn.Module:
-        cfg = dict(spec["config"])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        return getattr(transformers, spec["model_class"])(config)

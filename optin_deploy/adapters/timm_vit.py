@@ -39,6 +39,8 @@ class TimmViTAdapter(Adapter):
     family = "timm_vit"
     description = "timm VisionTransformer / DeiT (timm.models.vision_transformer)"
     modality = "image"
+    ort_optimizer = "vit"
+    rebuild_from_indices = False  # build_from_structure makes the MLPs only as wide as the widest kept one
 
     def __init__(self, model):
         super().__init__(model)
@@ -100,6 +102,11 @@ class TimmViTAdapter(Adapter):
     def forward(self, inputs):
         return self.model(inputs["pixel_values"])
 
+    def image_shape(self) -> tuple[int, int, int]:
+        pe = self.model.patch_embed
+        h, w = pe.img_size
+        return int(getattr(getattr(pe, "proj", None), "in_channels", 3)), int(h), int(w)
+
     def seq_len(self, inputs) -> int:
         return self.model.patch_embed.num_patches + self.model.num_prefix_tokens
 
@@ -136,7 +143,7 @@ class TimmViTAdapter(Adapter):
             "pre_norm": not isinstance(m.norm_pre, nn.Identity),
             "fc_norm": not isinstance(m.fc_norm, nn.Identity),
         }
-        return {"family": self.family, "timm_kwargs": kwargs, "heads": heads, "neurons": neurons}
+        return {"family": self.family, "timm_kwargs": kwargs, **self.kept_structure()}
 
     @classmethod
     def build_from_structure(cls, spec: dict) -> nn.Module:

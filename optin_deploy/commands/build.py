@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         search_range: str = typer.Option("0.1:0.99", "--search-range", help="Search: lowest:highest budget (fractions of the dense MACs) tried."),
         search_start: Optional[float] = typer.Option(None, "--search-start", help="Search: the first budget measured (default 0.6 for an accuracy limit, a latency-model guess for a speed-up)."),
         search_reference: str = typer.Option("", "--search-reference", help="Search: fixed budgets (comma-separated) also measured the same way for comparison; never chosen."),
+        min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Embedding models: quality gate on the mean cosine between dense and pruned embeddings of held-out texts (exit code 4 below it)."),
+        min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Embedding models: quality gate on recall@10 agreement of the pruned model's nearest neighbours with the dense model's."),
+        task: Optional[str] = typer.Option(None, "--task", help="embedding: treat the model as a sentence-embedding model (bare encoder + pooling). Default: from the model folder (sentence-transformers files mean embedding)."),
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
         bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
         bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
-                            max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, search_samples=search_samples,
+                            max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_cosine=min_cosine, min_recall=min_recall, task=task, search_samples=search_samples,
                             search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,
                             search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
                             search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
@@ -75,12 +78,20 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold]search[/] {srch['objective']['description']}: {fs['candidates_measured']} candidates in {fs['seconds']:.0f} s; "
                           f"chosen budget {srch['chosen']['budget']:.4f} (validation drop {srch['chosen']['drop']:+.2f} pts on "
                           f"{srch['validation']['samples']} samples, {srch['chosen']['speedup']:.2f}x); frontier in {report['bundle']}/frontier.json")
-        console.print(
-            f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
-            f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
-            f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
-            + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
-        )
+        e = report.get("embedding")
+        if e:
+            console.print(
+                f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, embeddings on {e['corpus_size']} held-out texts: "
+                f"cosine to dense mean {e['cosine_mean']:.4f} (5th pct {e['cosine_p5']:.4f}), recall@10 {e['recall_at_10']:.4f}, "
+                f"speed-up x{t['speedup']:.2f} on {report['runtime']}"
+            )
+        else:
+            console.print(
+                f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
+                f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+                f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
+                + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
+            )
         if json_out:
             typer.echo(json.dumps(report, indent=1, default=float))
         check_gate(report)

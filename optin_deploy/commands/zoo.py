@@ -19,7 +19,8 @@ def list_cmd() -> None:
     from .. import zoo
 
     for t in zoo.list_tasks():
-        acc = f"test accuracy {t['test_accuracy'] * 100:.1f}%" if t["test_accuracy"] is not None else "not prepared"
+        acc = (f"test accuracy {t['test_accuracy'] * 100:.1f}%" if t["test_accuracy"] is not None
+               else "prepared (sentence embeddings, no labels)" if t["prepared"] else "not prepared")
         default = " (default)" if t["default"] else ""
         typer.echo(f"{t['name']}{default}: {t['description']}")
         typer.echo(f"    data {t['data']}; {acc}; {t['path']}")
@@ -39,6 +40,9 @@ def prepare_cmd(
     for n in names:
         folder = zoo.prepare(n, force=force)
         i = zoo.info(n) or {}
+        if i.get("task") == "embedding":
+            typer.echo(f"{n}: the model as shipped with its sentence-transformers pooling (no training); {folder}")
+            continue
         typer.echo(
             f"{n}: test accuracy {i.get('test_accuracy', float('nan')) * 100:.2f}% "
             f"(macro-F1 {i.get('test_macro_f1', float('nan')) * 100:.2f}%), validation accuracy "
@@ -60,6 +64,8 @@ def eval_cmd(
         raise OptinError(f"--split must be test or validation, not {split!r}")
     if batch_size < 1:
         raise OptinError(f"--batch-size must be at least 1, not {batch_size}")
+    if zoo.ZOO.get(name) is not None and zoo.ZOO[name].kind == "embedding":
+        raise OptinError(f"{name} is a sentence-embedding model without labels; validate a pruned copy with optin-deploy build --model {name}")
     task = zoo.get_task(name)
     m = zoo.evaluate(task, split, batch_size)
     typer.echo(

@@ -49,6 +49,8 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
     model.eval()
     adapter = get_adapter(model)
     extra = {"probes": probes, "kl_probes": kl_probes} if method == "fast" else {}
+    if adapter.output_kind != "logits":  # the output term differs (embeddings: 1 - cosine); classifiers' keys are unchanged
+        extra["output_term"] = adapter.output_kind
     key = score_key(model, inputs, method, settings, extra)
     path = cache_root() / "scores" / f"{key}.json"
     if cache and path.is_file():
@@ -65,6 +67,7 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
 
         raw = fast_scores(adapter, inputs, settings, probes, kl_probes, progress)
     raw.seconds = time.perf_counter() - t0
+    raw.info = {**raw.info, "output_term": "1 - cosine of the sentence embeddings" if adapter.output_kind == "embedding" else "KL of the logits (T^2-scaled)"}
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -91,11 +91,12 @@ def unit_weight_counts(adapter: Adapter) -> tuple[list[torch.Tensor], list[torch
         parts = adapter.layer_parts(layer)
         nh, nf = adapter.num_heads(layer), adapter.num_neurons(layer)
         if nh:
-            per_head = sum(len(r) * (l.in_features + (l.bias is not None)) for l, r in _head_rows(parts, nh, adapter.head_dim(), 0))
-            per_head += adapter.head_dim() * parts.out_proj.out_features
+            dh = adapter.layer_head_dim(layer)
+            per_head = sum(len(r) * (l.in_features + (l.bias is not None)) for l, r in _head_rows(parts, nh, dh, 0))
+            per_head += dh * parts.out_proj.out_features
         else:
             per_head = 0
-        per_neuron = (parts.fc1.in_features + (parts.fc1.bias is not None) + parts.fc2.out_features) if nf else 0
+        per_neuron = sum(l.in_features + (l.bias is not None) for l in (parts.fc1, parts.up) if l is not None) + parts.fc2.out_features if nf else 0
         heads.append(torch.full((nh,), float(per_head), dtype=torch.float64))
         neurons.append(torch.full((nf,), float(per_neuron), dtype=torch.float64))
     return heads, neurons
@@ -134,11 +135,11 @@ def magnitude_scores(model_or_adapter: nn.Module | Adapter, *, squared: bool = T
     """
     t0 = time.perf_counter()
     a = _adapter(model_or_adapter)
-    dh = a.head_dim()
     heads, neurons = [], []
     for layer in range(a.num_layers):
         parts = a.layer_parts(layer)
         nh, nf = a.num_heads(layer), a.num_neurons(layer)
+        dh = a.layer_head_dim(layer)
         hs = torch.zeros(nh, dtype=torch.float64)
         if nh:
             w_out = parts.out_proj.weight.double()  # d x (nh*dh)
@@ -157,6 +158,10 @@ def magnitude_scores(model_or_adapter: nn.Module | Adapter, *, squared: bool = T
             ns = (parts.fc1.weight.double() ** 2).sum(1) + (parts.fc2.weight.double() ** 2).sum(0)
             if parts.fc1.bias is not None:
                 ns = ns + parts.fc1.bias.double() ** 2
+            if parts.up is not None:  # a gated MLP's neuron is also a row of the up projection
+                ns = ns + (parts.up.weight.double() ** 2).sum(1)
+                if parts.up.bias is not None:
+                    ns = ns + parts.up.bias.double() ** 2
         heads.append(hs if squared else hs.sqrt())
         neurons.append(ns if squared else ns.sqrt())
     return UnitScores(heads, neurons, "magnitude", time.perf_counter() - t0, {"squared": squared})
@@ -335,7 +340,7 @@ def optin_scores(
         fn = api.score_model
         params = inspect.signature(fn).parameters
         kw = {k: v for k, v in {"method": method, "settings": settings, "progress": progress, **options}.items() if k in params}
-        raw = fn(a.model, dict(inputs), **kw)
+        raw = fn(a.root, dict(inputs), **kw)
         via = "api.score_model"
     elif method == "fast":
         from .fast import fast_scores

@@ -2,7 +2,10 @@
 
 A :class:`CostModel` gives the cost of layer ``l`` with ``h`` heads and ``f`` neurons as
 ``attn(l, h) + f * neuron[l]`` plus a constant ``fixed`` part that pruning cannot remove. With MACs
-(``shared/OPTIN.md``) ``attn(l, h) = h * head_mac`` and ``fixed = 0``. A latency table
+(``shared/OPTIN.md``) ``attn(l, h) = h * head_mac[l]`` and ``fixed = 0``, where a head's and a
+neuron's MACs depend on the layer's hidden size, head size and token count (equal in every layer of
+a plain ViT / BERT, different per stage in Swin); the budget is still one number for the whole
+model. A latency table
 (``optin-deploy lut``) gives measured, possibly non-linear ``attn`` and per-neuron slopes.
 """
 
@@ -36,11 +39,13 @@ class CostModel:
 
 
 def mac_cost_model(model: nn.Module, seq_len: int) -> CostModel:
-    """Encoder MACs of the prunable parts at sequence length ``seq_len`` (spec formulas)."""
+    """Encoder MACs of the prunable parts when the model sees ``seq_len`` tokens (spec formulas, per layer)."""
     a = get_adapter(model)
-    hm, nm = a.head_mac(seq_len), a.neuron_mac(seq_len)
     L = a.num_layers
-    return CostModel(L, a.heads_per_layer(), a.neurons_per_layer(), lambda l, h: float(h * hm), [float(nm)] * L, 0.0, "MACs", {"seq_len": seq_len})
+    hm = [float(a.head_mac(seq_len, l)) for l in range(L)]
+    nm = [float(a.neuron_mac(seq_len, l)) for l in range(L)]
+    return CostModel(L, a.heads_per_layer(), a.neurons_per_layer(), lambda l, h: h * hm[l], nm, 0.0, "MACs",
+                     {"seq_len": seq_len, "head_macs": hm, "neuron_macs": nm})
 
 
 def counted_encoder_macs(model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:

@@ -9,7 +9,9 @@ gradient of ``<z, r(m)>`` w.r.t. the mask leaves at ``m = 1`` is ``J^T z`` and
 
 The KL part gets the same treatment through its own second-order residual: with
 ``p = softmax(z_t / T)`` and ``D = z_s - z_t``, ``T^2 KL(p || softmax(z_s/T)) ~ ||r_kl||^2`` where
-``r_kl = sqrt(p / 2) * (D - <p, D>)`` per sample.
+``r_kl = sqrt(p / 2) * (D - <p, D>)`` per sample. For a sentence-embedding model the output term
+``1 - cos(e_t, e_s)`` is exactly ``||r||^2`` with ``r = (n(e_s) - n(e_t)) / sqrt(2)`` (``n``: L2
+normalisation), zero at ``m = 1``, so the same estimator applies.
 
 Heads are few (72 in MiniLM), so they are scored exactly (:func:`.scoring.exact_unit_scores`).
 """
@@ -46,13 +48,17 @@ def hutchinson_neuron_scores(adapter: Adapter, teacher, settings: ScoreSettings,
         with torch.enable_grad(), UnitMasks(adapter) as masks, BlockRecorder(adapter) as rec:
             masks.neurons = list(leaves)
             out = adapter.forward(teacher.inputs)
-            r_md = torch.cat([(gram(rec.outputs[k], teacher.positions, 1)[0] - teacher.grams[k]).flatten() for k in range(n)])
+            r_md = torch.cat([(gram(rec.outputs[k], teacher.positions[k], 1)[0] - teacher.grams[k]).flatten() for k in range(n)])
             r_kl = None
             if teacher.logits is not None:
                 zs = adapter.logits(out)
-                p = F.softmax(teacher.logits / settings.temperature, dim=-1)
-                d = zs - teacher.logits
-                r_kl = (p / 2).sqrt() * (d - (p * d).sum(-1, keepdim=True))
+                if adapter.output_kind == "embedding":
+                    # 1 - cos(e_t, e_s) = ||n(e_s) - n(e_t)||^2 / 2 exactly: a residual that is zero at m = 1
+                    r_kl = (F.normalize(zs, dim=-1) - F.normalize(teacher.logits, dim=-1)) * 0.5 ** 0.5
+                else:
+                    p = F.softmax(teacher.logits / settings.temperature, dim=-1)
+                    d = zs - teacher.logits
+                    r_kl = (p / 2).sqrt() * (d - (p * d).sum(-1, keepdim=True))
             total = probes + (kl_probes if r_kl is not None else 0)
             done = 0
             for residual, count, acc in ((r_md, probes, md_acc), (r_kl, kl_probes, kl_acc)):

@@ -28,7 +28,7 @@ class UnitMasks:
         self.heads: list[torch.Tensor | None] = [None] * n
         self.neurons: list[torch.Tensor | None] = [None] * n
         self._handles = []
-        self._dh = adapter.head_dim()
+        self._dh = [adapter.layer_head_dim(l) for l in range(n)]
 
     def clear(self) -> None:
         self.heads = [None] * len(self.heads)
@@ -39,8 +39,12 @@ class UnitMasks:
             m = self.heads[layer]
             if m is None:
                 return None
-            m = m.repeat_interleave(self._dh, dim=-1)
+            m = m.repeat_interleave(self._dh[layer], dim=-1)
             if m.dim() == 2:
+                rows = args[0].shape[0]
+                if rows != m.shape[0] and rows % m.shape[0] == 0:
+                    # window attention sees each sample as several rows, sample-major (Swin: B x windows)
+                    m = m.repeat_interleave(rows // m.shape[0], dim=0)
                 m = m[:, None, :]
             return (args[0] * m,) + tuple(args[1:])
 
@@ -72,11 +76,6 @@ class UnitMasks:
         self._handles.clear()
 
 
-class _Skip(nn.Module):
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
 @contextmanager
 def start_at(adapter: Adapter, layer: int, hidden: torch.Tensor):
     """Within the context, a forward pass starts at block ``layer`` with input ``hidden``."""
@@ -94,7 +93,7 @@ def start_at(adapter: Adapter, layer: int, hidden: torch.Tensor):
     handle = blocks[layer].register_forward_pre_hook(feed, with_kwargs=True)
     try:
         for i in range(layer):
-            blocks[i] = _Skip()
+            blocks[i] = adapter.pass_through(i)
         yield
     finally:
         for i, b in enumerate(saved):

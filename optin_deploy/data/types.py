@@ -5,10 +5,10 @@ A :class:`Task` bundles a model with the data and preprocessing it needs. Everyt
 
 Conventions
 -----------
-* Model inputs are a ``dict[str, torch.Tensor]``, batch first:
-  text models take ``input_ids`` and ``attention_mask`` (int64, ``B x T``); image models take
-  ``pixel_values`` (float32, ``B x C x H x W``, already normalised the way the model expects).
-  ``Task.input_names`` gives the names in the order the exporters use.
+* Model inputs are a ``dict[str, torch.Tensor]``, batch first: text models take int64 ``B x T``
+  token inputs, image models float32 ``B x C x H x W`` pixels (already normalised the way the
+  model expects). Which names, and how text is tokenised, is the model's family adapter's business:
+  ``Task.input_names`` gives them in the order the exporters use, ``Task.encode`` makes them.
 * Labels are a 1-D tensor: int64 class ids for classification, float32 for regression.
 * Calibration needs no labels: ``Task.calibration(n)`` returns ``n`` training inputs.
 """
@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Sequence
 import torch
 
 Modality = Literal["text", "image"]
-TaskType = Literal["classification", "regression"]
+TaskType = Literal["classification", "regression", "embedding"]
 
 
 @dataclass
@@ -92,20 +92,20 @@ class Task:
         return self.data.modality
 
     @property
+    def adapter(self):
+        """The model's family adapter: it knows the input names and how text is encoded."""
+        from ..adapters import get_adapter
+
+        return get_adapter(self.model)
+
+    @property
     def input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask"] if self.modality == "text" else ["pixel_values"]
+        return self.adapter.input_names()
 
     def encode(self, inputs: Sequence[str] | torch.Tensor, pad_to: int | None = None) -> dict[str, torch.Tensor]:
         if self.modality == "image":
-            return {"pixel_values": torch.as_tensor(inputs, dtype=torch.float32)}
-        enc = self.tokenizer(
-            list(inputs),
-            padding="max_length" if pad_to else "longest",
-            truncation=True,
-            max_length=pad_to or self.max_length,
-            return_tensors="pt",
-        )
-        return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
+            return {self.input_names[0]: torch.as_tensor(inputs, dtype=torch.float32)}
+        return self.adapter.encode(self.tokenizer, inputs, max_length=self.max_length, pad_to=pad_to)
 
     def batches(self, split: str | Split, batch_size: int = 64) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
         """Yield ``(model_inputs, labels)`` over a split in order."""

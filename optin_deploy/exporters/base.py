@@ -89,7 +89,10 @@ class ShapeProfile:
 
 
 def is_text_input(name: str) -> bool:
-    return name in ("input_ids", "attention_mask", "token_type_ids")
+    """Whether an input has a sequence axis (some registered text family says so)."""
+    from ..adapters import sequence_input_names
+
+    return name in sequence_input_names()
 
 
 def is_text(inputs: Mapping[str, object] | Sequence[str]) -> bool:
@@ -141,12 +144,16 @@ class LogitsModel(torch.nn.Module):
         return logits.float() if self.compute_dtype not in (None, torch.float32) else logits
 
 
+def output_name_for(model: torch.nn.Module) -> str:
+    """The graph's output name: ``logits`` for classifiers, ``sentence_embedding`` for embedding models."""
+    return str(getattr(model, "output_name", None) or "logits")
+
+
 def input_names_for(model: torch.nn.Module) -> list[str]:
-    """The input names a model takes under the :class:`~optin_deploy.data.types.Task` contract."""
-    main = getattr(model, "main_input_name", None)
-    if main == "input_ids":
-        return ["input_ids", "attention_mask"]
-    return ["pixel_values"]
+    """The input names a model takes, in export order (its family adapter says)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(model).input_names()
 
 
 def ordered_inputs(example_inputs: Mapping[str, torch.Tensor], input_names: Sequence[str] | None = None) -> dict:

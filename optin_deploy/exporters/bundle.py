@@ -155,46 +155,24 @@ def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: in
     """Inputs of an exact shape for a model without a task: text is tokenised from built-in review
     sentences when a tokenizer sits in ``model_dir`` (else seeded random token ids); images are
     seeded standard-normal pixels (already 'normalised')."""
-    names = input_names_for(model)
-    g = torch.Generator().manual_seed(seed)
-    if any(is_text_input(n) for n in names):
-        tok = None
-        if model_dir is not None:
-            try:
-                from transformers import AutoTokenizer
+    from ..adapters import get_adapter
 
-                tok = AutoTokenizer.from_pretrained(str(model_dir))
-            except Exception:
-                tok = None
-        if tok is not None:
-            texts = (SAMPLE_TEXTS * (-(-batch // len(SAMPLE_TEXTS))))[:batch]
-            enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-            return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
-        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 1000))
-        ids = torch.randint(5, max(vocab, 6), (batch, seq_len), generator=g)
-        mask = torch.ones_like(ids)
-        lengths = torch.randint(max(seq_len // 2, 1), seq_len + 1, (batch,), generator=g)
-        lengths[0] = seq_len
-        for i, n in enumerate(lengths.tolist()):
-            mask[i, n:] = 0
-            ids[i, n:] = 0
-        return {"input_ids": ids, "attention_mask": mask}
-    c, h, w = image_shape(model)
-    return {"pixel_values": torch.randn(batch, c, h, w, generator=g)}
+    adapter = get_adapter(model)
+    tok = None
+    if adapter.modality == "text" and model_dir is not None:
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(model_dir))
+        except Exception:
+            tok = None
+    return adapter.example_inputs(batch, seq_len, tokenizer=tok, texts=SAMPLE_TEXTS, seed=seed)
 
 
 def image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "image_size"):
-        size = cfg.image_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return int(getattr(cfg, "num_channels", 3)), int(h), int(w)
-    pe = getattr(model, "patch_embed", None)  # timm
-    if pe is not None and getattr(pe, "img_size", None):
-        h, w = pe.img_size
-        c = getattr(getattr(pe, "proj", None), "in_channels", 3)
-        return int(c), int(h), int(w)
-    raise OptinError(f"cannot tell the image size of {type(model).__name__}; pass example inputs")
+    from ..adapters import get_adapter
+
+    return get_adapter(model).image_shape()
 
 
 def export_model_dir(

@@ -1,6 +1,7 @@
 """ONNX export with ``torch.onnx.export(dynamo=True)``.
 
-* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``;
+* named inputs (``input_ids``/``attention_mask`` or ``pixel_values``) and one output ``logits``
+  (``sentence_embedding`` for a sentence-embedding model: pooled, and normalised if the model normalises);
 * dynamic batch axis, plus the sequence axis for text;
 * a single file (``external_data=False``) unless the weights pass 2 GB;
 * ``onnx.checker.check_model`` and an onnxruntime parity check run on a temporary file in the
@@ -49,8 +50,19 @@ from .base import (
     ShapeProfile,
     is_text_input,
     ordered_inputs,
+    output_name_for,
 )
 from .parity import check_parity, parity_inputs
+
+
+def _prepare_for_export(model) -> None:
+    """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
+    from ..adapters import get_adapter
+
+    try:
+        get_adapter(model).for_export()
+    except OptinError:  # not a family the core knows: exported as it is
+        pass
 
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with a little headroom
 
@@ -80,13 +92,10 @@ def staging_dir(out_path: Path, stage: str = "onnx export") -> Iterator[Path]:
 
 
 def _max_positions(model: torch.nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    n = getattr(cfg, "max_position_embeddings", None)
-    if n is None:
-        return None
-    if getattr(cfg, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        n -= (getattr(cfg, "pad_token_id", 1) or 1) + 1
-    return int(n)
+    """The longest sequence the model takes (its adapter knows the family's position offset)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(model).max_positions()
 
 
 def _example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,6 +117,18 @@ def _first_line(exc: BaseException) -> str:
     if cause is not None and str(cause).strip():
         msg = str(cause).strip().splitlines()
     return (msg[0] if msg else type(exc).__name__)[:300]
+
+
+def _optimizer_kind(model: torch.nn.Module, text: bool) -> str:
+    """onnxruntime.transformers' optimizer kind for the model's family (its adapter says)."""
+    from ..adapters import get_adapter
+    from ..errors import OptinError as _E
+
+    try:
+        kind = get_adapter(model).ort_optimizer
+    except _E:
+        kind = None
+    return kind or ("bert" if text else "vit")
 
 
 def onnx_parity_runner(path: Path, threads: int | None = None):
@@ -157,6 +178,7 @@ class OnnxExporter(Exporter):
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
 
         model = model.eval()
+        _prepare_for_export(model)
         reference = LogitsModel(model, names)
         fused_forward = None
         if graph in ("auto", "fused") and precision in ("fp32", "int8"):
@@ -189,7 +211,7 @@ class OnnxExporter(Exporter):
                       "forward": f"{type(fused_forward).__module__}.{type(fused_forward).__name__}" if fused_forward is not None else "the model's own forward"},
             "torch_version": torch.__version__,
             "input_names": names,
-            "output_names": ["logits"],
+            "output_names": [output_name_for(model)],
             "dynamic_axes": {n: ({"0": "batch", "1": "sequence"} if is_text_input(n) else {"0": "batch"}) for n in names},
             "input_dtypes": {n: str(t.dtype).replace("torch.", "") for n, t in inputs.items()},
             "input_shapes": {n: [None, None] if is_text_input(n) else [None, *t.shape[1:]] for n, t in inputs.items()},
@@ -214,7 +236,7 @@ class OnnxExporter(Exporter):
                             str(tmp),
                             dynamo=True,
                             input_names=names,
-                            output_names=["logits"],
+                            output_names=[output_name_for(model)],
                             dynamic_shapes=(dyn,),
                             opset_version=opset,
                             external_data=external,
@@ -269,7 +291,7 @@ class OnnxExporter(Exporter):
             elif parity and precision == "fp32":
                 # stage 4 (optional): onnxruntime transformer optimisation, kept only if it passes
                 if optimize:
-                    meta["optimized"] = self._optimize(tmp, tmp_dir, out_path, names, reference, plist, threads)
+                    meta["optimized"] = self._optimize(tmp, tmp_dir, out_path, names, reference, plist, threads, _optimizer_kind(model, text))
             elif optimize:
                 meta["optimized"] = {"kept": False, "reason": f"optimisation is only done for fp32 exports (precision {precision})"}
         meta["path"] = str(out_path)
@@ -280,18 +302,16 @@ class OnnxExporter(Exporter):
         return ExportResult(path=out_path, metadata=meta)
 
     @staticmethod
-    def _optimize(src: Path, tmp_dir: Path, out_path: Path, names, reference, plist, threads) -> dict:
-        text = any(is_text_input(n) for n in names)
-        model_type = "bert" if text else "vit"
+    def _optimize(src: Path, tmp_dir: Path, out_path: Path, names, reference, plist, threads, kind: str) -> dict:
         opt_name = out_path.stem + ".optimized.onnx"
-        info: dict = {"model_type": model_type, "num_heads": 0, "hidden_size": 0, "file": opt_name}
+        info: dict = {"optimizer": kind, "num_heads": 0, "hidden_size": 0, "file": opt_name}
         try:
             from onnxruntime.transformers.optimizer import optimize_model
 
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 # num_heads=0 / hidden_size=0: detect per attention node (pruned layers differ)
-                opt = optimize_model(str(src), model_type=model_type, num_heads=0, hidden_size=0, use_gpu=False)
+                opt = optimize_model(str(src), kind, num_heads=0, hidden_size=0, use_gpu=False)
                 info["fused_operators"] = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
                 opt.save_model_to_file(str(tmp_dir / opt_name))
         except Exception as exc:

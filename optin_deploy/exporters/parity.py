@@ -2,7 +2,8 @@
 
 Every export is checked on real inputs at two or more shapes (different batch sizes and, for text,
 sequence lengths, so the dynamic axes are exercised). Measured per shape: the maximum absolute
-difference of the logits and the argmax agreement rate. Thresholds:
+difference of the logits and the argmax agreement rate (for sentence embeddings: the maximum absolute
+difference and the lowest cosine between the two embeddings of a text; there is no argmax). Thresholds:
 
 * fp32 (ONNX, fp32 engines): max |diff| <= 1e-4 and 100 % argmax agreement;
 * fp16 / bf16 engines: >= 99 % argmax agreement (the difference is recorded, not gated);
@@ -35,17 +36,12 @@ DEFAULT_BATCHES = (1, 8)
 DEFAULT_SEQ_LENS = (16, 64)
 
 
-def _resize_text(ids: torch.Tensor, mask: torch.Tensor, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    reps = -(-batch // ids.shape[0])
-    ids, mask = ids.repeat(reps, 1)[:batch], mask.repeat(reps, 1)[:batch]
-    if seq <= ids.shape[1]:
-        return ids[:, :seq].contiguous(), mask[:, :seq].contiguous()
-    # longer than the example: pad with the example's padding token (masked out)
-    pad_id = int(ids[mask == 0][0]) if bool((mask == 0).any()) else 0
-    extra = seq - ids.shape[1]
-    ids = torch.cat([ids, torch.full((batch, extra), pad_id, dtype=ids.dtype)], dim=1)
-    mask = torch.cat([mask, torch.zeros((batch, extra), dtype=mask.dtype)], dim=1)
-    return ids, mask
+def _resize_text(inputs: Mapping[str, torch.Tensor], batch: int, seq: int) -> dict[str, torch.Tensor]:
+    """Text inputs repeated to ``batch`` rows and cut or padded to ``seq`` tokens (the family with
+    these input names knows which one is the mask and what padding looks like)."""
+    from ..adapters import Adapter, adapter_for_inputs
+
+    return (adapter_for_inputs(inputs) or Adapter).resize_inputs(inputs, batch, seq)
 
 
 def parity_inputs(
@@ -80,11 +76,7 @@ def parity_inputs(
         if task is not None:
             out.append(task.example_inputs(b, s))
         elif text:
-            ids, mask = _resize_text(example_inputs["input_ids"], example_inputs["attention_mask"], b, s)
-            d = {"input_ids": ids, "attention_mask": mask}
-            for n in names:
-                if n not in d:  # e.g. token_type_ids
-                    d[n] = _resize_text(example_inputs[n], example_inputs["attention_mask"], b, s)[0]
+            d = _resize_text({n: example_inputs[n] for n in names}, b, s)
             out.append({n: d[n] for n in names})
         else:
             x = example_inputs[names[0]]
@@ -103,13 +95,18 @@ def reference_logits(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor])
     return model(*(v.to(device) for v in inputs.values())).float().cpu().numpy()
 
 
-def compare(ref: np.ndarray, got: np.ndarray) -> dict:
+def compare(ref: np.ndarray, got: np.ndarray, kind: str = "logits") -> dict:
     ref = np.asarray(ref, dtype=np.float32)
     got = np.asarray(got, dtype=np.float32)
     if ref.shape != got.shape:
         return {"shape_ok": False, "ref_shape": list(ref.shape), "got_shape": list(got.shape)}
     finite = bool(np.isfinite(got).all())
     diff = float(np.abs(ref - got).max()) if ref.size else 0.0
+    if kind == "embedding":  # sentence embeddings: no argmax; the lowest cosine is recorded beside the difference
+        num = (ref * got).sum(1)
+        den = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+        cos = float((num / np.maximum(den, 1e-12)).min()) if ref.size else 1.0
+        return {"shape_ok": True, "finite": finite, "max_abs_diff": diff, "agreement": None, "min_cosine": cos}
     if ref.ndim == 2 and ref.shape[1] > 1:
         agreement = float((ref.argmax(1) == got.argmax(1)).mean())
     else:  # regression: no argmax; agreement is not defined
@@ -139,10 +136,11 @@ def check_parity(
     if min_agreement is not None:
         th["min_agreement"] = min_agreement
     cases = []
+    kind = getattr(getattr(reference, "model", reference), "output_kind", "logits")
     for inputs in inputs_list:
         ref = reference_logits(reference, inputs)
         got = run({k: v.cpu().numpy() for k, v in inputs.items()})
-        c = compare(ref, got)
+        c = compare(ref, got, kind)
         c["shapes"] = {k: list(v.shape) for k, v in inputs.items()}
         cases.append(c)
     failures = []

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import OptinError
 from ..runtimes.base import import_tensorrt, require_cuda
-from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs
+from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs, output_name_for
 from .parity import check_parity, parity_inputs
 
 DEFAULT_TIMING_CACHE = Path(os.environ.get("OPTIN_DEPLOY_CACHE", Path.home() / ".cache" / "optin-deploy")) / "tensorrt-timing.cache"
@@ -111,7 +111,7 @@ class TensorRTExporter(Exporter):
         from .onnx import OnnxExporter
 
         meta: dict = {"format": "tensorrt", "tensorrt_version": trt.__version__, "precision": precision,
-                      "typing": "strong" if strongly_typed else "weak", "input_names": names, "output_names": ["logits"]}
+                      "typing": "strong" if strongly_typed else "weak", "input_names": names, "output_names": [output_name_for(model)]}
         with tempfile.TemporaryDirectory(prefix=".trt-onnx.", dir=out_path.parent if out_path.parent.exists() else None) as td:
             # the graph TensorRT parses: precision baked in when strongly typed
             if onnx_path is None or (strongly_typed and precision != "fp32"):

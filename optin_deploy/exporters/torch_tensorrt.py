@@ -21,7 +21,7 @@ import torch
 
 from ..errors import OptinError
 from ..runtimes.base import import_torch_tensorrt, require_cuda
-from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs
+from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs, output_name_for
 from .parity import check_parity, parity_inputs
 
 
@@ -87,7 +87,7 @@ class TorchTensorRTExporter(Exporter):
             "torch_tensorrt_version": getattr(tt, "__version__", "?"),
             "precision": precision,
             "input_names": names,
-            "output_names": ["logits"],
+            "output_names": [output_name_for(model)],
             "profile": {"settings": profile.to_dict(), "shapes": shapes},
             "compile_kwargs": {k: (sorted(map(str, v)) if isinstance(v, set) else v) for k, v in kwargs.items() if k not in ("inputs",)},
             "gpu": torch.cuda.get_device_name(),
