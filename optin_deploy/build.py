@@ -46,6 +46,7 @@ class BuildOptions:
     profile: str = DEFAULT_PROFILE
     flops: float | None = None
     latency_ms: float | None = None
+    speedup: float | None = None
     lut: str | None = None
     out: Path = Path("optin-build")
     calib_samples: int = 128
@@ -68,12 +69,14 @@ class BuildOptions:
     eval_split: str = "test"
     bench_iters: int = 100
     bench_warmup: int = 10
+    bench_block: int = 10
     latency_rounds: int = 6
     seed: int = 0
     optimize: bool = False
     reconstruct: bool = True
     reconstruct_fit: str = DEFAULT_FIT
     reconstruct_damp: float = DEFAULT_DAMP
+    baselines: bool = True
     text_column: str = "text"
     label_column: str = "label"
     force: bool = False
@@ -133,8 +136,15 @@ def _search_settings(opts: BuildOptions):
 
 
 def _budget(opts: BuildOptions, profile) -> dict:
-    if opts.flops is not None and opts.latency_ms is not None:
-        raise OptinError("pass either --flops or --latency-ms, not both")
+    given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
+    if len(given) > 1:
+        raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
+    if opts.speedup is not None:
+        if not opts.speedup > 1.0:
+            raise OptinError(f"--speedup must be more than 1 (times faster than the dense model), got {opts.speedup}")
+        if opts.min_speedup is not None:
+            raise OptinError("--min-speedup searches the budget itself: drop --speedup (or drop --min-speedup)")
+        return {"speedup": opts.speedup}
     if opts.min_speedup is not None:
         if opts.flops is not None or opts.latency_ms is not None:
             raise OptinError("--min-speedup searches the budget itself: drop --flops / --latency-ms (or drop --min-speedup)")
@@ -276,20 +286,29 @@ class BuildContext:
                 shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
         return shape
 
-    def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned") -> dict:
-        """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest."""
+    @property
+    def precision(self) -> str:
+        """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
+        p = self.profile.precision
+        return p if self.fmt != "onnx" or p == "int8" else "fp32"
+
+    def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
+               optimize: bool | None = None) -> dict:
+        """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
+        ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
         from .exporters.bundle import _bundle_root, export_bundle
 
         fmt = self.fmt
+        precision = precision or self.precision
         root = _bundle_root(Path(folder).resolve())
         # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
         backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
-        step(f"exporting the {label} model ({fmt}, {self.profile.precision}) and checking parity against PyTorch")
-        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=self.profile.precision if fmt != "onnx" else "fp32",
-                             profile=self.shape(), optimize=self.opts.optimize, task=self.task, threads=self.profile.threads,
+        step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
+        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
+                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.profile.threads,
                              source=source)
 
     def runtime_name(self, export: dict) -> str:
@@ -364,21 +383,33 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         sel_cost = result.selection.cost
     else:
         from .latency_budget import select_for_latency
-        from .lut import make_measure_fn, measure_lut
+        from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
 
         lut = opts.lut
         if lut is None:
-            step(f"no --lut given: measuring a latency table on this machine for profile {profile.name}")
+            step(f"no --lut given: measuring a latency table on this machine for profile {profile.name} ({profile.precision})")
             table = measure_lut(model, profile)
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
-        measure = make_measure_fn(profile, ctx.example())
-        step(f"selecting for {budget['latency_ms']} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, budget["latency_ms"], measure, opts.latency_rounds, progress=step)
+        inputs_t = ctx.example()
+        if "speedup" in budget:
+            ref_ms = load_lut(lut, model, profile).dense()  # the table's own prediction for the dense model
+            target = ref_ms / budget["speedup"]
+            measure = make_relative_measure_fn(profile, model, inputs_t, reference_ms=ref_ms)
+            step(f"selecting for x{budget['speedup']:g} against the dense model, timed beside it in every round "
+                 f"({target:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
+        else:
+            target = budget["latency_ms"]
+            measure = make_measure_fn(profile, inputs_t)
+            step(f"selecting for {target} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
+        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, target, measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
+        if "speedup" in budget:
+            latency_info["relative"] = {"speedup_target": budget["speedup"], "reference_ms": ref_ms, "history": list(measure.history),
+                                        "measured_speedup": ref_ms / ls.measured_ms}
         notes = list(scores[5])
         sel_cost = ls.predicted_ms
     if search is not None:
@@ -402,10 +433,20 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     for label, m in (("dense", model), ("pruned", pruned)):
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)
-
+    precision = ctx.precision
     rt_name = ctx.runtime_name(exports["pruned"])
-    runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
-    step(f"evaluating dense and pruned on the {opts.eval_split} split through {rt_name}")
+    labels = ["dense", "pruned"]
+    if not embedding:
+        # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
+        alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
+        for label, graph, prec in alternatives:
+            try:
+                exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
+            except OptinError as exc:
+                notes.append(f"dense alternative {label} skipped: {exc}")
+        labels = list(exports)
+    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
+    step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {rt_name}")
     if embedding:
         from .embedding_eval import embedding_summary, evaluate_embeddings
 
@@ -416,10 +457,11 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
              f"5th percentile {emb_summary['cosine_p5']:.4f}; recall@10 agreement {emb_summary['recall_at_10']:.4f}")
     else:
         ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    step(f"benchmarking dense vs pruned on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {seq} tokens" if task.modality == "text" else "") + f", interleaved, {opts.bench_iters} rounds")
-    runtimes = {label: ctx.runtime(exports[label]) for label in ("dense", "pruned")}
-    bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense")
+    step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
+         + (f" x {seq} tokens" if task.modality == "text" else "")
+         + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
+    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
+    bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
     print_bench_table(bench, console=console)
 
     md, mp = ev["models"]["dense"], ev["models"]["pruned"]
@@ -437,9 +479,15 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}
     thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
+    baselines = baseline_summary(exports, ev, bench, metric, precision) if not embedding else {}
+    ref = baselines.get("reference_fp32")
+    drop_ref = (100 * ev["models"][ref][metric] - acc_p) if ref else drop
     gate = None
     if opts.max_accuracy_drop is not None and search is None:  # with a search the limit applies to validation, not test
-        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(drop, 3), "passed": bool(drop <= opts.max_accuracy_drop)}
+        # the quantised / fused artefact is gated against the fp32 dense model when one was measured
+        worst = max(drop, drop_ref)
+        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
+                "passed": bool(worst <= opts.max_accuracy_drop)}
     if embedding and (opts.min_cosine is not None or opts.min_recall is not None):
         gate = _embedding_gate(emb_summary, opts.min_cosine, opts.min_recall)
     artifacts = {}
@@ -473,11 +521,60 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         "latency_budget": latency_info,
         "search": search.to_dict() if search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
+        "graph": {label: exports[label].get("graph") for label in exports},
+        "precision": precision,
+        "baselines": baselines,
         "gate": gate,
-        "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
+        "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
+                  "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
         "artifacts": artifacts,
     }
     return report
+
+
+def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, str, str]]:
+    """``(label, graph, precision)`` of the dense exports to measure beside the deliverable: the plain
+    dynamo export in fp32 (what ``torch.onnx.export`` gives), the fused graph in fp32 and in int8,
+    minus the one the dense model already runs as. Fused ones only when the family has a fused graph."""
+    own_graph = (dense_export.get("graph") or {}).get("kind", "dynamo")
+    out = []
+    for graph, prec in (("dynamo", "fp32"), ("fused", "fp32"), ("fused", "int8")):
+        if (graph, prec) == (own_graph, precision):
+            continue
+        if graph == "fused" and own_graph != "fused":
+            continue
+        out.append((f"dense-{graph}-{prec}", graph, prec))
+    return out
+
+
+def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:
+    """Speed-ups of the pruned model against the dense one run the same way and against the fastest
+    dense alternative measured in the same run; the fp32 dense reference for accuracy."""
+    if len(exports) < 3:  # no dense alternatives were measured
+        return {"speedup_vs_same_way": round(bench["models"]["dense"]["p50_ms"] / bench["models"]["pruned"]["p50_ms"], 3), "same_way": "dense"}
+    dense_labels = [l for l in exports if l != "pruned"]
+    p50 = {l: bench["models"][l]["p50_ms"] for l in exports}
+    rows = {}
+    for l in exports:
+        g = exports[l].get("graph") or {}
+        rows[l] = {"graph": g.get("kind"), "precision": exports[l].get("precision"), "p50_ms": round(p50[l], 3),
+                   metric: round(100 * ev["models"][l][metric], 3), "fused_operators": g.get("fused_operators")}
+    fastest = min(dense_labels, key=lambda l: p50[l])
+    fp32 = [l for l in dense_labels if exports[l].get("precision") == "fp32"]
+    # the reference for accuracy: the plain fp32 export of the dense model (what nobody would argue with)
+    ref = next((l for l in fp32 if (exports[l].get("graph") or {}).get("kind") == "dynamo"), fp32[0] if fp32 else None)
+    out = {
+        "models": rows,
+        "same_way": "dense",
+        "speedup_vs_same_way": round(p50["dense"] / p50["pruned"], 3),
+        "fastest_dense": fastest,
+        "speedup_vs_fastest_dense": round(p50[fastest] / p50["pruned"], 3),
+        "reference_fp32": ref,
+    }
+    if ref:
+        out["speedup_vs_fp32_dense_export"] = round(p50[ref] / p50["pruned"], 3)
+        out["drop_vs_fp32_dense"] = round(100 * (ev["models"][ref][metric] - ev["models"]["pruned"][metric]), 3)
+    return out
 
 
 def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> None:

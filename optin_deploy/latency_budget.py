@@ -17,6 +17,15 @@ the accepted band), kept strictly inside the bracket of budgets already seen to 
 the target (bisection when the multiplicative step would leave it). The result is the best round
 that met the target (the highest measured latency <= target, i.e. the most units kept); if none
 did, the fastest round, with ``met = False``.
+
+The loop stops as soon as a selection keeps every unit (the dense model): that round is never
+measured as "pruned" and never returned; if no pruned round met the target, :class:`OptinError`
+says the target cannot be met by pruning on this table.
+
+Relative targets (``build --speedup S``): :func:`optin_deploy.lut.make_relative_measure_fn` times
+each candidate against the dense model in the same interleaved blocks and returns
+``candidate / dense`` scaled to the table's dense latency, so a machine that slows down between
+the table and the target slows both sides alike and the target stays ``dense / S``.
 """
 
 from __future__ import annotations
@@ -137,11 +146,16 @@ def select_for_latency(
     lo_m = hi_m = 0.0  # their measured latencies
     budget = float(target_ms)
     aim = (1.0 + low) / 2.0 * target_ms
+    dense_counts = (list(costs.head_counts), list(costs.neuron_counts))
     for r in range(max_rounds):
         try:
             sel = select(hs, ns, costs, budget, **kw)
         except ValueError:
             raise OptinError(f"no plan fits a budget of {budget:.3g} ms on this latency table; raise --latency-ms") from None
+        if tuple(map(list, sel.plan.counts())) == tuple(dense_counts):
+            rounds.append({"round": r, "budget_ms": budget, "dense": True, "stopped": "the selection is the dense model"})
+            log(f"round {r}: budget {budget:.3f} ms selects the dense model: stop")
+            break
         key = (tuple(map(tuple, sel.plan.heads)), tuple(map(tuple, sel.plan.neurons)))
         if key in built:
             sel, pruned, measured = built[key]
@@ -176,11 +190,15 @@ def select_for_latency(
             new = budget * aim / measured
         budget = max(new, floor * 1.0001)
 
-    ok = [(i, rd) for i, rd in enumerate(rounds) if rd["measured_ms"] <= target_ms]
+    measured_rounds = [(i, rd) for i, rd in enumerate(rounds) if not rd.get("dense")]
+    if not measured_rounds:
+        raise OptinError(f"a budget of {target_ms:g} ms selects the dense model on this latency table (it predicts "
+                         f"{costs.total(*dense_counts):.3g} ms for it): nothing to prune; ask for less (lower --latency-ms, higher --speedup)")
+    ok = [(i, rd) for i, rd in measured_rounds if rd["measured_ms"] <= target_ms]
     if ok:
         idx = max(ok, key=lambda t: (t[1]["measured_ms"], -t[0]))[0]
     else:
-        idx = min(range(len(rounds)), key=lambda i: rounds[i]["measured_ms"])
+        idx = min((i for i, _ in measured_rounds), key=lambda i: rounds[i]["measured_ms"])
     rd = rounds[idx]
     sel_key = None
     for key, (sel, pruned, measured) in built.items():

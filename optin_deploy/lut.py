@@ -225,12 +225,14 @@ def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], p
 
 
 def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Path, profile: Profile | None = None) -> Path:
-    """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter)."""
+    """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter: the
+    profile's graph and precision, e.g. the fused int8 graph for ``x86-cpu-ort``)."""
     from .exporters.onnx import OnnxExporter
 
-    precision = profile.precision if profile is not None and profile.runtime != "onnxruntime-cpu" else "fp32"
+    precision = profile.precision if profile is not None and (profile.runtime != "onnxruntime-cpu" or profile.precision == "int8") else "fp32"
+    graph = "auto" if profile is None or profile.runtime.startswith("onnxruntime") else "dynamo"  # TensorRT parses standard ops only
     OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, profile), parity=False,
-                          precision=precision)
+                          precision=precision, graph=graph)
     return path
 
 
@@ -254,6 +256,42 @@ def make_measure_fn(profile: Profile | str, inputs: Mapping[str, torch.Tensor] |
     """``model -> measured ms`` on the profile's runtime (for :func:`select_for_latency`)."""
     profile = load_profile(profile)
     return lambda m: measure_model_ms(m, profile, inputs, **timing)
+
+
+def make_relative_measure_fn(profile: Profile | str, dense_model: nn.Module, inputs: Mapping[str, torch.Tensor] | None = None, *,
+                             reference_ms: float, rounds: int = 5, block: int = 10, warmup: int = 3,
+                             workdir: str | os.PathLike | None = None) -> Callable[[nn.Module], float]:
+    """``model -> reference_ms * (model's latency / the dense model's latency)``, both timed in the
+    same interleaved blocks (``rounds`` blocks of ``block`` runs each) on the profile's runtime.
+
+    The dense model is exported once; every candidate is timed against it afresh, so a relative
+    target (``dense / S``) holds whatever the machine's load does between rounds. ``fn.history``
+    lists every measurement (dense ms, candidate ms, ratio).
+    """
+    import shutil
+    import weakref
+
+    profile = load_profile(profile)
+    inputs = inputs or example_inputs(dense_model, profile)
+    folder = Path(tempfile.mkdtemp(prefix="optin-relative-", dir=workdir))
+    dense_rt = ort_runtime_for(profile).load(export_model(dense_model, inputs, folder / "dense.onnx", profile))
+    dense_feed = _feed(dense_rt, inputs)
+    history: list[dict] = []
+
+    def measure(model: nn.Module) -> float:
+        path = export_model(model, inputs, folder / "candidate.onnx", profile)
+        rt = ort_runtime_for(profile).load(path)
+        feed = _feed(rt, inputs)
+        res = time_interleaved({"dense": lambda: dense_rt.session.run(None, dense_feed), "candidate": lambda: rt.session.run(None, feed)},
+                               rounds=rounds, iters=block, warmup=warmup)
+        d, c = res["dense"]["median_ms"], res["candidate"]["median_ms"]
+        history.append({"dense_ms": d, "candidate_ms": c, "ratio": c / d})
+        return reference_ms * c / d
+
+    measure.history = history  # type: ignore[attr-defined]
+    measure.dense_runtime = dense_rt  # type: ignore[attr-defined]
+    weakref.finalize(measure, shutil.rmtree, str(folder), True)
+    return measure
 
 
 # ----------------------------------------------------------------------------------------- table

@@ -8,7 +8,7 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
     description = "..."
     runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda
     device = "cpu"                   # cpu | gpu | jetson
-    precision = "fp32"               # fp32 | fp16 | bf16
+    precision = "int8"               # fp32 | int8 (onnxruntime CPU: dynamic quantisation) | fp16 | bf16
     batch_size = 8
     seq_len = 128                    # text models
     image_size = 224                 # vision models
@@ -57,7 +57,7 @@ RUNTIMES = {
     "torch-cuda": "torch-cuda",
 }
 DEVICES = ("cpu", "gpu", "jetson")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 
 # key -> (type, allowed values or (lo, hi) range or None, required, explanation)
 _TOP: dict[str, tuple[type, Any, bool, str]] = {
@@ -210,6 +210,8 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
     runtime, device = data["runtime"], data["device"]
     if RUNTIMES[runtime].endswith("cpu") and device != "cpu":
         raise OptinError(f"runtime {runtime} in profile {src} runs on the CPU but device = {device!r}; set device = \"cpu\"")
+    if data["precision"] == "int8" and runtime != "onnxruntime-cpu":
+        raise OptinError(f"precision int8 in profile {src} is for runtime onnxruntime-cpu (dynamic quantisation), not {runtime}; use fp16 or bf16 on GPUs")
     if not RUNTIMES[runtime].endswith("cpu") and device == "cpu":
         raise OptinError(f"runtime {runtime} in profile {src} needs a GPU but device = \"cpu\"; set device = \"gpu\" or \"jetson\"")
     bs = data["batch_size"]

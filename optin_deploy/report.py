@@ -60,6 +60,24 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
     lines = [
         f"# optin-deploy build report: {report['model']}",
         "",
+    ]
+    b = report.get("baselines") or {}
+    if b.get("fastest_dense"):
+        lines += [
+            f"**x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative measured here** (`{b['fastest_dense']}`), "
+            f"x{b['speedup_vs_same_way']:.2f} against the dense model run the same way ({report.get('precision')} {((report.get('graph') or {}).get('pruned') or {}).get('kind', '')} graph)"
+            + (f", x{b['speedup_vs_fp32_dense_export']:.2f} against the fp32 dense export (`{b['reference_fp32']}`), "
+               f"{-b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
+            "",
+            f"| how the weights run | graph | precision | p50 ms | {acc['metric']} (%) | pruned is faster by |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for label, r in b["models"].items():
+            sp = r["p50_ms"] and b["models"]["pruned"]["p50_ms"] and r["p50_ms"] / b["models"]["pruned"]["p50_ms"]
+            lines.append(f"| {label} | {r['graph']} | {r['precision']} | {r['p50_ms']:.2f} | {r[acc['metric']]:.2f} | "
+                         + ("(the deliverable)" if label == "pruned" else f"x{sp:.2f}") + " |")
+        lines.append("")
+    lines += [
         f"- task: **{report['task']['name']}** ({report['task']['type']}, metric {acc['metric']}, {report['task']['eval_samples']} {report['task']['eval_split']} samples)",
         f"- target profile: **{report['profile']}**, runtime `{report['runtime']}`",
         f"- budget: `{report['budget']}`; scoring: {report['scoring']['method']} ({report['scoring']['scorer']}), {report['scoring_seconds']:.1f} s"

@@ -58,6 +58,20 @@ def test_benchmark_seconds_and_sequential(dense_and_pruned):
     assert all(m["iters"] >= 5 for m in res["models"].values())
 
 
+def test_benchmark_modes(dense_and_pruned):
+    """Blocks (the default): iters timed runs per model, in blocks; round-robin kept for comparison."""
+    _, _, d = dense_and_pruned
+    inputs = {k: v.numpy() for k, v in text_inputs(batch=2, seq=8).items()}
+    targets = lambda: {"a": (get_runtime("ort-cpu", threads=1), d / "dense"), "b": (get_runtime("ort-cpu", threads=1), d / "pruned")}
+    res = benchmark(targets(), inputs, warmup=1, iters=7, block=3, progress=False)
+    assert res["mode"] == "blocks" and res["block"] == 3 and res["interleaved"]
+    assert all(m["iters"] == 7 for m in res["models"].values())
+    res = benchmark(targets(), inputs, warmup=1, iters=4, mode="interleaved", progress=False)
+    assert res["mode"] == "interleaved" and all(m["iters"] == 4 for m in res["models"].values())
+    with pytest.raises(Exception, match="timing mode"):
+        benchmark(targets(), inputs, iters=2, mode="bogus", progress=False)
+
+
 def test_metrics_hand_made():
     labels = np.array([0, 1, 2, 2, 1, 0, 2, 1])
     pred = np.array([0, 2, 2, 2, 1, 0, 1, 1])

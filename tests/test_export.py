@@ -84,7 +84,7 @@ def test_onnx_pruned_nonuniform_with_empty_layer(family, tmp_path):
 def test_onnx_optimize_records_result(tmp_path):
     model = make_tiny_bert()
     pruned, _ = _pruned(model, seed=5, empty_heads_layer=None)
-    res = get_exporter("onnx").export(pruned, text_inputs(), tmp_path / "model.onnx", profile=PROFILE, optimize=True)
+    res = get_exporter("onnx").export(pruned, text_inputs(), tmp_path / "model.onnx", profile=PROFILE, optimize=True, graph="dynamo")
     opt = res.metadata["optimized"]
     assert opt["optimizer"] == "bert"
     if opt["kept"]:
@@ -232,3 +232,68 @@ def test_export_out_dir_is_a_file(tmp_path):
     with pytest.raises(OptinError, match="cannot write"):
         get_exporter("onnx").export(make_tiny_bert(), text_inputs(), blocker / "model.onnx", profile=PROFILE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# ---------------------------------------------------------------- the fusion-friendly graph and int8
+
+
+@pytest.mark.parametrize("which", ["dense", "pruned"])
+def test_fused_graph_has_attention_per_layer_with_heads(which, tmp_path):
+    """BERT's adapter forward: onnxruntime fuses one Attention per layer that keeps heads (uneven
+    head counts detected per layer), no SkipLayerNormalization (slower on ORT 1.32 CPU); parity holds."""
+    model = make_tiny_bert()
+    if which == "pruned":
+        model, _ = _pruned(model, seed=3, empty_heads_layer=1, empty_mlp_layer=2)
+    from optin_deploy.adapters import get_adapter
+
+    heads = get_adapter(model).heads_per_layer()
+    res = _check_onnx(model, text_inputs(), tmp_path)
+    g = res.metadata["graph"]
+    assert g["kind"] == "fused" and g["forward"].endswith("BertExportForward")
+    assert g["fused_operators"].get("Attention") == sum(1 for h in heads if h > 0)
+    assert "SkipLayerNormalization" not in g["fused_operators"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(res.path)).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops
+
+
+def test_fused_graph_roberta(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                        max_position_embeddings=70, num_labels=2, pad_token_id=1)
+    model = RobertaForSequenceClassification(cfg).eval()
+    ex = text_inputs()
+    ex["input_ids"][0, -3:] = 1  # padding tokens where the mask is 0: RoBERTa positions skip them
+    res = _check_onnx(model, ex, tmp_path)
+    assert res.metadata["graph"]["fused_operators"].get("Attention") == 2
+
+
+def test_dynamo_fallback_for_families_without_export_forward(tmp_path):
+    res = get_exporter("onnx").export(make_tiny_timm(), image_inputs(), tmp_path / "model.onnx", profile=PROFILE)
+    assert res.metadata["graph"]["kind"] == "dynamo" and res.metadata["parity"]["passed"]
+    with pytest.raises(OptinError, match="no fusion-friendly"):
+        get_exporter("onnx").export(make_tiny_timm(), image_inputs(), tmp_path / "x" / "model.onnx", profile=PROFILE, graph="fused")
+    assert not (tmp_path / "x" / "model.onnx").exists()
+
+
+def test_int8_export_parity_and_files(tmp_path):
+    model, _ = _pruned(make_tiny_bert(), seed=3, empty_heads_layer=1)
+    m = export_bundle(model, text_inputs(), tmp_path / "b", profile=PROFILE, precision="int8")
+    files = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert files == ["export.json", "model.fp32.onnx", "model.onnx", "parity.json"]
+    assert m["quantization"]["weights"] == "int8 per-channel"
+    par = json.loads((tmp_path / "b" / "parity.json").read_text())
+    assert par["model.onnx"]["precision"] == "int8" and par["model.onnx"]["passed"]
+    assert par["model.fp32.onnx"]["max_abs_diff"] <= 1e-4
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(m["artifact"]).graph.node}
+    assert "QAttention" in ops and "MatMulInteger" in ops
+    # the quantised artefact runs and stays close to the fp32 logits
+    rt8 = get_runtime("ort-cpu", threads=1).load(tmp_path / "b" / "model.onnx")
+    rt32 = get_runtime("ort-cpu", threads=1).load(tmp_path / "b" / "model.fp32.onnx")
+    x = {k: v.numpy() for k, v in text_inputs(batch=6, seq=20).items()}
+    assert np.abs(rt8.run(x) - rt32.run(x)).max() < 0.1

@@ -216,6 +216,38 @@ def test_real_measurement_on_tiny_bert(tmp_path):
     assert sel.cost <= 0.7 * cm.dense() * (1 + 1e-9)
 
 
+def test_select_for_latency_stops_at_the_dense_model_and_never_ships_it():
+    """Measurements far under the target (a table made while the machine was slower) make the loop
+    raise the budget until the selection is the dense model: it stops there and returns a pruned round."""
+    from optin_deploy.adapters import get_adapter
+    from optin_deploy.latency_budget import select_for_latency
+
+    model = make_tiny_bert()
+    t = synthetic_table()
+    res = select_for_latency(model, scores(model), None, t, 0.9 * t.dense_model_ms, lambda m: 0.1 * t.dense_model_ms, max_rounds=20)
+    assert res.rounds[-1].get("dense") and len(res.rounds) < 20
+    assert res.met and not res.rounds[res.chosen_round].get("dense")
+    a = get_adapter(res.model)
+    assert (a.heads_per_layer(), a.neurons_per_layer()) != ([4, 4, 4], [48, 48, 48])
+    # a target the dense model already meets is nothing to prune
+    with pytest.raises(OptinError, match="selects the dense model"):
+        select_for_latency(model, scores(model), None, t, 2 * t.dense_model_ms, lambda m: 1.0)
+
+
+def test_relative_measure_times_against_the_dense_model(tmp_path):
+    from optin_deploy.core import surgery
+    from optin_deploy.lut import make_relative_measure_fn
+
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(TINY_PROFILE)
+    model = make_tiny_bert()
+    fn = make_relative_measure_fn(prof, model, reference_ms=10.0, rounds=2, block=2, warmup=1)
+    pruned = surgery.apply_plan(model, surgery.random_plan(model, seed=1))
+    ms = fn(pruned)
+    h = fn.history[-1]
+    assert ms == pytest.approx(10.0 * h["candidate_ms"] / h["dense_ms"]) and h["dense_ms"] > 0
+
+
 def test_grouped_table_predicts_per_layer():
     """A table for a model whose layers differ (Swin's stages): one table per group of equal layers."""
     t = synthetic_table(L=4, H=4, F=48)

@@ -49,7 +49,7 @@ def test_builtins_load_and_are_found_relative_to_the_package():
         assert p.min_batch <= p.opt_batch <= p.max_batch
         assert p.batch_size >= 1 and p.threads >= 1
     x86 = load_profile("x86-cpu-ort")
-    assert (x86.runtime, x86.device, x86.precision, x86.threads, x86.batch_size, x86.seq_len) == ("onnxruntime-cpu", "cpu", "fp32", 2, 8, 128)
+    assert (x86.runtime, x86.device, x86.precision, x86.threads, x86.batch_size, x86.seq_len) == ("onnxruntime-cpu", "cpu", "int8", 2, 8, 128)
     assert x86.runtime_name == "ort-cpu"
     dc = load_profile("nvidia-dc-trt-fp16")
     assert (dc.neuron_multiple, dc.head_multiple, dc.precision, dc.runtime) == (64, 1, "fp16", "tensorrt")
@@ -79,7 +79,7 @@ def test_load_by_path_and_budget(tmp_path):
         ("latency_ms = 12.5", "flops = 0", "flops = 0 .* out of range"),
         ("latency_ms = 12.5", "latency_ms = -1", "out of range"),
         ("latency_ms = 12.5", "latency_ms = 1.0\nflops = 0.5", "not both"),
-        ('precision = "fp32"', 'precision = "fp8"', "precision = 'fp8' .* choose one of fp32, fp16, bf16"),
+        ('precision = "fp32"', 'precision = "fp8"', "precision = 'fp8' .* choose one of fp32, int8, fp16, bf16"),
         ('runtime = "onnxruntime-cpu"', 'runtime = "onnxruntime-cpus"', "did you mean 'onnxruntime-cpu'"),
         ('device = "cpu"', 'device = "gpu"', "runs on the CPU"),
         ("max_batch = 16", "max_batch = 2", "min_batch <= opt_batch <= max_batch, got 1 / 4 / 2"),

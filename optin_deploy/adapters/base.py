@@ -188,6 +188,12 @@ class Adapter:
             return self.model(**{k: v for k, v in inputs.items() if k in self.sequence_inputs})
         return self.model(**inputs)
 
+    def export_module(self, input_names: list[str]) -> nn.Module | None:
+        """An export-only module ``forward(*inputs) -> logits`` computing the same logits from the
+        same parameters in a layout the runtimes fuse better, or None (the default): the exporter
+        then traces the model's own forward (``torch.onnx.export(dynamo=True)``)."""
+        return None
+
     def seq_len(self, inputs: dict[str, torch.Tensor]) -> int:
         """Tokens per sequence seen by the blocks (incl. special / class tokens)."""
         if self.modality == "text":

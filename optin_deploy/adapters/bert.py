@@ -116,3 +116,20 @@ class BertAdapter(Adapter):
         # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
         blk = self.blocks()[layer]
         return blk.intermediate.dense if not isinstance(blk.output, BertReducedOutput) else blk.output
+
+    def export_module(self, input_names: list[str]) -> nn.Module | None:
+        """A fusion-friendly forward for export (:mod:`.bert_export`): per-layer head counts as
+        constants, additive mask, so onnxruntime fuses Attention. None for models without a
+        sequence-classification head (they export through transformers' forward)."""
+        from .bert_export import BertExportForward
+
+        model = self.model
+        base = next((getattr(model, a) for a in ("bert", "roberta") if getattr(model, a, None) is not None), None)
+        if base is None or getattr(model, "classifier", None) is None or not hasattr(base, "embeddings"):
+            return None
+        if getattr(model.config, "position_embedding_type", "absolute") not in (None, "absolute"):
+            return None
+        if set(input_names) - {"input_ids", "attention_mask", "token_type_ids"}:
+            return None
+        return BertExportForward(model, base, self.heads_per_layer(), self.head_dim(), BertReducedAttention, BertReducedOutput,
+                                 self.model.config.model_type == "roberta", input_names).eval()

@@ -1,4 +1,4 @@
-"""``optin-deploy bench``: dense vs pruned latency on a target runtime, interleaved."""
+"""``optin-deploy bench``: dense vs pruned latency on a target runtime, in interleaved blocks of consecutive runs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ def bench_cmd(
     batch: int = typer.Option(8, "--batch"),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (text models)."),
     warmup: int = typer.Option(10, "--warmup"),
-    iters: int = typer.Option(50, "--iters", help="Timed rounds (ignored with --seconds)."),
+    iters: int = typer.Option(50, "--iters", help="Timed runs per model (ignored with --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget instead of --iters."),
-    interleave: bool = typer.Option(True, "--interleave/--sequential", help="Alternate models every iteration (default)."),
+    interleave: bool = typer.Option(True, "--interleave/--sequential", help="Alternate the models (default) or time one after the other."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="blocks (default: --block consecutive runs per model, models alternating), interleaved (one run each, round-robin) or sequential."),
+    block: int = typer.Option(10, "--block", help="Consecutive timed runs per model per block (--mode blocks)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
@@ -45,7 +47,7 @@ def bench_cmd(
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
         inputs[label] = bench_inputs(spec, batch, seq_len)
     result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
-                       interleave=interleave, baseline=names[0])
+                       interleave=interleave, baseline=names[0], mode=mode, block=block)
     print_bench_table(result)
     if json_out:
         from ..safe_out import write_json

@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`)."),
         flops: Optional[float] = typer.Option(None, "--flops", help="Keep this fraction of the dense encoder's MACs, in (0, 1]. Default: the profile's budget, else 0.6."),
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
+        speedup: Optional[float] = typer.Option(None, "--speedup", help="Relative latency budget: S times faster than the dense model, both timed in the same run on the profile's runtime and precision (needs a latency table; measured here when --lut is omitted)."),
         lut: Optional[str] = typer.Option(None, "--lut", help="Latency table from `optin-deploy lut` (measured here when omitted)."),
         out: Path = typer.Option(Path("optin-build"), "--out", help="Bundle folder (written atomically)."),
         calib_samples: int = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split)."),
@@ -39,7 +40,9 @@ def register(app: typer.Typer) -> None:
         min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Embedding models: quality gate on recall@10 agreement of the pruned model's nearest neighbours with the dense model's."),
         task: Optional[str] = typer.Option(None, "--task", help="embedding: treat the model as a sentence-embedding model (bare encoder + pooling). Default: from the model folder (sentence-transformers files mean embedding)."),
         eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
-        bench_iters: int = typer.Option(100, "--bench-iters", help="Interleaved benchmark rounds."),
+        bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
+        bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also export, evaluate and time the dense alternatives (plain dynamo fp32, fused fp32, fused int8) and report the speed-up against the fastest."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
@@ -57,15 +60,19 @@ def register(app: typer.Typer) -> None:
 
         if eval_split not in ("validation", "test"):
             raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
-        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, lut=lut, out=out,
+        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_cosine=min_cosine, min_recall=min_recall, task=task, search_samples=search_samples,
                             search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,
                             search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
-                            search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, optimize=optimize,
+                            search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
+                            baselines=baselines, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
-        a, t = report["accuracy"], report["throughput"]
+        a, t, b = report["accuracy"], report["throughput"], report.get("baselines") or {}
+        lead = ""
+        if b.get("fastest_dense"):
+            lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
         srch = report.get("search")
         if srch:
             fs = srch["search"]
@@ -81,8 +88,10 @@ def register(app: typer.Typer) -> None:
             )
         else:
             console.print(
-                f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
-                f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%), speed-up x{t['speedup']:.2f} on {report['runtime']}"
+                f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
+                f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+                f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
+                + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
             )
         if json_out:
             from ..safe_out import finite

@@ -89,6 +89,8 @@ def export_bundle(
     threads: int | None = None,
     parity_shapes: Sequence[tuple[int, int | None]] | None = None,
     source: str | os.PathLike | None = None,
+    graph: str = "auto",
+    fusions: Mapping[str, bool] | None = None,
 ) -> dict:
     """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
 
@@ -100,8 +102,10 @@ def export_bundle(
         raise OptinError(f"unknown --format {fmt!r}; choose onnx or tensorrt")
     if fmt == "tensorrt" and backend not in ("tensorrt", "torch-tensorrt"):
         raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
-    if fmt == "onnx" and precision != "fp32":
-        raise OptinError("ONNX exports are fp32 (onnxruntime CPU has few fp16 kernels); use --format tensorrt for fp16/bf16")
+    if fmt == "onnx" and precision not in ("fp32", "int8"):
+        raise OptinError("ONNX exports are fp32 or int8 (onnxruntime CPU has few fp16 kernels); use --format tensorrt for fp16/bf16")
+    if fmt == "tensorrt" and precision == "int8":
+        raise OptinError("int8 is for onnxruntime CPU exports (--format onnx); TensorRT engines here are fp32, fp16 or bf16")
     check_opset(opset)
     out_dir = Path(out_dir)
     try:
@@ -125,10 +129,15 @@ def export_bundle(
     if fmt == "onnx" or backend == "tensorrt":
         # TensorRT engines are built from an fp32 ONNX graph; for fp32 engines it is the same file
         res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
-                                          threads=threads, **common)
+                                          threads=threads, precision=precision if fmt == "onnx" else "fp32",
+                                          graph=graph if fmt == "onnx" else "dynamo", fusions=fusions, **common)
         manifest["artifacts"]["onnx"] = res.metadata
         manifest["parity"]["model.onnx"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
+        manifest["graph"] = res.metadata.get("graph")
+        if res.metadata.get("quantization"):
+            manifest["quantization"] = res.metadata["quantization"]
+            manifest["parity"][res.metadata["fp32_file"]] = res.metadata.get("parity_fp32")
         opt = res.metadata.get("optimized")
         if opt:
             manifest["optimized"] = {k: v for k, v in opt.items() if k != "parity"}
