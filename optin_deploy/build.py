@@ -88,7 +88,7 @@ def _versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "optin-deploy": __version__, "platform": platform.platform()}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "timm", "tensorrt", "torch-tensorrt", "numpy"):
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "timm", "tensorrt", "torch-tensorrt", "openvino", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
