@@ -182,6 +182,40 @@ def test_train_swin_partial_epoch():
     assert stats["steps"] == 100 and stats["epochs"] == 0.5  # at least 100 steps, half of the 200-step epoch
 
 
+def test_cosine_schedule_matches_transformers():
+    """The shortenable schedule gives transformers' warm-up + cosine factors step for step."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    for warmup, total in [(0, 10), (3, 40), (17, 860)]:
+        ref = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup, total)
+        ours = zoo._Cosine(warmup, total)
+        for step in range(total + 2):
+            assert abs(ref.lr_lambdas[0](step) - ours(step)) < 1e-12, (warmup, total, step)
+
+
+def test_train_image_cuts_epochs_when_the_machine_slows_down():
+    """After an epoch that ran slower than the probe said, the epochs left are cut to the budget
+    (here from 10 to 2) and the schedule ends at the new last step; hflip runs."""
+    cfg = transformers.ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+
+    class SlowViTForImageClassification(transformers.ViTForImageClassification):
+        calls = 0
+
+        def forward(self, **kw):
+            type(self).calls += 1
+            if self.calls > 4:  # the probe times the first 4 steps (one epoch of 4 batches)
+                time.sleep(0.2)
+            return super().forward(**kw)
+
+    m = SlowViTForImageClassification(cfg)
+    split = Split(torch.randn(64, 1, 28, 28), torch.arange(64) % 3)
+    stats = zoo.train_image_classifier(m, split, epochs=10, batch_size=16, time_budget_s=2.0, hflip=True, progress=False)
+    assert stats["planned_epochs"] == 10 and stats["epochs"] == 2 and stats["steps"] == 8
+    assert stats["epochs_cut"] == "10 -> 2 after epoch 1"
+
+
 def test_metrics():
     m = zoo.metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert m["accuracy"] == 0.75
