@@ -711,8 +711,14 @@ def _generic(names: list[str]) -> bool:
     return all(str(n).upper() == f"LABEL_{i}" for i, n in enumerate(names))
 
 
+def _folder_key(name: str) -> str:
+    """A label as a folder could spell it: lower case, letters and digits only."""
+    return "".join(c for c in str(name).lower() if c.isalnum())
+
+
 def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
-    """Renumber string labels to the model's ``id2label`` ids, matched case-insensitively.
+    """Renumber string labels to the model's ``id2label`` ids, matched case-insensitively (class
+    folder names also ignoring everything but letters and digits, when that match is unambiguous).
 
     A data label the model does not know is an error naming both sets. Integer labels are class ids
     as they are. Models without ``id2label`` (timm) keep the data's sorted order."""
@@ -729,6 +735,15 @@ def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spe
     index = {}
     for i, n in enumerate(model_names):
         index.setdefault(n.strip().lower(), i)
+    if kind == "folder":  # a folder name cannot hold "/" (nor some other characters): "T-shirt-top" is "T-shirt/top"
+        loose: dict[str, int | None] = {}
+        for i, n in enumerate(model_names):
+            k = _folder_key(n)
+            loose[k] = i if k not in loose else None  # two model labels with one key: no loose match for either
+        for n in td.label_names:
+            k = _folder_key(n)
+            if n.strip().lower() not in index and loose.get(k) is not None:
+                index[n.strip().lower()] = loose[k]
     unknown = [n for n in td.label_names if n.strip().lower() not in index]
     if unknown:
         hint = ("; the model's labels are generic, so give integer class ids 0..{} or set id2label in its config.json".format(len(model_names) - 1)

@@ -216,6 +216,26 @@ def test_train_image_cuts_epochs_when_the_machine_slows_down():
     assert stats["epochs_cut"] == "10 -> 2 after epoch 1"
 
 
+def test_class_folders_match_labels_a_folder_cannot_spell():
+    """A folder cannot be named "T-shirt/top": class folders match the model's labels on letters and
+    digits (when unambiguous); the labels are renumbered to the model's ids."""
+    from optin_deploy.data.types import TaskData
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(id2label={0: "T-shirt/top", 1: "Trouser", 2: "Ankle boot"}))
+
+    def data(names):
+        return TaskData("folder", "image", "classification", list(names), Split(torch.zeros(3, 1), torch.tensor([0, 1, 2])),
+                        Split(torch.zeros(1, 1), torch.tensor([0])), Split(torch.zeros(1, 1), torch.tensor([2])), {"label_kind": "folder"})
+
+    td = zoo.match_labels(model, data(["Ankle_boot", "T-shirt-top", "trouser"]), "m", "d")
+    assert td.label_names == ["T-shirt/top", "Trouser", "Ankle boot"] and td.train.labels.tolist() == [2, 0, 1]
+    with pytest.raises(OptinError, match="does not know: '0-T-shirt-top'"):
+        zoo.match_labels(model, data(["0-T-shirt-top", "Trouser", "Ankle boot"]), "m", "d")
+    twins = types.SimpleNamespace(config=types.SimpleNamespace(id2label={0: "a-b", 1: "a/b", 2: "c"}))
+    with pytest.raises(OptinError, match="does not know: 'ab'"):  # "ab" could be either: no guess
+        zoo.match_labels(twins, data(["ab", "a/b", "c"]), "m", "d")
+
+
 def test_metrics():
     m = zoo.metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert m["accuracy"] == 0.75
