@@ -193,20 +193,20 @@ def test_cosine_schedule_matches_transformers():
             assert abs(ref.lr_lambdas[0](step) - ours(step)) < 1e-12, (warmup, total, step)
 
 
-def test_train_image_cuts_epochs_when_the_machine_slows_down():
+def test_train_image_cuts_epochs_when_the_machine_slows_down(monkeypatch):
     """After an epoch that ran slower than the probe said, the epochs left are cut to the budget
-    (here from 10 to 2) and the schedule ends at the new last step; hflip runs."""
+    (here from 10 to 2) and the schedule ends at the new last step; hflip runs. The clock is
+    virtual: each forward pass advances it, 1 ms during the probe, 200 ms after."""
     cfg = transformers.ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
                                  num_attention_heads=2, intermediate_size=32, num_labels=3)
     torch.manual_seed(0)
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(zoo, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
 
     class SlowViTForImageClassification(transformers.ViTForImageClassification):
-        calls = 0
-
         def forward(self, **kw):
-            type(self).calls += 1
-            if self.calls > 4:  # the probe times the first 4 steps (one epoch of 4 batches)
-                time.sleep(0.2)
+            clock["calls"] += 1
+            clock["now"] += 0.001 if clock["calls"] <= 4 else 0.2  # the probe times the first 4 steps (one epoch)
             return super().forward(**kw)
 
     m = SlowViTForImageClassification(cfg)
