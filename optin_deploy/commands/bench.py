@@ -24,6 +24,8 @@ def bench_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Time every model on each of these CPU runtimes side by side, in the same interleaved blocks: comma-separated (ort-cpu, openvino-cpu, openvino-cpu-bf16) or 'all' (every one installed here). Bundles run their int8 artifact and their fp32 graph; one build folder means its dense and pruned models."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="With --runtimes: write the side-by-side table as Markdown here."),
 ) -> None:
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
     from ..bench import bench_inputs, benchmark, print_bench_table
@@ -37,6 +39,11 @@ def bench_cmd(
         raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
     if threads is not None and threads < 1:
         raise OptinError(f"--threads must be at least 1, got {threads}")
+    if runtimes is not None:
+        return _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, None if seconds else iters, seconds, mode, block,
+                             labels, json_out, markdown)
+    if markdown is not None:
+        raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
     names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
     if len(names) != len(models) or len(set(names)) != len(names):
         raise OptinError(f"need {len(models)} distinct labels, got {names}")
@@ -55,6 +62,28 @@ def bench_cmd(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_json(json_out, result, indent=2)
         typer.echo(f"wrote {json_out}")
+
+
+def _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, iters, seconds, mode, block, labels, json_out, markdown) -> None:
+    from ..bench_runtimes import expand_models, parse_runtimes, print_side_by_side, side_by_side
+    from ..bench_runtimes import markdown as to_markdown
+    from ..errors import OptinError
+    from ..safe_out import write_json
+
+    if runtime is not None:
+        raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
+    names = parse_runtimes(runtimes)
+    if not names:
+        raise OptinError("--runtimes all: no CPU runtime can run here")
+    pairs = expand_models(models, labels.split(",") if labels else None)
+    result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                          block=block, mode=mode)
+    print_side_by_side(result)
+    for path, write in ((json_out, lambda p: write_json(p, result, indent=2)), (markdown, lambda p: p.write_text(to_markdown(result)))):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path)
+            typer.echo(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
