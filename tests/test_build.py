@@ -69,10 +69,12 @@ def run_cli(*args, check=True):
 def test_build_end_to_end(tiny_text_task, tmp_path):
     out = tmp_path / "bundle"
     run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
-            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out))
+            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--select-by", "macs",
+            "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_KEYS:
         assert key in report, key
+    assert report["selected_by"] == {"select_by": "macs", "seq_len": report["macs"]["seq_len"]}
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
     assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
