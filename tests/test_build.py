@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, run_cli_subprocess
 
 from optin_deploy.build import REPORT_KEYS, check_gate
 from optin_deploy.errors import QualityGateError
@@ -59,16 +58,10 @@ def assert_one_line_error(proc, message: str = "error:") -> None:
     assert "Traceback" not in proc.stderr
 
 
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env={**__import__("os").environ, "OPTIN_DEPLOY_QUIET": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
+@pytest.mark.slow  # two whole builds; the first through the real console entry point (a subprocess)
 def test_build_end_to_end(tiny_text_task, tmp_path):
     out = tmp_path / "bundle"
-    run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
+    run_cli_subprocess("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
             "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_KEYS:
@@ -150,8 +143,8 @@ def test_quality_gate():
 
 def test_prune_cli(tiny_text_task, tmp_path):
     out = tmp_path / "pruned"
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
-                   "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json")
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json", "-")
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["macs"]["ratio"] <= 0.5 + 1e-9
     assert "kept per layer" in proc.stdout + proc.stderr
@@ -162,7 +155,7 @@ def test_prune_cli(tiny_text_task, tmp_path):
     assert get_adapter(model).heads_per_layer() == summary["heads_per_layer"]
     assert summary["reconstruction"]["layers"]
     # --no-reconstruct gives plain surgery: same structure, no refit
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
                    "--calib-samples", "16", "--scoring", "exact", "--out", str(tmp_path / "plain"), "--json", "--no-reconstruct")
     plain = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert plain["reconstruction"] is None and plain["heads_per_layer"] == summary["heads_per_layer"]
@@ -176,7 +169,7 @@ def test_prune_cli(tiny_text_task, tmp_path):
 ])
 def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "pruned"
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--calib", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
     assert_one_line_error(proc, message)
     assert not out.exists()
 
@@ -185,7 +178,7 @@ def test_prune_cli_corrupt_checkpoint(tiny_text_task, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_text_task / "model", bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
-    proc = run_cli("prune", str(bad), "--calib", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
+    proc = run_cli("prune", str(bad), "--data", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
     assert_one_line_error(proc)
     assert not (tmp_path / "o").exists()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from . import options
 
 
 def bench_cmd(
@@ -22,39 +22,17 @@ def bench_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="blocks (default: --block consecutive runs per model, models alternating), interleaved (one run each, round-robin) or sequential."),
     block: int = typer.Option(10, "--block", help="Consecutive timed runs per model per block (--mode blocks)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    json_out: Optional[str] = options.JSON_OUT,
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
 ) -> None:
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
-    from ..bench import bench_inputs, benchmark, print_bench_table
-    from ..errors import OptinError
-    from ..runtimes.base import get_runtime, resolve_artifact
+    from ..bench import bench_artifacts, print_bench_table
 
-    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
-        if v < low:
-            raise OptinError(f"{flag} must be at least {low}, got {v}")
-    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
-        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
-    if threads is not None and threads < 1:
-        raise OptinError(f"--threads must be at least 1, got {threads}")
-    names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
-    if len(names) != len(models) or len(set(names)) != len(names):
-        raise OptinError(f"need {len(models)} distinct labels, got {names}")
-    targets = {}
-    inputs = {}
-    for label, spec in zip(names, models):
-        rt_name, artifact, _ = resolve_artifact(spec, runtime)
-        targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
-        inputs[label] = bench_inputs(spec, batch, seq_len)
-    result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
-                       interleave=interleave, baseline=names[0], mode=mode, block=block)
+    result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
+                             seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
+                             labels=labels.split(",") if labels else None)
     print_bench_table(result)
-    if json_out:
-        from ..safe_out import write_json
-
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(json_out, result, indent=2)
-        typer.echo(f"wrote {json_out}")
+    options.emit_json(json_out, result)
 
 
 def register(app: typer.Typer) -> None:

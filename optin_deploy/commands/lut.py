@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 
 def lut_cmd(
     profile: str = typer.Option(..., "--profile", "-p", help="Hardware profile name or .toml path (optin-deploy profiles list)."),
@@ -15,7 +17,8 @@ def lut_cmd(
     mlp_step: Optional[int] = typer.Option(None, "--mlp-step", help="MLP width grid step (default: about width/12)."),
     rounds: int = typer.Option(7, help="Interleaved timing rounds."),
     iters: int = typer.Option(5, help="Runs per artifact per round (the statistic is the median of all)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
+    force: bool = options.FORCE,
+    json_out: Optional[str] = options.JSON_OUT,
 ) -> None:
     """Measure on THIS machine, with the profile's runtime, threads, batch and sequence length, the
     latency of one attention part for every head count and one MLP over a grid of widths, plus the
@@ -51,6 +54,7 @@ def lut_cmd(
     typer.echo("MLP ms by width: " + ", ".join(f"{w}:{v:.3f}" for w, v in zip(table.mlp_widths, table.mlp_ms))
                + f" (fit {intercept:.4f} + {slope * 1e3:.4f} us/neuron)")
     typer.echo(f"wrote {out}")
+    options.emit_json(json_out, table.to_dict())
 
 
 def _load(spec: str):
