@@ -214,8 +214,10 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     assert_one_line_error(proc, "the dense model already meets --latency-ms 1000")
     assert not out.exists()
     lut = tmp_path / "lut.json"
-    run_cli("lut", "--profile", "x86-cpu-ort", "--model", str(tiny_text_task / "model"), "--out", str(lut), "--rounds", "3", "--iters", "3")
+    run_cli("lut", "--profile", "x86-cpu-ort", "--model", str(tiny_text_task / "model"), "--out", str(lut), "--rounds", "3", "--iters", "3",
+            "--json", str(tmp_path / "lut-result.json"))
     table = json.loads(lut.read_text())
+    assert json.loads((tmp_path / "lut-result.json").read_text()) == table  # --json PATH: the same table
     target = round((table["empty_model_ms"] + table["dense_model_ms"]) / 2, 4)  # between what pruning can reach and the dense model
     run_cli(*args, "--latency-ms", str(target), "--lut", str(lut))
     report = json.loads((out / "report.json").read_text())
