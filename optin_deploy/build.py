@@ -34,6 +34,7 @@ from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
 from .safe_out import check_out, staged_output, write_json
+from .target import Target, resolve_target
 
 REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
 DEFAULT_PROFILE = "x86-cpu-ort"
@@ -95,11 +96,12 @@ def _versions() -> dict:
     return out
 
 
-def _check_target_available(profile) -> None:
-    """Fail before any expensive work when the profile's runtime cannot run here."""
+def check_target_available(target: Target) -> None:
+    """Fail before any expensive work when the target's runtime cannot run here."""
     from .runtimes.base import get_runtime
 
-    name = profile.runtime_name
+    profile = target.profile
+    name = target.runtime_name
     if name.startswith("ort"):
         import onnxruntime as ort
 
@@ -127,7 +129,7 @@ def _objective(opts: BuildOptions):
     return Objective("max_accuracy_drop", opts.max_accuracy_drop)
 
 
-def _search_settings(opts: BuildOptions):
+def search_settings(opts: BuildOptions):
     from .search import SearchSettings
 
     lo, hi = opts.search_range
@@ -135,7 +137,11 @@ def _search_settings(opts: BuildOptions):
                           samples=opts.search_samples, rounds=opts.search_rounds, reference=list(opts.search_reference))
 
 
-def _budget(opts: BuildOptions, profile) -> dict:
+def _budget(opts: BuildOptions, target: Target) -> dict:
+    """The budget the options (or the profile's default) ask for: ``{"flops": F}``, ``{"latency_ms": X}``,
+    ``{"speedup": S}`` or ``{"search": objective}``; checked before any work. The report records it
+    with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
+    profile = target.profile
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
     if len(given) > 1:
         raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
@@ -152,7 +158,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
             raise OptinError("pass either --max-accuracy-drop or --min-speedup without a budget (the search optimises one under the other), not both")
     if opts.flops is None and opts.latency_ms is None and (opts.max_accuracy_drop is not None or opts.min_speedup is not None):
         obj = _objective(opts)  # checks the limit
-        _search_settings(opts).check()
+        search_settings(opts).check()
         return {"search": obj.to_dict()}
     if opts.latency_ms is not None:
         if not (math.isfinite(opts.latency_ms) and opts.latency_ms > 0):
@@ -168,24 +174,18 @@ def _budget(opts: BuildOptions, profile) -> dict:
     return {"flops": profile.budget_flops if profile.budget_flops is not None else 0.6}
 
 
-def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
-    batch = profile.opt_batch or profile.batch_size
-    seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = get_adapter(task.model).max_positions()
-    if task.modality == "text" and maxpos:
-        seq = min(seq, maxpos)
-    inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
-    return {k: v.numpy() for k, v in inputs.items()}
+def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
+    """The task's real samples at the target's benchmark shape (:meth:`Target.example_inputs`), as numpy."""
+    return {k: v.numpy() for k, v in target.example_inputs(task.model, task).items()}
 
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .profiles import load_profile
     from .pruning import check_refit
 
     t_start = time.perf_counter()
-    profile = load_profile(opts.profile)
-    budget = _budget(opts, profile)
+    target = resolve_target(opts.profile)  # the one place the profile is read
+    budget = _budget(opts, target)
     if opts.calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
@@ -210,10 +210,10 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
     out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="bundle", checked=True, log=step) as staging:
-        _check_target_available(profile)
-        report = _build_into(staging, opts, profile, budget)
+        check_target_available(target)
+        report = _build_into(staging, opts, target, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
-        _write_reports(staging, report, opts, profile)
+        _write_reports(staging, report, opts, target)
     report["bundle"] = str(out)
     return report
 
@@ -245,7 +245,7 @@ class BuildContext:
     (:mod:`optin_deploy.search`) prunes, exports and measures its candidates through the same methods."""
 
     opts: BuildOptions
-    profile: object
+    target: Target
     task: object
     model: torch.nn.Module
     calib: dict
@@ -258,8 +258,12 @@ class BuildContext:
     teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
 
     @property
+    def profile(self):
+        return self.target.profile
+
+    @property
     def fmt(self) -> str:
-        return "tensorrt" if self.profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+        return "tensorrt" if self.target.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
 
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
@@ -277,54 +281,47 @@ class BuildContext:
                      teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
-        shape = self.profile.shape_profile()
-        if self.task.modality == "text":
-            maxpos = get_adapter(self.model).max_positions() or shape.max_seq  # the family's usable length
-            if shape.max_seq > maxpos:
-                from .exporters.base import ShapeProfile
-
-                shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
-        return shape
+        """The exported graph's shape range: the profile's, within the model's usable positions."""
+        return self.target.shape(self.model)
 
     @property
     def precision(self) -> str:
         """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
-        p = self.profile.precision
+        p = self.target.precision
         return p if self.fmt != "onnx" or p == "int8" else "fp32"
 
     def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
                optimize: bool | None = None) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
         ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
-        from .exporters.bundle import _bundle_root, export_bundle
+        from .exporters.bundle import bundle_root, export_bundle
 
         fmt = self.fmt
         precision = precision or self.precision
-        root = _bundle_root(Path(folder).resolve())
+        root = bundle_root(Path(folder).resolve())
         # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
-        backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
+        backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
         return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
-                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.profile.threads,
+                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
                              source=source)
 
     def runtime_name(self, export: dict) -> str:
-        return export["runtime"] if self.fmt != "onnx" else self.profile.runtime_name
+        return export["runtime"] if self.fmt != "onnx" else self.target.runtime_name
 
     def runtime(self, export: dict):
         """A fresh, not yet loaded runtime for an export, and the artifact to load."""
         from .runtimes.base import get_runtime
 
-        return get_runtime(self.runtime_name(export), threads=self.profile.threads), export["artifact"]
+        return get_runtime(self.runtime_name(export), threads=self.target.threads), export["artifact"]
 
 
-def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> BuildContext:
+def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) -> BuildContext:
     """Load the task and the dense model, draw the calibration batch, score (cached when possible)."""
     from .core.scoring import ScoreSettings
-    from .profiles import selection_kwargs
     from .pruning import compute_scores
     from .zoo import load_task
 
@@ -345,25 +342,26 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
         task.max_length = calib_len
     calib = task.calibration(opts.calib_samples, seed=opts.seed)
     task.max_length = eval_len
-    bench_np = _bench_inputs(task, profile)
+    bench_np = _bench_inputs(task, target)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
     if opts.flops is not None:  # a budget that keeps nothing is refused before scoring
         from .core.costs import mac_cost_model
         from .pruning import check_keeps_something
 
-        mc, kw = mac_cost_model(model, seq), selection_kwargs(profile)
+        mc, kw = mac_cost_model(model, seq), target.selection_kwargs
         check_keeps_something(mc, opts.flops * mc.dense(), f"--flops {opts.flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
-    return BuildContext(opts, profile, task, model, calib, scores, bench_np, seq, selection_kwargs(profile), eval_len, calib_len)
+    return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len)
 
 
-def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
+def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> dict:
     from .bench import benchmark, print_bench_table
     from .evaluate import evaluate
     from .pruned_io import save_pruned, task_hint
     from .pruning import print_layer_table, refit, report_emptied
 
-    ctx = load_context(opts, profile)
+    ctx = load_context(opts, target)
+    profile = target.profile
     task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
     embedding = task.data.task_type == "embedding"
     adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
@@ -373,7 +371,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
     if "search" in budget:
         from .search import search_build
 
-        search = search_build(ctx, staging, _objective(opts), _search_settings(opts))
+        search = search_build(ctx, staging, _objective(opts), search_settings(opts))
         pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
         notes = list(scores[5])
     elif "flops" in budget:
@@ -388,22 +386,22 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         lut = opts.lut
         if lut is None:
             step(f"no --lut given: measuring a latency table on this machine for profile {profile.name} ({profile.precision})")
-            table = measure_lut(model, profile)
+            table = measure_lut(model, target)
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
         inputs_t = ctx.example()
         if "speedup" in budget:
-            ref_ms = load_lut(lut, model, profile).dense()  # the table's own prediction for the dense model
-            target = ref_ms / budget["speedup"]
-            measure = make_relative_measure_fn(profile, model, inputs_t, reference_ms=ref_ms)
+            ref_ms = load_lut(lut, model, target).dense()  # the table's own prediction for the dense model
+            target_ms = ref_ms / budget["speedup"]
+            measure = make_relative_measure_fn(target, model, inputs_t, reference_ms=ref_ms)
             step(f"selecting for x{budget['speedup']:g} against the dense model, timed beside it in every round "
-                 f"({target:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
+                 f"({target_ms:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
         else:
-            target = budget["latency_ms"]
-            measure = make_measure_fn(profile, inputs_t)
-            step(f"selecting for {target} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, target, measure, opts.latency_rounds, progress=step)
+            target_ms = budget["latency_ms"]
+            measure = make_measure_fn(target, inputs_t)
+            step(f"selecting for {target_ms} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
+        ls = select_for_latency(model, (scores[0], scores[1]), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
@@ -457,7 +455,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
              f"5th percentile {emb_summary['cosine_p5']:.4f}; recall@10 agreement {emb_summary['recall_at_10']:.4f}")
     else:
         ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
+    step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {next(iter(bench_np.values())).shape[0]}"
          + (f" x {seq} tokens" if task.modality == "text" else "")
          + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
     runtimes = {label: ctx.runtime(exports[label]) for label in labels}
@@ -501,7 +499,7 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": profile.name,
         "runtime": rt_name,
-        "budget": budget,
+        "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
         "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(agreement), 3),
                      "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
@@ -577,7 +575,7 @@ def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precisio
     return out
 
 
-def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> None:
+def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Target) -> None:
     from .report import write_markdown, write_plots
 
     plots = write_plots(report, staging / "plots")
@@ -589,7 +587,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
         "command": " ".join(opts.command),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
         "inputs": {"model": report["model"], "task": report["task"]["name"]},
-        "profile": profile.to_dict(),
+        "profile": target.profile.to_dict(),
         "versions": _versions(),
         "files": {},
     }

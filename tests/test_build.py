@@ -67,6 +67,7 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     for key in REPORT_KEYS:
         assert key in report, key
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
+    assert report["budget"] == {"flops": 0.5, "seq_len": 128}  # MACs counted at the profile's 128 tokens (not the calibration's 64)
     assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
@@ -193,7 +194,7 @@ def test_build_latency_budget(tiny_text_task, tmp_path):
             "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--no-baselines", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
-    assert report["budget"] == {"speedup": 1.1}
+    assert report["budget"] == {"speedup": 1.1, "seq_len": report["macs"]["seq_len"]}
     measured = [r for r in lb["rounds"] if not r.get("dense")]
     assert measured and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in measured)
     rel = lb["relative"]
@@ -222,6 +223,6 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     run_cli(*args, "--latency-ms", str(target), "--lut", str(lut))
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
-    assert report["budget"] == {"latency_ms": target}
+    assert report["budget"] == {"latency_ms": target, "seq_len": report["macs"]["seq_len"]}
     assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"])
     assert "Latency budget rounds" in (out / "report.md").read_text()

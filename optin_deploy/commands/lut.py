@@ -24,28 +24,12 @@ def lut_cmd(
     latency of one attention part for every head count and one MLP over a grid of widths, plus the
     part pruning cannot remove. The JSON is self-describing: a table measured on the target device
     can be copied to the build host and passed to ``build --latency-ms X --lut FILE``."""
-    from ..errors import OptinError
-    from ..lut import measure_lut, ort_runtime_for
-    from ..profiles import load_profile
+    from ..lut import write_lut
 
-    import json
-
-    from ..lut import LUT_FORMAT
-    from ..safe_out import check_out_file
-
-    prof = load_profile(profile)
-    if rounds < 1 or iters < 1:
-        raise OptinError("--rounds and --iters must be at least 1")
-    if mlp_step is not None and mlp_step < 1:
-        raise OptinError(f"--mlp-step must be at least 1, got {mlp_step}")
-    out = check_out_file(out, force=force, ours=lambda p: json.loads(p.read_text()).get("format") == LUT_FORMAT)
-    ort_runtime_for(prof)  # a missing provider fails before the model is loaded
-    m = _load(model)
-    table = measure_lut(m, prof, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model,
-                        progress=lambda s: typer.echo(s, err=True))
-    table.save(out)
+    table, out = write_lut(profile, model, out, mlp_step=mlp_step, rounds=rounds, iters=iters, force=force,
+                           progress=lambda s: typer.echo(s, err=True))
     intercept, slope = table.linear_fit()
-    typer.echo(f"profile {prof.name} on {table.environment['device']['cpu']}"
+    typer.echo(f"profile {table.profile['name']} on {table.environment['device']['cpu']}"
                + (f" / {table.environment['device']['gpu']}" if table.environment['device'].get('gpu') else "")
                + f", batch {table.shapes['batch']} x {table.shapes['tokens']} tokens")
     typer.echo(f"dense model {table.dense_model_ms:.3f} ms; not prunable {table.empty_model_ms:.3f} ms; "
@@ -55,20 +39,6 @@ def lut_cmd(
                + f" (fit {intercept:.4f} + {slope * 1e3:.4f} us/neuron)")
     typer.echo(f"wrote {out}")
     options.emit_json(json_out, table.to_dict())
-
-
-def _load(spec: str):
-    try:
-        from .. import zoo
-
-        if spec in zoo.ZOO:
-            task = zoo.get_task(spec)
-            return getattr(task, "model", task)
-    except ImportError:
-        pass
-    from ..models import load_model
-
-    return load_model(spec)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,7 @@ def _relative(obj, folder: Path):
     if isinstance(obj, list):
         return [_relative(v, folder) for v in obj]
     if isinstance(obj, str) and obj.startswith(str(folder.anchor)) and os.path.isabs(obj):
-        root = _bundle_root(folder)
+        root = bundle_root(folder)
         p = Path(obj).resolve()
         try:
             p.relative_to(root)
@@ -48,7 +48,7 @@ def _relative(obj, folder: Path):
     return obj
 
 
-def _bundle_root(folder: Path) -> Path:
+def bundle_root(folder: Path) -> Path:
     """The outermost folder being written (a build's staging folder holds onnx/dense, onnx/pruned)."""
     folder = Path(folder)
     for parent in (folder, *folder.parents):
@@ -281,9 +281,9 @@ def export_model_dir(
         model = task.model
     else:
         model = load_model(model_dir)
-    from .onnx import _max_positions
+    from ..adapters import get_adapter
 
-    maxpos = _max_positions(model)
+    maxpos = get_adapter(model).max_positions()
     if max_seq_len is None:
         max_seq_len = min(512, maxpos) if maxpos else 512
     seq_len = min(seq_len, max_seq_len)
