@@ -43,6 +43,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
 POS = ["good", "great", "fine", "superb", "lovely", "fun", "moving", "sharp"]
 NEG = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "flat"]
+LABELS = ("rotten", "fresh")  # the CSV's label names, recorded in the config as a fine-tuned checkpoint would
+# Layouts people deploy, where transformers' default config for a model_type is not one: DeBERTa's
+# default has relative attention off, so deberta-v2 is built as deberta-v3-base is laid out (c2p/p2c
+# disentangled attention through the shared key/query projections, 256 log buckets, LayerNorm on the
+# relative table); ModernBERT as ModernBERT-base (1152 gated neurons = 2304 rows of Wi per layer, a
+# global-attention layer every third, 128-token sliding window elsewhere, no biases).
+LAYOUTS = {
+    "deberta-v2": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], max_relative_positions=-1, position_buckets=256,
+                       share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False, type_vocab_size=0),
+    "modernbert": dict(intermediate_size=1152, max_position_embeddings=8192, global_attn_every_n_layers=3, local_attention=128),
+}
 FILL = ["the", "film", "was", "a", "plot", "cast", "story", "and", "its", "ending"]
 
 
@@ -60,12 +71,16 @@ def make_model_folder(model_type: str, folder: Path, seed: int = 0) -> dict:
 
     tok_dir = Path(assets.minilm().path)
     tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
-    cfg = transformers.AutoConfig.for_model(model_type, **BASE, vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=2)
+    special = {f"{k}_token_id": tok.convert_tokens_to_ids(t) for k, t in (("bos", "[CLS]"), ("cls", "[CLS]"), ("eos", "[SEP]"), ("sep", "[SEP]"))}
+    extra = {**special, **LAYOUTS[model_type]} if model_type == "modernbert" else LAYOUTS.get(model_type, {})
+    cfg = transformers.AutoConfig.for_model(model_type, **{**BASE, **extra}, vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=2,
+                                          id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
     torch.manual_seed(seed)
     model = transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    return {"model_class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters())}
+    layout = {k: v for k, v in cfg.to_dict().items() if k in (*BASE, *LAYOUTS.get(model_type, {}))}
+    return {"model_class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()), "layout": layout}
 
 
 def write_csv(path: Path, rows: int = 400, seed: int = 0) -> None:
@@ -84,6 +99,8 @@ def build(model_dir: Path, data: Path, out: Path, args) -> tuple[dict, float, st
     cmd = [sys.executable, "-m", "optin_deploy.cli", "build", "--model", str(model_dir), "--data", str(data),
            "--flops", str(args.flops), "--scoring", "fast", "--probes", str(args.probes), "--calib-samples", str(args.calib_samples),
            "--bench-iters", str(args.bench_iters), "--out", str(out)]
+    if not args.baselines:
+        cmd.insert(-2, "--no-baselines")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OPTIN_DEPLOY_QUIET": "1"})
     took = time.perf_counter() - t0
@@ -106,6 +123,10 @@ def summarise(model_type: str, info: dict, report: dict, took: float, command: s
         "heads_pruned": s.get("heads", {}).get("pruned"),
         "neurons_pruned": s.get("neurons", {}).get("pruned"),
         "runtime": report.get("runtime"),
+        "profile": report.get("profile"),
+        "precision": report.get("precision"),
+        "graph": {k: (v or {}).get("kind") for k, v in (report.get("graph") or {}).items() if k in ("dense", "pruned")},
+        "bench": {k: report.get("bench", {}).get(k) for k in ("iters", "block", "mode", "interleaved")},
         "bench_inputs": report.get("bench", {}).get("inputs"),
         "build_seconds": round(took, 1),
         "scoring_seconds": report.get("scoring_seconds"),
@@ -119,23 +140,30 @@ def write_results(rows: dict, args) -> None:
     out_json, out_md = ROOT / "results" / "families.json", ROOT / "results" / "families.md"
     if out_json.exists():
         rows = {**json.loads(out_json.read_text())["families"], **rows}
-    out_json.write_text(json.dumps({"settings": {"size": BASE, "flops": args.flops, "scoring": "fast", "probes": args.probes,
-                                                 "calib_samples": args.calib_samples, "bench_iters": args.bench_iters,
-                                                 "profile": "x86-cpu-ort (onnxruntime CPU, 2 threads, batch 8 x 128 tokens)",
+    out_json.write_text(json.dumps({"settings": {"size": BASE, "layouts": LAYOUTS, "flops": args.flops, "scoring": "fast",
+                                                 "per_row": "each row's command holds its own probes / calibration / bench settings",
+                                                 "profile": "x86-cpu-ort (onnxruntime CPU, int8, 2 threads, batch 8 x 128 tokens)",
                                                  "note": "random weights: accuracy is meaningless and not reported; "
                                                          "measured on a 2-core machine shared with other jobs"},
                                     "families": rows}, indent=1, default=float))
-    lines = ["| model_type | adapter | model class | MACs kept | speed-up (p50) | speed-up (throughput) | p50 dense / pruned ms | build s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model_type | adapter | model class | graph (dense / pruned), precision | MACs kept | dense p50 ms | pruned p50 ms | speed-up (p50) | kept heads / neurons | build s |",
+             "|---|---|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows.values():
-        lines.append(f"| {r['model_type']} | {r.get('family') or ''} | {r['model_class']} | {r['macs_ratio']:.3f} | {r['speedup_p50']:.2f}x | "
-                     f"{r['speedup_throughput']:.2f}x | {r['latency_p50_ms']['dense']:.0f} / {r['latency_p50_ms']['pruned']:.0f} | {r['build_seconds']:.0f} |")
+        g = r.get("graph") or {}
+        kept = ""
+        if r.get("heads_pruned") is not None:
+            kept = f"{sum(r['heads_pruned'])} / {sum(r['neurons_pruned'])}"
+        lines.append(f"| {r['model_type']} | {r.get('family') or ''} | {r['model_class']} | {g.get('dense', '?')} / {g.get('pruned', '?')}, "
+                     f"{r.get('precision') or '?'} | {r['macs_ratio']:.3f} | {r['latency_p50_ms']['dense']:.0f} | {r['latency_p50_ms']['pruned']:.0f} | "
+                     f"**{r['speedup_p50']:.2f}x** | {kept} | {r['build_seconds']:.0f} |")
     out_md.write_text("# optin-deploy build at --flops 0.6 on base-sized random models, per family\n\n"
-                      f"Settings: 12 layers, hidden 768, 12 heads, intermediate 3072, random weights; `--scoring fast --probes {args.probes} "
-                      f"--calib-samples {args.calib_samples} --bench-iters {args.bench_iters}`; profile x86-cpu-ort (onnxruntime CPU, "
-                      "2 threads, batch 8 x 128). Accuracy is meaningless with random weights and is not reported. "
-                      "The 2-core machine was shared with other jobs while measuring.\n\n"
-                      "Reproduce: `python benchmarks/families.py`\n\n" + "\n".join(lines) + "\n")
+                      "Settings: 12 layers, hidden 768, 12 heads, intermediate 3072 (ModernBERT: 1152 gated neurons, its base layout; "
+                      "DeBERTa-v2: deberta-v3-base's relative-attention layout), random weights; each row's exact command is in "
+                      "`results/families.json`. Default profile x86-cpu-ort (onnxruntime CPU, int8 dynamic quantisation, 2 threads, "
+                      "batch 8 x 128); dense and pruned timed in interleaved blocks in the same run, speed-up = dense p50 / pruned p50. "
+                      "Accuracy is meaningless with random weights and is not reported. "
+                      "The 2-core machine was shared with other jobs while measuring: absolute ms are inflated, the ratios are what count.\n\n"
+                      "Reproduce: `python benchmarks/families.py --types MODEL_TYPE` (one family per run)\n\n" + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -144,7 +172,9 @@ def main() -> None:
     ap.add_argument("--flops", type=float, default=0.6)
     ap.add_argument("--probes", type=int, default=8)
     ap.add_argument("--calib-samples", type=int, default=16)
-    ap.add_argument("--bench-iters", type=int, default=30)
+    ap.add_argument("--bench-iters", type=int, default=40)
+    ap.add_argument("--baselines", action="store_true", help="also export and time the dense alternatives (build's --baselines; off here: "
+                    "the speed-up reported is pruned against the dense model run the same way)")
     ap.add_argument("--keep", type=Path, help="keep the model folders and bundles here")
     args = ap.parse_args()
     types = args.types or text_model_types()

@@ -49,6 +49,7 @@ class BuildOptions:
     latency_ms: float | None = None
     speedup: float | None = None
     lut: str | None = None
+    select_by: str | None = None  # "macs" | "latency": what a --flops fraction weighs units by (None: the profile's)
     out: Path = Path("optin-build")
     calib_samples: int = 128
     calib_length: int = 64
@@ -142,6 +143,10 @@ def _budget(opts: BuildOptions, target: Target) -> dict:
     ``{"speedup": S}`` or ``{"search": objective}``; checked before any work. The report records it
     with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
     profile = target.profile
+    if opts.select_by is not None and opts.select_by not in ("macs", "latency"):
+        raise OptinError(f"--select-by must be macs or latency, got {opts.select_by!r}")
+    if opts.select_by is not None and opts.lut is not None and opts.select_by == "macs" and opts.flops is not None:
+        raise OptinError("--lut is a latency table: with --flops it needs --select-by latency (or drop --lut)")
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
     if len(given) > 1:
         raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
@@ -256,6 +261,45 @@ class BuildContext:
     eval_len: int | None
     calib_len: int | None
     teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
+    _costs: object = None  # the selection's cost model, made once (a latency table may be measured for it)
+    cost_info: dict = field(default_factory=dict)  # how fractions are weighed, recorded in the report
+
+    @property
+    def select_by(self) -> str:
+        return self.opts.select_by or getattr(self.profile, "select_by", "macs") or "macs"
+
+    def selection_costs(self):
+        """The cost model a fraction budget is taken of: the dense MACs at the benchmark length, or (``select_by =
+        latency``) the latency table of this model on the profile's runtime and precision (``--lut``, else cached,
+        else measured here once). A fraction ``f`` keeps ``fixed + f * (dense - fixed)``: what pruning cannot
+        remove (embeddings, norms, the runtime's fixed work) is not part of the fraction."""
+        if self._costs is not None:
+            return self._costs
+        from .core.costs import mac_cost_model
+
+        if self.select_by == "latency":
+            from .lut import cached_lut, load_lut, read_lut
+
+            if self.opts.lut:
+                table, path, measured = read_lut(self.opts.lut), Path(self.opts.lut), False
+            else:
+                step(f"latency-aware selection: looking up the latency table of this model on {self.profile.name} "
+                     f"({self.profile.precision}, batch {self.profile.batch_size}); measured once and cached")
+                table, path, measured = cached_lut(self.model, self.target, progress=step)
+            self._costs = load_lut(table, self.model, self.target)
+            self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
+                              "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),
+                              "table_seconds": table.timing.get("seconds")}
+        else:
+            self._costs = mac_cost_model(self.model, self.seq)
+            self.cost_info = {"select_by": "macs", "seq_len": self.seq}
+        return self._costs
+
+    def fraction_budget(self, fraction: float) -> float:
+        costs = self.selection_costs()
+        if costs.unit == "ms":
+            return costs.fixed + fraction * (costs.dense() - costs.fixed)
+        return fraction * costs.dense()
 
     @property
     def profile(self):
@@ -269,14 +313,14 @@ class BuildContext:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
 
     def prune_fraction(self, fraction: float, scores: tuple | None = None, *, refit_units: bool = True):
-        """Select under ``fraction`` of the dense MACs (with ``scores``, default the build's), slice,
-        and refit the kept units when the build refits. Returns the :class:`~optin_deploy.pruning.PruneResult`."""
-        from .core.costs import mac_cost_model
+        """Select under ``fraction`` of the dense cost (MACs, or measured latency: :meth:`selection_costs`; with
+        ``scores``, default the build's), slice, and refit the kept units when the build refits. Returns the
+        :class:`~optin_deploy.pruning.PruneResult`."""
         from .pruning import prune
 
-        costs = mac_cost_model(self.model, self.seq)
+        costs = self.selection_costs()
         o = self.opts
-        return prune(self.model, self.calib, costs=costs, budget=fraction * costs.dense(), scores=scores or self.scores,
+        return prune(self.model, self.calib, costs=costs, budget=self.fraction_budget(fraction), scores=scores or self.scores,
                      reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
                      teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
@@ -379,6 +423,11 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
         pruned = result.model
         notes = list(result.notes)
         sel_cost = result.selection.cost
+        if ctx.cost_info.get("select_by") == "latency":
+            ctx.cost_info["predicted_ms"] = round(sel_cost, 4)
+            ctx.cost_info["predicted_speedup"] = round(result.selection.dense_cost / sel_cost, 3)
+            step(f"latency-aware selection: the table predicts {sel_cost:.2f} ms for the pruned model against "
+                 f"{result.selection.dense_cost:.2f} ms dense (x{result.selection.dense_cost / sel_cost:.2f})")
     else:
         from .latency_budget import select_for_latency
         from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
@@ -516,6 +565,7 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
         "reconstruction": reconstruction,
         "embedding": emb_summary if embedding else None,
         "selection_cost": sel_cost,
+        "selected_by": ctx.cost_info or None,
         "latency_budget": latency_info,
         "search": search.to_dict() if search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},

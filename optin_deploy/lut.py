@@ -453,6 +453,47 @@ def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = N
     return cm
 
 
+def table_key(model: nn.Module, target: Target | str) -> str:
+    """What a latency table depends on: the model's structure (not its weights), the profile's runtime,
+    precision, threads and shapes, this CPU and the runtime's version."""
+    import hashlib
+
+    from .adapters import get_adapter
+
+    p = resolve_target(target).profile
+    a = get_adapter(model)
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        ort_version = None
+    key = {"lut": LUT_VERSION, "model": type(model).__name__, "family": a.family, "heads": a.heads_per_layer(),
+           "neurons": a.neurons_per_layer(), "hidden": [a.layer_hidden_size(l) for l in range(a.num_layers)],
+           "head_dim": a.head_dim(), "runtime": p.runtime, "precision": p.precision, "threads": p.threads,
+           "batch": p.batch_size, "seq_len": p.seq_len, "image_size": p.image_size, "cpu": cpu_name(), "ort": ort_version}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[str], None] | None = None,
+               cache: bool = True) -> tuple[LatencyTable, Path | None, bool]:
+    """The latency table of ``model`` on ``target`` from the cache (``$OPTIN_DEPLOY_CACHE/luts``), measured
+    here and cached on a miss. Returns ``(table, cached file, measured_now)``."""
+    from .core.api import cache_root
+
+    target = resolve_target(target)
+    path = cache_root() / "luts" / f"{table_key(model, target)}.json" if cache else None
+    if path is not None and path.is_file():
+        try:
+            return read_lut(path), path, False
+        except OptinError:  # an unreadable cache entry is measured again
+            pass
+    table = measure_lut(model, target, progress=progress)
+    if path is not None:
+        table.save(path)
+    return table, path, True
+
+
 # ------------------------------------------------------------------------------------- measuring
 
 

@@ -25,6 +25,7 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
     [budget]                         # optional: one of
     flops = 0.6                      # fraction of the dense model's MACs
     # latency_ms = 12.5              # milliseconds on this target (needs a latency table)
+    select_by = "macs"               # or "latency": a flops fraction weighs units by their measured latency here
 
 ``load_profile(name_or_path)`` validates everything and raises one-line :class:`OptinError`\\ s
 (unknown keys with a did-you-mean suggestion, wrong types, out-of-range values, min <= opt <= max).
@@ -86,6 +87,7 @@ _SHAPES: dict[str, tuple[type, Any, bool, str]] = {
 _BUDGET: dict[str, tuple[type, Any, bool, str]] = {
     "flops": (float, (0.0, 1.0), False, "fraction of the dense model's MACs to keep, in (0, 1]"),
     "latency_ms": (float, (0.0, 1e9), False, "target latency in milliseconds on this target"),
+    "select_by": (str, ("macs", "latency"), False, "what a --flops fraction weighs units by: their MACs, or their latency measured on this target"),
 }
 FIELDS = {"": _TOP, "shapes": _SHAPES, "budget": _BUDGET}
 
@@ -111,6 +113,7 @@ class Profile:
     max_seq: int | None = None
     budget_flops: float | None = None
     budget_latency_ms: float | None = None
+    select_by: str = "macs"  # what a fraction budget weighs units by: "macs" or "latency" (the profile's measured table)
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -205,7 +208,7 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
     budget = data.get("budget", {})
     _check_table(shapes, _SHAPES, "shapes.", src)
     _check_table(budget, _BUDGET, "budget.", src)
-    if len(budget) > 1:
+    if len({k: v for k, v in budget.items() if k != "select_by"}) > 1:
         raise OptinError(f"budget in profile {src} must give one of flops or latency_ms, not both")
     runtime, device = data["runtime"], data["device"]
     if RUNTIMES[runtime].endswith("cpu") and device != "cpu":
@@ -235,6 +238,7 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         min_batch=mn, opt_batch=opt, max_batch=mx, min_seq=smn, opt_seq=sopt, max_seq=smx,
         budget_flops=float(budget["flops"]) if "flops" in budget else None,
         budget_latency_ms=float(budget["latency_ms"]) if "latency_ms" in budget else None,
+        select_by=budget.get("select_by", "macs"),
         path=src,
     )
 
@@ -268,6 +272,6 @@ def explain(profile: Profile) -> list[tuple[str, str, str]]:
         v = getattr(profile, key)
         rows.append((f"shapes.{key}", "-" if v is None else str(v), doc))
     for key, (_, _, _, doc) in _BUDGET.items():
-        v = getattr(profile, f"budget_{key}")
-        rows.append((f"budget.{key}", "-" if v is None else f"{v:g}", doc))
+        v = getattr(profile, key if key == "select_by" else f"budget_{key}")  # budget.select_by is the field select_by
+        rows.append((f"budget.{key}", "-" if v is None else (f"{v:g}" if isinstance(v, (int, float)) else str(v)), doc))
     return rows

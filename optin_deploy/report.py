@@ -83,6 +83,11 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         f"- budget: `{report['budget']}`; scoring: {report['scoring']['method']} ({report['scoring']['scorer']}), {report['scoring_seconds']:.1f} s"
         + (" (cached)" if report["scoring"].get("cached") else ""),
     ]
+    sb = report.get("selected_by") or {}
+    if sb.get("select_by") == "latency":
+        lines.append(f"- units weighed by their measured latency on this target (table `{sb.get('table')}`, "
+                     f"{'measured in this build' if sb.get('measured_now') else 'cached'}): the table predicts "
+                     f"{sb.get('predicted_ms')} ms against {sb.get('table_dense_ms')} ms dense (x{sb.get('predicted_speedup')})")
     if gate and "max_accuracy_drop" in gate:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
     elif gate:

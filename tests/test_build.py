@@ -226,3 +226,25 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     assert report["budget"] == {"latency_ms": target, "seq_len": report["macs"]["seq_len"]}
     assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"])
     assert "Latency budget rounds" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow  # a latency table and a whole build
+def test_build_selects_by_latency_at_a_fraction(tiny_text_task, tmp_path):
+    """``build --flops F --select-by latency``: units are weighed by the latency table, the fraction is of the
+    table's prunable latency, and the report says so; a bad --select-by is one line."""
+    from optin_deploy.lut import load_lut
+
+    lut = tmp_path / "lut.json"
+    run_cli("lut", "--profile", "x86-cpu-ort", "--model", str(tiny_text_task / "model"), "--out", str(lut), "--rounds", "2", "--iters", "2")
+    out = tmp_path / "b"
+    args = ["build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
+            "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--no-baselines", "--out", str(out)]
+    proc = run_cli(*args, "--select-by", "cycles", check=False)
+    assert_one_line_error(proc, "--select-by must be macs or latency")
+    run_cli(*args, "--select-by", "latency", "--lut", str(lut))
+    report = json.loads((out / "report.json").read_text())
+    sb = report["selected_by"]
+    cm = load_lut(lut)
+    assert sb["select_by"] == "latency" and sb["table"] == str(lut)
+    assert sb["predicted_ms"] <= cm.fixed + 0.5 * (cm.dense() - cm.fixed) + 1e-6
+    assert report["budget"] == {"flops": 0.5, "seq_len": 128}

@@ -139,3 +139,39 @@ def test_every_adapter_declares_its_family():
     for name, cls in ADAPTERS.items():
         assert cls.family == name and cls.description and cls.modality in ("text", "image")
         assert cls.modality == "image" or cls.model_types
+
+
+@pytest.mark.parametrize("family", list(TEXT_FAMILIES))
+def test_scoring_starts_deep_in_the_model(family):
+    """Exact scoring runs the model "from block l on", with blocks 0..l-1 swapped for the adapter's
+    pass_through. MPNet's encoder loop takes ``[0]`` of what a block returns, so a bare-tensor
+    pass-through lost one axis per skipped block and failed with ``IndexError: invalid index of a
+    0-dim tensor`` once four blocks were skipped: every base-size (12-layer) build, never the 3-layer
+    test models. Five layers, units of the last one, against the plain one-pass-per-unit reference."""
+    from optin_deploy.core.scoring import ScoreSettings, exact_unit_scores, record_teacher, reference_unit_scores
+
+    model = make_tiny_text(family, layers=5).double()
+    a = get_adapter(model)
+    s = ScoreSettings(num_tokens=16, group=4)
+    teacher = record_teacher(a, text_inputs(batch=3, seq=8), s)
+    units = [("head", 4, h) for h in range(a.num_heads(4))] + [("neuron", 4, j) for j in (0, 7)]
+    got = torch.tensor(exact_unit_scores(a, teacher, units, s), dtype=torch.float64)
+    ref = torch.tensor(reference_unit_scores(a, teacher, units, s), dtype=torch.float64)
+    assert (ref[:, 0] > 0).all()
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-6 * float(ref.abs().max()))
+
+
+def test_wrong_pass_through_form_is_caught_not_computed_on(monkeypatch):
+    """A family whose pass_through does not return what its encoder loop expects is stopped with a
+    message naming the adapter (here MPNet with a bare-tensor stand-in, on 3 layers, where the loop
+    would otherwise compute on silently reshaped values)."""
+    from optin_deploy.adapters.base import PassThrough
+    from optin_deploy.adapters.mpnet import MPNetAdapter
+    from optin_deploy.core.scoring import ScoreSettings, exact_unit_scores, record_teacher
+
+    monkeypatch.setattr(MPNetAdapter, "pass_through", lambda self, layer: PassThrough())
+    a = get_adapter(make_tiny_text("mpnet").double())
+    s = ScoreSettings(num_tokens=16, group=4)
+    teacher = record_teacher(a, text_inputs(batch=3, seq=8), s)
+    with pytest.raises(RuntimeError, match="MPNetAdapter.pass_through"):
+        exact_unit_scores(a, teacher, [("head", 2, 0)], s)

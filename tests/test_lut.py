@@ -284,3 +284,35 @@ def test_real_measurement_on_tiny_swin(tmp_path):
     hs, ns = scores(model)
     sel = select(hs, ns, cm, 0.7 * cm.dense())
     assert sel.cost <= 0.7 * cm.dense() * (1 + 1e-9)
+
+
+def test_cached_lut_measures_once_and_keys_on_structure(tmp_path, monkeypatch):
+    """The build's latency table is measured once per (model structure, profile, machine) and then read
+    from the cache; another structure or precision is another entry."""
+    import optin_deploy.lut as lut_mod
+    from optin_deploy.lut import cached_lut, table_key
+
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+    prof = tmp_path / "tiny.toml"
+    prof.write_text(TINY_PROFILE)
+    model = make_tiny_bert()
+    calls = []
+
+    def fake_measure(m, p, **kw):  # the measurement itself is tested above; here only the caching
+        calls.append(1)
+        return synthetic_table()
+
+    monkeypatch.setattr(lut_mod, "measure_lut", fake_measure)
+    t1, path, measured = cached_lut(model, prof)
+    assert measured and path.is_file() and path.parent == tmp_path / "cache" / "luts"
+    t2, path2, measured2 = cached_lut(model, prof)
+    assert not measured2 and path2 == path and len(calls) == 1 and t2.to_dict() == t1.to_dict()
+    torch.manual_seed(1)
+    assert table_key(make_tiny_bert(), prof) == table_key(model, prof)  # weights do not matter, structure does
+    prof2 = tmp_path / "tiny2.toml"
+    prof2.write_text(TINY_PROFILE.replace('precision = "fp32"', 'precision = "int8"').replace('name = "tiny-cpu"', 'name = "tiny-int8"'))
+    assert table_key(model, prof2) != table_key(model, prof)
+    path.write_text("{not json")  # a damaged entry is measured again, not an error
+    _, _, measured3 = cached_lut(model, prof)
+    assert measured3 and len(calls) == 2
+

@@ -453,6 +453,14 @@ class PassThrough(nn.Module):
         return hidden_states
 
 
+class TuplePassThrough(nn.Module):
+    """Stands in for a block of an encoder whose loop reads ``layer_outputs[0]`` (MPNet): returns
+    ``(hidden_states,)``, so the loop gets its input back unchanged rather than its first row."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return (hidden_states,)
+
+
 class BiasOnly(nn.Module):
     """What is left of a projection whose every input unit was removed: its bias, broadcast.
 

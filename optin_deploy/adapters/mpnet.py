@@ -9,6 +9,10 @@ it must add only *its* kept columns of that bias: a pruned layer's self-attentio
 (saved with the weights, and rebuilt from the structure's kept indices) and selects those columns
 before adding the bias. The table itself stays whole, so unpruned layers are untouched.
 
+MPNet's encoder loop reads ``layer_outputs[0]`` from every block, so a block skipped by a partial
+scoring run (:meth:`MPNetAdapter.pass_through`) returns ``(hidden,)``: a bare tensor would lose one
+axis per skipped block and fail once four blocks are skipped (base-size models, never 3-layer ones).
+
 A block that loses all heads keeps ``LayerNorm(x + b_o)``; one that loses all neurons keeps
 ``LayerNorm(h + b_2)``. Position ids start at ``padding_idx + 1`` = 2, as in RoBERTa.
 """
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
-from .base import Adapter, LayerParts
+from .base import Adapter, LayerParts, TuplePassThrough
 from .bert import BertReducedOutput, PassThrough
 from .registry import register
 
@@ -114,6 +118,9 @@ class MPNetAdapter(Adapter):
             att.attn.register_buffer("kept_heads", kept)
         else:
             att.attn.kept_heads = kept
+
+    def pass_through(self, layer: int) -> nn.Module:
+        return TuplePassThrough()  # MPNetEncoder: hidden_states = layer_module(...)[0]
 
     def reduce_attention(self, layer: int) -> None:
         blk = self.blocks()[layer]

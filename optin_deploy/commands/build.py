@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
         speedup: Optional[float] = typer.Option(None, "--speedup", help="Relative latency budget: S times faster than the dense model, both timed in the same run on the profile's runtime and precision (needs a latency table; measured here when --lut is omitted)."),
         lut: Optional[str] = typer.Option(None, "--lut", help="Latency table from `optin-deploy lut` (measured here when omitted)."),
+        select_by: Optional[str] = typer.Option(None, "--select-by", help="What a --flops fraction weighs units by: macs, or latency (this model's latency table on the profile's runtime and precision, measured once and cached). Default: the profile's budget.select_by."),
         out: Path = typer.Option(Path("optin-build"), "--out", help="Bundle folder (written atomically)."),
         calib_samples: int = options.CALIB_SAMPLES,
         calib_length: int = options.CALIB_LENGTH,
@@ -58,7 +59,7 @@ def register(app: typer.Typer) -> None:
         from ..progress import console
 
         options.check_split(eval_split)
-        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, out=out,
+        opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_cosine=min_cosine, min_recall=min_recall, task=task, search_samples=search_samples,
                             search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,

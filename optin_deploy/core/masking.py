@@ -82,9 +82,16 @@ def start_at(adapter: Adapter, layer: int, hidden: torch.Tensor):
     saved = [blocks[i] for i in range(layer)]
 
     def feed(module, args, kwargs):
+        key = "hidden_states" if "hidden_states" in kwargs else "x"
+        got = args[0] if args else kwargs.get(key)
+        if layer > 0 and isinstance(got, torch.Tensor) and got.dim() != hidden.dim():
+            # the skipped blocks' stand-ins hand on a tensor of another rank: the encoder loop
+            # transforms what a block returns (e.g. takes [0] of it), so the family's pass_through
+            # does not return the form the loop expects; fail here rather than compute on it
+            raise RuntimeError(f"{type(adapter).__name__}.pass_through: block {layer} received a {got.dim()}-d tensor "
+                               f"after {layer} skipped blocks, not {hidden.dim()}-d; return what the encoder loop expects from a block")
         if args:
             return (hidden,) + tuple(args[1:]), kwargs
-        key = "hidden_states" if "hidden_states" in kwargs else "x"
         kwargs = dict(kwargs)
         kwargs[key] = hidden
         return args, kwargs

@@ -225,7 +225,8 @@ class OnnxExporter(Exporter):
             # stage 1: torch.onnx.export
             try:
                 if fused_forward is not None:
-                    meta["graph"].update(_export_fused(fused_forward, trace_inputs, names, tmp, tmp_dir, fusions, opset))
+                    meta["graph"].update(_export_fused(fused_forward, trace_inputs, names, tmp, tmp_dir, fusions, opset,
+                                                       _optimizer_kind(model, text)))
                 else:
                     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                         warnings.simplefilter("ignore")
@@ -332,9 +333,10 @@ class OnnxExporter(Exporter):
 
 
 def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str], dest: Path, tmp_dir: Path,
-                  fusions: Mapping[str, bool] | None, opset: int | None) -> dict:
+                  fusions: Mapping[str, bool] | None, opset: int | None, kind: str) -> dict:
     """TorchScript-export an adapter's export forward, fuse it with onnxruntime's transformer optimizer
-    (``fusions``, default :data:`DEFAULT_FUSIONS`) and write the fused graph to ``dest``."""
+    of the family's ``kind`` (the adapter's ``ort_optimizer``; ``fusions``, default
+    :data:`DEFAULT_FUSIONS`) and write the fused graph to ``dest``."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -346,7 +348,7 @@ def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str],
         torch.onnx.export(module, tuple(trace_inputs.values()), str(raw), dynamo=False, input_names=names, output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset or 17, do_constant_folding=True)
     chosen = {**DEFAULT_FUSIONS, **(fusions or {})}
-    fo = FusionOptions("bert")
+    fo = FusionOptions(kind)
     for k, v in chosen.items():
         if not hasattr(fo, k):
             raise OptinError(f"unknown onnxruntime fusion option {k!r}")
@@ -361,14 +363,14 @@ def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str],
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            opt = optimize_model(str(raw), model_type="bert", num_heads=0, hidden_size=0, optimization_options=fo, use_gpu=False)
+            opt = optimize_model(str(raw), kind, num_heads=0, hidden_size=0, optimization_options=fo, use_gpu=False)
             fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(dest))
     finally:
         for lg, lv in zip(logs, levels):
             lg.setLevel(lv)
         raw.unlink(missing_ok=True)
-    return {"fusion_options": chosen, "fused_operators": fused, "optimizer": "onnxruntime.transformers.optimize_model(model_type=bert, num_heads=0)"}
+    return {"fusion_options": chosen, "fused_operators": fused, "optimizer": f"onnxruntime.transformers.optimize_model({kind!r}, num_heads=0)"}
 
 
 def quantize_int8(src: Path, dest: Path, per_channel: bool = True) -> dict:
