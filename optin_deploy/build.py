@@ -33,6 +33,7 @@ from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
+from .pruning import Scores
 from .safe_out import check_out, staged_output, write_json
 from .target import Target, resolve_target
 
@@ -254,7 +255,7 @@ class BuildContext:
     task: object
     model: torch.nn.Module
     calib: dict
-    scores: tuple
+    scores: Scores
     bench_np: dict
     seq: int
     sel_kwargs: dict
@@ -312,7 +313,7 @@ class BuildContext:
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
 
-    def prune_fraction(self, fraction: float, scores: tuple | None = None, *, refit_units: bool = True):
+    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, refit_units: bool = True):
         """Select under ``fraction`` of the dense cost (MACs, or measured latency: :meth:`selection_costs`; with
         ``scores``, default the build's), slice, and refit the kept units when the build refits. Returns the
         :class:`~optin_deploy.pruning.PruneResult`."""
@@ -417,7 +418,7 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
 
         search = search_build(ctx, staging, _objective(opts), search_settings(opts))
         pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
-        notes = list(scores[5])
+        notes = list(scores.notes)
     elif "flops" in budget:
         result = ctx.prune_fraction(budget["flops"], refit_units=False)
         pruned = result.model
@@ -450,14 +451,14 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
             target_ms = budget["latency_ms"]
             measure = make_measure_fn(target, inputs_t)
             step(f"selecting for {target_ms} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores[0], scores[1]), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
+        ls = select_for_latency(model, (scores.heads, scores.neurons), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
         pruned = ls.model.eval()
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
         if "speedup" in budget:
             latency_info["relative"] = {"speedup_target": budget["speedup"], "reference_ms": ref_ms, "history": list(measure.history),
                                         "measured_speedup": ref_ms / ls.measured_ms}
-        notes = list(scores[5])
+        notes = list(scores.notes)
         sel_cost = ls.predicted_ms
     if search is not None:
         reconstruction = refitted
@@ -557,9 +558,9 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
                        "unit": "samples/s at p50 latency",
                        "mean_based": {**thr_mean, "speedup": round(thr_mean["pruned"] / thr_mean["dense"], 3)}},
         "memory": {label: bench["models"][label].get("peak_memory_mb") for label in ("dense", "pruned")},
-        "scoring_seconds": round(scores[4], 2),
-        "scoring": {"method": scores[3], "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,
-                    "cached": bool(scores[2] is not None and scores[2].info.get("cached")), "notes": notes},
+        "scoring_seconds": round(scores.seconds, 2),
+        "scoring": {"method": scores.method, "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,
+                    "cached": scores.cached, "notes": notes},
         "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
                       "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
         "reconstruction": reconstruction,

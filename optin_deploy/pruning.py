@@ -95,8 +95,33 @@ def report_emptied(dense: nn.Module, pruned: nn.Module) -> None:
         warn(f"the budget empties layer {', '.join(emptied)}: only the bias of those parts is left; accuracy may suffer, consider a larger budget")
 
 
+@dataclass
+class Scores:
+    """The score stage's output: per-layer head and neuron scores (higher = keep) of one scorer, the
+    raw OPTIN terms (None for a baseline scorer), the method used, the seconds the scores took to
+    compute (also when loaded from the cache) and notes for the report. Unpacks as the 6-tuple
+    ``heads, neurons, raw, method, seconds, notes``."""
+
+    heads: list
+    neurons: list
+    raw: RawScores | None
+    method: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.heads, self.neurons, self.raw, self.method, self.seconds, self.notes))
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.raw is not None and self.raw.info.get("cached"))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "seconds": round(self.seconds, 2), "cached": self.cached, "notes": list(self.notes)}
+
+
 def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring: str = "auto", scorer: str = "optin",
-                   settings: ScoreSettings | None = None, probes: int = 64) -> tuple[list, list, RawScores | None, str, float, list[str]]:
+                   settings: ScoreSettings | None = None, probes: int = 64) -> Scores:
     """Head and neuron scores (higher = keep) for the chosen scorer."""
     notes: list[str] = []
     settings = settings or ScoreSettings()
@@ -108,7 +133,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
             raise OptinError(f"unknown --scorer {scorer!r}; choose from {', '.join(SCORERS)}")
         step(f"scoring heads and neurons with the {scorer} baseline")
         hs, ns = baselines.SCORERS[scorer](get_adapter(model), calib, seed=settings.seed)
-        return hs, ns, None, scorer, time.perf_counter() - t0, notes
+        return Scores(hs, ns, None, scorer, time.perf_counter() - t0, notes)
     if scoring not in SCORING_CHOICES:
         raise OptinError(f"unknown --scoring {scoring!r}; choose from {', '.join(SCORING_CHOICES)}")
     method = scoring
@@ -129,7 +154,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
         warn(f"the score cache entry {raw.info.get('cache_file')} was corrupt ({raw.info['cache_discarded']}); it was discarded and the scores recomputed")
     hs, ns = raw.combined(settings.lam)
     # the time the scores took to compute, also when this run loaded them from the cache
-    return hs, ns, raw, method, raw.seconds, notes
+    return Scores(hs, ns, raw, method, raw.seconds, notes)
 
 
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
