@@ -307,6 +307,11 @@ class BuildContext:
         return self.target.profile
 
     @property
+    def embedding(self) -> bool:
+        """A sentence-embedding model (no labels; quality is measured against the dense embeddings)."""
+        return self.task.data.task_type == "embedding"
+
+    @property
     def fmt(self) -> str:
         return "tensorrt" if self.target.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
 
@@ -399,36 +404,99 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
     return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len)
 
 
-def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> dict:
-    from .bench import benchmark, print_bench_table
-    from .evaluate import evaluate
-    from .pruned_io import save_pruned, task_hint
+# ------------------------------------------------------------------------------------------ stages
+# A build is load task + score (load_context) -> select, slice and refit (select_stage) -> save
+# (save_stage) -> export (export_stage) -> validate (validate_stage) -> benchmark (benchmark_stage) ->
+# report and bundle (assemble_report, _write_reports). Each stage takes the BuildContext and the
+# typed outputs of the stages before it.
+
+
+@dataclass
+class Selected:
+    """Select, slice and refit: the pruned model and how it was chosen."""
+
+    model: torch.nn.Module
+    selection_cost: float  # in the cost model's unit (MACs, or ms of a latency table)
+    notes: list[str]
+    reconstruction: dict | None  # the refit report (None: plain surgery)
+    latency_budget: dict | None = None  # the closed-loop latency selection's rounds (--latency-ms / --speedup)
+    search: object = None  # the budget search's result (--max-accuracy-drop / --min-speedup without a budget)
+
+    def to_dict(self) -> dict:
+        a = get_adapter(self.model)
+        return {"heads": a.heads_per_layer(), "neurons": a.neurons_per_layer(), "selection_cost": self.selection_cost, "notes": self.notes,
+                "reconstruction": self.reconstruction, "latency_budget": self.latency_budget,
+                "search": self.search.to_dict() if self.search is not None else None}
+
+
+@dataclass
+class Exported:
+    """Export: one parity-checked export manifest per label (dense, pruned, dense alternatives)."""
+
+    exports: dict[str, dict]
+    runtime: str  # what the deliverable runs on
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.exports)
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "precision": self.precision, "parity": {l: e["parity"] for l, e in self.exports.items()},
+                "graph": {l: e.get("graph") for l, e in self.exports.items()}, "notes": self.notes}
+
+
+@dataclass
+class Validated:
+    """Validate: the task metric of every export through its runtime (embeddings: cosine and recall@10 to dense)."""
+
+    evaluation: dict  # evaluate()'s result (models -> metrics)
+    metric: str  # accuracy | spearman | mean cosine to dense
+    dense: float  # in points (x100)
+    pruned: float
+    agreement: float  # pruned vs dense, a fraction
+    embedding: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "dense": self.dense, "pruned": self.pruned, "agreement": self.agreement, "embedding": self.embedding}
+
+
+@dataclass
+class Benchmarked:
+    """Benchmark: every export timed on the target runtime in interleaved blocks."""
+
+    bench: dict
+    batch: int
+
+    def p50(self, label: str) -> float:
+        return self.bench["models"][label]["p50_ms"]
+
+    def to_dict(self) -> dict:
+        return self.bench
+
+
+def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
+    """Select under the budget (a MAC / latency-table fraction, a closed-loop latency target, or the
+    budget search), slice the model, and refit the kept units when the build refits."""
     from .pruning import print_layer_table, refit, report_emptied
 
-    ctx = load_context(opts, target)
+    opts, target, model, scores = ctx.opts, ctx.target, ctx.model, ctx.scores
     profile = target.profile
-    task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
-    embedding = task.data.task_type == "embedding"
-    adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
-    latency_info = None
-    search = None
-    refitted = None
     if "search" in budget:
         from .search import search_build
 
         search = search_build(ctx, staging, _objective(opts), search_settings(opts))
-        pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
-        notes = list(scores.notes)
+        selected = Selected(search.model, search.selection_cost, list(scores.notes), search.reconstruction, search=search)
     elif "flops" in budget:
         result = ctx.prune_fraction(budget["flops"], refit_units=False)
-        pruned = result.model
-        notes = list(result.notes)
         sel_cost = result.selection.cost
         if ctx.cost_info.get("select_by") == "latency":
             ctx.cost_info["predicted_ms"] = round(sel_cost, 4)
             ctx.cost_info["predicted_speedup"] = round(result.selection.dense_cost / sel_cost, 3)
             step(f"latency-aware selection: the table predicts {sel_cost:.2f} ms for the pruned model against "
                  f"{result.selection.dense_cost:.2f} ms dense (x{result.selection.dense_cost / sel_cost:.2f})")
+        selected = Selected(result.model, sel_cost, list(result.notes), None)
     else:
         from .latency_budget import select_for_latency
         from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
@@ -452,106 +520,147 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
             measure = make_measure_fn(target, inputs_t)
             step(f"selecting for {target_ms} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
         ls = select_for_latency(model, (scores.heads, scores.neurons), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
-        pruned = ls.model.eval()
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
         if "speedup" in budget:
             latency_info["relative"] = {"speedup_target": budget["speedup"], "reference_ms": ref_ms, "history": list(measure.history),
                                         "measured_speedup": ref_ms / ls.measured_ms}
-        notes = list(scores.notes)
-        sel_cost = ls.predicted_ms
-    if search is not None:
-        reconstruction = refitted
-    else:
-        reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
-    print_layer_table(model, pruned)
-    pa = get_adapter(pruned)
-    dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
+        selected = Selected(ls.model.eval(), ls.predicted_ms, list(scores.notes), None, latency_budget=latency_info)
+    if selected.search is None and opts.reconstruct:
+        selected.reconstruction = refit(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
+    print_layer_table(model, selected.model)
+    report_emptied(model, selected.model)
+    return selected
 
-    report_emptied(model, pruned)
+
+def save_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Path:
+    """Save the pruned model (weights, structure, tokenizer, the task it is evaluated on) into ``staging/pruned``."""
+    from .pruned_io import save_pruned, task_hint
+
+    opts, task = ctx.opts, ctx.task
     step("saving the pruned model")
-    save_pruned(pruned, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
-                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names},
-                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, eval_len))
-    exports = {}
+    save_pruned(selected.model, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
+                                                           "task": task.data.name, "max_length": ctx.eval_len, "label_names": task.data.label_names},
+                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, ctx.eval_len))
+    return staging / "pruned"
+
+
+def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Exported:
+    """Export the dense and the pruned model for the target (parity-checked), and the dense
+    alternatives a deployment engineer would otherwise ship (classifiers on onnxruntime CPU)."""
+    opts, model, search = ctx.opts, ctx.model, selected.search
+    exports: dict[str, dict] = {}
     fmt = ctx.fmt
     if search is not None:
         exports["dense"] = search.dense_export  # exported once, at the start of the search
         exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
-    for label, m in (("dense", model), ("pruned", pruned)):
+    for label, m in (("dense", model), ("pruned", selected.model)):
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)
     precision = ctx.precision
     rt_name = ctx.runtime_name(exports["pruned"])
-    labels = ["dense", "pruned"]
-    if not embedding:
-        # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
+    notes: list[str] = []
+    if not ctx.embedding:
         alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
         for label, graph, prec in alternatives:
             try:
                 exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
             except OptinError as exc:
                 notes.append(f"dense alternative {label} skipped: {exc}")
-        labels = list(exports)
-    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
-    step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {rt_name}")
-    if embedding:
+    return Exported(exports, rt_name, precision, notes)
+
+
+def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
+    """The task metric of every export through the target runtime, on ``--eval-split``."""
+    from .evaluate import evaluate
+
+    opts, task = ctx.opts, ctx.task
+    labels = exported.labels
+    runtimes = {label: ctx.runtime(exported.exports[label]) for label in labels}
+    step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {exported.runtime}")
+    if ctx.embedding:
         from .embedding_eval import embedding_summary, evaluate_embeddings
 
         ev = evaluate_embeddings(task, runtimes, split=opts.eval_split, baseline="dense")
-        emb_summary = embedding_summary(ev)
-        emb_summary["pooling"] = model.pooling.to_dict()
-        step(f"embeddings on {emb_summary['corpus_size']} held-out texts: cosine to dense mean {emb_summary['cosine_mean']:.4f}, "
-             f"5th percentile {emb_summary['cosine_p5']:.4f}; recall@10 agreement {emb_summary['recall_at_10']:.4f}")
-    else:
-        ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {next(iter(bench_np.values())).shape[0]}"
-         + (f" x {seq} tokens" if task.modality == "text" else "")
-         + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
-    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
-    bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
-    print_bench_table(bench, console=console)
+        emb = embedding_summary(ev)
+        emb["pooling"] = ctx.model.pooling.to_dict()
+        step(f"embeddings on {emb['corpus_size']} held-out texts: cosine to dense mean {emb['cosine_mean']:.4f}, "
+             f"5th percentile {emb['cosine_p5']:.4f}; recall@10 agreement {emb['recall_at_10']:.4f}")
+        # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
+        return Validated(ev, "mean cosine to dense", 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
+    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
+    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+    mp = ev["models"]["pruned"]
+    agreement = mp.get("agreement_vs_baseline", mp.get("spearman_vs_baseline"))
+    return Validated(ev, metric, 100 * ev["models"]["dense"][metric], 100 * mp[metric], agreement)
 
+
+def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
+    """Time every export on the target runtime at the target's shape, in interleaved blocks."""
+    from .bench import benchmark, print_bench_table
+
+    opts, labels = ctx.opts, exported.labels
+    batch = next(iter(ctx.bench_np.values())).shape[0]
+    step(f"benchmarking {', '.join(labels)} on {exported.runtime}, batch {batch}"
+         + (f" x {ctx.seq} tokens" if ctx.task.modality == "text" else "")
+         + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
+    runtimes = {label: ctx.runtime(exported.exports[label]) for label in labels}
+    bench = benchmark(runtimes, ctx.bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
+    print_bench_table(bench, console=console)
+    return Benchmarked(bench, batch)
+
+
+def _build_into(staging: Path, opts: BuildOptions, target: Target, budget: dict) -> dict:
+    """The build: the stages in order, into ``staging``; returns the report."""
+    ctx = load_context(opts, target)
+    selected = select_stage(ctx, staging, budget)
+    save_stage(ctx, selected, staging)
+    exported = export_stage(ctx, selected, staging)
+    validated = validate_stage(ctx, exported)
+    benchmarked = benchmark_stage(ctx, exported)
+    return assemble_report(ctx, staging, budget, selected, exported, validated, benchmarked)
+
+
+def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Selected, exported: Exported, validated: Validated,
+                    benchmarked: Benchmarked) -> dict:
+    """``report.json`` from the stages' outputs (schema: :data:`REPORT_KEYS` and the README)."""
+    opts, task, model, scores, seq = ctx.opts, ctx.task, ctx.model, ctx.scores, ctx.seq
+    adapter, pa = get_adapter(model), get_adapter(selected.model)
+    dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
+    exports, bench, ev, metric = exported.exports, benchmarked.bench, validated.evaluation, validated.metric
     md, mp = ev["models"]["dense"], ev["models"]["pruned"]
-    if embedding:  # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
-        metric = "mean cosine to dense"
-        acc_d, acc_p = 100.0, 100 * emb_summary["cosine_mean"]
-        agreement = emb_summary["recall_at_10"]
-    else:
-        metric = "accuracy" if task.data.task_type == "classification" else "spearman"
-        acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
-        agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
+    acc_d, acc_p = validated.dense, validated.pruned
     lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
     # throughput at the median latency (medians survive a noisy machine); the mean-based figure is kept beside it
-    batch = next(iter(bench_np.values())).shape[0]
+    batch = benchmarked.batch
     thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}
     thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
-    baselines = baseline_summary(exports, ev, bench, metric, precision) if not embedding else {}
+    baselines = baseline_summary(exports, ev, bench, metric, exported.precision) if not ctx.embedding else {}
     ref = baselines.get("reference_fp32")
     drop_ref = (100 * ev["models"][ref][metric] - acc_p) if ref else drop
     gate = None
-    if opts.max_accuracy_drop is not None and search is None:  # with a search the limit applies to validation, not test
+    if opts.max_accuracy_drop is not None and selected.search is None:  # with a search the limit applies to validation, not test
         # the quantised / fused artefact is gated against the fp32 dense model when one was measured
         worst = max(drop, drop_ref)
         gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
                 "passed": bool(worst <= opts.max_accuracy_drop)}
-    if embedding and (opts.min_cosine is not None or opts.min_recall is not None):
-        gate = _embedding_gate(emb_summary, opts.min_cosine, opts.min_recall)
+    if ctx.embedding and (opts.min_cosine is not None or opts.min_recall is not None):
+        gate = _embedding_gate(validated.embedding, opts.min_cosine, opts.min_recall)
     artifacts = {}
     for p in sorted(staging.rglob("*")):
         if p.is_file():
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    report = {
+    return {
         "model": _spec(task.model_source or opts.model) or "minilm-sentiment",
         "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
-        "profile": profile.name,
-        "runtime": rt_name,
+        "profile": ctx.target.name,
+        "runtime": exported.runtime,
         "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
-        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(agreement), 3),
+        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
                      "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
@@ -559,26 +668,25 @@ def _build_into(staging: Path, opts: BuildOptions, target: Target, budget) -> di
                        "mean_based": {**thr_mean, "speedup": round(thr_mean["pruned"] / thr_mean["dense"], 3)}},
         "memory": {label: bench["models"][label].get("peak_memory_mb") for label in ("dense", "pruned")},
         "scoring_seconds": round(scores.seconds, 2),
-        "scoring": {"method": scores.method, "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,
-                    "cached": scores.cached, "notes": notes},
+        "scoring": {"method": scores.method, "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": ctx.calib_len,
+                    "cached": scores.cached, "notes": selected.notes + exported.notes},
         "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
                       "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
-        "reconstruction": reconstruction,
-        "embedding": emb_summary if embedding else None,
-        "selection_cost": sel_cost,
+        "reconstruction": selected.reconstruction,
+        "embedding": validated.embedding,
+        "selection_cost": selected.selection_cost,
         "selected_by": ctx.cost_info or None,
-        "latency_budget": latency_info,
-        "search": search.to_dict() if search is not None else None,
+        "latency_budget": selected.latency_budget,
+        "search": selected.search.to_dict() if selected.search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
-        "precision": precision,
+        "precision": exported.precision,
         "baselines": baselines,
         "gate": gate,
         "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
-                  "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
+                  "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
         "artifacts": artifacts,
     }
-    return report
 
 
 def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, str, str]]:

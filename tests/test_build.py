@@ -224,7 +224,8 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
     assert report["budget"] == {"latency_ms": target, "seq_len": report["macs"]["seq_len"]}
-    assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"])
+    # a round whose selection is the dense model stops the loop unmeasured (the dense model is never shipped)
+    assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"] if not r.get("dense"))
     assert "Latency budget rounds" in (out / "report.md").read_text()
 
 
