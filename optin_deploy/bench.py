@@ -358,13 +358,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
     from .evaluate import artifact_labels
     from .runtimes.base import get_runtime, resolve_artifact
 
-    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
-        if v < low:
-            raise OptinError(f"{flag} must be at least {low}, got {v}")
-    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
-        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
-    if threads is not None and threads < 1:
-        raise OptinError(f"--threads must be at least 1, got {threads}")
+    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
     names = artifact_labels(models, labels)
     targets, inputs = {}, {}
     for label, spec in zip(names, models):
@@ -373,3 +367,14 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         inputs[label] = bench_inputs(spec, batch, seq_len)
     return benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
                      interleave=interleave, baseline=names[0], mode=mode, block=block)
+
+
+def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None) -> None:
+    """The benchmark's numbers, refused in one line before any model is loaded."""
+    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
+        if v < low:
+            raise OptinError(f"{flag} must be at least {low}, got {v}")
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
+    if threads is not None and threads < 1:
+        raise OptinError(f"--threads must be at least 1, got {threads}")

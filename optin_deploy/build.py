@@ -90,7 +90,7 @@ def _versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "optin-deploy": __version__, "platform": platform.platform()}
-    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "timm", "tensorrt", "torch-tensorrt", "numpy"):
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "timm", "tensorrt", "torch-tensorrt", "openvino", "numpy"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -366,7 +366,7 @@ class BuildContext:
         """A fresh, not yet loaded runtime for an export, and the artifact to load."""
         from .runtimes.base import get_runtime
 
-        return get_runtime(self.runtime_name(export), threads=self.target.threads), export["artifact"]
+        return get_runtime(export.get("run_on") or self.runtime_name(export), threads=self.target.threads), export["artifact"]
 
 
 def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) -> BuildContext:
@@ -567,6 +567,8 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                 exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
             except OptinError as exc:
                 notes.append(f"dense alternative {label} skipped: {exc}")
+        if opts.baselines and fmt == "onnx" and rt_name == "ort-cpu":
+            exports.update(openvino_alternatives(exports, notes))  # the dense model and the deliverable on OpenVINO, when installed
     return Exported(exports, rt_name, precision, notes)
 
 
@@ -704,17 +706,45 @@ def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, st
     return out
 
 
+def openvino_alternatives(exports: dict, notes: list) -> dict:
+    """The dense model and the deliverable on OpenVINO (``openvino-cpu``), when it is installed: the same exports, the
+    file OpenVINO reads (the fp32 graph when the artifact holds onnxruntime's int8 ``QAttention``). Labels
+    ``dense-openvino-PREC`` / ``pruned-openvino-PREC``; each entry is the export manifest with ``run_on`` set."""
+    from .errors import MissingRuntimeError
+    from .runtimes.openvino import import_openvino, openvino_file
+
+    try:
+        import_openvino()
+    except MissingRuntimeError:
+        return {}
+    out = {}
+    for label in ("dense", "pruned"):
+        e = exports[label]
+        try:
+            path, note = openvino_file(e)
+        except OptinError as exc:
+            notes.append(f"{label} on openvino-cpu skipped: {exc}")
+            continue
+        prec = e.get("precision") if note is None else "fp32"
+        if note:
+            notes.append(f"{label} on openvino-cpu: {note}")
+        out[f"{label}-openvino-{prec}"] = {**e, "artifact": str(path), "precision": prec, "run_on": "openvino-cpu"}
+    return out
+
+
 def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:
     """Speed-ups of the pruned model against the dense one run the same way and against the fastest
     dense alternative measured in the same run; the fp32 dense reference for accuracy."""
     if len(exports) < 3:  # no dense alternatives were measured
         return {"speedup_vs_same_way": round(bench["models"]["dense"]["p50_ms"] / bench["models"]["pruned"]["p50_ms"], 3), "same_way": "dense"}
-    dense_labels = [l for l in exports if l != "pruned"]
+    pruned_labels = [l for l in exports if l == "pruned" or l.startswith("pruned-")]  # the deliverable on other runtimes
+    dense_labels = [l for l in exports if l not in pruned_labels]
     p50 = {l: bench["models"][l]["p50_ms"] for l in exports}
     rows = {}
     for l in exports:
         g = exports[l].get("graph") or {}
         rows[l] = {"graph": g.get("kind"), "precision": exports[l].get("precision"), "p50_ms": round(p50[l], 3),
+                   "runtime": (bench["models"][l].get("runtime") or {}).get("runtime"),
                    metric: round(100 * ev["models"][l][metric], 3), "fused_operators": g.get("fused_operators")}
     fastest = min(dense_labels, key=lambda l: p50[l])
     fp32 = [l for l in dense_labels if exports[l].get("precision") == "fp32"]
@@ -728,6 +758,11 @@ def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precisio
         "speedup_vs_fastest_dense": round(p50[fastest] / p50["pruned"], 3),
         "reference_fp32": ref,
     }
+    if len(pruned_labels) > 1:  # the pruned model measured on more than one runtime: which is fastest, and the runner-up
+        ranked = sorted(pruned_labels, key=lambda l: p50[l])
+        out["pruned_runtimes"] = {"fastest": ranked[0], "runner_up": ranked[1], "deliverable": "pruned",
+                                  "ranking": [{"label": l, "runtime": rows[l]["runtime"], "precision": rows[l]["precision"],
+                                               "p50_ms": rows[l]["p50_ms"], metric: rows[l][metric]} for l in ranked]}
     if ref:
         out["speedup_vs_fp32_dense_export"] = round(p50[ref] / p50["pruned"], 3)
         out["drop_vs_fp32_dense"] = round(100 * (ev["models"][ref][metric] - ev["models"]["pruned"][metric]), 3)

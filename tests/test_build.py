@@ -76,7 +76,18 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert report["precision"] == "int8" and report["graph"]["pruned"]["kind"] == "fused"
     assert report["graph"]["pruned"]["fused_operators"].get("Attention", 0) >= 1
     b = report["baselines"]
-    assert set(b["models"]) == {"dense", "pruned", "dense-dynamo-fp32", "dense-fused-fp32"}
+    try:  # with OpenVINO installed the dense model and the deliverable were also measured on it (from the fp32 graph)
+        import openvino  # noqa: F401
+
+        ov = {"dense-openvino-fp32", "pruned-openvino-fp32"}
+    except ImportError:
+        ov = set()
+    assert set(b["models"]) == {"dense", "pruned", "dense-dynamo-fp32", "dense-fused-fp32"} | ov
+    if ov:
+        assert b["models"]["pruned-openvino-fp32"]["runtime"] == "openvino-cpu" and b["models"]["dense"]["runtime"] == "ort-cpu"
+        assert b["fastest_dense"] != "pruned-openvino-fp32"  # the pruned model on another runtime is no dense alternative
+        assert set(b["pruned_runtimes"]) >= {"fastest", "runner_up"} and len(b["pruned_runtimes"]["ranking"]) == 2
+        assert "runner-up" in (out / "report.md").read_text()
     assert b["reference_fp32"] == "dense-dynamo-fp32" and b["fastest_dense"] in b["models"] and b["fastest_dense"] != "pruned"
     assert b["speedup_vs_fastest_dense"] <= b["speedup_vs_same_way"] + 1e-9 or b["fastest_dense"] == "dense"
     assert (out / "onnx/pruned/model.fp32.onnx").is_file() and (out / "baselines/dense-dynamo-fp32/model.onnx").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -24,15 +25,48 @@ def bench_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[str] = options.JSON_OUT,
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Time every model on each of these CPU runtimes side by side, in the same interleaved blocks: comma-separated (ort-cpu, openvino-cpu, openvino-cpu-bf16) or 'all' (every one installed here). Bundles run their int8 artifact and their fp32 graph; one build folder means its dense and pruned models."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="With --runtimes: write the side-by-side table as Markdown here."),
 ) -> None:
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
     from ..bench import bench_artifacts, print_bench_table
 
+    if runtimes is not None:
+        from ..bench import check_bench_numbers
+
+        check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
+        return _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, None if seconds else iters, seconds, mode, block,
+                             labels, json_out, markdown)
+    if markdown is not None:
+        from ..errors import OptinError
+
+        raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
     result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
                              seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
                              labels=labels.split(",") if labels else None)
     print_bench_table(result)
     options.emit_json(json_out, result)
+
+
+def _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, iters, seconds, mode, block, labels, json_out, markdown) -> None:
+    from ..bench_runtimes import expand_models, parse_runtimes, print_side_by_side, side_by_side
+    from ..bench_runtimes import markdown as to_markdown
+    from ..errors import OptinError
+
+    if runtime is not None:
+        raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
+    names = parse_runtimes(runtimes)
+    if not names:
+        raise OptinError("--runtimes all: no CPU runtime can run here")
+    pairs = expand_models(models, labels.split(",") if labels else None)
+    result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                          block=block, mode=mode)
+    print_side_by_side(result)
+    options.emit_json(json_out, result)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(result))
+        typer.echo(f"wrote {markdown}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ runs it on named inputs, returning float32 logits as a NumPy array::
     rt.describe()   # {"runtime": "ort-cpu", "device": "cpu", "provider": ..., "version": ...}
 
 Names: ``torch-cpu``, ``torch-cuda``, ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``, ``tensorrt``,
-``torch-tensorrt``. A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
+``torch-tensorrt``, ``openvino-cpu`` / ``openvino-cpu-bf16`` (optional ``openvino`` package). A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
 silently falls back to another device or provider.
 
 GPU hosts: the ``onnxruntime`` wheel has only the CPU provider. For ``ort-cuda`` / ``ort-tensorrt``
@@ -101,6 +101,8 @@ RUNTIMES: dict[str, str] = {
     "ort-tensorrt": "optin_deploy.runtimes.ort:OrtRuntime",
     "tensorrt": "optin_deploy.runtimes.tensorrt:TensorRTRuntime",
     "torch-tensorrt": "optin_deploy.runtimes.tensorrt:TorchTensorRTRuntime",
+    "openvino-cpu": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
+    "openvino-cpu-bf16": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
 }
 
 
@@ -189,6 +191,15 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
         if not art.is_file():
             raise OptinError(f"bundle {p} names the artifact {art.name}, which is missing; re-export the bundle")
         onnx_meta = manifest.get("artifacts", {}).get("onnx")
+        if name.startswith("openvino-") and onnx_meta:  # OpenVINO cannot read onnxruntime's int8 Attention: the fp32 graph then
+            from .openvino import openvino_file
+
+            path, note = openvino_file(manifest)
+            if note:
+                from ..progress import step
+
+                step(note)
+            return name, path, manifest
         if name.startswith("ort-") and onnx_meta:  # the optimised graph when it was kept
             return name, Path(onnx_meta.get("optimized", {}).get("path") or onnx_meta["path"]), manifest
         return name, Path(manifest["artifact"]), manifest
