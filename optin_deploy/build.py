@@ -267,7 +267,7 @@ class BuildContext:
 
     @property
     def select_by(self) -> str:
-        return self.opts.select_by or getattr(self.profile, "select_by", "macs") or "macs"
+        return self.opts.select_by or getattr(self.profile, "budget_select_by", "macs") or "macs"
 
     def selection_costs(self):
         """The cost model a fraction budget is taken of: the dense MACs at the benchmark length, or (``select_by =
@@ -286,7 +286,15 @@ class BuildContext:
             else:
                 step(f"latency-aware selection: looking up the latency table of this model on {self.profile.name} "
                      f"({self.profile.precision}, batch {self.profile.batch_size}); measured once and cached")
-                table, path, measured = cached_lut(self.model, self.target, progress=step)
+                try:
+                    table, path, measured = cached_lut(self.model, self.target, progress=step)
+                except (OptinError, RuntimeError, ValueError) as exc:  # the family's graph cannot be timed per width here
+                    if self.opts.select_by == "latency":
+                        raise
+                    step(f"could not measure a latency table ({str(exc).splitlines()[0][:200]}); weighing units by their MACs instead")
+                    self._costs = mac_cost_model(self.model, self.seq)
+                    self.cost_info = {"select_by": "macs", "seq_len": self.seq, "latency_table_failed": str(exc).splitlines()[0][:300]}
+                    return self._costs
             self._costs = load_lut(table, self.model, self.target)
             self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
                               "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),

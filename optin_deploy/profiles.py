@@ -113,7 +113,7 @@ class Profile:
     max_seq: int | None = None
     budget_flops: float | None = None
     budget_latency_ms: float | None = None
-    select_by: str = "macs"  # what a fraction budget weighs units by: "macs" or "latency" (the profile's measured table)
+    budget_select_by: str = "macs"  # what a fraction budget weighs units by: "macs" or "latency" (the profile's measured table)
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -238,7 +238,7 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         min_batch=mn, opt_batch=opt, max_batch=mx, min_seq=smn, opt_seq=sopt, max_seq=smx,
         budget_flops=float(budget["flops"]) if "flops" in budget else None,
         budget_latency_ms=float(budget["latency_ms"]) if "latency_ms" in budget else None,
-        select_by=budget.get("select_by", "macs"),
+        budget_select_by=budget.get("select_by", "macs"),
         path=src,
     )
 
@@ -272,6 +272,6 @@ def explain(profile: Profile) -> list[tuple[str, str, str]]:
         v = getattr(profile, key)
         rows.append((f"shapes.{key}", "-" if v is None else str(v), doc))
     for key, (_, _, _, doc) in _BUDGET.items():
-        v = getattr(profile, key if key == "select_by" else f"budget_{key}")  # budget.select_by is the field select_by
-        rows.append((f"budget.{key}", "-" if v is None else (f"{v:g}" if isinstance(v, (int, float)) else str(v)), doc))
+        v = getattr(profile, f"budget_{key}")
+        rows.append((f"budget.{key}", "-" if v is None else (v if isinstance(v, str) else f"{v:g}"), doc))
     return rows

@@ -62,10 +62,12 @@ def assert_one_line_error(proc, message: str = "error:") -> None:
 def test_build_end_to_end(tiny_text_task, tmp_path):
     out = tmp_path / "bundle"
     run_cli_subprocess("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
-            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out))
+                       "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--select-by", "macs",
+                       "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_KEYS:
         assert key in report, key
+    assert report["selected_by"] == {"select_by": "macs", "seq_len": report["macs"]["seq_len"]}
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
     assert report["budget"] == {"flops": 0.5, "seq_len": 128}  # MACs counted at the profile's 128 tokens (not the calibration's 64)
     assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
