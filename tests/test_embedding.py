@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from optin_deploy.adapters import get_adapter
 from optin_deploy.adapters.embedding import PoolingSpec, SentenceEmbedder, pool, read_pooling
 from optin_deploy.errors import OptinError
 
-from conftest import text_inputs
+from conftest import run_cli, text_inputs
 
 MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 
@@ -281,14 +278,6 @@ def test_embedding_metrics():
 
 
 # --------------------------------------------------------------------------------------------- build
-
-
-def run_cli(*args, check: bool = True):
-    env = {**os.environ, "OPTIN_DEPLOY_QUIET": "1"}  # the session's temporary cache (conftest)
-    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
 
 
 def _pairs_csv(path: Path, n: int = 150) -> None:

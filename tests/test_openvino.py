@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_tiny_bert, text_inputs
-from test_build import run_cli, tiny_text_task  # noqa: F401 - the tiny task (fixture) of the build tests
+from conftest import make_tiny_bert, run_cli, text_inputs
+from test_build import tiny_text_task  # noqa: F401 - the tiny task (fixture) of the build tests
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile
@@ -121,8 +121,7 @@ def test_bench_side_by_side(bundles, tmp_path):
 
 
 def test_bench_runtimes_bad_input(bundles):
-    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", "bench", str(bundles["dense"]), "--runtimes", "ort-cpu",
-                           "--runtime", "ort-cpu"], capture_output=True, text=True)
+    proc = run_cli("bench", bundles["dense"], "--runtimes", "ort-cpu", "--runtime", "ort-cpu", check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in proc.stderr
 
 
