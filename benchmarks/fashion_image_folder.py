@@ -2,7 +2,7 @@
 
     python benchmarks/fashion_image_folder.py --out /tmp/fashion-folder --train 2000 --validation 500 --test 2000
 
-Layout: ``OUT/{train,validation,test}/<label>-<class>/<index>.png``, the same seeded splits as the built-in
+Layout: ``OUT/{train,validation,test}/<label>/<index>.png`` (``/`` in a label becomes ``-``: ``T-shirt-top``), the same seeded splits as the built-in
 ``fashion-mnist`` (55k train / 5k validation from the official training set, the official test set),
 each cut to the first N images of its (seeded, shuffled) order. Nothing in OUT is overwritten: the
 folder must not exist yet.
@@ -41,8 +41,9 @@ def main(argv=None) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     for split, (x, y, idx) in splits.items():
         for i in idx:
-            # class folders are read in sorted order: the label index first keeps the model's label order
-            d = tmp / split / f"{int(y[i])}-{FASHION_LABELS[int(y[i])].replace('/', '-')}"
+            # the class folders are named after the labels ("/" cannot be in a folder name: "T-shirt-top");
+            # build matches them to the model's id2label by name
+            d = tmp / split / FASHION_LABELS[int(y[i])].replace("/", "-")
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(x[i, 0], dtype=np.uint8), mode="L").save(d / f"{int(i):05d}.png")
         print(f"{split}: {len(idx)} images", file=sys.stderr)

@@ -69,20 +69,32 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             + (f", x{b['speedup_vs_fp32_dense_export']:.2f} against the fp32 dense export (`{b['reference_fp32']}`), "
                f"{-b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
             "",
-            f"| how the weights run | graph | precision | p50 ms | {acc['metric']} (%) | pruned is faster by |",
-            "|---|---|---|---:|---:|---:|",
+            f"| how the weights run | runtime | graph | precision | p50 ms | {acc['metric']} (%) | pruned is faster by |",
+            "|---|---|---|---|---:|---:|---:|",
         ]
         for label, r in b["models"].items():
             sp = r["p50_ms"] and b["models"]["pruned"]["p50_ms"] and r["p50_ms"] / b["models"]["pruned"]["p50_ms"]
-            lines.append(f"| {label} | {r['graph']} | {r['precision']} | {r['p50_ms']:.2f} | {r[acc['metric']]:.2f} | "
+            lines.append(f"| {label} | {r.get('runtime') or report.get('runtime')} | {r['graph']} | {r['precision']} | {r['p50_ms']:.2f} | {r[acc['metric']]:.2f} | "
                          + ("(the deliverable)" if label == "pruned" else f"x{sp:.2f}") + " |")
         lines.append("")
+        pr = b.get("pruned_runtimes")
+        if pr:
+            rank = {x["label"]: x for x in pr["ranking"]}
+            f, ru = rank[pr["fastest"]], rank[pr["runner_up"]]
+            lines += [f"The pruned model measured on {len(rank)} runtimes: fastest `{pr['fastest']}` ({f['runtime']}, {f['precision']}, "
+                      f"{f['p50_ms']:.2f} ms, {f[acc['metric']]:.2f}%), runner-up `{pr['runner_up']}` ({ru['runtime']}, {ru['precision']}, "
+                      f"{ru['p50_ms']:.2f} ms, {ru[acc['metric']]:.2f}%); the deliverable runs as the profile says (`{report.get('runtime')}`).", ""]
     lines += [
         f"- task: **{report['task']['name']}** ({report['task']['type']}, metric {acc['metric']}, {report['task']['eval_samples']} {report['task']['eval_split']} samples)",
         f"- target profile: **{report['profile']}**, runtime `{report['runtime']}`",
         f"- budget: `{report['budget']}`; scoring: {report['scoring']['method']} ({report['scoring']['scorer']}), {report['scoring_seconds']:.1f} s"
         + (" (cached)" if report["scoring"].get("cached") else ""),
     ]
+    sb = report.get("selected_by") or {}
+    if sb.get("select_by") == "latency":
+        lines.append(f"- units weighed by their measured latency on this target (table `{sb.get('table')}`, "
+                     f"{'measured in this build' if sb.get('measured_now') else 'cached'}): the table predicts "
+                     f"{sb.get('predicted_ms')} ms against {sb.get('table_dense_ms')} ms dense (x{sb.get('predicted_speedup')})")
     if gate and "max_accuracy_drop" in gate:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
     elif gate:

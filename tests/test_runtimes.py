@@ -76,8 +76,8 @@ def test_provider_silently_dropped_is_an_error(bert_onnx, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     real = ort.InferenceSession
 
-    def session(p, sess_options=None, providers=None):
-        return real(p, sess_options=sess_options, providers=["CPUExecutionProvider"])
+    def session(p, sess_options=None, providers=None, **kw):
+        return real(p, sess_options=sess_options, providers=["CPUExecutionProvider"], **kw)
 
     monkeypatch.setattr(ort, "InferenceSession", session)
     with pytest.raises(MissingRuntimeError, match="could not start CUDAExecutionProvider"):

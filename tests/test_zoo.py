@@ -182,6 +182,60 @@ def test_train_swin_partial_epoch():
     assert stats["steps"] == 100 and stats["epochs"] == 0.5  # at least 100 steps, half of the 200-step epoch
 
 
+def test_cosine_schedule_matches_transformers():
+    """The shortenable schedule gives transformers' warm-up + cosine factors step for step."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    for warmup, total in [(0, 10), (3, 40), (17, 860)]:
+        ref = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), warmup, total)
+        ours = zoo._Cosine(warmup, total)
+        for step in range(total + 2):
+            assert abs(ref.lr_lambdas[0](step) - ours(step)) < 1e-12, (warmup, total, step)
+
+
+def test_train_image_cuts_epochs_when_the_machine_slows_down(monkeypatch):
+    """After an epoch that ran slower than the probe said, the epochs left are cut to the budget
+    (here from 10 to 2) and the schedule ends at the new last step; hflip runs. The clock is
+    virtual: each forward pass advances it, 1 ms during the probe, 200 ms after."""
+    cfg = transformers.ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(zoo, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    class SlowViTForImageClassification(transformers.ViTForImageClassification):
+        def forward(self, **kw):
+            clock["calls"] += 1
+            clock["now"] += 0.001 if clock["calls"] <= 4 else 0.2  # the probe times the first 4 steps (one epoch)
+            return super().forward(**kw)
+
+    m = SlowViTForImageClassification(cfg)
+    split = Split(torch.randn(64, 1, 28, 28), torch.arange(64) % 3)
+    stats = zoo.train_image_classifier(m, split, epochs=10, batch_size=16, time_budget_s=2.0, hflip=True, progress=False)
+    assert stats["planned_epochs"] == 10 and stats["epochs"] == 2 and stats["steps"] == 8
+    assert stats["epochs_cut"] == "10 -> 2 after epoch 1"
+
+
+def test_class_folders_match_labels_a_folder_cannot_spell():
+    """A folder cannot be named "T-shirt/top": class folders match the model's labels on letters and
+    digits (when unambiguous); the labels are renumbered to the model's ids."""
+    from optin_deploy.data.types import TaskData
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(id2label={0: "T-shirt/top", 1: "Trouser", 2: "Ankle boot"}))
+
+    def data(names):
+        return TaskData("folder", "image", "classification", list(names), Split(torch.zeros(3, 1), torch.tensor([0, 1, 2])),
+                        Split(torch.zeros(1, 1), torch.tensor([0])), Split(torch.zeros(1, 1), torch.tensor([2])), {"label_kind": "folder"})
+
+    td = zoo.match_labels(model, data(["Ankle_boot", "T-shirt-top", "trouser"]), "m", "d")
+    assert td.label_names == ["T-shirt/top", "Trouser", "Ankle boot"] and td.train.labels.tolist() == [2, 0, 1]
+    with pytest.raises(OptinError, match="does not know: '0-T-shirt-top'"):
+        zoo.match_labels(model, data(["0-T-shirt-top", "Trouser", "Ankle boot"]), "m", "d")
+    twins = types.SimpleNamespace(config=types.SimpleNamespace(id2label={0: "a-b", 1: "a/b", 2: "c"}))
+    with pytest.raises(OptinError, match="does not know: 'ab'"):  # "ab" could be either: no guess
+        zoo.match_labels(twins, data(["ab", "a/b", "c"]), "m", "d")
+
+
 def test_metrics():
     m = zoo.metrics(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
     assert m["accuracy"] == 0.75
@@ -228,3 +282,14 @@ def test_cli_zoo(monkeypatch, tmp_path):
     assert r.exit_code == 0 and "minilm-sentiment (default)" in r.output and "not prepared" in r.output
     r = CliRunner().invoke(app, ["zoo", "prepare", "nope"])
     assert isinstance(r.exception, OptinError) and "unknown zoo model" in str(r.exception)
+
+
+def test_one_macro_f1_rule():
+    """zoo (PyTorch) and evaluate (runtimes) compute macro-F1 the same way: a class neither present nor
+    predicted is left out of the mean."""
+    import numpy as np
+
+    from optin_deploy.evaluate import macro_f1
+
+    m = zoo.metrics(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3)
+    assert m["macro_f1"] == macro_f1(np.array([0, 1, 1]), np.array([0, 1, 0]), 3) == pytest.approx((2 / 3 + 2 / 3) / 2)
