@@ -102,10 +102,10 @@ def main(argv=None) -> int:
 
     from optin_deploy.latency_budget import select_for_latency
     from optin_deploy.lut import measure_lut, make_measure_fn, read_lut
-    from optin_deploy.profiles import load_profile
+    from optin_deploy.target import resolve_target
 
     torch.set_num_threads(2)
-    prof = load_profile(args.profile)
+    prof = resolve_target(args.profile)  # the profile, resolved once into its shapes
     model, calib, what = load_minilm()
     print(f"model: {what}")
     scores, scores_source = get_scores(model, calib, args.scores, None, args.exact)
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
               f"{r['measured_over_target']:>12.3f} {r['prediction_error']:>+9.1%} {r['rounds_used']:>7}")
     from optin_deploy.lut import environment
 
-    out = {"profile": prof.to_dict(), "model": what, "scores": scores_source, "dense_ms": dense_ms, "lut": str(lut_path), "lut_dense_ms": table.dense_model_ms,
+    out = {"profile": prof.profile.to_dict(), "model": what, "scores": scores_source, "dense_ms": dense_ms, "lut": str(lut_path), "lut_dense_ms": table.dense_model_ms,
            "lut_empty_ms": table.empty_model_ms, "lut_scale": table.scale, "environment": environment(), "rows": rows,
            "command": "python benchmarks/latency_targets.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)

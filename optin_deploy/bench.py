@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -347,3 +347,34 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
     if not shape or any(d is None for d in shape[1:]):
         raise OptinError(f"cannot tell the input shape of {spec}; benchmark its model folder instead")
     return {n: g.standard_normal((batch, *shape[1:])).astype(np.float32)}
+
+
+def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, threads: int | None = None, batch: int = 8, seq_len: int = 128,
+                    warmup: int = 10, iters: int = 50, seconds: float | None = None, interleave: bool = True, mode: str | None = None,
+                    block: int = 10, compile: bool = False, labels: Sequence[str] | None = None) -> dict:
+    """``optin-deploy bench``: time artifacts (bundle folders, exported files or model folders; the
+    first is the baseline) on their runtimes with inputs of ``batch`` x ``seq_len``. Bad numbers fail
+    before any model is loaded."""
+    from .evaluate import artifact_labels
+    from .runtimes.base import get_runtime, resolve_artifact
+
+    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
+    names = artifact_labels(models, labels)
+    targets, inputs = {}, {}
+    for label, spec in zip(names, models):
+        rt_name, artifact, _ = resolve_artifact(spec, runtime)
+        targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
+        inputs[label] = bench_inputs(spec, batch, seq_len)
+    return benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
+                     interleave=interleave, baseline=names[0], mode=mode, block=block)
+
+
+def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None) -> None:
+    """The benchmark's numbers, refused in one line before any model is loaded."""
+    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
+        if v < low:
+            raise OptinError(f"{flag} must be at least {low}, got {v}")
+    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
+        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
+    if threads is not None and threads < 1:
+        raise OptinError(f"--threads must be at least 1, got {threads}")

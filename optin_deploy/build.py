@@ -33,7 +33,9 @@ from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
+from .pruning import Scores
 from .safe_out import check_out, staged_output, write_json
+from .target import Target, resolve_target
 
 REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
 DEFAULT_PROFILE = "x86-cpu-ort"
@@ -96,11 +98,12 @@ def _versions() -> dict:
     return out
 
 
-def _check_target_available(profile) -> None:
-    """Fail before any expensive work when the profile's runtime cannot run here."""
+def check_target_available(target: Target) -> None:
+    """Fail before any expensive work when the target's runtime cannot run here."""
     from .runtimes.base import get_runtime
 
-    name = profile.runtime_name
+    profile = target.profile
+    name = target.runtime_name
     if name.startswith("ort"):
         import onnxruntime as ort
 
@@ -128,7 +131,7 @@ def _objective(opts: BuildOptions):
     return Objective("max_accuracy_drop", opts.max_accuracy_drop)
 
 
-def _search_settings(opts: BuildOptions):
+def search_settings(opts: BuildOptions):
     from .search import SearchSettings
 
     lo, hi = opts.search_range
@@ -136,7 +139,11 @@ def _search_settings(opts: BuildOptions):
                           samples=opts.search_samples, rounds=opts.search_rounds, reference=list(opts.search_reference))
 
 
-def _budget(opts: BuildOptions, profile) -> dict:
+def _budget(opts: BuildOptions, target: Target) -> dict:
+    """The budget the options (or the profile's default) ask for: ``{"flops": F}``, ``{"latency_ms": X}``,
+    ``{"speedup": S}`` or ``{"search": objective}``; checked before any work. The report records it
+    with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
+    profile = target.profile
     if opts.select_by is not None and opts.select_by not in ("macs", "latency"):
         raise OptinError(f"--select-by must be macs or latency, got {opts.select_by!r}")
     if opts.select_by is not None and opts.lut is not None and opts.select_by == "macs" and opts.flops is not None:
@@ -157,7 +164,7 @@ def _budget(opts: BuildOptions, profile) -> dict:
             raise OptinError("pass either --max-accuracy-drop or --min-speedup without a budget (the search optimises one under the other), not both")
     if opts.flops is None and opts.latency_ms is None and (opts.max_accuracy_drop is not None or opts.min_speedup is not None):
         obj = _objective(opts)  # checks the limit
-        _search_settings(opts).check()
+        search_settings(opts).check()
         return {"search": obj.to_dict()}
     if opts.latency_ms is not None:
         if not (math.isfinite(opts.latency_ms) and opts.latency_ms > 0):
@@ -173,24 +180,18 @@ def _budget(opts: BuildOptions, profile) -> dict:
     return {"flops": profile.budget_flops if profile.budget_flops is not None else 0.6}
 
 
-def _bench_inputs(task, profile) -> dict[str, np.ndarray]:
-    batch = profile.opt_batch or profile.batch_size
-    seq = profile.opt_seq or profile.seq_len or 128
-    maxpos = get_adapter(task.model).max_positions()
-    if task.modality == "text" and maxpos:
-        seq = min(seq, maxpos)
-    inputs = task.example_inputs(batch, seq) if task.modality == "text" else task.example_inputs(batch)
-    return {k: v.numpy() for k, v in inputs.items()}
+def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
+    """The task's real samples at the target's benchmark shape (:meth:`Target.example_inputs`), as numpy."""
+    return {k: v.numpy() for k, v in target.example_inputs(task.model, task).items()}
 
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .profiles import load_profile
     from .pruning import check_refit
 
     t_start = time.perf_counter()
-    profile = load_profile(opts.profile)
-    budget = _budget(opts, profile)
+    target = resolve_target(opts.profile)  # the one place the profile is read
+    budget = _budget(opts, target)
     if opts.calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
@@ -215,10 +216,10 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
     out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="bundle", checked=True, log=step) as staging:
-        _check_target_available(profile)
-        report = _build_into(staging, opts, profile, budget)
+        check_target_available(target)
+        report = _build_into(staging, opts, target, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
-        _write_reports(staging, report, opts, profile)
+        _write_reports(staging, report, opts, target)
     report["bundle"] = str(out)
     return report
 
@@ -250,11 +251,11 @@ class BuildContext:
     (:mod:`optin_deploy.search`) prunes, exports and measures its candidates through the same methods."""
 
     opts: BuildOptions
-    profile: object
+    target: Target
     task: object
     model: torch.nn.Module
     calib: dict
-    scores: tuple
+    scores: Scores
     bench_np: dict
     seq: int
     sel_kwargs: dict
@@ -266,7 +267,7 @@ class BuildContext:
 
     @property
     def select_by(self) -> str:
-        return self.opts.select_by or getattr(self.profile, "select_by", "macs") or "macs"
+        return self.opts.select_by or getattr(self.profile, "budget_select_by", "macs") or "macs"
 
     def selection_costs(self):
         """The cost model a fraction budget is taken of: the dense MACs at the benchmark length, or (``select_by =
@@ -285,8 +286,16 @@ class BuildContext:
             else:
                 step(f"latency-aware selection: looking up the latency table of this model on {self.profile.name} "
                      f"({self.profile.precision}, batch {self.profile.batch_size}); measured once and cached")
-                table, path, measured = cached_lut(self.model, self.profile, progress=step)
-            self._costs = load_lut(table, self.model, self.profile)
+                try:
+                    table, path, measured = cached_lut(self.model, self.target, progress=step)
+                except (OptinError, RuntimeError, ValueError) as exc:  # the family's graph cannot be timed per width here
+                    if self.opts.select_by == "latency":
+                        raise
+                    step(f"could not measure a latency table ({str(exc).splitlines()[0][:200]}); weighing units by their MACs instead")
+                    self._costs = mac_cost_model(self.model, self.seq)
+                    self.cost_info = {"select_by": "macs", "seq_len": self.seq, "latency_table_failed": str(exc).splitlines()[0][:300]}
+                    return self._costs
+            self._costs = load_lut(table, self.model, self.target)
             self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
                               "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),
                               "table_seconds": table.timing.get("seconds")}
@@ -302,13 +311,22 @@ class BuildContext:
         return fraction * costs.dense()
 
     @property
+    def profile(self):
+        return self.target.profile
+
+    @property
+    def embedding(self) -> bool:
+        """A sentence-embedding model (no labels; quality is measured against the dense embeddings)."""
+        return self.task.data.task_type == "embedding"
+
+    @property
     def fmt(self) -> str:
-        return "tensorrt" if self.profile.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+        return "tensorrt" if self.target.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
 
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
 
-    def prune_fraction(self, fraction: float, scores: tuple | None = None, *, refit_units: bool = True):
+    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, refit_units: bool = True):
         """Select under ``fraction`` of the dense cost (MACs, or measured latency: :meth:`selection_costs`; with
         ``scores``, default the build's), slice, and refit the kept units when the build refits. Returns the
         :class:`~optin_deploy.pruning.PruneResult`."""
@@ -321,54 +339,47 @@ class BuildContext:
                      teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
-        shape = self.profile.shape_profile()
-        if self.task.modality == "text":
-            maxpos = get_adapter(self.model).max_positions() or shape.max_seq  # the family's usable length
-            if shape.max_seq > maxpos:
-                from .exporters.base import ShapeProfile
-
-                shape = ShapeProfile(shape.min_batch, shape.opt_batch, shape.max_batch, shape.min_seq, min(shape.opt_seq, maxpos), maxpos)
-        return shape
+        """The exported graph's shape range: the profile's, within the model's usable positions."""
+        return self.target.shape(self.model)
 
     @property
     def precision(self) -> str:
         """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
-        p = self.profile.precision
+        p = self.target.precision
         return p if self.fmt != "onnx" or p == "int8" else "fp32"
 
     def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
                optimize: bool | None = None) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
         ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
-        from .exporters.bundle import _bundle_root, export_bundle
+        from .exporters.bundle import bundle_root, export_bundle
 
         fmt = self.fmt
         precision = precision or self.precision
-        root = _bundle_root(Path(folder).resolve())
+        root = bundle_root(Path(folder).resolve())
         # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
-        backend = "torch-tensorrt" if self.profile.runtime_name == "torch-tensorrt" else "tensorrt"
+        backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
         return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
-                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.profile.threads,
+                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
                              source=source)
 
     def runtime_name(self, export: dict) -> str:
-        return export["runtime"] if self.fmt != "onnx" else self.profile.runtime_name
+        return export["runtime"] if self.fmt != "onnx" else self.target.runtime_name
 
     def runtime(self, export: dict):
         """A fresh, not yet loaded runtime for an export, and the artifact to load."""
         from .runtimes.base import get_runtime
 
-        return get_runtime(export.get("run_on") or self.runtime_name(export), threads=self.profile.threads), export["artifact"]
+        return get_runtime(export.get("run_on") or self.runtime_name(export), threads=self.target.threads), export["artifact"]
 
 
-def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> BuildContext:
+def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) -> BuildContext:
     """Load the task and the dense model, draw the calibration batch, score (cached when possible)."""
     from .core.scoring import ScoreSettings
-    from .profiles import selection_kwargs
     from .pruning import compute_scores
     from .zoo import load_task
 
@@ -389,47 +400,111 @@ def load_context(opts: BuildOptions, profile, scorer: str | None = None) -> Buil
         task.max_length = calib_len
     calib = task.calibration(opts.calib_samples, seed=opts.seed)
     task.max_length = eval_len
-    bench_np = _bench_inputs(task, profile)
+    bench_np = _bench_inputs(task, target)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
     if opts.flops is not None:  # a budget that keeps nothing is refused before scoring
         from .core.costs import mac_cost_model
         from .pruning import check_keeps_something
 
-        mc, kw = mac_cost_model(model, seq), selection_kwargs(profile)
+        mc, kw = mac_cost_model(model, seq), target.selection_kwargs
         check_keeps_something(mc, opts.flops * mc.dense(), f"--flops {opts.flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
-    return BuildContext(opts, profile, task, model, calib, scores, bench_np, seq, selection_kwargs(profile), eval_len, calib_len)
+    return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len)
 
 
-def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
-    from .bench import benchmark, print_bench_table
-    from .evaluate import evaluate
-    from .pruned_io import save_pruned, task_hint
+# ------------------------------------------------------------------------------------------ stages
+# A build is load task + score (load_context) -> select, slice and refit (select_stage) -> save
+# (save_stage) -> export (export_stage) -> validate (validate_stage) -> benchmark (benchmark_stage) ->
+# report and bundle (assemble_report, _write_reports). Each stage takes the BuildContext and the
+# typed outputs of the stages before it.
+
+
+@dataclass
+class Selected:
+    """Select, slice and refit: the pruned model and how it was chosen."""
+
+    model: torch.nn.Module
+    selection_cost: float  # in the cost model's unit (MACs, or ms of a latency table)
+    notes: list[str]
+    reconstruction: dict | None  # the refit report (None: plain surgery)
+    latency_budget: dict | None = None  # the closed-loop latency selection's rounds (--latency-ms / --speedup)
+    search: object = None  # the budget search's result (--max-accuracy-drop / --min-speedup without a budget)
+
+    def to_dict(self) -> dict:
+        a = get_adapter(self.model)
+        return {"heads": a.heads_per_layer(), "neurons": a.neurons_per_layer(), "selection_cost": self.selection_cost, "notes": self.notes,
+                "reconstruction": self.reconstruction, "latency_budget": self.latency_budget,
+                "search": self.search.to_dict() if self.search is not None else None}
+
+
+@dataclass
+class Exported:
+    """Export: one parity-checked export manifest per label (dense, pruned, dense alternatives)."""
+
+    exports: dict[str, dict]
+    runtime: str  # what the deliverable runs on
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.exports)
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "precision": self.precision, "parity": {l: e["parity"] for l, e in self.exports.items()},
+                "graph": {l: e.get("graph") for l, e in self.exports.items()}, "notes": self.notes}
+
+
+@dataclass
+class Validated:
+    """Validate: the task metric of every export through its runtime (embeddings: cosine and recall@10 to dense)."""
+
+    evaluation: dict  # evaluate()'s result (models -> metrics)
+    metric: str  # accuracy | spearman | mean cosine to dense
+    dense: float  # in points (x100)
+    pruned: float
+    agreement: float  # pruned vs dense, a fraction
+    embedding: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "dense": self.dense, "pruned": self.pruned, "agreement": self.agreement, "embedding": self.embedding}
+
+
+@dataclass
+class Benchmarked:
+    """Benchmark: every export timed on the target runtime in interleaved blocks."""
+
+    bench: dict
+    batch: int
+
+    def p50(self, label: str) -> float:
+        return self.bench["models"][label]["p50_ms"]
+
+    def to_dict(self) -> dict:
+        return self.bench
+
+
+def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
+    """Select under the budget (a MAC / latency-table fraction, a closed-loop latency target, or the
+    budget search), slice the model, and refit the kept units when the build refits."""
     from .pruning import print_layer_table, refit, report_emptied
 
-    ctx = load_context(opts, profile)
-    task, model, calib, scores, bench_np, seq = ctx.task, ctx.model, ctx.calib, ctx.scores, ctx.bench_np, ctx.seq
-    embedding = task.data.task_type == "embedding"
-    adapter, calib_len, eval_len = get_adapter(model), ctx.calib_len, ctx.eval_len
-    latency_info = None
-    search = None
-    refitted = None
+    opts, target, model, scores = ctx.opts, ctx.target, ctx.model, ctx.scores
+    profile = target.profile
     if "search" in budget:
         from .search import search_build
 
-        search = search_build(ctx, staging, _objective(opts), _search_settings(opts))
-        pruned, sel_cost, refitted = search.model, search.selection_cost, search.reconstruction
-        notes = list(scores[5])
+        search = search_build(ctx, staging, _objective(opts), search_settings(opts))
+        selected = Selected(search.model, search.selection_cost, list(scores.notes), search.reconstruction, search=search)
     elif "flops" in budget:
         result = ctx.prune_fraction(budget["flops"], refit_units=False)
-        pruned = result.model
-        notes = list(result.notes)
         sel_cost = result.selection.cost
         if ctx.cost_info.get("select_by") == "latency":
             ctx.cost_info["predicted_ms"] = round(sel_cost, 4)
             ctx.cost_info["predicted_speedup"] = round(result.selection.dense_cost / sel_cost, 3)
             step(f"latency-aware selection: the table predicts {sel_cost:.2f} ms for the pruned model against "
                  f"{result.selection.dense_cost:.2f} ms dense (x{result.selection.dense_cost / sel_cost:.2f})")
+        selected = Selected(result.model, sel_cost, list(result.notes), None)
     else:
         from .latency_budget import select_for_latency
         from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
@@ -437,56 +512,63 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
         lut = opts.lut
         if lut is None:
             step(f"no --lut given: measuring a latency table on this machine for profile {profile.name} ({profile.precision})")
-            table = measure_lut(model, profile)
+            table = measure_lut(model, target)
             lut_path = staging / "lut.json"
             lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
             lut = str(lut_path)
         inputs_t = ctx.example()
         if "speedup" in budget:
-            ref_ms = load_lut(lut, model, profile).dense()  # the table's own prediction for the dense model
-            target = ref_ms / budget["speedup"]
-            measure = make_relative_measure_fn(profile, model, inputs_t, reference_ms=ref_ms)
+            ref_ms = load_lut(lut, model, target).dense()  # the table's own prediction for the dense model
+            target_ms = ref_ms / budget["speedup"]
+            measure = make_relative_measure_fn(target, model, inputs_t, reference_ms=ref_ms)
             step(f"selecting for x{budget['speedup']:g} against the dense model, timed beside it in every round "
-                 f"({target:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
+                 f"({target_ms:.2f} ms of the table's {ref_ms:.2f} ms; up to {opts.latency_rounds} measured rounds)")
         else:
-            target = budget["latency_ms"]
-            measure = make_measure_fn(profile, inputs_t)
-            step(f"selecting for {target} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores[0], scores[1]), profile, lut, target, measure, opts.latency_rounds, progress=step)
-        pruned = ls.model.eval()
+            target_ms = budget["latency_ms"]
+            measure = make_measure_fn(target, inputs_t)
+            step(f"selecting for {target_ms} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
+        ls = select_for_latency(model, (scores.heads, scores.neurons), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
         if "speedup" in budget:
             latency_info["relative"] = {"speedup_target": budget["speedup"], "reference_ms": ref_ms, "history": list(measure.history),
                                         "measured_speedup": ref_ms / ls.measured_ms}
-        notes = list(scores[5])
-        sel_cost = ls.predicted_ms
-    if search is not None:
-        reconstruction = refitted
-    else:
-        reconstruction = refit(model, pruned, calib, opts.reconstruct_fit, opts.reconstruct_damp) if opts.reconstruct else None
-    print_layer_table(model, pruned)
-    pa = get_adapter(pruned)
-    dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
+        selected = Selected(ls.model.eval(), ls.predicted_ms, list(scores.notes), None, latency_budget=latency_info)
+    if selected.search is None and opts.reconstruct:
+        selected.reconstruction = refit(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
+    print_layer_table(model, selected.model)
+    report_emptied(model, selected.model)
+    return selected
 
-    report_emptied(model, pruned)
+
+def save_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Path:
+    """Save the pruned model (weights, structure, tokenizer, the task it is evaluated on) into ``staging/pruned``."""
+    from .pruned_io import save_pruned, task_hint
+
+    opts, task = ctx.opts, ctx.task
     step("saving the pruned model")
-    save_pruned(pruned, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
-                                                    "task": task.data.name, "max_length": eval_len, "label_names": task.data.label_names},
-                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, eval_len))
-    exports = {}
+    save_pruned(selected.model, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
+                                                           "task": task.data.name, "max_length": ctx.eval_len, "label_names": task.data.label_names},
+                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, ctx.eval_len))
+    return staging / "pruned"
+
+
+def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Exported:
+    """Export the dense and the pruned model for the target (parity-checked), and the dense
+    alternatives a deployment engineer would otherwise ship (classifiers on onnxruntime CPU)."""
+    opts, model, search = ctx.opts, ctx.model, selected.search
+    exports: dict[str, dict] = {}
     fmt = ctx.fmt
     if search is not None:
         exports["dense"] = search.dense_export  # exported once, at the start of the search
         exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
-    for label, m in (("dense", model), ("pruned", pruned)):
+    for label, m in (("dense", model), ("pruned", selected.model)):
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)
     precision = ctx.precision
     rt_name = ctx.runtime_name(exports["pruned"])
-    labels = ["dense", "pruned"]
-    if not embedding:
-        # the dense alternatives a deployment engineer would otherwise ship, exported and measured here
+    notes: list[str] = []
+    if not ctx.embedding:
         alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
         for label, graph, prec in alternatives:
             try:
@@ -494,94 +576,127 @@ def _build_into(staging: Path, opts: BuildOptions, profile, budget) -> dict:
             except OptinError as exc:
                 notes.append(f"dense alternative {label} skipped: {exc}")
         if opts.baselines and fmt == "onnx" and rt_name == "ort-cpu":
-            exports.update(openvino_alternatives(exports, notes))
-        labels = list(exports)
-    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
-    step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {rt_name}")
-    if embedding:
+            exports.update(openvino_alternatives(exports, notes))  # the dense model and the deliverable on OpenVINO, when installed
+    return Exported(exports, rt_name, precision, notes)
+
+
+def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
+    """The task metric of every export through the target runtime, on ``--eval-split``."""
+    from .evaluate import evaluate
+
+    opts, task = ctx.opts, ctx.task
+    labels = exported.labels
+    runtimes = {label: ctx.runtime(exported.exports[label]) for label in labels}
+    step(f"evaluating {', '.join(labels)} on the {opts.eval_split} split through {exported.runtime}")
+    if ctx.embedding:
         from .embedding_eval import embedding_summary, evaluate_embeddings
 
         ev = evaluate_embeddings(task, runtimes, split=opts.eval_split, baseline="dense")
-        emb_summary = embedding_summary(ev)
-        emb_summary["pooling"] = model.pooling.to_dict()
-        step(f"embeddings on {emb_summary['corpus_size']} held-out texts: cosine to dense mean {emb_summary['cosine_mean']:.4f}, "
-             f"5th percentile {emb_summary['cosine_p5']:.4f}; recall@10 agreement {emb_summary['recall_at_10']:.4f}")
-    else:
-        ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    step(f"benchmarking {', '.join(labels)} on {rt_name}, batch {profile.opt_batch or profile.batch_size}"
-         + (f" x {seq} tokens" if task.modality == "text" else "")
-         + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
-    runtimes = {label: ctx.runtime(exports[label]) for label in labels}
-    bench = benchmark(runtimes, bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
-    print_bench_table(bench, console=console)
+        emb = embedding_summary(ev)
+        emb["pooling"] = ctx.model.pooling.to_dict()
+        step(f"embeddings on {emb['corpus_size']} held-out texts: cosine to dense mean {emb['cosine_mean']:.4f}, "
+             f"5th percentile {emb['cosine_p5']:.4f}; recall@10 agreement {emb['recall_at_10']:.4f}")
+        # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
+        return Validated(ev, "mean cosine to dense", 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
+    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
+    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+    mp = ev["models"]["pruned"]
+    agreement = mp.get("agreement_vs_baseline", mp.get("spearman_vs_baseline"))
+    return Validated(ev, metric, 100 * ev["models"]["dense"][metric], 100 * mp[metric], agreement)
 
+
+def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
+    """Time every export on the target runtime at the target's shape, in interleaved blocks."""
+    from .bench import benchmark, print_bench_table
+
+    opts, labels = ctx.opts, exported.labels
+    batch = next(iter(ctx.bench_np.values())).shape[0]
+    step(f"benchmarking {', '.join(labels)} on {exported.runtime}, batch {batch}"
+         + (f" x {ctx.seq} tokens" if ctx.task.modality == "text" else "")
+         + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
+    runtimes = {label: ctx.runtime(exported.exports[label]) for label in labels}
+    bench = benchmark(runtimes, ctx.bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
+    print_bench_table(bench, console=console)
+    return Benchmarked(bench, batch)
+
+
+def _build_into(staging: Path, opts: BuildOptions, target: Target, budget: dict) -> dict:
+    """The build: the stages in order, into ``staging``; returns the report."""
+    ctx = load_context(opts, target)
+    selected = select_stage(ctx, staging, budget)
+    save_stage(ctx, selected, staging)
+    exported = export_stage(ctx, selected, staging)
+    validated = validate_stage(ctx, exported)
+    benchmarked = benchmark_stage(ctx, exported)
+    return assemble_report(ctx, staging, budget, selected, exported, validated, benchmarked)
+
+
+def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Selected, exported: Exported, validated: Validated,
+                    benchmarked: Benchmarked) -> dict:
+    """``report.json`` from the stages' outputs (schema: :data:`REPORT_KEYS` and the README)."""
+    opts, task, model, scores, seq = ctx.opts, ctx.task, ctx.model, ctx.scores, ctx.seq
+    adapter, pa = get_adapter(model), get_adapter(selected.model)
+    dense_macs, pruned_macs = adapter.encoder_macs(seq), pa.encoder_macs(seq)
+    exports, bench, ev, metric = exported.exports, benchmarked.bench, validated.evaluation, validated.metric
     md, mp = ev["models"]["dense"], ev["models"]["pruned"]
-    if embedding:  # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
-        metric = "mean cosine to dense"
-        acc_d, acc_p = 100.0, 100 * emb_summary["cosine_mean"]
-        agreement = emb_summary["recall_at_10"]
-    else:
-        metric = "accuracy" if task.data.task_type == "classification" else "spearman"
-        acc_d, acc_p = 100 * md[metric], 100 * mp[metric]
-        agreement = ev["models"]["pruned"].get("agreement_vs_baseline", ev["models"]["pruned"].get("spearman_vs_baseline"))
+    acc_d, acc_p = validated.dense, validated.pruned
     lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
     # throughput at the median latency (medians survive a noisy machine); the mean-based figure is kept beside it
-    batch = next(iter(bench_np.values())).shape[0]
+    batch = benchmarked.batch
     thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}
     thr_mean = {label: round(bench["models"][label]["throughput_samples_per_s"], 2) for label in ("dense", "pruned")}
     drop = acc_d - acc_p
-    baselines = baseline_summary(exports, ev, bench, metric, precision) if not embedding else {}
+    baselines = baseline_summary(exports, ev, bench, metric, exported.precision) if not ctx.embedding else {}
     ref = baselines.get("reference_fp32")
     drop_ref = (100 * ev["models"][ref][metric] - acc_p) if ref else drop
     gate = None
-    if opts.max_accuracy_drop is not None and search is None:  # with a search the limit applies to validation, not test
+    if opts.max_accuracy_drop is not None and selected.search is None:  # with a search the limit applies to validation, not test
         # the quantised / fused artefact is gated against the fp32 dense model when one was measured
         worst = max(drop, drop_ref)
         gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
                 "passed": bool(worst <= opts.max_accuracy_drop)}
-    if embedding and (opts.min_cosine is not None or opts.min_recall is not None):
-        gate = _embedding_gate(emb_summary, opts.min_cosine, opts.min_recall)
+    if ctx.embedding and (opts.min_cosine is not None or opts.min_recall is not None):
+        gate = _embedding_gate(validated.embedding, opts.min_cosine, opts.min_recall)
     artifacts = {}
     for p in sorted(staging.rglob("*")):
         if p.is_file():
             artifacts[str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    report = {
+    return {
         "model": _spec(task.model_source or opts.model) or "minilm-sentiment",
         "family": adapter.family,
         "task": {"name": task.data.name, "type": task.data.task_type, "labels": task.data.label_names, "metric": metric, "eval_split": opts.eval_split,
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
-        "profile": profile.name,
-        "runtime": rt_name,
-        "budget": budget,
+        "profile": ctx.target.name,
+        "runtime": exported.runtime,
+        "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
-        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(agreement), 3),
+        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
                      "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
                        "unit": "samples/s at p50 latency",
                        "mean_based": {**thr_mean, "speedup": round(thr_mean["pruned"] / thr_mean["dense"], 3)}},
         "memory": {label: bench["models"][label].get("peak_memory_mb") for label in ("dense", "pruned")},
-        "scoring_seconds": round(scores[4], 2),
-        "scoring": {"method": scores[3], "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": calib_len,
-                    "cached": bool(scores[2] is not None and scores[2].info.get("cached")), "notes": notes},
+        "scoring_seconds": round(scores.seconds, 2),
+        "scoring": {"method": scores.method, "scorer": opts.scorer, "calib_samples": opts.calib_samples, "calib_length": ctx.calib_len,
+                    "cached": scores.cached, "notes": selected.notes + exported.notes},
         "structure": {"heads": {"dense": adapter.heads_per_layer(), "pruned": pa.heads_per_layer()},
                       "neurons": {"dense": adapter.neurons_per_layer(), "pruned": pa.neurons_per_layer()}},
-        "reconstruction": reconstruction,
-        "embedding": emb_summary if embedding else None,
-        "selection_cost": sel_cost,
+        "reconstruction": selected.reconstruction,
+        "embedding": validated.embedding,
+        "selection_cost": selected.selection_cost,
         "selected_by": ctx.cost_info or None,
-        "latency_budget": latency_info,
-        "search": search.to_dict() if search is not None else None,
+        "latency_budget": selected.latency_budget,
+        "search": selected.search.to_dict() if selected.search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
-        "precision": precision,
+        "precision": exported.precision,
         "baselines": baselines,
         "gate": gate,
         "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
-                  "inputs": {k: list(v.shape) for k, v in bench_np.items()}},
+                  "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
         "artifacts": artifacts,
     }
-    return report
 
 
 def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, str, str]]:
@@ -662,7 +777,7 @@ def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precisio
     return out
 
 
-def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> None:
+def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Target) -> None:
     from .report import write_markdown, write_plots
 
     plots = write_plots(report, staging / "plots")
@@ -674,7 +789,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, profile) -> 
         "command": " ".join(opts.command),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
         "inputs": {"model": report["model"], "task": report["task"]["name"]},
-        "profile": profile.to_dict(),
+        "profile": target.profile.to_dict(),
         "versions": _versions(),
         "files": {},
     }

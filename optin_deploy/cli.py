@@ -41,14 +41,10 @@ COMMAND_MODULES = [
 
 
 def _register_all() -> None:
+    """Import every command module and register it. A module that fails to import is a bug and
+    stops the CLI with its ImportError (never a command silently missing from ``--help``)."""
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"optin_deploy.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name == f"optin_deploy.commands.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"optin_deploy.commands.{name}").register(app)
 
 
 _register_all()
@@ -125,6 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in args:
         args.remove("--debug")
         debug = True
+    from .commands.options import bare_json_flag
+
+    args = bare_json_flag(args)
     previous = _install_signal_handlers()
     try:
         _run(args, debug)

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -177,3 +178,37 @@ def print_eval_table(result: dict, console=None) -> None:
             row.append("—" if v is None else (f"{v:.2%}" if k in ("accuracy", "agreement_vs_baseline") else f"{v:.4f}"))
         t.add_row(*row)
     console.print(t)
+
+
+def artifact_labels(models: Sequence[str], labels: Sequence[str] | None) -> list[str]:
+    """The labels of ``models`` (dense first): given, else dense,pruned for two, else the folder names."""
+    names = list(labels) if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or str(m) for m in models])
+    if len(names) != len(models) or len(set(names)) != len(names):
+        raise OptinError(f"need {len(models)} distinct labels, got {names}")
+    return names
+
+
+def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model: str | None = None, runtime: str | None = None,
+                       threads: int | None = None, split: str = "test", batch_size: int = 64, labels: Sequence[str] | None = None) -> dict:
+    """``optin-deploy eval``: the task metric of each artifact (bundle folder, exported file or model
+    folder; the first is the baseline) through its runtime, on the data its source records (or ``data``)."""
+    from .runtimes.base import get_runtime, resolve_artifact
+    from .zoo import load_task
+
+    names = artifact_labels(models, labels)
+    if batch_size < 1:
+        raise OptinError(f"--batch-size must be at least 1, got {batch_size}")
+    targets = {}
+    sources = []
+    for label, spec in zip(names, models):
+        rt_name, artifact, manifest = resolve_artifact(spec, runtime)
+        targets[label] = (get_runtime(rt_name, threads=threads), artifact)
+        sources.append((manifest or {}).get("source") or (None if manifest else spec))
+    source = model
+    if source is None:  # prefer a source that records its data (a bundle's pruned/ folder does)
+        recorded = [s for s in sources if s and any((Path(s) / f).is_file() for f in ("optin_task.json", "zoo_info.json"))]
+        source = recorded[0] if recorded else next((s for s in sources if s), None)
+    if source is None:
+        raise OptinError("cannot tell which model/data these bundles come from; pass --model MODEL_DIR")
+    task = load_task(source, data, max_length=None)
+    return evaluate(task, targets, split=split, batch_size=batch_size, baseline=names[0])

@@ -7,9 +7,11 @@ in ``[low * target, target]`` or ``max_rounds`` is reached::
 
     from optin_deploy.latency_budget import select_for_latency
     from optin_deploy.lut import make_measure_fn
+    from optin_deploy.target import resolve_target
 
-    res = select_for_latency(model, (head_scores, neuron_scores), "x86-cpu-ort", "lut.json",
-                             target_ms=40.0, measure_fn=make_measure_fn("x86-cpu-ort"))
+    target = resolve_target("x86-cpu-ort")  # once, at the entry point
+    res = select_for_latency(model, (head_scores, neuron_scores), target, "lut.json",
+                             target_ms=40.0, measure_fn=make_measure_fn(target))
     res.plan, res.model, res.measured_ms, res.met, res.rounds
 
 Each round: ``budget <- budget * aim / measured`` with ``aim = (low + 1) / 2 * target`` (the middle of
@@ -43,7 +45,8 @@ from .core.costs import CostModel
 from .core.selection import Selection, select
 from .core.surgery import PrunePlan, apply_plan
 from .errors import OptinError
-from .profiles import Profile, load_profile, selection_kwargs
+from .profiles import selection_kwargs
+from .target import Target
 
 
 @dataclass
@@ -79,7 +82,7 @@ def _split_scores(scores: Any, lam: float = 10.0) -> tuple[list[torch.Tensor], l
 def select_for_latency(
     model: nn.Module,
     scores: Any,
-    profile: Profile | str | None,
+    target: Target | None,
     lut: Any,
     target_ms: float,
     measure_fn: Callable[[nn.Module], float],
@@ -94,7 +97,7 @@ def select_for_latency(
     ``scores``: :class:`~optin_deploy.core.scoring.RawScores` (combined with ``lam``), a
     ``(head_scores, neuron_scores)`` pair of per-layer tensors, or ``{"heads": ..., "neurons": ...}``.
     ``lut``: a latency table path, :class:`~optin_deploy.lut.LatencyTable` or a ms
-    :class:`~optin_deploy.core.costs.CostModel`. ``profile`` gives the alignment multiples.
+    :class:`~optin_deploy.core.costs.CostModel`. ``target`` (resolved once by the caller) gives the alignment multiples.
     ``measure_fn(pruned_model) -> ms`` measures on the target runtime (see
     :func:`optin_deploy.lut.make_measure_fn`). Every round's budget, predicted and measured latency
     is in ``result.rounds``.
@@ -106,7 +109,6 @@ def select_for_latency(
         raise OptinError(f"--latency-ms must be a positive, finite number of milliseconds, got {target_ms}")
     if max_rounds < 1:
         raise OptinError("max_rounds must be at least 1")
-    prof = load_profile(profile) if profile is not None else None
     table = None
     if isinstance(lut, CostModel):
         costs = lut
@@ -114,12 +116,12 @@ def select_for_latency(
     else:
         if isinstance(lut, LatencyTable):
             table = lut
-        costs = load_lut(lut, model, prof)
+        costs = load_lut(lut, model, target)
         table = costs.info.get("lut", table)
     if costs.unit != "ms":
         raise OptinError(f"select_for_latency needs a latency cost model (ms), got one in {costs.unit}")
     hs, ns = _split_scores(scores, lam)
-    kw = selection_kwargs(prof)
+    kw = target.selection_kwargs if target is not None else selection_kwargs(None)
     floor = costs.fixed + sum(costs.attn(l, 0) for l in range(costs.num_layers))
     if target_ms <= floor:
         raise OptinError(

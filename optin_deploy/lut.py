@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .errors import OptinError
-from .profiles import Profile, load_profile
+from .target import Target, resolve_target
 
 LUT_FORMAT = "optin-deploy-lut"
 LUT_VERSION = 1
@@ -104,8 +104,8 @@ def environment() -> dict:
 # ---------------------------------------------------------------------------------------- timing
 
 
-def ort_runtime_for(profile: Profile):
-    """The onnxruntime runtime that measures for ``profile`` (raises a one-line error if missing).
+def ort_runtime_for(target: Target):
+    """The onnxruntime runtime that measures for ``target`` (raises a one-line error if missing).
 
     ``tensorrt`` profiles are measured through onnxruntime's TensorRT execution provider (the same
     TensorRT kernels), with fp16 enabled for fp16 profiles.
@@ -113,13 +113,13 @@ def ort_runtime_for(profile: Profile):
     from .runtimes.ort import OrtRuntime
 
     name = {"onnxruntime-cpu": "ort-cpu", "onnxruntime-cuda": "ort-cuda", "onnxruntime-tensorrt": "ort-tensorrt",
-            "tensorrt": "ort-tensorrt"}.get(profile.runtime)
+            "tensorrt": "ort-tensorrt"}.get(target.runtime)
     if name is None:
-        raise OptinError(f"latency tables are measured with onnxruntime; profile {profile.name} uses runtime {profile.runtime}")
+        raise OptinError(f"latency tables are measured with onnxruntime; profile {target.name} uses runtime {target.runtime}")
     opts = {}
-    if name == "ort-tensorrt" and profile.precision == "fp16":
+    if name == "ort-tensorrt" and target.precision == "fp16":
         opts = {"trt_fp16_enable": True}
-    return OrtRuntime(name, threads=profile.threads if name == "ort-cpu" else None, provider_options=opts)
+    return OrtRuntime(name, threads=target.threads if name == "ort-cpu" else None, provider_options=opts)
 
 
 def _feed(rt, inputs: Mapping[str, Any]) -> dict:
@@ -192,73 +192,70 @@ def export_block(block: nn.Module, x: torch.Tensor, path: Path, precision: str =
     return path
 
 
-def example_inputs(model: nn.Module, profile: Profile, batch: int | None = None) -> dict[str, torch.Tensor]:
-    """Benchmark inputs at the profile's batch and sequence length (text: seeded random ids, every
-    position attended) or the model's image size; the model's adapter makes them."""
+def example_inputs(model: nn.Module, target: Target, batch: int | None = None) -> dict[str, torch.Tensor]:
+    """Benchmark inputs at the target's batch and sequence length (text: seeded random ids, every
+    position attended) or the model's image size (:meth:`Target.example_inputs`); warns when the
+    model's image size is not the profile's."""
     from .adapters import get_adapter
 
-    b = batch or profile.batch_size
     a = get_adapter(model)
-    if a.modality == "text":
-        return a.example_inputs(b, profile.seq_len or profile.opt_seq or 128, padded=False)
-    size = a.image_shape()[-1]
-    if profile.image_size and size != profile.image_size:
-        warnings.warn(f"model takes {size}x{size} images; profile {profile.name} says image_size {profile.image_size}: timing at {size}",
+    if a.modality != "text" and target.image_size and a.image_shape()[-1] != target.image_size:
+        size = a.image_shape()[-1]
+        warnings.warn(f"model takes {size}x{size} images; profile {target.name} says image_size {target.image_size}: timing at {size}",
                       LutMismatchWarning, stacklevel=2)
-    return a.example_inputs(b)
+    return target.example_inputs(model, batch=batch)
 
 
-def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], profile: Profile | None = None):
+def export_shape_profile(model: nn.Module, inputs: Mapping[str, torch.Tensor], target: Target | None = None):
     """A ShapeProfile around the measured shape, within the model's position embeddings."""
     from .exporters.base import ShapeProfile, is_text_input
-    from .exporters.onnx import _max_positions
+    from .adapters import get_adapter
 
     first = next(iter(inputs.values()))
     B = int(first.shape[0])
     T = int(first.shape[1]) if any(is_text_input(n) for n in inputs) else 1
+    profile = target.profile if target is not None else None
     max_b = max(B, 2, profile.max_batch if profile and profile.max_batch else B)
     max_t = max(T, 2, profile.max_seq if profile and profile.max_seq else T)
-    maxpos = _max_positions(model)
+    maxpos = get_adapter(model).max_positions()
     if maxpos is not None:
         max_t = max(T, min(max_t, maxpos))
     return ShapeProfile(1, B, max_b, 1, T, max_t)
 
 
-def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Path, profile: Profile | None = None) -> Path:
+def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Path, target: Target | None = None) -> Path:
     """Export a whole (pruned) classifier the way deployment does (the project's ONNX exporter: the
     profile's graph and precision, e.g. the fused int8 graph for ``x86-cpu-ort``)."""
     from .exporters.onnx import OnnxExporter
 
-    precision = profile.precision if profile is not None and (profile.runtime != "onnxruntime-cpu" or profile.precision == "int8") else "fp32"
-    graph = "auto" if profile is None or profile.runtime.startswith("onnxruntime") else "dynamo"  # TensorRT parses standard ops only
-    OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, profile), parity=False,
+    precision = target.precision if target is not None and (target.runtime != "onnxruntime-cpu" or target.precision == "int8") else "fp32"
+    graph = "auto" if target is None or target.runtime.startswith("onnxruntime") else "dynamo"  # TensorRT parses standard ops only
+    OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, target), parity=False,
                           precision=precision, graph=graph)
     return path
 
 
-def measure_model_ms(model: nn.Module, profile: Profile | str, inputs: Mapping[str, torch.Tensor] | None = None, *,
+def measure_model_ms(model: nn.Module, target: Target, inputs: Mapping[str, torch.Tensor] | None = None, *,
                      rounds: int = 7, iters: int = 5, warmup: int = 3, workdir: str | os.PathLike | None = None) -> float:
     """Median latency (ms) of ``model`` exported to ONNX and run on the profile's onnxruntime provider.
 
     This is the default ``measure_fn`` of :func:`optin_deploy.latency_budget.select_for_latency`.
     """
-    profile = load_profile(profile)
-    inputs = inputs or example_inputs(model, profile)
+    inputs = inputs or example_inputs(model, target)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        path = export_model(model, inputs, Path(tmp) / "model.onnx", profile)
-        rt = ort_runtime_for(profile).load(path)
+        path = export_model(model, inputs, Path(tmp) / "model.onnx", target)
+        rt = ort_runtime_for(target).load(path)
         feed = _feed(rt, inputs)
         res = time_interleaved({"m": lambda: rt.session.run(None, feed)}, rounds=rounds, iters=iters, warmup=warmup)
     return res["m"]["median_ms"]
 
 
-def make_measure_fn(profile: Profile | str, inputs: Mapping[str, torch.Tensor] | None = None, **timing) -> Callable[[nn.Module], float]:
-    """``model -> measured ms`` on the profile's runtime (for :func:`select_for_latency`)."""
-    profile = load_profile(profile)
-    return lambda m: measure_model_ms(m, profile, inputs, **timing)
+def make_measure_fn(target: Target, inputs: Mapping[str, torch.Tensor] | None = None, **timing) -> Callable[[nn.Module], float]:
+    """``model -> measured ms`` on the target's runtime (for :func:`select_for_latency`)."""
+    return lambda m: measure_model_ms(m, target, inputs, **timing)
 
 
-def make_relative_measure_fn(profile: Profile | str, dense_model: nn.Module, inputs: Mapping[str, torch.Tensor] | None = None, *,
+def make_relative_measure_fn(target: Target, dense_model: nn.Module, inputs: Mapping[str, torch.Tensor] | None = None, *,
                              reference_ms: float, rounds: int = 5, block: int = 10, warmup: int = 3,
                              workdir: str | os.PathLike | None = None) -> Callable[[nn.Module], float]:
     """``model -> reference_ms * (model's latency / the dense model's latency)``, both timed in the
@@ -271,16 +268,15 @@ def make_relative_measure_fn(profile: Profile | str, dense_model: nn.Module, inp
     import shutil
     import weakref
 
-    profile = load_profile(profile)
-    inputs = inputs or example_inputs(dense_model, profile)
+    inputs = inputs or example_inputs(dense_model, target)
     folder = Path(tempfile.mkdtemp(prefix="optin-relative-", dir=workdir))
-    dense_rt = ort_runtime_for(profile).load(export_model(dense_model, inputs, folder / "dense.onnx", profile))
+    dense_rt = ort_runtime_for(target).load(export_model(dense_model, inputs, folder / "dense.onnx", target))
     dense_feed = _feed(dense_rt, inputs)
     history: list[dict] = []
 
     def measure(model: nn.Module) -> float:
-        path = export_model(model, inputs, folder / "candidate.onnx", profile)
-        rt = ort_runtime_for(profile).load(path)
+        path = export_model(model, inputs, folder / "candidate.onnx", target)
+        rt = ort_runtime_for(target).load(path)
         feed = _feed(rt, inputs)
         res = time_interleaved({"dense": lambda: dense_rt.session.run(None, dense_feed), "candidate": lambda: rt.session.run(None, feed)},
                                rounds=rounds, iters=block, warmup=warmup)
@@ -410,11 +406,11 @@ def read_lut(path: str | os.PathLike) -> LatencyTable:
     return LatencyTable.from_dict(d)
 
 
-def check_compatible(table: LatencyTable, model: nn.Module | None = None, profile: Profile | str | None = None) -> list[str]:
-    """Reasons the table may not fit this model / profile (each also issued as a warning)."""
+def check_compatible(table: LatencyTable, model: nn.Module | None = None, target: Target | str | None = None) -> list[str]:
+    """Reasons the table may not fit this model / target (each also issued as a warning)."""
     problems = []
-    if profile is not None:
-        p = load_profile(profile)
+    if target is not None:
+        p = resolve_target(target).profile
         tp = table.profile
         if tp.get("name") != p.name:
             problems.append(f"latency table was measured for profile {tp.get('name')!r}, used with {p.name!r}")
@@ -443,7 +439,7 @@ def check_compatible(table: LatencyTable, model: nn.Module | None = None, profil
     return problems
 
 
-def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = None, profile: Profile | str | None = None):
+def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = None, target: Target | str | None = None):
     """A latency table file -> a :class:`~optin_deploy.core.costs.CostModel` in ms.
 
     With ``model`` / ``profile`` the table is checked against them: a different layer count is an
@@ -451,20 +447,20 @@ def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = N
     ``cost_model.info["warnings"]``.
     """
     table = path if isinstance(path, LatencyTable) else read_lut(path)
-    problems = check_compatible(table, model, profile)
+    problems = check_compatible(table, model, target)
     cm = table.cost_model()
     cm.info["warnings"] = problems
     return cm
 
 
-def table_key(model: nn.Module, profile: Profile | str) -> str:
+def table_key(model: nn.Module, target: Target | str) -> str:
     """What a latency table depends on: the model's structure (not its weights), the profile's runtime,
     precision, threads and shapes, this CPU and the runtime's version."""
     import hashlib
 
     from .adapters import get_adapter
 
-    p = load_profile(profile)
+    p = resolve_target(target).profile
     a = get_adapter(model)
     try:
         import onnxruntime
@@ -479,20 +475,20 @@ def table_key(model: nn.Module, profile: Profile | str) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_lut(model: nn.Module, profile: Profile | str, *, progress: Callable[[str], None] | None = None,
+def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[str], None] | None = None,
                cache: bool = True) -> tuple[LatencyTable, Path | None, bool]:
-    """The latency table of ``model`` on ``profile`` from the cache (``$OPTIN_DEPLOY_CACHE/luts``), measured
+    """The latency table of ``model`` on ``target`` from the cache (``$OPTIN_DEPLOY_CACHE/luts``), measured
     here and cached on a miss. Returns ``(table, cached file, measured_now)``."""
     from .core.api import cache_root
 
-    p = load_profile(profile)
-    path = cache_root() / "luts" / f"{table_key(model, p)}.json" if cache else None
+    target = resolve_target(target)
+    path = cache_root() / "luts" / f"{table_key(model, target)}.json" if cache else None
     if path is not None and path.is_file():
         try:
             return read_lut(path), path, False
         except OptinError:  # an unreadable cache entry is measured again
             pass
-    table = measure_lut(model, p, progress=progress)
+    table = measure_lut(model, target, progress=progress)
     if path is not None:
         table.save(path)
     return table, path, True
@@ -512,20 +508,21 @@ def mlp_grid(F: int, step: int | None = None, points: int = 12) -> list[int]:
     return sorted(set(widths))
 
 
-def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | None = None, rounds: int = 7, iters: int = 5,
+def measure_lut(model: nn.Module, target: Target | str, *, mlp_step: int | None = None, rounds: int = 7, iters: int = 5,
                 warmup: int = 3, model_name: str | None = None, progress: Callable[[str], None] | None = None,
                 workdir: str | os.PathLike | None = None, calibrate: bool = True) -> LatencyTable:
-    """Measure the latency table of ``model`` (dense) on this machine with ``profile``'s runtime."""
+    """Measure the latency table of ``model`` (dense) on this machine with the target's runtime, threads
+    and shapes (``target``: a :class:`~optin_deploy.target.Target`, or a profile name or file)."""
     from .adapters import get_adapter
     from .core.surgery import PrunePlan, apply_plan
 
-    profile = load_profile(profile)
+    target = resolve_target(target)
     log = progress or (lambda s: None)
     model = model.eval()
     a = get_adapter(model)
     heads, neurons = a.heads_per_layer(), a.neurons_per_layer()
     L = a.num_layers
-    inputs = example_inputs(model, profile)
+    inputs = example_inputs(model, target)
     B = int(next(iter(inputs.values())).shape[0])
     T = a.seq_len(inputs)
     d = a.hidden_size()
@@ -533,7 +530,7 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
     groups = [[l for l in range(L) if sig[l] == g] for g in dict.fromkeys(sig)]
     single = len(groups) == 1
     grid = {gi: mlp_grid(neurons[g[0]], mlp_step) for gi, g in enumerate(groups)}
-    rt_probe = ort_runtime_for(profile)  # fails early if the provider is missing
+    rt_probe = ort_runtime_for(target)  # fails early if the provider is missing
     t0 = time.perf_counter()
     runners: dict[str, Callable[[], Any]] = {}
     keep = []
@@ -559,8 +556,8 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
             what = f"{hs[0]} heads and MLP width {fs[0]} in every layer" if single else f"heads {hs} and MLP widths {fs}"
             log(f"export the model with {what} ({i + 1}/{len(configs)})")
             m = model if (hs, fs) == (heads, neurons) else apply_plan(model, PrunePlan([list(range(h)) for h in hs], [list(range(f)) for f in fs]))
-            path = export_model(m, inputs, tmp / f"{name}.onnx", profile)
-            rt = ort_runtime_for(profile).load(path)
+            path = export_model(m, inputs, tmp / f"{name}.onnx", target)
+            rt = ort_runtime_for(target).load(path)
             feed = _feed(rt, inputs)
             runners[name] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
             keep.append(rt)
@@ -591,8 +588,8 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
     group_list = None if single else [{"layers": t["layers"], "attn_ms": [v * scale for v in t["attn_raw"]], "mlp_widths": t["mlp_widths"],
                                        "mlp_ms": [v * scale for v in t["mlp_raw"]]} for t in tables]
     return LatencyTable(
-        profile=profile.to_dict(),
-        shapes={"batch": B, "tokens": T, "seq_len": profile.seq_len if a.modality == "text" else None,
+        profile=target.profile.to_dict(),
+        shapes={"batch": B, "tokens": T, "seq_len": target.profile.seq_len if a.modality == "text" else None,
                 "image_size": int(next(iter(inputs.values())).shape[-1]) if a.modality == "image" else None},
         model={"name": model_name or type(model).__name__, "family": a.family, "num_layers": L, "heads": heads, "neurons": neurons,
                "hidden_size": d, "head_dim": a.head_dim(), "hidden_sizes": [a.layer_hidden_size(l) for l in range(L)]},
@@ -611,3 +608,37 @@ def measure_lut(model: nn.Module, profile: Profile | str, *, mlp_step: int | Non
                 "seconds": round(time.perf_counter() - t0, 1), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
         groups=group_list,
     )
+
+
+def write_lut(profile: Target | str, model_spec: str, out: str | os.PathLike, *, mlp_step: int | None = None, rounds: int = 7,
+              iters: int = 5, force: bool = False, progress: Callable[[str], None] | None = None) -> tuple[LatencyTable, Path]:
+    """``optin-deploy lut``: measure the latency table of the dense model ``model_spec`` (a zoo name, a
+    folder, a hub name or timm:NAME) for ``profile`` on this machine and write it to ``out`` (replacing
+    only a table this tool wrote unless ``force``). Bad input fails before the model is loaded."""
+    import json
+
+    from .safe_out import check_out_file
+
+    target = resolve_target(profile)
+    if rounds < 1 or iters < 1:
+        raise OptinError("--rounds and --iters must be at least 1")
+    if mlp_step is not None and mlp_step < 1:
+        raise OptinError(f"--mlp-step must be at least 1, got {mlp_step}")
+    out = check_out_file(out, force=force, ours=lambda p: json.loads(p.read_text()).get("format") == LUT_FORMAT)
+    ort_runtime_for(target)  # a missing provider fails before the model is loaded
+    table = measure_lut(_load_dense(model_spec), target, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model_spec,
+                        progress=progress)
+    table.save(out)
+    return table, out
+
+
+def _load_dense(spec: str) -> nn.Module:
+    """The dense model of a zoo name (its trained classifier), or of a folder / hub name / timm:NAME."""
+    from . import zoo
+
+    if spec in zoo.ZOO:
+        task = zoo.get_task(spec)
+        return getattr(task, "model", task)
+    from .models import load_model
+
+    return load_model(spec)

@@ -95,8 +95,33 @@ def report_emptied(dense: nn.Module, pruned: nn.Module) -> None:
         warn(f"the budget empties layer {', '.join(emptied)}: only the bias of those parts is left; accuracy may suffer, consider a larger budget")
 
 
+@dataclass
+class Scores:
+    """The score stage's output: per-layer head and neuron scores (higher = keep) of one scorer, the
+    raw OPTIN terms (None for a baseline scorer), the method used, the seconds the scores took to
+    compute (also when loaded from the cache) and notes for the report. Unpacks as the 6-tuple
+    ``heads, neurons, raw, method, seconds, notes``."""
+
+    heads: list
+    neurons: list
+    raw: RawScores | None
+    method: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter((self.heads, self.neurons, self.raw, self.method, self.seconds, self.notes))
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.raw is not None and self.raw.info.get("cached"))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "seconds": round(self.seconds, 2), "cached": self.cached, "notes": list(self.notes)}
+
+
 def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring: str = "auto", scorer: str = "optin",
-                   settings: ScoreSettings | None = None, probes: int = 64) -> tuple[list, list, RawScores | None, str, float, list[str]]:
+                   settings: ScoreSettings | None = None, probes: int = 64) -> Scores:
     """Head and neuron scores (higher = keep) for the chosen scorer."""
     notes: list[str] = []
     settings = settings or ScoreSettings()
@@ -108,7 +133,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
             raise OptinError(f"unknown --scorer {scorer!r}; choose from {', '.join(SCORERS)}")
         step(f"scoring heads and neurons with the {scorer} baseline")
         hs, ns = baselines.SCORERS[scorer](get_adapter(model), calib, seed=settings.seed)
-        return hs, ns, None, scorer, time.perf_counter() - t0, notes
+        return Scores(hs, ns, None, scorer, time.perf_counter() - t0, notes)
     if scoring not in SCORING_CHOICES:
         raise OptinError(f"unknown --scoring {scoring!r}; choose from {', '.join(SCORING_CHOICES)}")
     method = scoring
@@ -129,7 +154,7 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
         warn(f"the score cache entry {raw.info.get('cache_file')} was corrupt ({raw.info['cache_discarded']}); it was discarded and the scores recomputed")
     hs, ns = raw.combined(settings.lam)
     # the time the scores took to compute, also when this run loaded them from the cache
-    return hs, ns, raw, method, raw.seconds, notes
+    return Scores(hs, ns, raw, method, raw.seconds, notes)
 
 
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
@@ -195,3 +220,42 @@ def layer_table(dense: nn.Module, pruned: nn.Module, title: str = "kept per laye
 
 def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
     console.print(layer_table(dense, pruned))
+
+
+def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.6, calib_samples: int = 128, calib_length: int = 64,
+                    scoring: str = "auto", scorer: str = "optin", probes: int = 64, reconstruct: bool = True, fit: str = DEFAULT_FIT,
+                    damp: float = DEFAULT_DAMP, seed: int = 0, text_column: str = "text", label_column: str = "label",
+                    force: bool = False) -> dict:
+    """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs
+    (counted at the calibration length, recorded as ``budget.seq_len``), slice, refit, and save the
+    pruned model to ``out`` (atomically). Bad input fails before any work. Returns the summary."""
+    from .pruned_io import save_pruned, task_hint
+    from .safe_out import check_out
+    from .zoo import load_task
+
+    check_budget(flops)
+    check_refit(fit, damp)
+    if calib_samples < 1:
+        raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
+    if probes < 1:
+        raise OptinError(f"--probes must be at least 1, got {probes}")
+    if calib_length < 1:
+        raise OptinError(f"--calib-length must be at least 1, got {calib_length}")
+    out = check_out(out, force=force, protect=[model_spec, data])
+    task = load_task(model_spec, data, max_length=None, text_column=text_column, label_column=label_column)
+    eval_len = task.max_length
+    if task.max_length is not None:
+        task.max_length = calib_length
+    calib = task.calibration(calib_samples, seed=seed)
+    result = prune(task.model, calib, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
+                   reconstruct=reconstruct, fit=fit, damp=damp)
+    print_layer_table(task.model, result.model)
+    report_emptied(task.model, result.model)
+    seq = get_adapter(task.model).seq_len(calib)
+    summary = {"model": task.model_source or model_spec, "budget": {"flops": flops, "seq_len": seq}, **result.summary()}
+    summary["macs"]["seq_len"] = seq
+    save_pruned(result.model, out, extra={"source": task.model_source or model_spec, "source_dir": task.model_source, "task": task.data.name,
+                                          "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},
+                checked=True, task_hint=task_hint(task, data, text_column, label_column, eval_len))
+    step(f"pruned model written to {out} (MACs {summary['macs']['ratio']:.1%} of dense, scoring {result.scoring_seconds:.1f}s)")
+    return summary

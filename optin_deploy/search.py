@@ -747,27 +747,27 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     """``optin-deploy sweep``: load and score like a build, measure every (scorer, budget), write
     ``frontier.json``, ``frontier.png`` and ``frontier.md`` into ``opts.out`` (assembled beside it and
     moved into place when complete; an existing folder is replaced only when it holds a previous sweep)."""
-    from .build import _check_target_available, _search_settings, load_context
+    from .build import check_target_available, search_settings, load_context
     from .progress import step
-    from .profiles import load_profile
     from .pruning import SCORERS
+    from .target import resolve_target
 
     for s in scorers:
         if s not in SCORERS:
             raise OptinError(f"unknown --scorer {s!r}; choose from {', '.join(SCORERS)} (comma-separated for several)")
     if not budgets:
         raise OptinError("--budgets is empty; pass fractions of the dense MACs such as 0.5,0.6,0.7")
-    settings = _search_settings(opts)
+    settings = search_settings(opts)
     settings.check()
-    profile = load_profile(opts.profile)
+    target = resolve_target(opts.profile)  # the one place the profile is read
     from .safe_out import check_out, staged_output
 
     out = Path(opts.out).expanduser().resolve()
     legacy = out.is_dir() and (out / "frontier.json").is_file()  # a sweep folder written before the marker existed
     out = check_out(out, force=legacy or bool(getattr(opts, "force", False)), protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="sweep", checked=True, log=step) as staging:
-        _check_target_available(profile)
-        ctx = load_context(opts, profile, scorer=scorers[0])
+        check_target_available(target)
+        ctx = load_context(opts, target, scorer=scorers[0])
         ctx.opts.scorer = scorers[0]
         fr = sweep(ctx, staging, budgets, scorers, settings)
     return fr, out

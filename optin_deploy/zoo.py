@@ -164,16 +164,11 @@ class _Progress:
 
 
 def metrics(pred: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict:
-    """Accuracy and macro-F1 of class predictions."""
-    pred, labels = pred.long().cpu(), labels.long().cpu()
-    acc = (pred == labels).float().mean().item() if len(labels) else float("nan")
-    f1s = []
-    for c in range(num_labels):
-        tp = ((pred == c) & (labels == c)).sum().item()
-        fp = ((pred == c) & (labels != c)).sum().item()
-        fn = ((pred != c) & (labels == c)).sum().item()
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": acc, "macro_f1": float(np.mean(f1s)) if f1s else float("nan"), "n": len(labels)}
+    """Accuracy and macro-F1 of class predictions (the one implementation: :mod:`optin_deploy.evaluate`)."""
+    from .evaluate import accuracy, macro_f1
+
+    pred, labels = pred.long().cpu().numpy(), labels.long().cpu().numpy()
+    return {"accuracy": accuracy(pred, labels), "macro_f1": macro_f1(pred, labels, num_labels), "n": len(labels)}
 
 
 @torch.no_grad()

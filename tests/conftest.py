@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -30,6 +34,44 @@ def _private_cache(tmp_path_factory):
         os.environ.pop("OPTIN_DEPLOY_CACHE", None)
     else:
         os.environ["OPTIN_DEPLOY_CACHE"] = old
+
+
+def run_cli(*args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``optin-deploy ARGS`` in this process (``optin_deploy.cli.main``), quiet, with stdout, stderr and
+    the exit code captured as a :class:`subprocess.CompletedProcess` (what a subprocess would give,
+    without importing torch again). ``check``: raise on a non-zero exit, showing both streams."""
+    from optin_deploy import cli
+
+    args = [str(a) for a in args]
+    env = {"OPTIN_DEPLOY_QUIET": "1", **(env or {})}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            cli.main(args)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    proc = subprocess.CompletedProcess(["optin-deploy", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"exit {code}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def run_cli_subprocess(*args, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """``python -m optin_deploy.cli ARGS`` in a real subprocess (for exit codes as the shell sees them)."""
+    env = {**os.environ, "OPTIN_DEPLOY_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *map(str, args)], capture_output=True, text=True, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
 
 
 def make_tiny_bert(num_labels: int = 3, layers: int = 3, seed: int = 0):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli, run_cli_subprocess
 
 from optin_deploy.build import REPORT_KEYS, check_gate
 from optin_deploy.errors import QualityGateError
@@ -59,21 +58,18 @@ def assert_one_line_error(proc, message: str = "error:") -> None:
     assert "Traceback" not in proc.stderr
 
 
-def run_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "optin_deploy.cli", *args], capture_output=True, text=True, env={**__import__("os").environ, "OPTIN_DEPLOY_QUIET": "1"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
-    return proc
-
-
+@pytest.mark.slow  # two whole builds; the first through the real console entry point (a subprocess)
 def test_build_end_to_end(tiny_text_task, tmp_path):
     out = tmp_path / "bundle"
-    run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
-            "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out))
+    run_cli_subprocess("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
+                       "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--select-by", "macs",
+                       "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     for key in REPORT_KEYS:
         assert key in report, key
+    assert report["selected_by"] == {"select_by": "macs", "seq_len": report["macs"]["seq_len"]}
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
+    assert report["budget"] == {"flops": 0.5, "seq_len": 128}  # MACs counted at the profile's 128 tokens (not the calibration's 64)
     assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
@@ -161,8 +157,8 @@ def test_quality_gate():
 
 def test_prune_cli(tiny_text_task, tmp_path):
     out = tmp_path / "pruned"
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
-                   "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json")
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json", "-")
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["macs"]["ratio"] <= 0.5 + 1e-9
     assert "kept per layer" in proc.stdout + proc.stderr
@@ -173,7 +169,7 @@ def test_prune_cli(tiny_text_task, tmp_path):
     assert get_adapter(model).heads_per_layer() == summary["heads_per_layer"]
     assert summary["reconstruction"]["layers"]
     # --no-reconstruct gives plain surgery: same structure, no refit
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--calib", str(tiny_text_task / "data.csv"),
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
                    "--calib-samples", "16", "--scoring", "exact", "--out", str(tmp_path / "plain"), "--json", "--no-reconstruct")
     plain = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert plain["reconstruction"] is None and plain["heads_per_layer"] == summary["heads_per_layer"]
@@ -187,7 +183,7 @@ def test_prune_cli(tiny_text_task, tmp_path):
 ])
 def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "pruned"
-    proc = run_cli("prune", str(tiny_text_task / "model"), "--calib", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--out", str(out), *args, check=False)
     assert_one_line_error(proc, message)
     assert not out.exists()
 
@@ -196,7 +192,7 @@ def test_prune_cli_corrupt_checkpoint(tiny_text_task, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_text_task / "model", bad)
     (bad / "model.safetensors").write_bytes(b"garbage")
-    proc = run_cli("prune", str(bad), "--calib", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
+    proc = run_cli("prune", str(bad), "--data", str(tiny_text_task / "data.csv"), "--out", str(tmp_path / "o"), check=False)
     assert_one_line_error(proc)
     assert not (tmp_path / "o").exists()
 
@@ -211,7 +207,7 @@ def test_build_latency_budget(tiny_text_task, tmp_path):
             "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--no-baselines", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
-    assert report["budget"] == {"speedup": 1.1}
+    assert report["budget"] == {"speedup": 1.1, "seq_len": report["macs"]["seq_len"]}
     measured = [r for r in lb["rounds"] if not r.get("dense")]
     assert measured and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in measured)
     rel = lb["relative"]
@@ -232,17 +228,21 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     assert_one_line_error(proc, "the dense model already meets --latency-ms 1000")
     assert not out.exists()
     lut = tmp_path / "lut.json"
-    run_cli("lut", "--profile", "x86-cpu-ort", "--model", str(tiny_text_task / "model"), "--out", str(lut), "--rounds", "3", "--iters", "3")
+    run_cli("lut", "--profile", "x86-cpu-ort", "--model", str(tiny_text_task / "model"), "--out", str(lut), "--rounds", "3", "--iters", "3",
+            "--json", str(tmp_path / "lut-result.json"))
     table = json.loads(lut.read_text())
+    assert json.loads((tmp_path / "lut-result.json").read_text()) == table  # --json PATH: the same table
     target = round((table["empty_model_ms"] + table["dense_model_ms"]) / 2, 4)  # between what pruning can reach and the dense model
     run_cli(*args, "--latency-ms", str(target), "--lut", str(lut))
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
-    assert report["budget"] == {"latency_ms": target}
-    assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"])
+    assert report["budget"] == {"latency_ms": target, "seq_len": report["macs"]["seq_len"]}
+    # a round whose selection is the dense model stops the loop unmeasured (the dense model is never shipped)
+    assert lb["rounds"] and all(r["measured_ms"] > 0 and r["predicted_ms"] > 0 for r in lb["rounds"] if not r.get("dense"))
     assert "Latency budget rounds" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow  # a latency table and a whole build
 def test_build_selects_by_latency_at_a_fraction(tiny_text_task, tmp_path):
     """``build --flops F --select-by latency``: units are weighed by the latency table, the fraction is of the
     table's prunable latency, and the report says so; a bad --select-by is one line."""
@@ -261,4 +261,4 @@ def test_build_selects_by_latency_at_a_fraction(tiny_text_task, tmp_path):
     cm = load_lut(lut)
     assert sb["select_by"] == "latency" and sb["table"] == str(lut)
     assert sb["predicted_ms"] <= cm.fixed + 0.5 * (cm.dense() - cm.fixed) + 1e-6
-    assert report["budget"] == {"flops": 0.5}
+    assert report["budget"] == {"flops": 0.5, "seq_len": 128}

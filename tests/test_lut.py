@@ -183,12 +183,12 @@ def test_gpu_profile_without_provider_errors_clearly():
     import onnxruntime as ort
 
     from optin_deploy.lut import ort_runtime_for
-    from optin_deploy.profiles import load_profile
+    from optin_deploy.target import resolve_target
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA provider present")
     with pytest.raises(MissingRuntimeError, match="CUDAExecutionProvider"):
-        ort_runtime_for(load_profile("nvidia-gpu-ort-cuda"))
+        ort_runtime_for(resolve_target("nvidia-gpu-ort-cuda"))
 
 
 def test_real_measurement_on_tiny_bert(tmp_path):
@@ -230,7 +230,7 @@ def test_select_for_latency_stops_at_the_dense_model_and_never_ships_it():
     a = get_adapter(res.model)
     assert (a.heads_per_layer(), a.neurons_per_layer()) != ([4, 4, 4], [48, 48, 48])
     # a target the dense model already meets is nothing to prune
-    with pytest.raises(OptinError, match="selects the dense model"):
+    with pytest.raises(OptinError, match="the dense model already meets --latency-ms"):
         select_for_latency(model, scores(model), None, t, 2 * t.dense_model_ms, lambda m: 1.0)
 
 
@@ -241,7 +241,9 @@ def test_relative_measure_times_against_the_dense_model(tmp_path):
     prof = tmp_path / "tiny.toml"
     prof.write_text(TINY_PROFILE)
     model = make_tiny_bert()
-    fn = make_relative_measure_fn(prof, model, reference_ms=10.0, rounds=2, block=2, warmup=1)
+    from optin_deploy.target import resolve_target
+
+    fn = make_relative_measure_fn(resolve_target(prof), model, reference_ms=10.0, rounds=2, block=2, warmup=1)
     pruned = surgery.apply_plan(model, surgery.random_plan(model, seed=1))
     ms = fn(pruned)
     h = fn.history[-1]

@@ -139,7 +139,7 @@ def user_folder(tmp_path: Path) -> Path:
 
 
 def prune_args(task_dir: Path, out, *extra) -> list:
-    return ["prune", task_dir / "model", "--calib", task_dir / "data.csv", "--flops", "0.5", "--calib-samples", "8",
+    return ["prune", task_dir / "model", "--data", task_dir / "data.csv", "--flops", "0.5", "--calib-samples", "8",
             "--scoring", "exact", "--no-reconstruct", "--out", out, *extra]
 
 
@@ -152,7 +152,7 @@ def test_out_refuses_a_folder_the_tool_did_not_write(capsys, task_dir, tmp_path,
     before = snapshot(d)
     m, data = task_dir / "model", task_dir / "data.csv"
     args = {"build": ["build", "--model", m, "--data", data, "--out", d],
-            "prune": ["prune", m, "--calib", data, "--out", d],
+            "prune": ["prune", m, "--data", data, "--out", d],
             "export": ["export", m, "--out", d]}[command]
     assert_one_line(run(capsys, *args), 2, "--force", "did not write")
     assert snapshot(d) == before and no_staging(tmp_path)
@@ -298,6 +298,7 @@ def _no_absolute_paths_into(folder: Path, bundle_dir: Path) -> None:
         assert str(bundle_dir) not in text and ".tmp-" not in text, f
 
 
+@pytest.mark.slow  # a whole build in a subprocess (the real console entry point)
 def test_new_user_sequence_build_bench_eval_and_after_moving(capsys, bundle, tmp_path, monkeypatch):
     from optin_deploy.safe_out import MARKER
 
@@ -456,7 +457,7 @@ def test_string_labels_are_matched_to_id2label_case_insensitively(task_dir):
 @pytest.mark.parametrize("data, shown", [("unknown.csv", "'good'"), ("signed.csv", "'-1'"), ("nan.csv", "'nan'")])
 def test_labels_the_model_does_not_know_are_an_error_naming_both_sets(capsys, task_dir, tmp_path, data, shown):
     out = tmp_path / "o"
-    line = assert_one_line(run(capsys, "prune", task_dir / "model", "--calib", task_dir / data, "--out", out), 2,
+    line = assert_one_line(run(capsys, "prune", task_dir / "model", "--data", task_dir / data, "--out", out), 2,
                            "does not know", shown, "model labels: rotten, fresh")
     assert "regression" not in line and not out.exists()
 
@@ -552,14 +553,14 @@ def test_export_refuses_an_unsupported_opset(capsys, task_dir, tmp_path):
 
 def test_flops_budget_that_removes_every_unit_is_refused_before_scoring(capsys, task_dir, tmp_path, tmp_cache):
     out = tmp_path / "p"
-    args = ["prune", task_dir / "model", "--calib", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact", "--out", out]
+    args = ["prune", task_dir / "model", "--data", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact", "--out", out]
     assert_one_line(run(capsys, *args, "--flops", "0.0001"), 2, "remove every head and neuron", "smallest budget")
     assert not out.exists() and not (tmp_cache / "scores").exists()  # refused before scoring
 
 
 def test_flops_budget_that_empties_a_layer_warns_in_one_line(capsys, task_dir, tmp_path):
     out = tmp_path / "p"
-    r = run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact",
+    r = run(capsys, "prune", task_dir / "model", "--data", task_dir / "data.csv", "--calib-samples", "8", "--scoring", "exact",
             "--flops", "0.01", "--out", out)
     lines = lines_of(r.err)
     assert r.code == 0 and len(lines) == 1 and lines[0].startswith("warning: the budget empties layer"), r.err
@@ -590,6 +591,42 @@ def test_debug_shows_the_traceback(capsys):
         cli.main(["--debug", "prune", "--flops", "2"])
     r = run(capsys, "prune", "--flops", "2")
     assert_one_line(r, 2, "--flops")
+
+
+def test_old_flag_spellings_still_work_with_one_warning(capsys, task_dir, tmp_path):
+    """``--calib`` / ``--max-length`` (prune) and ``--split`` (eval) are hidden, deprecated spellings of
+    ``--data`` / ``--calib-length`` / ``--eval-split``; a bare ``--json`` still means ``--json -``."""
+    out = tmp_path / "p"
+    r = run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--max-length", "8", "--flops", "0.5",
+            "--calib-samples", "8", "--scoring", "exact", "--no-reconstruct", "--out", out, "--json")
+    assert r.code == 0, r.err
+    warnings = [l for l in lines_of(r.err) if l.startswith("warning:")]
+    assert warnings == ["warning: --calib is deprecated; use --data", "warning: --max-length is deprecated; use --calib-length"], r.err
+    assert json.loads(r.out[r.out.index("{"):])["macs"]["ratio"] <= 0.5 + 1e-9
+    assert_one_line(run(capsys, "prune", task_dir / "model", "--calib", task_dir / "data.csv", "--data", task_dir / "data.csv",
+                        "--out", tmp_path / "q"), 2, "--calib is the old spelling of --data")
+    assert_one_line(run(capsys, "eval", "a.onnx", "b.onnx", "--split", "train"), 2, "--split must be test or validation")
+    assert_one_line(run(capsys, "eval", "a.onnx", "b.onnx", "--eval-split", "train"), 2, "--eval-split must be test or validation")
+
+
+def test_every_command_module_is_registered_and_a_broken_one_fails_loudly(monkeypatch):
+    """cli.py registers every module of COMMAND_MODULES; one that fails to import stops the CLI with
+    its ImportError instead of silently dropping the command."""
+    import importlib
+
+    names = {c.name or c.callback.__name__ for c in cli.app.registered_commands} | {g.name for g in cli.app.registered_groups}
+    assert {"build", "prune", "export", "bench", "eval", "lut", "sweep", "zoo", "profiles"} <= names, names
+    real = importlib.import_module
+
+    def broken(name, *a, **k):
+        if name == "optin_deploy.commands.lut":
+            raise ModuleNotFoundError("No module named 'missing_dependency'", name="missing_dependency")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(cli.importlib, "import_module", broken)
+    monkeypatch.setattr(cli, "app", cli.typer.Typer())
+    with pytest.raises(ModuleNotFoundError, match="missing_dependency"):
+        cli._register_all()
 
 
 def test_internal_errors_are_one_line_with_exit_1(capsys, monkeypatch):

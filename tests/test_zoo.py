@@ -303,3 +303,14 @@ def test_cli_zoo(monkeypatch, tmp_path):
     assert r.exit_code == 0 and "minilm-sentiment (default)" in r.output and "not prepared" in r.output
     r = CliRunner().invoke(app, ["zoo", "prepare", "nope"])
     assert isinstance(r.exception, OptinError) and "unknown zoo model" in str(r.exception)
+
+
+def test_one_macro_f1_rule():
+    """zoo (PyTorch) and evaluate (runtimes) compute macro-F1 the same way: a class neither present nor
+    predicted is left out of the mean."""
+    import numpy as np
+
+    from optin_deploy.evaluate import macro_f1
+
+    m = zoo.metrics(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]), 3)
+    assert m["macro_f1"] == macro_f1(np.array([0, 1, 1]), np.array([0, 1, 0]), 3) == pytest.approx((2 / 3 + 2 / 3) / 2)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+
+from . import options
 
 
 def bench_cmd(
@@ -22,53 +23,35 @@ def bench_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="blocks (default: --block consecutive runs per model, models alternating), interleaved (one run each, round-robin) or sequential."),
     block: int = typer.Option(10, "--block", help="Consecutive timed runs per model per block (--mode blocks)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full result as JSON here."),
+    json_out: Optional[str] = options.JSON_OUT,
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
     runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Time every model on each of these CPU runtimes side by side, in the same interleaved blocks: comma-separated (ort-cpu, openvino-cpu, openvino-cpu-bf16) or 'all' (every one installed here). Bundles run their int8 artifact and their fp32 graph; one build folder means its dense and pruned models."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="With --runtimes: write the side-by-side table as Markdown here."),
 ) -> None:
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
-    from ..bench import bench_inputs, benchmark, print_bench_table
-    from ..errors import OptinError
-    from ..runtimes.base import get_runtime, resolve_artifact
+    from ..bench import bench_artifacts, print_bench_table
 
-    for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
-        if v < low:
-            raise OptinError(f"{flag} must be at least {low}, got {v}")
-    if seconds is not None and not (seconds > 0 and seconds != float("inf")):
-        raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
-    if threads is not None and threads < 1:
-        raise OptinError(f"--threads must be at least 1, got {threads}")
     if runtimes is not None:
+        from ..bench import check_bench_numbers
+
+        check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
         return _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, None if seconds else iters, seconds, mode, block,
                              labels, json_out, markdown)
     if markdown is not None:
-        raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
-    names = labels.split(",") if labels else (["dense", "pruned"] if len(models) == 2 else [Path(m).name or m for m in models])
-    if len(names) != len(models) or len(set(names)) != len(names):
-        raise OptinError(f"need {len(models)} distinct labels, got {names}")
-    targets = {}
-    inputs = {}
-    for label, spec in zip(names, models):
-        rt_name, artifact, _ = resolve_artifact(spec, runtime)
-        targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
-        inputs[label] = bench_inputs(spec, batch, seq_len)
-    result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
-                       interleave=interleave, baseline=names[0], mode=mode, block=block)
-    print_bench_table(result)
-    if json_out:
-        from ..safe_out import write_json
+        from ..errors import OptinError
 
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(json_out, result, indent=2)
-        typer.echo(f"wrote {json_out}")
+        raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
+    result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
+                             seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
+                             labels=labels.split(",") if labels else None)
+    print_bench_table(result)
+    options.emit_json(json_out, result)
 
 
 def _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, iters, seconds, mode, block, labels, json_out, markdown) -> None:
     from ..bench_runtimes import expand_models, parse_runtimes, print_side_by_side, side_by_side
     from ..bench_runtimes import markdown as to_markdown
     from ..errors import OptinError
-    from ..safe_out import write_json
 
     if runtime is not None:
         raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
@@ -79,11 +62,11 @@ def _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, it
     result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
                           block=block, mode=mode)
     print_side_by_side(result)
-    for path, write in ((json_out, lambda p: write_json(p, result, indent=2)), (markdown, lambda p: p.write_text(to_markdown(result)))):
-        if path:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write(path)
-            typer.echo(f"wrote {path}")
+    options.emit_json(json_out, result)
+    if markdown:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(to_markdown(result))
+        typer.echo(f"wrote {markdown}")
 
 
 def register(app: typer.Typer) -> None:

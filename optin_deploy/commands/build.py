@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -23,8 +22,8 @@ def register(app: typer.Typer) -> None:
         lut: Optional[str] = typer.Option(None, "--lut", help="Latency table from `optin-deploy lut` (measured here when omitted)."),
         select_by: Optional[str] = typer.Option(None, "--select-by", help="What a --flops fraction weighs units by: macs, or latency (this model's latency table on the profile's runtime and precision, measured once and cached). Default: the profile's budget.select_by."),
         out: Path = typer.Option(Path("optin-build"), "--out", help="Bundle folder (written atomically)."),
-        calib_samples: int = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split)."),
-        calib_length: int = typer.Option(64, "--calib-length", help="Token length of text calibration samples."),
+        calib_samples: int = options.CALIB_SAMPLES,
+        calib_length: int = options.CALIB_LENGTH,
         scoring: str = typer.Option("auto", "--scoring", help="exact | fast | auto (fast when exact would take over 5 minutes)."),
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher."),
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for fast scoring."),
@@ -40,7 +39,7 @@ def register(app: typer.Typer) -> None:
         min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Embedding models: quality gate on the mean cosine between dense and pruned embeddings of held-out texts (exit code 4 below it)."),
         min_recall: Optional[float] = typer.Option(None, "--min-recall", help="Embedding models: quality gate on recall@10 agreement of the pruned model's nearest neighbours with the dense model's."),
         task: Optional[str] = typer.Option(None, "--task", help="embedding: treat the model as a sentence-embedding model (bare encoder + pooling). Default: from the model folder (sentence-transformers files mean embedding)."),
-        eval_split: str = typer.Option("test", "--eval-split", help="Split used for the accuracy figures (validation or test)."),
+        eval_split: str = options.EVAL_SPLIT,
         bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
         bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also export, evaluate and time the dense alternatives (plain dynamo fp32, fused fp32, fused int8) and report the speed-up against the fastest."),
@@ -51,16 +50,15 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
-        json_out: bool = typer.Option(False, "--json", help="Print report.json on stdout."),
-        force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
+        json_out: Optional[str] = options.JSON_OUT,
+        force: bool = options.FORCE,
     ):
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         from ..build import BuildOptions, check_gate, run_build
         from ..errors import OptinError
         from ..progress import console
 
-        if eval_split not in ("validation", "test"):
-            raise OptinError(f"--eval-split must be validation or test, got {eval_split!r}")
+        options.check_split(eval_split)
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_cosine=min_cosine, min_recall=min_recall, task=task, search_samples=search_samples,
@@ -94,8 +92,5 @@ def register(app: typer.Typer) -> None:
                 f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
                 + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
             )
-        if json_out:
-            from ..safe_out import finite
-
-            typer.echo(json.dumps(finite(report), indent=1, default=float, allow_nan=False))
+        options.emit_json(json_out, report)
         check_gate(report)

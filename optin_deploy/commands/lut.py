@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 
 def lut_cmd(
     profile: str = typer.Option(..., "--profile", "-p", help="Hardware profile name or .toml path (optin-deploy profiles list)."),
@@ -15,34 +17,19 @@ def lut_cmd(
     mlp_step: Optional[int] = typer.Option(None, "--mlp-step", help="MLP width grid step (default: about width/12)."),
     rounds: int = typer.Option(7, help="Interleaved timing rounds."),
     iters: int = typer.Option(5, help="Runs per artifact per round (the statistic is the median of all)."),
-    force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
+    force: bool = options.FORCE,
+    json_out: Optional[str] = options.JSON_OUT,
 ) -> None:
     """Measure on THIS machine, with the profile's runtime, threads, batch and sequence length, the
     latency of one attention part for every head count and one MLP over a grid of widths, plus the
     part pruning cannot remove. The JSON is self-describing: a table measured on the target device
     can be copied to the build host and passed to ``build --latency-ms X --lut FILE``."""
-    from ..errors import OptinError
-    from ..lut import measure_lut, ort_runtime_for
-    from ..profiles import load_profile
+    from ..lut import write_lut
 
-    import json
-
-    from ..lut import LUT_FORMAT
-    from ..safe_out import check_out_file
-
-    prof = load_profile(profile)
-    if rounds < 1 or iters < 1:
-        raise OptinError("--rounds and --iters must be at least 1")
-    if mlp_step is not None and mlp_step < 1:
-        raise OptinError(f"--mlp-step must be at least 1, got {mlp_step}")
-    out = check_out_file(out, force=force, ours=lambda p: json.loads(p.read_text()).get("format") == LUT_FORMAT)
-    ort_runtime_for(prof)  # a missing provider fails before the model is loaded
-    m = _load(model)
-    table = measure_lut(m, prof, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model,
-                        progress=lambda s: typer.echo(s, err=True))
-    table.save(out)
+    table, out = write_lut(profile, model, out, mlp_step=mlp_step, rounds=rounds, iters=iters, force=force,
+                           progress=lambda s: typer.echo(s, err=True))
     intercept, slope = table.linear_fit()
-    typer.echo(f"profile {prof.name} on {table.environment['device']['cpu']}"
+    typer.echo(f"profile {table.profile['name']} on {table.environment['device']['cpu']}"
                + (f" / {table.environment['device']['gpu']}" if table.environment['device'].get('gpu') else "")
                + f", batch {table.shapes['batch']} x {table.shapes['tokens']} tokens")
     typer.echo(f"dense model {table.dense_model_ms:.3f} ms; not prunable {table.empty_model_ms:.3f} ms; "
@@ -51,20 +38,7 @@ def lut_cmd(
     typer.echo("MLP ms by width: " + ", ".join(f"{w}:{v:.3f}" for w, v in zip(table.mlp_widths, table.mlp_ms))
                + f" (fit {intercept:.4f} + {slope * 1e3:.4f} us/neuron)")
     typer.echo(f"wrote {out}")
-
-
-def _load(spec: str):
-    try:
-        from .. import zoo
-
-        if spec in zoo.ZOO:
-            task = zoo.get_task(spec)
-            return getattr(task, "model", task)
-    except ImportError:
-        pass
-    from ..models import load_model
-
-    return load_model(spec)
+    options.emit_json(json_out, table.to_dict())
 
 
 def register(app: typer.Typer) -> None:

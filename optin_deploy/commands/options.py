@@ -38,3 +38,74 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
     except ValueError:
         raise OptinError(f"{flag} takes LOW:HIGH fractions of the dense MACs such as 0.1:0.99, got {text!r}") from None
     return lo, hi
+
+
+# ------------------------------------------------------------------ the flags every command spells alike
+# One name per thing across commands (the README's command table lists them). Old spellings stay as
+# hidden options that warn once and map onto the new one (see ``alias``).
+
+DATA_HELP = "Data: a built-in data set, a CSV/JSONL file, a saved HF dataset or an image folder (default: the model's own)."
+CALIB_SAMPLES = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split; the paper uses 128).")
+CALIB_LENGTH = typer.Option(64, "--calib-length", help="Token length of text calibration samples.")
+EVAL_SPLIT = typer.Option("test", "--eval-split", help="Split the accuracy figures are computed on: test or validation.")
+JSON_OUT = typer.Option(None, "--json", metavar="PATH", help="Also write the machine-readable result as JSON to PATH ('-': stdout).")
+FORCE = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders).")
+
+# hidden, deprecated spellings
+OLD_CALIB = typer.Option(None, "--calib", hidden=True, help="Deprecated: --data.")
+OLD_MAX_LENGTH = typer.Option(None, "--max-length", hidden=True, help="Deprecated: --calib-length.")
+OLD_SPLIT = typer.Option(None, "--split", hidden=True, help="Deprecated: --eval-split.")
+
+
+def alias(new_flag: str, new_value, old_flag: str, old_value, default=None, check=None):
+    """The value of ``new_flag``, or of its deprecated spelling ``old_flag`` (with a one-line warning,
+    after ``check(value, old_flag)`` accepted it, so that a bad value still gives one error line).
+    Both given (and different from ``new_flag``'s default): a one-line error."""
+    if old_value is None:
+        return new_value if check is None else check(new_value, new_flag)
+    from ..errors import OptinError
+    from ..progress import warn
+
+    if new_value is not None and new_value != default:
+        raise OptinError(f"{old_flag} is the old spelling of {new_flag}: pass only {new_flag}")
+    if check is not None:
+        old_value = check(old_value, old_flag)
+    warn(f"{old_flag} is deprecated; use {new_flag}")
+    return old_value
+
+
+def check_split(split: str, flag: str = "--eval-split") -> str:
+    if split not in ("test", "validation"):
+        from ..errors import OptinError
+
+        raise OptinError(f"{flag} must be test or validation, not {split!r}")
+    return split
+
+
+def emit_json(path: str | None, result) -> None:
+    """``--json PATH``: write ``result`` (strict JSON, NaN/inf as null) to PATH, or to stdout for ``-``."""
+    if path is None:
+        return
+    import json
+    from pathlib import Path
+
+    from ..safe_out import finite, write_json
+
+    if str(path) == "-":
+        typer.echo(json.dumps(finite(result), indent=1, default=float, allow_nan=False))
+        return
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_json(p, result, indent=2)
+    typer.echo(f"wrote {p}")
+
+
+def bare_json_flag(args: list[str]) -> list[str]:
+    """Compatibility: ``--json`` used to be a bare flag of build and prune (print on stdout); a
+    ``--json`` with no value (last, or followed by another option) still means ``--json -``."""
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--json" and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            out.append("-")
+    return out

@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
+        json_out: Optional[str] = options.JSON_OUT,
     ):
         """Measure validation accuracy and speed-up for each budget (and scorer); write the frontier, choose nothing."""
         from ..build import BuildOptions
@@ -46,3 +47,4 @@ def register(app: typer.Typer) -> None:
         fr, folder = run_sweep(opts, bs, scorers)
         console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
                       f"plot {folder}/frontier.png, table {folder}/frontier.md")
+        options.emit_json(json_out, fr.to_dict())

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from . import options
+
 zoo_app = typer.Typer(
     name="zoo",
     help="The built-in task models, trained once on first use and cached (~/.cache/optin-deploy or $OPTIN_DEPLOY_CACHE).",
@@ -53,15 +55,15 @@ def prepare_cmd(
 @zoo_app.command("eval")
 def eval_cmd(
     name: str = typer.Argument(..., help="A zoo model."),
-    split: str = typer.Option("test", help="test or validation."),
+    eval_split: str = options.EVAL_SPLIT,
     batch_size: int = typer.Option(64, help="Inference batch size."),
+    split: Optional[str] = options.OLD_SPLIT,
 ) -> None:
     """Dense PyTorch accuracy of a zoo model on its test split."""
     from .. import zoo
     from ..errors import OptinError
 
-    if split not in ("test", "validation"):
-        raise OptinError(f"--split must be test or validation, not {split!r}")
+    split = options.alias("--eval-split", eval_split, "--split", split, default="test", check=options.check_split)
     if batch_size < 1:
         raise OptinError(f"--batch-size must be at least 1, not {batch_size}")
     if zoo.ZOO.get(name) is not None and zoo.ZOO[name].kind == "embedding":

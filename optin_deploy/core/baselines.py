@@ -23,7 +23,6 @@ important, in exactly the shape OPTIN's ``RawScores.combined()`` gives, so they 
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -324,46 +323,28 @@ def optin_scores(
     progress: Progress | None = None,
     **options,
 ) -> UnitScores:
-    """OPTIN scores ``md + lambda_kl * kl``: the lead's ``core.api.score_model`` if it exists
-    (cached; ``method="exact"|"fast"``), else :func:`~optin_deploy.core.scoring.exact_scores` or
-    :func:`~optin_deploy.core.fast.fast_scores` (``probes``, ``kl_probes`` options)."""
-    from .scoring import RawScores, ScoreSettings, exact_scores
+    """OPTIN scores ``md + lambda_kl * kl`` through :func:`optin_deploy.core.api.score_model` (the one
+    OPTIN entry point: cached; ``method="exact"|"fast"``; options ``probes``, ``kl_probes``, ``cache``),
+    as :class:`UnitScores` like every other scorer."""
+    from .api import score_model
+    from .scoring import ScoreSettings
 
     t0 = time.perf_counter()
     a = _adapter(model_or_adapter)
     settings = settings or ScoreSettings()
     lam = settings.lam if lam is None else lam
-    raw = None
-    via = "exact_scores"
-    try:
-        from . import api  # type: ignore[attr-defined]
-    except ImportError:
-        api = None
-    if api is not None and hasattr(api, "score_model"):
-        fn = api.score_model
-        params = inspect.signature(fn).parameters
-        kw = {k: v for k, v in {"method": method, "settings": settings, "progress": progress, **options}.items() if k in params}
-        raw = fn(a.root, dict(inputs), **kw)
-        via = "api.score_model"
-    elif method == "fast":
-        from .fast import fast_scores
-
-        kw = {k: v for k, v in options.items() if k in ("probes", "kl_probes")}
-        raw = fast_scores(a, dict(inputs), settings, progress=progress, **kw)
-        via = "fast_scores"
-    elif method == "exact":
-        raw = exact_scores(a, dict(inputs), settings, progress)
-    else:
+    unknown = sorted(set(options) - {"probes", "kl_probes", "cache"})
+    if unknown:
+        raise TypeError(f"optin_scores takes no option {', '.join(unknown)}")
+    if method not in ("exact", "fast"):
         raise ValueError(f"unknown OPTIN method {method!r}; use 'exact' or 'fast'")
-    if isinstance(raw, RawScores):
-        heads, neurons = raw.combined(lam)
-        info = {"via": via, "method": raw.method, "raw_seconds": raw.seconds, **{k: v for k, v in raw.info.items() if isinstance(v, (int, float, str, bool))}}
-    else:  # already (heads, neurons)
-        heads, neurons = raw[0], raw[1]
-        info = {"via": via, "method": method}
+    raw = score_model(a.root, dict(inputs), method, settings, progress=progress, **options)
+    via = "api.score_model"
+    heads, neurons = raw.combined(lam)
+    info = {"via": via, "method": raw.method, "raw_seconds": raw.seconds, **{k: v for k, v in raw.info.items() if isinstance(v, (int, float, str, bool))}}
     info.update(settings.key())
     seconds = time.perf_counter() - t0
-    if isinstance(raw, RawScores) and raw.info.get("cached"):
+    if raw.info.get("cached"):
         seconds = raw.seconds  # the time the cached scores took to compute
         info["cached"] = True
     return UnitScores([h.double() for h in heads], [n.double() for n in neurons], "optin", seconds, info)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..adapters.base import Adapter
 from .masking import BlockRecorder, UnitMasks
-from .scoring import Progress, RawScores, ScoreSettings, _empty, all_units, exact_unit_scores, gram, record_teacher
+from .scoring import Progress, RawScores, ScoreSettings, empty_scores, all_units, exact_unit_scores, gram, record_teacher
 
 
 def _rademacher(shape, generator) -> torch.Tensor:
@@ -94,7 +94,7 @@ def fast_scores(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: Sco
             progress(done, n_total)
 
     vals = exact_unit_scores(adapter, teacher, heads, settings, head_progress)
-    raw = _empty(adapter)
+    raw = empty_scores(adapter)
     for (kind, layer, idx), (md, kl) in zip(heads, vals):
         raw.head_md[layer][idx] = md
         raw.head_kl[layer][idx] = kl

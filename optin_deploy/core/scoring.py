@@ -225,7 +225,7 @@ def all_units(adapter: Adapter) -> list[tuple[str, int, int]]:
     return units
 
 
-def _empty(adapter: Adapter) -> RawScores:
+def empty_scores(adapter: Adapter) -> RawScores:
     z = lambda counts: [torch.zeros(c, dtype=torch.float64) for c in counts]  # noqa: E731
     return RawScores(z(adapter.heads_per_layer()), z(adapter.heads_per_layer()), z(adapter.neurons_per_layer()), z(adapter.neurons_per_layer()))
 
@@ -261,7 +261,7 @@ def reference_scores(adapter: Adapter, inputs: dict[str, torch.Tensor], settings
     teacher = record_teacher(adapter, inputs, settings)
     units = all_units(adapter)
     vals = reference_unit_scores(adapter, teacher, units, settings, progress)
-    raw = _empty(adapter)
+    raw = empty_scores(adapter)
     for (kind, layer, idx), (md, kl) in zip(units, vals):
         (raw.head_md if kind == "head" else raw.neuron_md)[layer][idx] = md
         (raw.head_kl if kind == "head" else raw.neuron_kl)[layer][idx] = kl
@@ -365,7 +365,7 @@ def exact_scores(adapter: Adapter, inputs: dict[str, torch.Tensor], settings: Sc
     teacher = record_teacher(adapter, inputs, settings)
     units = [u for u in all_units(adapter) if u[0] in kinds]
     vals = exact_unit_scores(adapter, teacher, units, settings, progress)
-    raw = _empty(adapter)
+    raw = empty_scores(adapter)
     for (kind, layer, idx), (md, kl) in zip(units, vals):
         (raw.head_md if kind == "head" else raw.neuron_md)[layer][idx] = md
         (raw.head_kl if kind == "head" else raw.neuron_kl)[layer][idx] = kl

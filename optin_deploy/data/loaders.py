@@ -72,7 +72,7 @@ def load_data(
     if path.is_file():
         if path.suffix.lower() not in TEXT_SUFFIXES:
             raise OptinError(f"{path}: unsupported data file type {path.suffix!r}; use .csv, .tsv or .jsonl (or a folder)")
-        rows, cols = _read_table(path)
+        rows, cols = read_table(path)
         return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path), task_type)
     return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
 
@@ -80,7 +80,7 @@ def load_data(
 # ---------------------------------------------------------------------------------------- tables
 
 
-def _read_table(path: Path) -> tuple[list[dict], list[str]]:
+def read_table(path: Path) -> tuple[list[dict], list[str]]:
     try:
         raw = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -301,7 +301,7 @@ def _load_folder(path: Path, text_column, label_column, image_size, image_mean, 
     if files:
         parts = {}
         for split, f in files.items():
-            rows, cols = _read_table(f)
+            rows, cols = read_table(f)
             parts[split] = (rows, cols, str(f))
         return _from_rows(path.name, parts, text_column, label_column, seed, str(path), task_type)
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -96,10 +96,10 @@ def load_texts(spec: str, *, text_column: str = "text", seed: int = SEED) -> Tex
         return _builtin_texts(names, seed)
     path = Path(s).expanduser()
     if path.is_file():
-        from .loaders import TEXT_SUFFIXES, _read_table
+        from .loaders import TEXT_SUFFIXES, read_table
 
         if path.suffix.lower() in TEXT_SUFFIXES:
-            rows, cols = _read_table(path)
+            rows, cols = read_table(path)
             if all(c in cols for c in PAIR_COLUMNS):
                 return _pairs_file(path, rows, seed)
     from .loaders import load_data

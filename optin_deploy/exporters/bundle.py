@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,6 +19,7 @@ import torch
 
 from ..errors import OptinError
 from .base import ShapeProfile, get_exporter, input_names_for, is_text_input, ordered_inputs
+from ..runtimes.base import absolute_paths, default_runtime_for, read_manifest  # noqa: F401 (read_manifest re-exported)
 from .parity import parity_inputs
 
 
@@ -37,7 +37,7 @@ def _relative(obj, folder: Path):
     if isinstance(obj, list):
         return [_relative(v, folder) for v in obj]
     if isinstance(obj, str) and obj.startswith(str(folder.anchor)) and os.path.isabs(obj):
-        root = _bundle_root(folder)
+        root = bundle_root(folder)
         p = Path(obj).resolve()
         try:
             p.relative_to(root)
@@ -48,7 +48,7 @@ def _relative(obj, folder: Path):
     return obj
 
 
-def _bundle_root(folder: Path) -> Path:
+def bundle_root(folder: Path) -> Path:
     """The outermost folder being written (a build's staging folder holds onnx/dense, onnx/pruned)."""
     folder = Path(folder)
     for parent in (folder, *folder.parents):
@@ -58,17 +58,6 @@ def _bundle_root(folder: Path) -> Path:
 
 
 _PATH_KEYS = ("artifact", "path", "source", "onnx_path", "engine", "file_path")
-
-
-def _absolute(obj, folder: Path, key: str | None = None):
-    """Inverse of :func:`_relative` for a manifest read from ``folder``."""
-    if isinstance(obj, dict):
-        return {k: _absolute(v, folder, k) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_absolute(v, folder, key) for v in obj]
-    if isinstance(obj, str) and (obj.startswith(("./", "../")) or (key in ("artifact", "path") and obj and not os.path.isabs(obj))):
-        return str((folder / obj).resolve())
-    return obj
 
 
 def export_bundle(
@@ -152,6 +141,7 @@ def export_bundle(
             manifest["artifacts"]["tensorrt"] = res.metadata
             manifest["parity"]["model.engine"] = res.metadata.get("parity")
         else:
+            common.pop("opset")  # torch-tensorrt compiles the exported program, no ONNX opset
             res = get_exporter("torch-tensorrt").export(model, inputs, out_dir / "model.ep", precision=precision,
                                                         workspace_gb=workspace_gb, **common)
             manifest["artifacts"]["torch-tensorrt"] = res.metadata
@@ -176,29 +166,6 @@ def check_opset(opset: int | None) -> None:
     top = onnx.defs.onnx_opset_version()
     if not (MIN_OPSET <= opset <= top):
         raise OptinError(f"--opset {opset} is not supported: the exporter writes opsets {MIN_OPSET} to {top}; pass one of those or leave --opset out")
-
-
-def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The ``export.json`` of a bundle folder (or of the folder holding an artifact), else None."""
-    p = Path(path)
-    for d in (p, p.parent):
-        f = d / "export.json"
-        if d.is_dir() and f.exists():
-            try:
-                m = json.loads(f.read_text())
-            except (ValueError, OSError):
-                raise OptinError(f"{f} is not valid JSON; re-export the bundle") from None
-            if not isinstance(m, dict) or "artifact" not in m:
-                raise OptinError(f"{f} is not an optin-deploy export manifest (no 'artifact'); re-export the bundle")
-            m = _absolute(m, d.resolve())
-            m["folder"] = str(d.resolve())
-            return m
-    return None
-
-
-def default_runtime_for(artifact: str | os.PathLike) -> str:
-    suffix = Path(artifact).suffix
-    return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt"}.get(suffix, "torch-cpu")
 
 
 SAMPLE_TEXTS = [
@@ -281,9 +248,9 @@ def export_model_dir(
         model = task.model
     else:
         model = load_model(model_dir)
-    from .onnx import _max_positions
+    from ..adapters import get_adapter
 
-    maxpos = _max_positions(model)
+    maxpos = get_adapter(model).max_positions()
     if max_seq_len is None:
         max_seq_len = min(512, maxpos) if maxpos else 512
     seq_len = min(seq_len, max_seq_len)
@@ -297,4 +264,4 @@ def export_model_dir(
         m = export_bundle(model, example, staging, fmt=fmt, backend=backend, precision=precision, profile=profile,
                           optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
                           timing_cache=timing_cache, source=source)
-    return _absolute(_relative(m, staging.resolve()), out)
+    return absolute_paths(_relative(m, staging.resolve()), out)

@@ -159,7 +159,6 @@ class OnnxExporter(Exporter):
         graph: str = "auto",
         fusions: Mapping[str, bool] | None = None,
         per_channel: bool = True,
-        **_: object,
     ) -> ExportResult:
         """Export, check and (optionally) optimise. ``precision`` fp16/bf16 bakes the compute type
         into the graph (float32 inputs and logits), for strongly typed TensorRT builds; the

@@ -85,7 +85,6 @@ class TensorRTExporter(Exporter):
         parity: bool = True,
         parity_inputs_list: list[dict[str, torch.Tensor]] | None = None,
         task=None,
-        **_: object,
     ) -> ExportResult:
         """Build ``out_path`` (an ``.engine``). ``onnx_path``: an fp32 ONNX export to build from (made
         here in a temporary folder when missing or when the precision must be baked into the graph)."""

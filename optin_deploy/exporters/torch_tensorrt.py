@@ -42,7 +42,6 @@ class TorchTensorRTExporter(Exporter):
         parity: bool = True,
         parity_inputs_list: list[dict[str, torch.Tensor]] | None = None,
         task=None,
-        **_: object,
     ) -> ExportResult:
         tt = import_torch_tensorrt()
         require_cuda("torch-tensorrt compilation")

@@ -19,6 +19,7 @@ the two wheels install the same files and cannot coexist.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -105,15 +106,67 @@ RUNTIMES: dict[str, str] = {
 }
 
 
-def get_runtime(name: str, **opts) -> Runtime:
-    """A fresh runtime by name. Options: ``threads`` (CPU intra-op threads), ``compile``
-    (torch.compile for the torch runtimes), ``provider_options`` (onnxruntime)."""
+def get_runtime(name: str, *, threads: int | None = None, compile: bool = False, **opts) -> Runtime:
+    """A fresh runtime by name. ``threads``: CPU intra-op threads (a hint the GPU runtimes have no use
+    for); ``compile``: torch.compile, for the torch runtimes only; ``opts``: the runtime's own keyword
+    arguments (e.g. ``provider_options`` for onnxruntime). An option the runtime does not take raises
+    (a misspelt option is never silently ignored)."""
+    import inspect
+
     try:
         target = RUNTIMES[name]
     except KeyError:
         raise OptinError(f"unknown runtime {name!r}; choose one of {', '.join(RUNTIMES)}") from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(name=name, **opts)
+    module, cls_name = target.split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    accepted = inspect.signature(cls).parameters
+    if threads is not None and "threads" in accepted:
+        opts["threads"] = threads
+    if compile:
+        if "compile" not in accepted:
+            raise OptinError(f"--compile applies to the torch runtimes (torch-cpu, torch-cuda), not {name}")
+        opts["compile"] = True
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise TypeError(f"runtime {name} takes no option {', '.join(unknown)} (it takes {', '.join(p for p in accepted if p != 'name')})")
+    return cls(name=name, **opts)
+
+
+# ------------------------------------------------------------- what an exported bundle holds
+
+
+def absolute_paths(obj, folder: Path, key: str | None = None):
+    """Inverse of the relative paths an export manifest is written with (:mod:`optin_deploy.exporters.bundle`): ``obj`` read from ``folder`` with its paths made absolute."""
+    if isinstance(obj, dict):
+        return {k: absolute_paths(v, folder, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [absolute_paths(v, folder, key) for v in obj]
+    if isinstance(obj, str) and (obj.startswith(("./", "../")) or (key in ("artifact", "path") and obj and not os.path.isabs(obj))):
+        return str((folder / obj).resolve())
+    return obj
+
+
+def read_manifest(path: str | os.PathLike) -> dict | None:
+    """The ``export.json`` of a bundle folder (or of the folder holding an artifact), else None."""
+    p = Path(path)
+    for d in (p, p.parent):
+        f = d / "export.json"
+        if d.is_dir() and f.exists():
+            try:
+                m = json.loads(f.read_text())
+            except (ValueError, OSError):
+                raise OptinError(f"{f} is not valid JSON; re-export the bundle") from None
+            if not isinstance(m, dict) or "artifact" not in m:
+                raise OptinError(f"{f} is not an optin-deploy export manifest (no 'artifact'); re-export the bundle")
+            m = absolute_paths(m, d.resolve())
+            m["folder"] = str(d.resolve())
+            return m
+    return None
+
+
+def default_runtime_for(artifact: str | os.PathLike) -> str:
+    suffix = Path(artifact).suffix
+    return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt"}.get(suffix, "torch-cpu")
 
 
 def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tuple[str, Any, dict | None]:
@@ -124,8 +177,6 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     torch runtime the bundle's recorded source model is loaded instead. A ``.onnx``/``.engine``/``.ep``
     file runs on its default runtime; anything else is a model folder or spec for ``torch-cpu``.
     """
-    from ..exporters.bundle import default_runtime_for, read_manifest
-
     p = Path(str(spec)).expanduser()
     manifest = read_manifest(p) if p.exists() else None
     if manifest is not None:

@@ -83,7 +83,7 @@ def openvino_file(manifest: dict) -> tuple[Path, str | None]:
 
 
 class OpenVinoRuntime(Runtime):
-    def __init__(self, name: str = "openvino-cpu", threads: int | None = None, performance_hint: str = "LATENCY", **_: Any):
+    def __init__(self, name: str = "openvino-cpu", threads: int | None = None, performance_hint: str = "LATENCY"):
         self.ov = import_openvino()
         self.name = name
         self.device = "cpu"

@@ -62,7 +62,6 @@ class OrtRuntime(Runtime):
         spinning: bool = True,
         profile_file: str | None = None,
         disabled_optimizers: tuple[str, ...] | None = None,
-        **_: Any,
     ):
         import onnxruntime as ort
 

@@ -50,7 +50,7 @@ def trt_to_torch_dtype(trt, dt) -> torch.dtype:
 class TensorRTRuntime(Runtime):
     """Runs a serialized engine with ``execute_async_v3``."""
 
-    def __init__(self, name: str = "tensorrt", **_: Any):
+    def __init__(self, name: str = "tensorrt"):
         self.name = name
         self.device = "cuda"
         self.trt = import_tensorrt()
@@ -121,7 +121,7 @@ class TensorRTRuntime(Runtime):
 class TorchTensorRTRuntime(Runtime):
     """Runs a program saved by ``torch_tensorrt.save`` (ExportedProgram format)."""
 
-    def __init__(self, name: str = "torch-tensorrt", **_: Any):
+    def __init__(self, name: str = "torch-tensorrt"):
         self.name = name
         self.device = "cuda"
         self.tt = import_torch_tensorrt()

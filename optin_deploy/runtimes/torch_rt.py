@@ -13,7 +13,7 @@ from .base import Runtime, load_torch_model, require_cuda
 
 
 class TorchRuntime(Runtime):
-    def __init__(self, name: str = "torch-cpu", threads: int | None = None, compile: bool = False, **_: Any):
+    def __init__(self, name: str = "torch-cpu", threads: int | None = None, compile: bool = False):
         self.name = name
         self.device = "cuda" if name == "torch-cuda" else "cpu"
         self.threads = threads
@@ -24,7 +24,7 @@ class TorchRuntime(Runtime):
             require_cuda("runtime 'torch-cuda'")
 
     def load(self, artifact: Any) -> "TorchRuntime":
-        from ..exporters.base import LogitsModel, input_names_for
+        from ..model_io import LogitsModel, input_names_for
 
         if isinstance(artifact, (str, os.PathLike)):
             artifact = load_torch_model(artifact)
