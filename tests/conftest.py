@@ -219,6 +219,18 @@ FAMILIES = {
 }
 
 
+# The families the fast tier (``pytest -m "not slow"``) runs the expensive per-family invariants on
+# (exact scoring against the reference, fast scoring, ONNX export parity): one of each layout (post-norm
+# BERT, DistilBERT's own block, pre-norm HF ViT, timm, Swin's per-layer sizes). The full suite runs them
+# on every family; cheap invariants (surgery exactness, MAC counts, save/reload) run on every family in both.
+FAST_FAMILIES = {"bert", "distilbert", "hf_vit", "timm_vit", "hf_swin"}
+
+
+def family_params(names) -> list:
+    """``names`` as pytest params, those outside :data:`FAST_FAMILIES` marked slow."""
+    return [pytest.param(n, marks=() if n in FAST_FAMILIES else pytest.mark.slow) for n in names]
+
+
 @pytest.fixture(params=list(FAMILIES))
 def family_case(request):
     make, inputs = FAMILIES[request.param]

@@ -167,6 +167,7 @@ def test_train_image_smoke():
     assert stats["steps"] == 4 and stats["epochs"] == 2
 
 
+@pytest.mark.slow  # a (partial) epoch of Swin training
 def test_train_swin_partial_epoch():
     """The zoo's Swin recipe builds a Swin; with ``partial_epochs`` a tiny budget trains only part of an epoch."""
     from optin_deploy.adapters import get_adapter
