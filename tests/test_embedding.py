@@ -235,6 +235,7 @@ def test_prune_refit_save_and_reload(tmp_path, monkeypatch):
         assert isinstance(_prune(m, x, scorer=scorer, reconstruct=False).model, SentenceEmbedder)
 
 
+@pytest.mark.slow  # export parity itself runs on tiny BERT / ViT / timm in test_export's fast tier
 def test_onnx_output_equals_pytorch(tmp_path, monkeypatch):
     import onnxruntime as ort
 

@@ -81,6 +81,7 @@ def test_onnx_pruned_nonuniform_with_empty_layer(family, tmp_path):
     _check_onnx(pruned, inputs(), tmp_path)
 
 
+@pytest.mark.slow  # onnxruntime's transformer optimiser on top of an export
 def test_onnx_optimize_records_result(tmp_path):
     model = make_tiny_bert()
     pruned, _ = _pruned(model, seed=5, empty_heads_layer=None)

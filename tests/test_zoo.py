@@ -139,6 +139,7 @@ def test_minilm_base_embeddings(minilm_dir):
     assert sim[0, 1] > 0.5 and sim[0, 1] > sim[0, 2] + 0.3
 
 
+@pytest.mark.slow  # two short fine-tuning runs
 def test_train_text_smoke_deterministic(minilm_dir):
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     texts = [("good great fine " if i % 2 else "bad awful poor ") * (1 + i % 3) for i in range(64)]
