@@ -234,11 +234,13 @@ def family_params(names) -> list:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """OPTIN scoring of every family through ``family_case`` (test_baselines' shapes test) is slow outside
-    :data:`FAST_FAMILIES`; marked here, before ``-m`` deselects."""
+    """OPTIN and Fisher scoring of every family through ``family_case`` (test_baselines' shapes and
+    brute-force tests) are slow outside :data:`FAST_FAMILIES`; marked here, before ``-m`` deselects."""
     for item in items:
         cs = getattr(item, "callspec", None)
-        if cs is not None and cs.params.get("family_case") not in (None, *FAST_FAMILIES) and cs.params.get("name") == "optin":
+        if cs is None or cs.params.get("family_case") in (None, *FAST_FAMILIES):
+            continue
+        if cs.params.get("name") == "optin" or item.originalname == "test_fisher_matches_bruteforce":
             item.add_marker(pytest.mark.slow)
 
 
