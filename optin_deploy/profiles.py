@@ -6,7 +6,7 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
 
     name = "x86-cpu-ort"
     description = "..."
-    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda
+    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda | openvino-cpu
     device = "cpu"                   # cpu | gpu | jetson
     precision = "int8"               # fp32 | int8 (onnxruntime CPU: dynamic quantisation) | fp16 | bf16
     batch_size = 8
@@ -56,6 +56,7 @@ RUNTIMES = {
     "tensorrt": "tensorrt",
     "torch-cpu": "torch-cpu",
     "torch-cuda": "torch-cuda",
+    "openvino-cpu": "openvino-cpu",  # precision bf16: openvino-cpu-bf16 (see Profile.runtime_name)
 }
 DEVICES = ("cpu", "gpu", "jetson")
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -119,6 +120,8 @@ class Profile:
     @property
     def runtime_name(self) -> str:
         """The :func:`optin_deploy.runtimes.get_runtime` name of this profile's runtime."""
+        if self.runtime == "openvino-cpu" and self.precision == "bf16":  # the fp32 graph, run in bf16 by OpenVINO
+            return "openvino-cpu-bf16"
         return RUNTIMES[self.runtime]
 
     @property
@@ -215,6 +218,8 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         raise OptinError(f"runtime {runtime} in profile {src} runs on the CPU but device = {device!r}; set device = \"cpu\"")
     if data["precision"] == "int8" and runtime != "onnxruntime-cpu":
         raise OptinError(f"precision int8 in profile {src} is for runtime onnxruntime-cpu (dynamic quantisation), not {runtime}; use fp16 or bf16 on GPUs")
+    if runtime == "openvino-cpu" and data["precision"] not in ("fp32", "bf16"):
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime openvino-cpu; use fp32 or bf16 (OpenVINO's inference precision)")
     if not RUNTIMES[runtime].endswith("cpu") and device == "cpu":
         raise OptinError(f"runtime {runtime} in profile {src} needs a GPU but device = \"cpu\"; set device = \"gpu\" or \"jetson\"")
     bs = data["batch_size"]

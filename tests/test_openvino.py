@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_bert, run_cli, text_inputs
+from test_build import tiny_text_task  # noqa: F401 - the tiny task (fixture) of the build tests
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile
@@ -122,3 +123,28 @@ def test_bench_side_by_side(bundles, tmp_path):
 def test_bench_runtimes_bad_input(bundles):
     proc = run_cli("bench", bundles["dense"], "--runtimes", "ort-cpu", "--runtime", "ort-cpu", check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_openvino_profile():
+    from optin_deploy.profiles import load_profile
+
+    p = load_profile("x86-cpu-openvino-bf16")
+    assert (p.runtime, p.precision, p.runtime_name, p.opt_batch) == ("openvino-cpu", "bf16", "openvino-cpu-bf16", 1)
+
+
+@pytest.mark.slow
+def test_build_on_the_openvino_profile(tiny_text_task, tmp_path):
+    """A build whose profile runs on OpenVINO: the fp32 fused graph is exported and parity-checked (onnxruntime),
+    then evaluated and timed through OpenVINO (bf16 where the CPU has it, else the profile is refused in one line)."""
+    pytest.importorskip("openvino")
+    try:
+        get_runtime("openvino-cpu-bf16")
+    except MissingRuntimeError:
+        pytest.skip("this CPU has no bf16")
+    task = tiny_text_task
+    out = tmp_path / "b"
+    run_cli("build", "--model", str(task / "model"), "--data", str(task / "data.csv"), "--flops", "0.5", "--profile", "x86-cpu-openvino-bf16",
+            "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--out", str(out))
+    r = json.loads((out / "report.json").read_text())
+    assert r["runtime"] == "openvino-cpu-bf16" and r["precision"] == "fp32" and r["graph"]["pruned"]["kind"] == "fused"
+    assert r["latency_ms"]["pruned"]["p50"] > 0 and 0 <= r["accuracy"]["pruned"] <= 100
