@@ -139,6 +139,7 @@ def test_minilm_base_embeddings(minilm_dir):
     assert sim[0, 1] > 0.5 and sim[0, 1] > sim[0, 2] + 0.3
 
 
+@pytest.mark.slow  # two short fine-tuning runs
 def test_train_text_smoke_deterministic(minilm_dir):
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     texts = [("good great fine " if i % 2 else "bad awful poor ") * (1 + i % 3) for i in range(64)]
@@ -167,6 +168,7 @@ def test_train_image_smoke():
     assert stats["steps"] == 4 and stats["epochs"] == 2
 
 
+@pytest.mark.slow  # a (partial) epoch of Swin training
 def test_train_swin_partial_epoch():
     """The zoo's Swin recipe builds a Swin; with ``partial_epochs`` a tiny budget trains only part of an epoch."""
     from optin_deploy.adapters import get_adapter
