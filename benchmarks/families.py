@@ -8,9 +8,10 @@ family's adapter file is enough for it to be measured), this script:
    BERT WordPiece tokenizer shipped with the built-in MiniLM asset) and saves it, with that
    tokenizer, to a folder, as a user's fine-tuned checkpoint would be;
 2. writes a small labelled CSV (two classes of short synthetic reviews);
-3. runs ``optin-deploy build --flops 0.6`` on it in a subprocess (prune, refit, export to ONNX,
-   parity, evaluate through onnxruntime, interleaved dense/pruned benchmark on the profile's
-   runtime: x86-cpu-ort, batch 8 x 128 tokens, 2 threads);
+3. runs ``optin-deploy build --flops 0.6 --no-baselines`` on it in a subprocess (prune, refit, export
+   to ONNX, parity, evaluate through onnxruntime, interleaved dense/pruned benchmark on the default
+   profile's runtime and precision: x86-cpu-ort, int8, batch 8 x 128 tokens, 2 threads; the dense
+   alternatives of ``--baselines`` only with ``--baselines``);
 4. collects from ``report.json`` the MAC ratio, the onnxruntime CPU speed-up and latencies, the
    kept heads / neurons, and how long each stage took.
 
@@ -20,6 +21,9 @@ it changes which units are kept, not how many, so the speed-up at a MAC budget i
 
     python benchmarks/families.py                       # every registered text model_type
     python benchmarks/families.py --types distilbert mpnet --bench-iters 30
+
+DeBERTa-v2 is built in deberta-v3-base's layout (relative attention on) and ModernBERT in
+ModernBERT-base's (see ``LAYOUTS``); the other types use transformers' default config at base size.
 
 Writes ``results/families.json`` and ``results/families.md`` (merged with earlier runs of other
 types, so families can be measured one at a time).
@@ -172,7 +176,7 @@ def main() -> None:
     ap.add_argument("--flops", type=float, default=0.6)
     ap.add_argument("--probes", type=int, default=8)
     ap.add_argument("--calib-samples", type=int, default=16)
-    ap.add_argument("--bench-iters", type=int, default=40)
+    ap.add_argument("--bench-iters", type=int, default=30)
     ap.add_argument("--baselines", action="store_true", help="also export and time the dense alternatives (build's --baselines; off here: "
                     "the speed-up reported is pruned against the dense model run the same way)")
     ap.add_argument("--keep", type=Path, help="keep the model folders and bundles here")

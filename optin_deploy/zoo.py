@@ -319,9 +319,10 @@ def train_image_classifier(
     """Train an image classifier in place (AdamW, warm-up + cosine). With ``time_budget_s`` the
     epoch count is cut, before training starts, to what 30 timed steps say fits in the budget
     (at least one epoch; with ``partial_epochs``, at least 100 steps: the part of an epoch that fits),
-    and cut again after each epoch if the epochs so far say the rest will not fit (the machine got
-    slower than the probe saw): the cosine decay then ends at the new last step, so the model is
-    always trained to the end of a schedule. ``hflip``: flip half of each batch left-right."""
+    and re-planned after each epoch from the epochs so far: cut if the rest will not fit (the machine
+    got slower than the probe saw), raised back towards ``epochs`` if it got faster (the probe ran
+    during a burst of load); the cosine decay then ends at the new last step, so the model is always trained to the end of a schedule. ``hflip``: flip half
+    of each batch left-right."""
     seed_everything(seed)
     x, y = train.inputs, train.labels
     n = len(y)
@@ -333,6 +334,11 @@ def train_image_classifier(
         popt = torch.optim.AdamW(model.parameters(), lr=0.0)
         model.train()
         k = min(30, steps_per_epoch)
+        for i in range(min(3, steps_per_epoch)):  # untimed: the first steps pay one-time costs
+            out = model(pixel_values=x[i * batch_size:(i + 1) * batch_size], labels=y[i * batch_size:(i + 1) * batch_size])
+            out.loss.backward()
+            popt.step()
+            popt.zero_grad(set_to_none=True)
         t = time.perf_counter()
         for i in range(k):
             out = model(pixel_values=x[i * batch_size:(i + 1) * batch_size], labels=y[i * batch_size:(i + 1) * batch_size])
@@ -376,11 +382,15 @@ def train_image_classifier(
             step += 1
             bar.step(step, out.loss.item())
         epoch += 1
-        if time_budget_s and max_steps is None and epoch < epochs:
+        if time_budget_s and max_steps is None and epoch < planned:
             spent = time.perf_counter() - t0
-            fits = max(epoch + 1, int(time_budget_s // (spent / epoch)))
-            if fits < epochs:
-                _log(f"{spent / epoch:.0f}s per epoch so far: stopping after {fits} of {epochs} epochs "
+            fits = min(planned, int(time_budget_s // (spent / epoch)))
+            # fewer epochs: never fewer than one more (the decay needs steps to end on); more (the probe ran
+            # during a burst of load): the decay resumes from the same step of the longer schedule, i.e. the
+            # learning rate goes back up (a warm restart if the old schedule had already ended)
+            fits = max(epoch + 1, fits) if fits < epochs else fits
+            if fits != epochs:
+                _log(f"{spent / epoch:.0f}s per epoch so far: {fits} epochs instead of {epochs} "
                      f"(budget {time_budget_s:.0f}s); the cosine decay now ends there", progress)
                 cut = f"{epochs} -> {fits} after epoch {epoch}"
                 epochs = fits
@@ -388,7 +398,7 @@ def train_image_classifier(
                 bar.total = total
     model.eval()
     return {"steps": step, "epochs": epochs if max_steps is None else step / steps_per_epoch, "planned_epochs": planned,
-            "train_seconds": time.perf_counter() - t0} | ({"epochs_cut": cut} if cut else {})
+            "train_seconds": time.perf_counter() - t0} | ({"epochs_replanned": cut} if cut else {})
 
 
 def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -> tuple[torch.nn.Module, Any, dict]:

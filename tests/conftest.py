@@ -219,6 +219,31 @@ FAMILIES = {
 }
 
 
+# The families the fast tier (``pytest -m "not slow"``) runs the expensive per-family invariants on
+# (exact scoring against the reference, fast scoring, ONNX export parity, the refit, OPTIN scores' shapes):
+# post-norm text (BERT), pre-norm transformers ViT, timm. The full suite runs them on every family; the
+# cheap invariants (surgery equals masking, analytic MACs, save/reload, the baselines' shapes) run on
+# every family in both.
+FAST_FAMILIES = {"bert", "hf_vit", "timm_vit"}
+
+
+def family_params(names) -> list:
+    """``names`` as pytest params, those outside :data:`FAST_FAMILIES` marked slow."""
+    return [pytest.param(n, marks=() if n in FAST_FAMILIES else pytest.mark.slow) for n in names]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """OPTIN and Fisher scoring of every family through ``family_case`` (test_baselines' shapes and
+    brute-force tests) are slow outside :data:`FAST_FAMILIES`; marked here, before ``-m`` deselects."""
+    for item in items:
+        cs = getattr(item, "callspec", None)
+        if cs is None or cs.params.get("family_case") in (None, *FAST_FAMILIES):
+            continue
+        if cs.params.get("name") == "optin" or item.originalname == "test_fisher_matches_bruteforce":
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(params=list(FAMILIES))
 def family_case(request):
     make, inputs = FAMILIES[request.param]

@@ -14,7 +14,7 @@ from optin_deploy.core.surgery import PrunePlan, apply_plan, plan_masks, random_
 from optin_deploy.errors import OptinError
 from optin_deploy.pruned_io import load_pruned, save_pruned
 
-from conftest import FAMILIES, TEXT_FAMILIES, make_tiny_bert, make_tiny_text, text_inputs
+from conftest import FAMILIES, TEXT_FAMILIES, family_params, make_tiny_bert, make_tiny_text, text_inputs
 
 
 def logits_of(model, inputs):
@@ -137,7 +137,7 @@ def _close(x, y):
     assert torch.allclose(x, y, rtol=1e-4, atol=float(floor)), ((x - y).abs() / x).max()
 
 
-@pytest.mark.parametrize("family", TEXT)
+@pytest.mark.parametrize("family", family_params(TEXT))
 def test_exact_scoring_matches_reference(family):
     model = (make_tiny_bert(layers=3) if family == "bert" else make_tiny_text(family)).double()
     a = get_adapter(model)
@@ -149,7 +149,7 @@ def test_exact_scoring_matches_reference(family):
         _close(x, y)
 
 
-@pytest.mark.parametrize("family", TEXT)
+@pytest.mark.parametrize("family", family_params(TEXT))
 def test_fast_scores_every_text_family(family):
     from optin_deploy.core.fast import fast_scores
 
@@ -162,7 +162,7 @@ def test_fast_scores_every_text_family(family):
     assert all(float(t.sum()) > 0 for t in s.neuron_md)  # every layer's neurons got a signal
 
 
-@pytest.mark.parametrize("family", ["timm_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_swin"])
+@pytest.mark.parametrize("family", family_params(["timm_vit", "hf_dinov2", "hf_dinov2_swiglu", "hf_swin"]))
 def test_exact_scoring_matches_reference_vision(family):
     from conftest import FAMILIES
 

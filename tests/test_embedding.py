@@ -162,6 +162,7 @@ def test_load_model_reads_sentence_transformers_folder(st_folder):
 # ------------------------------------------------------------------------------------------ scores
 
 
+@pytest.mark.slow  # the plain one-pass-per-unit reference (the exact/reference equality runs on BERT in the fast tier)
 def test_scores_equal_reference_with_cosine_output_term():
     from optin_deploy.core.scoring import ScoreSettings, cosine_term, exact_scores, reference_scores
 
@@ -181,6 +182,7 @@ def test_scores_equal_reference_with_cosine_output_term():
     torch.testing.assert_close(cosine_term(et, es, 2), want)
 
 
+@pytest.mark.slow
 def test_fast_scores_follow_exact_for_embeddings(tmp_path, monkeypatch):
     from optin_deploy.core.api import score_model
     from optin_deploy.core.scoring import ScoreSettings, spearman
@@ -233,6 +235,7 @@ def test_prune_refit_save_and_reload(tmp_path, monkeypatch):
         assert isinstance(_prune(m, x, scorer=scorer, reconstruct=False).model, SentenceEmbedder)
 
 
+@pytest.mark.slow  # export parity itself runs on tiny BERT / ViT / timm in test_export's fast tier
 def test_onnx_output_equals_pytorch(tmp_path, monkeypatch):
     import onnxruntime as ort
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES, TEXT_FAMILIES, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
+from conftest import FAMILIES, TEXT_FAMILIES, family_params, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile, export_bundle, get_exporter, parity_inputs
@@ -45,7 +45,7 @@ def _check_onnx(model, example, tmp_path, **kw):
     return res
 
 
-@pytest.mark.parametrize("family", FAMS)
+@pytest.mark.parametrize("family", family_params(FAMS))
 def test_onnx_dense(family, tmp_path):
     make, inputs = FAMILIES[family]
     model = make()
@@ -70,7 +70,7 @@ def test_onnx_dense(family, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no temp files left
 
 
-@pytest.mark.parametrize("family", FAMS)
+@pytest.mark.parametrize("family", family_params(FAMS))
 def test_onnx_pruned_nonuniform_with_empty_layer(family, tmp_path):
     make, inputs = FAMILIES[family]
     model = make()
@@ -81,6 +81,7 @@ def test_onnx_pruned_nonuniform_with_empty_layer(family, tmp_path):
     _check_onnx(pruned, inputs(), tmp_path)
 
 
+@pytest.mark.slow  # onnxruntime's transformer optimiser on top of an export
 def test_onnx_optimize_records_result(tmp_path):
     model = make_tiny_bert()
     pruned, _ = _pruned(model, seed=5, empty_heads_layer=None)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TEXT_FAMILIES, make_tiny_bert, make_tiny_text, text_inputs
+from conftest import TEXT_FAMILIES, family_params, make_tiny_bert, make_tiny_text, text_inputs
 
 from optin_deploy.adapters import ADAPTERS, get_adapter
 from optin_deploy.core.surgery import apply_plan, random_plan
@@ -141,7 +141,7 @@ def test_every_adapter_declares_its_family():
         assert cls.modality == "image" or cls.model_types
 
 
-@pytest.mark.parametrize("family", list(TEXT_FAMILIES))
+@pytest.mark.parametrize("family", family_params(TEXT_FAMILIES))
 def test_scoring_starts_deep_in_the_model(family):
     """Exact scoring runs the model "from block l on", with blocks 0..l-1 swapped for the adapter's
     pass_through. MPNet's encoder loop takes ``[0]`` of what a block returns, so a bare-tensor

@@ -10,7 +10,7 @@ from optin_deploy.core.reconstruct import FITS, reconstruct
 from optin_deploy.core.surgery import PrunePlan, apply_plan, random_plan
 from optin_deploy.pruned_io import load_pruned, save_pruned
 
-from conftest import FAMILIES, make_tiny_timm
+from conftest import FAMILIES, family_params, make_tiny_timm
 
 
 def _logits(model, inputs):
@@ -38,7 +38,7 @@ def _attn_out(model, inputs, layer: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fit", FITS)
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", family_params(FAMILIES))
 def test_refit_lowers_every_sublayer_error_and_keeps_structure(name, fit):
     model, calib, _ = _case(name)
     plan = random_plan(model, seed=2, keep=0.5, empty_heads_layer=1, empty_mlp_layer=2)

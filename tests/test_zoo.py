@@ -139,6 +139,7 @@ def test_minilm_base_embeddings(minilm_dir):
     assert sim[0, 1] > 0.5 and sim[0, 1] > sim[0, 2] + 0.3
 
 
+@pytest.mark.slow  # two short fine-tuning runs
 def test_train_text_smoke_deterministic(minilm_dir):
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
     texts = [("good great fine " if i % 2 else "bad awful poor ") * (1 + i % 3) for i in range(64)]
@@ -167,6 +168,7 @@ def test_train_image_smoke():
     assert stats["steps"] == 4 and stats["epochs"] == 2
 
 
+@pytest.mark.slow  # a (partial) epoch of Swin training
 def test_train_swin_partial_epoch():
     """The zoo's Swin recipe builds a Swin; with ``partial_epochs`` a tiny budget trains only part of an epoch."""
     from optin_deploy.adapters import get_adapter
@@ -206,14 +208,35 @@ def test_train_image_cuts_epochs_when_the_machine_slows_down(monkeypatch):
     class SlowViTForImageClassification(transformers.ViTForImageClassification):
         def forward(self, **kw):
             clock["calls"] += 1
-            clock["now"] += 0.001 if clock["calls"] <= 4 else 0.2  # the probe times the first 4 steps (one epoch)
+            clock["now"] += 0.001 if clock["calls"] <= 7 else 0.2  # the probe: 3 untimed steps, then 4 timed (one epoch)
             return super().forward(**kw)
 
     m = SlowViTForImageClassification(cfg)
     split = Split(torch.randn(64, 1, 28, 28), torch.arange(64) % 3)
     stats = zoo.train_image_classifier(m, split, epochs=10, batch_size=16, time_budget_s=2.0, hflip=True, progress=False)
     assert stats["planned_epochs"] == 10 and stats["epochs"] == 2 and stats["steps"] == 8
-    assert stats["epochs_cut"] == "10 -> 2 after epoch 1"
+    assert stats["epochs_replanned"] == "10 -> 2 after epoch 1"
+
+
+def test_train_image_adds_epochs_back_when_the_probe_was_slow(monkeypatch):
+    """A probe timed during a burst of load plans too few epochs: after the first epoch the plan goes
+    back up to what fits (here 2 -> 10, the recipe's count)."""
+    cfg = transformers.ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(0)
+    clock = {"now": 0.0, "calls": 0}
+    monkeypatch.setattr(zoo, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    class BurstViTForImageClassification(transformers.ViTForImageClassification):
+        def forward(self, **kw):
+            clock["calls"] += 1
+            clock["now"] += 0.2 if clock["calls"] <= 7 else 0.001
+            return super().forward(**kw)
+
+    m = BurstViTForImageClassification(cfg)
+    split = Split(torch.randn(64, 1, 28, 28), torch.arange(64) % 3)
+    stats = zoo.train_image_classifier(m, split, epochs=10, batch_size=16, time_budget_s=2.0, progress=False)
+    assert stats["epochs_replanned"] == "2 -> 10 after epoch 1" and stats["epochs"] == 10 and stats["steps"] == 40
 
 
 def test_class_folders_match_labels_a_folder_cannot_spell():

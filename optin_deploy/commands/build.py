@@ -55,7 +55,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         from ..build import BuildOptions, check_gate, run_build
-        from ..errors import OptinError
         from ..progress import console
 
         options.check_split(eval_split)
