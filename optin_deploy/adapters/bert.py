@@ -132,4 +132,4 @@ class BertAdapter(Adapter):
         if set(input_names) - {"input_ids", "attention_mask", "token_type_ids"}:
             return None
         return BertExportForward(model, base, self.heads_per_layer(), self.head_dim(), BertReducedAttention, BertReducedOutput,
-                                 self.model.config.model_type == "roberta", input_names).eval()
+                                 self.position_offset() > 0, input_names).eval()  # RoBERTa layout: positions after padding_idx
