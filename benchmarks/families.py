@@ -102,7 +102,7 @@ def write_csv(path: Path, rows: int = 400, seed: int = 0) -> None:
 def build(model_dir: Path, data: Path, out: Path, args) -> tuple[dict, float, str]:
     cmd = [sys.executable, "-m", "optin_deploy.cli", "build", "--model", str(model_dir), "--data", str(data),
            "--flops", str(args.flops), "--scoring", "fast", "--probes", str(args.probes), "--calib-samples", str(args.calib_samples),
-           "--bench-iters", str(args.bench_iters), "--out", str(out)]
+           "--bench-iters", str(args.bench_iters), "--select-by", args.select_by, "--out", str(out)]
     if not args.baselines:
         cmd.insert(-2, "--no-baselines")
     t0 = time.perf_counter()
@@ -174,6 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--types", nargs="*", help="model_type values (default: every registered text model_type)")
     ap.add_argument("--flops", type=float, default=0.6)
+    ap.add_argument("--select-by", default="macs", choices=["macs", "latency"],
+                    help="build's --select-by; macs by default here: the same budget for every family, and no 26-model latency table "
+                         "to measure per base-sized family (the default profile would measure one)")
     ap.add_argument("--probes", type=int, default=8)
     ap.add_argument("--calib-samples", type=int, default=16)
     ap.add_argument("--bench-iters", type=int, default=30)
