@@ -233,7 +233,14 @@ def test_build_absolute_latency_budget(tiny_text_task, tmp_path):
     table = json.loads(lut.read_text())
     assert json.loads((tmp_path / "lut-result.json").read_text()) == table  # --json PATH: the same table
     target = round((table["empty_model_ms"] + table["dense_model_ms"]) / 2, 4)  # between what pruning can reach and the dense model
-    run_cli(*args, "--latency-ms", str(target), "--lut", str(lut))
+    proc = run_cli(*args, "--latency-ms", str(target), "--lut", str(lut), check=False)
+    if proc.returncode == 2:
+        # a tiny model runs in about a millisecond: on a busy machine the table can place the target above what
+        # the dense model measures now; the tool must then refuse in one line (never ship the dense model as pruned)
+        assert_one_line_error(proc, "the dense model already meets --latency-ms")
+        assert not out.exists()
+        return
+    assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     lb = report["latency_budget"]
     assert report["budget"] == {"latency_ms": target, "seq_len": report["macs"]["seq_len"]}

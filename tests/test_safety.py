@@ -393,7 +393,7 @@ def _start_build(task_dir: Path, root: Path) -> subprocess.Popen:
     env.pop("OPTIN_DEPLOY_DEBUG", None)
     return subprocess.Popen([sys.executable, "-m", "optin_deploy.cli", "build", "--model", str(task_dir / "model"),
                              "--data", str(task_dir / "data.csv"), "--flops", "0.5", "--calib-samples", "16",
-                             "--bench-iters", "1000000", "--scoring", "exact", "--out", str(root / "b")],
+                             "--bench-iters", "1000000", "--scoring", "exact", "--select-by", "macs", "--out", str(root / "b")],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
