@@ -175,3 +175,25 @@ def test_wrong_pass_through_form_is_caught_not_computed_on(monkeypatch):
     teacher = record_teacher(a, text_inputs(batch=3, seq=8), s)
     with pytest.raises(RuntimeError, match="MPNetAdapter.pass_through"):
         exact_unit_scores(a, teacher, [("head", 2, 0)], s)
+
+
+@pytest.mark.parametrize("pad_token_id", [0, 1, 5])
+def test_fused_export_forward_keeps_roberta_positions_for_any_padding_id(pad_token_id):
+    """The fused export forward of a RoBERTa-layout model (here XLM-RoBERTa) counts positions after the
+    config's own padding id, 0 included (a model trained with a BERT vocabulary), and equals transformers'
+    forward with padded rows."""
+    import transformers
+
+    from optin_deploy.adapters import get_adapter
+
+    torch.manual_seed(0)
+    cfg = transformers.XLMRobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=48, max_position_embeddings=66, pad_token_id=pad_token_id, num_labels=2)
+    m = transformers.XLMRobertaForSequenceClassification(cfg).eval()
+    fwd = get_adapter(m).export_module(["input_ids", "attention_mask"])
+    assert fwd is not None
+    ids = torch.randint(0, 120, (3, 16))
+    mask = torch.ones_like(ids)
+    ids[1, 9:], mask[1, 9:] = pad_token_id, 0
+    with torch.no_grad():
+        assert torch.allclose(m(input_ids=ids, attention_mask=mask).logits, fwd(ids, mask), atol=1e-5)

@@ -78,7 +78,8 @@ class BertExportForward(nn.Module):
         self.word, self.pos, self.ln_emb = emb.word_embeddings, emb.position_embeddings, emb.LayerNorm
         self.tok = getattr(emb, "token_type_embeddings", None)
         self.roberta = roberta
-        self.pad = int(getattr(emb, "padding_idx", 1) or 1) if roberta else 0
+        pad = getattr(emb, "padding_idx", None)  # 0 is a valid padding id (a config with pad_token_id = 0)
+        self.pad = (1 if pad is None else int(pad)) if roberta else 0
         self.layers = nn.ModuleList(_Layer(b, h, head_dim, reduced_attn, reduced_out) for b, h in zip(base.encoder.layer, heads))
         self.input_names = list(input_names)
         cls = model.classifier
