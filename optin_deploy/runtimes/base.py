@@ -56,6 +56,20 @@ class Runtime(ABC):
         return None
 
 
+def numpy_feed(path, dtypes: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``inputs`` (numpy arrays or tensors) as the contiguous arrays of the dtypes a loaded model's inputs
+    take (``{name: dtype}``); a missing input is a one-line error naming the file."""
+    feed = {}
+    for n, dt in dtypes.items():
+        if n not in inputs:
+            raise OptinError(f"{path} needs input {n!r}; got {list(inputs)}")
+        x = inputs[n]
+        if hasattr(x, "detach"):
+            x = x.detach().cpu().numpy()
+        feed[n] = np.ascontiguousarray(x, dtype=dt)
+    return feed
+
+
 def require_cuda(what: str) -> None:
     if not torch.cuda.is_available():
         raise MissingRuntimeError(

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import MissingRuntimeError, OptinError
-from .base import Runtime
+from .base import Runtime, numpy_feed
 
 OPENVINO_INSTALL = 'pip install "optin-deploy[openvino]" (or: pip install openvino)'
 
@@ -128,14 +128,7 @@ class OpenVinoRuntime(Runtime):
     def run(self, inputs: Mapping[str, Any]) -> np.ndarray:
         if self.request is None:
             raise OptinError(f"runtime {self.name}: call load() before run()")
-        feed = {}
-        for n, dt in self.inputs.items():
-            if n not in inputs:
-                raise OptinError(f"{self.path} needs input {n!r}; got {list(inputs)}")
-            x = inputs[n]
-            if hasattr(x, "detach"):
-                x = x.detach().cpu().numpy()
-            feed[n] = np.ascontiguousarray(x, dtype=dt)
+        feed = numpy_feed(self.path, self.inputs, inputs)
         res = self.request.infer(feed)
         return np.array(res[self.output], dtype=np.float32, copy=True)  # the request reuses its output buffer
 

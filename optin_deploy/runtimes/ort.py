@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import MissingRuntimeError, OptinError
-from .base import Runtime
+from .base import Runtime, numpy_feed
 
 PROVIDERS = {
     "ort-cpu": "CPUExecutionProvider",
@@ -131,14 +131,7 @@ class OrtRuntime(Runtime):
     def run(self, inputs: Mapping[str, Any]) -> np.ndarray:
         if self.session is None:
             raise OptinError(f"runtime {self.name}: call load() before run()")
-        feed = {}
-        for n, dt in self.inputs.items():
-            if n not in inputs:
-                raise OptinError(f"{self.path} needs input {n!r}; got {list(inputs)}")
-            x = inputs[n]
-            if hasattr(x, "detach"):
-                x = x.detach().cpu().numpy()
-            feed[n] = np.ascontiguousarray(x, dtype=dt)
+        feed = numpy_feed(self.path, self.inputs, inputs)
         out = self.session.run([self.output_name], feed)[0]
         return out.astype(np.float32, copy=False)
 
