@@ -278,8 +278,9 @@ class BuildContext:
             return self._costs
         from .core.costs import mac_cost_model
 
+        table, failed = None, None
         if self.select_by == "latency":
-            from .lut import cached_lut, load_lut, read_lut
+            from .lut import cached_lut, read_lut
 
             if self.opts.lut:
                 table, path, measured = read_lut(self.opts.lut), Path(self.opts.lut), False
@@ -291,17 +292,18 @@ class BuildContext:
                 except (OptinError, RuntimeError, ValueError) as exc:  # the family's graph cannot be timed per width here
                     if self.opts.select_by == "latency":
                         raise
-                    step(f"could not measure a latency table ({str(exc).splitlines()[0][:200]}); weighing units by their MACs instead")
-                    self._costs = mac_cost_model(self.model, self.seq)
-                    self.cost_info = {"select_by": "macs", "seq_len": self.seq, "latency_table_failed": str(exc).splitlines()[0][:300]}
-                    return self._costs
+                    failed = str(exc).splitlines()[0]
+                    step(f"could not measure a latency table ({failed[:200]}); weighing units by their MACs instead")
+        if table is not None:
+            from .lut import load_lut
+
             self._costs = load_lut(table, self.model, self.target)
             self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
                               "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),
                               "table_seconds": table.timing.get("seconds")}
         else:
             self._costs = mac_cost_model(self.model, self.seq)
-            self.cost_info = {"select_by": "macs", "seq_len": self.seq}
+            self.cost_info = {"select_by": "macs", "seq_len": self.seq, **({"latency_table_failed": failed[:300]} if failed else {})}
         return self._costs
 
     def fraction_budget(self, fraction: float) -> float:
