@@ -465,7 +465,12 @@ def _prepare_image(entry: ZooEntry, data: TaskData, out: Path, progress: bool) -
 
 
 def _commit(tmp: Path, final: Path, info: dict) -> None:
-    """Write ``zoo_info.json`` into the staged folder ``tmp`` and move it into place as ``final``."""
+    """Write ``zoo_info.json`` (``info`` stamped with the package versions and the time) into the staged
+    folder ``tmp`` and move it into place as ``final``."""
+    import transformers
+
+    info = {**info, "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
     if final.exists():
         shutil.rmtree(final)
@@ -474,8 +479,6 @@ def _commit(tmp: Path, final: Path, info: dict) -> None:
 
 def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
     """An embedding entry: the shipped model folder plus its sentence-transformers files; no training."""
-    import transformers
-
     base = assets.minilm()
     st = assets.minilm_sentence_transformers_files()
     zoo_dir().mkdir(parents=True, exist_ok=True)
@@ -490,8 +493,6 @@ def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
             "format": ZOO_FORMAT, "name": entry.name, "description": entry.description, "data": entry.data,
             "max_length": entry.max_length, "recipe": entry.recipe, "task": "embedding", "base_model": base.as_source(),
             "sentence_transformers_files": sorted(st), "seed": SEED,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _commit(tmp, final, info)
     finally:
@@ -544,8 +545,6 @@ def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = T
             "test_macro_f1": test["macro_f1"],
             "total_seconds": time.perf_counter() - t0,
             **stats,
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _commit(tmp, final, info)
     finally:
