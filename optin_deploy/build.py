@@ -297,7 +297,15 @@ class BuildContext:
         if table is not None:
             from .lut import load_lut
 
-            self._costs = load_lut(table, self.model, self.target)
+            costs = load_lut(table, self.model, self.target)
+            if costs.dense() - costs.fixed <= 0.01 * costs.dense():  # nothing measurable to prune: the fraction is meaningless
+                failed = (f"the latency table measured no time that pruning removes (dense {costs.dense():.3g} ms, "
+                          f"fixed {costs.fixed:.3g} ms)")
+                step(f"{failed}; weighing units by their MACs instead")
+                table = None
+            else:
+                self._costs = costs
+        if table is not None:
             self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
                               "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),
                               "table_seconds": table.timing.get("seconds")}

@@ -350,13 +350,26 @@ class LatencyTable:
         slope, intercept = np.polyfit(w, t, 1)
         return float(intercept), float(slope)
 
+    def _monotone_fit(self, layer: int) -> tuple[float, float]:
+        """:meth:`linear_fit`, with the slope held at >= 0 (a noisy table can fit a negative one, which would make
+        removing neurons cost time): a negative slope becomes 0 and the intercept the table's mean."""
+        intercept, slope = self.linear_fit(layer)
+        if slope >= 0:
+            return intercept, slope
+        g = self._group(layer)
+        t = [y for x, y in zip(g["mlp_widths"], g["mlp_ms"]) if x > 0]
+        return (float(np.mean(t)) if t else 0.0), 0.0
+
     def cost_model(self):
         """A :class:`CostModel` in milliseconds (absolute budgets: ``select(..., budget=target_ms)``)."""
         from .core.costs import CostModel
 
         L = self.num_layers
-        fits = [self.linear_fit(l) for l in range(L)]
-        tables = [list(self._group(l)["attn_ms"]) for l in range(L)]
+        fits = [self._monotone_fit(l) for l in range(L)]
+        # Timing noise can make a table dip (h heads measured faster than h-1) or a slope come out negative;
+        # a unit's cost is never negative, so each attention table is made non-decreasing from 0.
+        tables = [list(np.maximum.accumulate(np.maximum(np.asarray(self._group(l)["attn_ms"], dtype=float), 0.0)))
+                  for l in range(L)]
 
         def attn(l: int, h: int) -> float:
             return float(tables[l][min(int(h), len(tables[l]) - 1)])

@@ -66,6 +66,26 @@ def test_table_predictions_and_cost_model():
     assert cm.dense() == pytest.approx(t.dense_model_ms, rel=0.02)
 
 
+def test_a_noisy_table_never_gives_a_unit_a_negative_cost():
+    """Timing noise on a tiny model can measure h heads faster than h-1 and fit a negative per-neuron slope; the cost
+    model holds every unit's cost at >= 0, so removing everything costs exactly ``fixed`` and any budget at or above
+    ``fixed`` has a plan (it crashed as "no plan fits the budget" in CI)."""
+    from optin_deploy.core.selection import select
+
+    t = synthetic_table()
+    t.attn_ms = [0.0, 0.9, 0.4, 1.1, 0.2]  # dips below earlier counts
+    t.mlp_ms = [0.0, 0.9, 0.6, 0.3]  # wider measured faster: slope < 0
+    cm = t.cost_model()
+    assert all(n == 0.0 for n in cm.neuron)
+    assert cm.fixed == pytest.approx(1.0 + 3 * 0.6)  # the MLP table's mean stands in for a negative-slope line
+    assert [cm.attn(0, h) for h in range(5)] == [0.0, 0.9, 0.9, 1.1, 1.1]
+    assert cm.dense() >= cm.fixed
+    model = make_tiny_bert()
+    h, n = scores(model)
+    sel = select(h, n, cm, cm.fixed + 0.5 * (cm.dense() - cm.fixed))
+    assert sel.cost <= cm.fixed + 0.5 * (cm.dense() - cm.fixed) + 1e-9
+
+
 def test_json_round_trip(tmp_path):
     t = synthetic_table()
     path = t.save(tmp_path / "lut.json")
