@@ -68,6 +68,8 @@ def test_aoti_package_parity_at_two_shapes(aoti_root, label):
         assert np.abs(got - want).max() <= 1e-4
     with pytest.raises(OptinError, match="axis 1 from 1 to 64"):
         rt.run({k: v.numpy() for k, v in text_inputs(2, 65).items()})
+    big = parity_inputs(text_inputs(), batches=(20,), seq_lens=(9,))[0]  # above max_batch 16: run in chunks
+    assert np.abs(rt.run({k: v.numpy() for k, v in big.items()}) - ref(*big.values()).detach().numpy()).max() <= 1e-4
 
 
 @pytest.mark.slow

@@ -21,14 +21,9 @@ The package is tied to the torch version (and CPU instruction set) it was compil
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import logging
 import os
 import subprocess
 import time
-import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -36,6 +31,7 @@ import torch
 
 from ..errors import MissingRuntimeError, OptinError
 from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, ordered_inputs, output_name_for
+from ..runtimes.aoti import quiet, sha256_file
 from .parity import check_parity, parity_inputs
 
 COMPILER_HINT = "install a C++ compiler (apt-get install g++; or set CXX) or export to ONNX (--format onnx)"
@@ -58,33 +54,9 @@ def _compiler_version(cxx: str) -> str:
         return cxx
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Inductor and the exporter log warnings (no CUDA runtime, guards) that say nothing to the user."""
-    loggers = [logging.getLogger(n) for n in ("torch", "torch._inductor", "torch.utils.cpp_extension", "torch._export", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
 
 
 def _shape_key(inputs: Mapping[str, torch.Tensor]) -> tuple:
@@ -113,7 +85,7 @@ class AotiExporter(Exporter):
     ) -> ExportResult:
         """Export ``model`` to an AOTInductor package at ``out_path`` (``.pt2``), parity-checked; nothing is left
         behind on failure."""
-        from .onnx import _example_for_trace, _max_positions, _prepare_for_export, staging_dir
+        from .onnx import example_for_trace, max_positions, prepare_for_export, staging_dir
 
         if precision != "fp32":
             raise OptinError(f"AOTInductor packages are fp32 here (got --precision {precision}); use --format onnx for int8")
@@ -125,11 +97,11 @@ class AotiExporter(Exporter):
         inputs = ordered_inputs(example_inputs, input_names)
         names = list(inputs)
         text = any(is_text_input(n) for n in names)
-        maxpos = _max_positions(model)
+        maxpos = max_positions(model)
         if text and maxpos is not None and profile.max_seq > maxpos:
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
         model = model.eval()
-        _prepare_for_export(model)
+        prepare_for_export(model)
         reference = LogitsModel(model, names).eval()
 
         meta: dict = {
@@ -153,8 +125,8 @@ class AotiExporter(Exporter):
             seq = torch.export.Dim("sequence", min=1, max=max(profile.max_seq, 2)) if text else None
             dyn = tuple({0: batch, 1: seq} if is_text_input(n) else {0: batch} for n in names)
             try:
-                with _quiet():
-                    ep = torch.export.export(reference, tuple(_example_for_trace(inputs).values()), dynamic_shapes=(dyn,))
+                with quiet():
+                    ep = torch.export.export(reference, tuple(example_for_trace(inputs).values()), dynamic_shapes=(dyn,))
                 meta["dynamic"] = True
                 meta["dynamic_shapes"] = {n: ({"0": [1, profile.max_batch], "1": [1, profile.max_seq]} if is_text_input(n)
                                               else {"0": [1, profile.max_batch]}) for n in names}
@@ -162,7 +134,7 @@ class AotiExporter(Exporter):
                 dyn_error = _first_line(exc)
         if ep is None:
             try:
-                with _quiet():
+                with quiet():
                     ep = torch.export.export(reference, tuple(inputs.values()))
             except Exception as exc:  # noqa: BLE001
                 raise OptinError(f"AOTInductor export failed at torch.export.export for {type(model).__name__}: {_first_line(exc)}") from None
@@ -176,7 +148,7 @@ class AotiExporter(Exporter):
             tmp = tmp_dir / out_path.name
             t1 = time.perf_counter()
             try:
-                with _quiet():
+                with quiet():
                     torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=dict(inductor_configs or {}))
             except Exception as exc:  # noqa: BLE001 - inductor / the C++ compiler failed
                 raise OptinError(f"AOTInductor compile failed for {type(model).__name__}: {_first_line(exc)}") from None

@@ -3,7 +3,8 @@
 Loaded with ``torch._inductor.aoti_load_package``: the model's Python code (transformers, the adapters) is
 not needed, only torch. Inputs are passed positionally in the order the bundle records; the package checks
 nothing about shapes beyond its compiled guards, so shapes outside the exported range (or, for a static
-package, other than the exported shape) are refused here with a one-line error.
+package, other than the exported shape) are refused here with a one-line error; a batch larger than the
+exported maximum runs in chunks of that maximum (what ``eval`` sends).
 
 Trust: a ``.pt2`` holds a shared library that is ``dlopen``\\ ed on load, so loading a package runs native code
 from the file, as running any executable does. This runtime loads only packages optin-deploy wrote: the
@@ -15,8 +16,13 @@ torch version must be the one it was compiled against. A bare ``.pt2`` without i
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import logging
 import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +36,30 @@ from .base import Runtime, read_manifest
 #: archive members an AOTInductor package of ours holds besides data/aotinductor/<model>/* (generated C++, the compiled .so, metadata)
 _HOUSEKEEPING = re.compile(r"^[^/]+/(archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id)$")
 _AOTI_FILE = re.compile(r"^[^/]+/data/aotinductor/model/[^/]+\.(so|cpp|json|o|h|txt|bin)$")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Inductor and the exporter log warnings (no CUDA runtime, guards) that say nothing to the user."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch._inductor", "torch.utils.cpp_extension", "torch._export", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
 
 
 def package_members_error(path: Path) -> str | None:
@@ -73,8 +103,6 @@ class AotiRuntime(Runtime):
 
     def load_package(self, path: str | os.PathLike, meta: Mapping) -> "AotiRuntime":
         """Load ``path`` after checking it against the exporter's metadata ``meta`` (sha256, torch version)."""
-        from ..exporters.aoti import sha256_file
-
         path = Path(path)
         if not meta.get("sha256"):
             raise OptinError(f"{path}: its bundle records no sha256; re-export it with optin-deploy export --format aoti")
@@ -88,9 +116,7 @@ class AotiRuntime(Runtime):
         if self.threads:
             torch.set_num_threads(int(self.threads))
         try:
-            from ..exporters.aoti import _quiet
-
-            with _quiet():
+            with quiet():
                 self.model = torch._inductor.aoti_load_package(str(path))
         except Exception as exc:  # noqa: BLE001 - the loader raises RuntimeError with the dlopen / metadata message
             first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
@@ -127,11 +153,21 @@ class AotiRuntime(Runtime):
             t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
             dt = getattr(torch, dtypes.get(n, ""), None)
             tensors[n] = (t.to(dt) if isinstance(dt, torch.dtype) else t).contiguous()
+        hi = self._max_batch()
+        n = next(iter(tensors.values())).shape[0] if tensors else 0
+        if hi and n > hi:  # a batch above the exported range runs in chunks of the largest batch the package takes
+            return np.concatenate([self.run({k: v[i:i + hi] for k, v in tensors.items()}) for i in range(0, n, hi)])
         self._check_shapes(tensors)
         out = self.model(*tensors.values())
         if isinstance(out, (list, tuple)):
             out = out[0]
         return np.array(out.float().numpy(), copy=True)
+
+    def _max_batch(self) -> int | None:
+        if self.meta.get("dynamic") is False:
+            return None
+        his = [axes["0"][1] for axes in (self.meta.get("dynamic_shapes") or {}).values() if "0" in axes]
+        return min(his) if his else None
 
     def describe(self) -> dict:
         d = {"runtime": self.name, "backend": "pytorch AOTInductor (aoti_load_package)", "device": self.device,
