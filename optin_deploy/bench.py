@@ -302,7 +302,8 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
     from pathlib import Path
 
     from .exporters.base import is_text_input
-    from .exporters.bundle import SAMPLE_TEXTS, example_inputs_for_model, read_manifest
+    from .exporters.export_folder import SAMPLE_TEXTS, example_inputs_for_model
+    from .runtimes.base import read_manifest
     from .runtimes.base import load_torch_model
 
     p = Path(str(spec))

@@ -68,7 +68,7 @@ def expand_models(specs: Sequence[str], labels: Sequence[str] | None) -> list[tu
 
 def variants(spec: str, runtime: str) -> tuple[list[dict], list[str]]:
     """What ``runtime`` runs of one model: ``[{"precision", "path"}]`` and notes on what it cannot run."""
-    from .exporters.bundle import read_manifest
+    from .runtimes.base import read_manifest
 
     p = Path(spec)
     manifest = read_manifest(p) if p.exists() else None

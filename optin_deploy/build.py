@@ -187,7 +187,7 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .pruning import check_refit
+    from .pruning import check_reconstruct
 
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
@@ -205,7 +205,7 @@ def run_build(opts: BuildOptions) -> dict:
         if opts.task not in TASKS:
             raise OptinError(f"unknown --task {opts.task!r}; choose one of {', '.join(TASKS)}")
     if opts.reconstruct:
-        check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
+        check_reconstruct(opts.reconstruct_fit, opts.reconstruct_damp)
     if opts.probes < 1:
         raise OptinError(f"--probes must be at least 1, got {opts.probes}")
     if opts.bench_iters < 1:
@@ -261,7 +261,7 @@ class BuildContext:
     sel_kwargs: dict
     eval_len: int | None
     calib_len: int | None
-    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's reconstruction captures on the calibration batch, shared by every candidate
     _costs: object = None  # the selection's cost model, made once (a latency table may be measured for it)
     cost_info: dict = field(default_factory=dict)  # how fractions are weighed, recorded in the report
 
@@ -336,16 +336,16 @@ class BuildContext:
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
 
-    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, refit_units: bool = True):
+    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, reconstruct_units: bool = True):
         """Select under ``fraction`` of the dense cost (MACs, or measured latency: :meth:`selection_costs`; with
-        ``scores``, default the build's), slice, and refit the kept units when the build refits. Returns the
+        ``scores``, default the build's), slice, and reconstruct the kept units when the build does (``--reconstruct``). Returns the
         :class:`~optin_deploy.pruning.PruneResult`."""
         from .pruning import prune
 
         costs = self.selection_costs()
         o = self.opts
         return prune(self.model, self.calib, costs=costs, budget=self.fraction_budget(fraction), scores=scores or self.scores,
-                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     reconstruct=bool(o.reconstruct and reconstruct_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
                      teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
@@ -362,18 +362,18 @@ class BuildContext:
                optimize: bool | None = None) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
         ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
-        from .exporters.bundle import bundle_root, export_bundle
+        from .exporters.export_folder import export_to_folder, staging_root
 
         fmt = self.fmt
         precision = precision or self.precision
-        root = bundle_root(Path(folder).resolve())
+        root = staging_root(Path(folder).resolve())
         # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
         backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
-        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
+        return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
                              profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
                              source=source)
 
@@ -423,7 +423,7 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
 
 
 # ------------------------------------------------------------------------------------------ stages
-# A build is load task + score (load_context) -> select, slice and refit (select_stage) -> save
+# A build is load task + score (load_context) -> select, slice and reconstruct (select_stage) -> save
 # (save_stage) -> export (export_stage) -> validate (validate_stage) -> benchmark (benchmark_stage) ->
 # report and bundle (assemble_report, _write_reports). Each stage takes the BuildContext and the
 # typed outputs of the stages before it.
@@ -431,12 +431,12 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
 
 @dataclass
 class Selected:
-    """Select, slice and refit: the pruned model and how it was chosen."""
+    """Select, slice and reconstruct: the pruned model and how it was chosen."""
 
     model: torch.nn.Module
     selection_cost: float  # in the cost model's unit (MACs, or ms of a latency table)
     notes: list[str]
-    reconstruction: dict | None  # the refit report (None: plain surgery)
+    reconstruction: dict | None  # the reconstruction report (None: plain surgery)
     latency_budget: dict | None = None  # the closed-loop latency selection's rounds (--latency-ms / --speedup)
     search: object = None  # the budget search's result (--max-accuracy-drop / --min-speedup without a budget)
 
@@ -496,8 +496,8 @@ class Benchmarked:
 
 def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
     """Select under the budget (a MAC / latency-table fraction, a closed-loop latency target, or the
-    budget search), slice the model, and refit the kept units when the build refits."""
-    from .pruning import print_layer_table, refit, report_emptied
+    budget search), slice the model, and reconstruct the kept units when the build does (``--reconstruct``)."""
+    from .pruning import print_layer_table, reconstruct_kept_units, report_emptied
 
     opts, target, model, scores = ctx.opts, ctx.target, ctx.model, ctx.scores
     profile = target.profile
@@ -507,7 +507,7 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
         search = search_build(ctx, staging, _objective(opts), search_settings(opts))
         selected = Selected(search.model, search.selection_cost, list(scores.notes), search.reconstruction, search=search)
     elif "flops" in budget:
-        result = ctx.prune_fraction(budget["flops"], refit_units=False)
+        result = ctx.prune_fraction(budget["flops"], reconstruct_units=False)
         sel_cost = result.selection.cost
         if ctx.cost_info.get("select_by") == "latency":
             ctx.cost_info["predicted_ms"] = round(sel_cost, 4)
@@ -545,7 +545,7 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
                                         "measured_speedup": ref_ms / ls.measured_ms}
         selected = Selected(ls.model.eval(), ls.predicted_ms, list(scores.notes), None, latency_budget=latency_info)
     if selected.search is None and opts.reconstruct:
-        selected.reconstruction = refit(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
+        selected.reconstruction = reconstruct_kept_units(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
     print_layer_table(model, selected.model)
     report_emptied(model, selected.model)
     return selected

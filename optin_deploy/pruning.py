@@ -14,7 +14,7 @@ from rich.table import Table
 from torch import nn
 
 from .adapters import get_adapter
-from .core.api import estimate_exact_seconds, score_model
+from .core.score_cache import estimate_exact_seconds, score_model
 from .core.costs import CostModel, mac_cost_model
 from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT, FITS, reconstruct
 from .core.scoring import RawScores, ScoreSettings
@@ -57,7 +57,7 @@ class PruneResult:
         }
 
 
-def check_refit(fit: str, damp: float) -> None:
+def check_reconstruct(fit: str, damp: float) -> None:
     if fit not in FITS:
         raise OptinError(f"unknown --reconstruct-fit {fit!r}; choose from {', '.join(FITS)}")
     if not damp > 0:
@@ -161,7 +161,7 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
           head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
           fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP, teacher_cache: dict | None = None) -> PruneResult:
-    """Score (or reuse ``scores``), select under the budget, slice, and optionally refit the kept units
+    """Score (or reuse ``scores``), select under the budget, slice, and optionally reconstruct the kept units
     (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
     seq = a.seq_len(calib)
@@ -180,24 +180,25 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
-    rec = refit(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
+    rec = reconstruct_kept_units(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
     pa = get_adapter(pruned)
     return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
 
 
-def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
+def reconstruct_kept_units(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
           teacher_cache: dict | None = None) -> dict:
-    """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
-    check_refit(fit, damp)
-    step(f"refitting the kept units' output {fit} layer by layer on the calibration batch (damping {damp})")
-    with progress_bar("refit") as update:
+    """Reconstruction: a least-squares refit of the kept units' output weights of ``pruned`` (in place) on the
+    calibration batch, so each pruned sublayer adds what the dense one added (:mod:`optin_deploy.core.reconstruct`)."""
+    check_reconstruct(fit, damp)
+    step(f"reconstructing the kept units: least-squares fit of their output {fit}, layer by layer on the calibration batch (damping {damp})")
+    with progress_bar("reconstruct") as update:
         rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update, teacher_cache=teacher_cache)
     out = rep.to_dict()
     if rep.layers:
         before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)
         after = sum(r["error_after"] for r in rep.layers) / len(rep.layers)
         out.update({"mean_error_before": round(before, 5), "mean_error_after": round(after, 5)})
-        step(f"refit {len(rep.layers)} sublayers in {rep.seconds:.1f}s: mean relative reconstruction error {before:.4f} -> {after:.4f}")
+        step(f"reconstructed {len(rep.layers)} sublayers in {rep.seconds:.1f}s: mean relative reconstruction error {before:.4f} -> {after:.4f}")
     return out
 
 
@@ -227,14 +228,14 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
                     damp: float = DEFAULT_DAMP, seed: int = 0, text_column: str = "text", label_column: str = "label",
                     force: bool = False) -> dict:
     """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs
-    (counted at the calibration length, recorded as ``budget.seq_len``), slice, refit, and save the
+    (counted at the calibration length, recorded as ``budget.seq_len``), slice, reconstruct, and save the
     pruned model to ``out`` (atomically). Bad input fails before any work. Returns the summary."""
     from .pruned_io import save_pruned, task_hint
     from .safe_out import check_out
     from .zoo import load_task
 
     check_budget(flops)
-    check_refit(fit, damp)
+    check_reconstruct(fit, damp)
     if calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
     if probes < 1:

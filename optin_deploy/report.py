@@ -124,10 +124,10 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
                      + f". The {report['task']['eval_split']} figures below were computed after the choice and never used by it.")
     rec = report.get("reconstruction")
     if rec and rec.get("layers"):
-        lines.append(f"- refit of the kept units' output {rec.get('fit', 'scales')} (damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
+        lines.append(f"- reconstruction of the kept units (least-squares fit of their output {rec.get('fit', 'scales')}; damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
                      f"mean relative reconstruction error on the calibration batch {rec['mean_error_before']:.4f} -> {rec['mean_error_after']:.4f}")
     elif rec is None:
-        lines.append("- no refit of the kept units (--no-reconstruct): plain surgery")
+        lines.append("- no reconstruction of the kept units (--no-reconstruct): plain surgery")
     for n in report["scoring"].get("notes") or []:
         lines.append(f"- note: {n}")
     lines += [

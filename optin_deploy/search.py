@@ -3,7 +3,7 @@ the accuracy you need (``--max-accuracy-drop P``), or the most accurate one that
 (``--min-speedup S``).
 
 Scores do not depend on the budget (and are cached), so a candidate budget costs only a selection,
-the slicing, the refit of the kept units, one export, an evaluation on a fixed validation subset
+the slicing, the reconstruction of the kept units, one export, an evaluation on a fixed validation subset
 and a short benchmark interleaved with the dense model on the target runtime. The search:
 
 1. **bracket**: measure a first budget (accuracy: 0.6; speed: the budget a fixed-cost latency model
@@ -116,7 +116,7 @@ class Candidate:
     dense_latency_ms: float = float("nan")  # p50 of the dense model in the same run
     speedup: float = float("nan")  # dense p50 / pruned p50, same run
     met: bool | None = None  # meets the objective (None in a sweep)
-    seconds: float = 0.0  # time spent on this candidate (select, slice, refit, export, evaluate, time)
+    seconds: float = 0.0  # time spent on this candidate (select, slice, reconstruct, export, evaluate, time)
     contest_speedup: float | None = None  # speed-up in the joint speed contest, when it ran
     verification: dict | None = None  # full-validation re-check
 
@@ -456,10 +456,10 @@ def plot_frontier(fr: Frontier, path: Path) -> None:
 
 
 class CandidateLab:
-    """Measures candidate budgets of one build: prune + refit, export, validation subset, interleaved timing.
+    """Measures candidate budgets of one build: prune + reconstruct, export, validation subset, interleaved timing.
 
     Uses the build's own stages (:class:`optin_deploy.build.BuildContext`): the same selection,
-    surgery, refit, exporter, runtime, evaluation and benchmark as a fixed-budget build.
+    surgery, reconstruction, exporter, runtime, evaluation and benchmark as a fixed-budget build.
     """
 
     def __init__(self, ctx, workdir: Path, settings: SearchSettings, dense_export: dict | None = None):
@@ -605,7 +605,7 @@ class CandidateLab:
         shutil.move(str(src), str(folder))
         text = (folder / "export.json").read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(folder))[1:-1])
         (folder / "export.json").write_text(text)
-        from .exporters.bundle import read_manifest
+        from .runtimes.base import read_manifest
 
         manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
         self.exports[c.id] = manifest

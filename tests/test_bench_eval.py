@@ -13,7 +13,7 @@ from conftest import make_tiny_bert, text_inputs
 
 from optin_deploy.bench import benchmark, print_bench_table
 from optin_deploy.evaluate import accuracy, agreement, evaluate, macro_f1, pearson, spearman, task_metrics
-from optin_deploy.exporters import ShapeProfile, export_bundle
+from optin_deploy.exporters import ShapeProfile, export_to_folder
 from optin_deploy.runtimes import get_runtime
 
 
@@ -24,8 +24,8 @@ def dense_and_pruned(tmp_path_factory):
     dense = make_tiny_bert()
     pruned = surgery.apply_plan(dense, surgery.random_plan(dense, seed=1, empty_heads_layer=1))
     prof = ShapeProfile(opt_batch=4, max_batch=16, opt_seq=16, max_seq=64)
-    export_bundle(dense, text_inputs(), d / "dense", profile=prof)
-    export_bundle(pruned, text_inputs(), d / "pruned", profile=prof)
+    export_to_folder(dense, text_inputs(), d / "dense", profile=prof)
+    export_to_folder(pruned, text_inputs(), d / "pruned", profile=prof)
     return dense, pruned, d
 
 

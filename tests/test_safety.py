@@ -480,7 +480,7 @@ def test_corrupt_score_cache_entry_is_reported_discarded_and_recomputed(capsys, 
 
 
 def test_cache_writers_use_unique_temporary_names(tmp_path, monkeypatch):
-    from optin_deploy.core import api
+    from optin_deploy.core import score_cache as api
     from optin_deploy.core.scoring import RawScores
 
     seen = []
