@@ -37,7 +37,12 @@ from .pruning import Scores
 from .safe_out import check_out, staged_output, write_json
 from .target import Target, resolve_target
 
-REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
+REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "metric", "latency_ms", "throughput", "scoring_seconds", "artifacts")
+# The task metric's block is stored under its own name (``report[report["metric"]]``): ``accuracy`` for
+# classification, ``spearman`` for regression, ``cosine_to_dense`` for sentence embeddings; every value in
+# it is in points (x 100) of that metric.
+METRIC_UNITS = {"accuracy": "% of samples classified right", "spearman": "100 x Spearman rank correlation with the labels",
+                "cosine_to_dense": "100 x mean cosine between the pruned and the dense embeddings of a text"}
 DEFAULT_PROFILE = "x86-cpu-ort"
 
 
@@ -470,7 +475,7 @@ class Validated:
     """Validate: the task metric of every export through its runtime (embeddings: cosine and recall@10 to dense)."""
 
     evaluation: dict  # evaluate()'s result (models -> metrics)
-    metric: str  # accuracy | spearman | mean cosine to dense
+    metric: str  # accuracy | spearman | cosine_to_dense (the report key it is stored under: METRIC_UNITS)
     dense: float  # in points (x100)
     pruned: float
     agreement: float  # pruned vs dense, a fraction
@@ -592,7 +597,7 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
 
 def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
     """The task metric of every export through the target runtime, on ``--eval-split``."""
-    from .evaluate import evaluate
+    from .evaluate import evaluate, headline_metric
 
     opts, task = ctx.opts, ctx.task
     labels = exported.labels
@@ -607,9 +612,9 @@ def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
         step(f"embeddings on {emb['corpus_size']} held-out texts: cosine to dense mean {emb['cosine_mean']:.4f}, "
              f"5th percentile {emb['cosine_p5']:.4f}; recall@10 agreement {emb['recall_at_10']:.4f}")
         # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
-        return Validated(ev, "mean cosine to dense", 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
+        return Validated(ev, headline_metric("embedding"), 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+    metric = headline_metric(task.data.task_type)
     mp = ev["models"]["pruned"]
     agreement = mp.get("agreement_vs_baseline", mp.get("spearman_vs_baseline"))
     return Validated(ev, metric, 100 * ev["models"]["dense"][metric], 100 * mp[metric], agreement)
@@ -663,7 +668,7 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
     if opts.max_accuracy_drop is not None and selected.search is None:  # with a search the limit applies to validation, not test
         # the quantised / fused artefact is gated against the fp32 dense model when one was measured
         worst = max(drop, drop_ref)
-        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
+        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "metric": metric, "drop": round(worst, 3), "against": ref or "dense",
                 "passed": bool(worst <= opts.max_accuracy_drop)}
     if ctx.embedding and (opts.min_cosine is not None or opts.min_recall is not None):
         gate = _embedding_gate(validated.embedding, opts.min_cosine, opts.min_recall)
@@ -680,8 +685,10 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "runtime": exported.runtime,
         "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
-        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
-                     "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
+        "metric": metric,  # the key of the block below (REPORT_KEYS, METRIC_UNITS)
+        metric: {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
+                 "metric": metric, "unit": METRIC_UNITS[metric],
+                 **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
                        "unit": "samples/s at p50 latency",
@@ -849,6 +856,6 @@ def check_gate(report: dict) -> None:
         )
     if gate and not gate["passed"]:
         raise QualityGateError(
-            f"quality gate failed: accuracy dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "
+            f"quality gate failed: {gate.get('metric', 'accuracy')} dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "
             f"the bundle at {report.get('bundle')} is marked failed in report.json; raise the budget or the allowed drop"
         )

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import OptinError
+from .report import metric_label
 
 FRONTIER_FORMAT = "optin-deploy-frontier"
 FRONTIER_VERSION = 1
@@ -374,7 +375,7 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
                  f"(seed {v['seed']}): standard error of the dense accuracy on it {v['accuracy_se']:.2f} points, of a candidate's paired drop "
                  f"{_f(v.get('drop_se_median'), '.2f', '?')} points (median). Speed-up: dense p50 over candidate p50, timed interleaved in one run "
                  f"({fr['bench']['rounds']} rounds, batch {fr['bench']['inputs']}, {fr['runtime']}).")
-    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {fr['metric']} (%) | drop (pts) | +- | agreement (%) | speed-up | meets |",
+    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {metric_label(fr['metric'])} | drop (pts) | +- | agreement (%) | speed-up | meets |",
               "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines.append(f"| | dense | | 1 | 1.000 | | | {fr['dense']['accuracy']:.2f} | 0 | | 100 | 1.00x | |")
     for c in sorted(fr["candidates"], key=lambda c: (c["scorer"], c["phase"] == "reference", c["budget"])):
@@ -443,8 +444,8 @@ def plot_frontier(fr: Frontier, path: Path) -> None:
         else:
             ax.axvline(ref / fr.objective.limit, color="red", linestyle="--", linewidth=1, label=f"limit: {fr.objective.limit:g}x")
     ax.set_xlabel(f"latency p50 (ms, {fr.runtime}, {fr.bench['inputs']}; dense = {ref:.1f} ms, candidates scaled by their interleaved ratio)", fontsize=7)
-    ax.set_ylabel(f"validation {fr.metric} (%, {fr.validation['samples']} samples)")
-    ax.set_title(f"{fr.model}: accuracy vs measured latency", fontsize=10)
+    ax.set_ylabel(f"validation {metric_label(fr.metric)}, {fr.validation['samples']} samples")
+    ax.set_title(f"{fr.model}: {fr.metric} vs measured latency", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -468,7 +469,9 @@ class CandidateLab:
         self.ctx, self.settings, self.workdir = ctx, settings, Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         task = ctx.task
-        self.metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+        from .evaluate import headline_metric
+
+        self.metric = headline_metric(task.data.task_type)
         val = task.data.require_labels("validation")
         n = len(val)
         g = np.random.default_rng(ctx.opts.seed)

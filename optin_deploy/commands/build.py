@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         from ..build import BuildOptions, check_gate, run_build
         from ..progress import console
+        from ..report import metric_block
 
         options.check_split(eval_split)
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
                             baselines=baselines, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
-        a, t, b = report["accuracy"], report["throughput"], report.get("baselines") or {}
+        a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}
         lead = ""
         if b.get("fastest_dense"):
             lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
