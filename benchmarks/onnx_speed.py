@@ -82,7 +82,8 @@ def main(argv=None) -> int:
 
     from optin_deploy.bench import benchmark, print_bench_table
     from optin_deploy.core.costs import mac_cost_model
-    from optin_deploy.exporters import ShapeProfile, example_inputs_for_model, export_to_folder
+    from optin_deploy.exporters import ShapeProfile, export_to_folder
+    from optin_deploy.models import example_inputs_for_model
     from optin_deploy.runtimes import get_runtime
 
     torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ that exports, parity-checks and writes an export folder (``model.onnx``, ``parit
 """
 
 from .base import EXPORTERS, Exporter, ExportResult, LogitsModel, ShapeProfile, get_exporter, input_names_for
-from .export_folder import example_inputs_for_model, export_to_folder
+from .export_folder import export_to_folder
 from .parity import check_parity, parity_inputs
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "get_exporter",
     "input_names_for",
     "export_to_folder",
-    "example_inputs_for_model",
     "check_parity",
     "parity_inputs",
 ]

@@ -169,43 +169,6 @@ def check_opset(opset: int | None) -> None:
         raise OptinError(f"--opset {opset} is not supported: the exporter writes opsets {MIN_OPSET} to {top}; pass one of those or leave --opset out")
 
 
-SAMPLE_TEXTS = [
-    "A gripping, beautifully shot film that never loses its nerve.",
-    "Tedious and overlong; the jokes land with a thud.",
-    "The performances are strong, but the script is a mess.",
-    "An instant classic.",
-    "I wanted to like it more than I did, yet the final act is genuinely moving and the score soars.",
-    "Flat characters, predictable twists and a soundtrack that won't quit.",
-    "Funny, warm and surprisingly sharp about growing older.",
-    "Not worth the price of the ticket.",
-]
-
-
-def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: int = 128,
-                             model_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Inputs of an exact shape for a model without a task: text is tokenised from built-in review
-    sentences when a tokenizer sits in ``model_dir`` (else seeded random token ids); images are
-    seeded standard-normal pixels (already 'normalised')."""
-    from ..adapters import get_adapter
-
-    adapter = get_adapter(model)
-    tok = None
-    if adapter.modality == "text" and model_dir is not None:
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(model_dir))
-        except Exception:
-            tok = None
-    return adapter.example_inputs(batch, seq_len, tokenizer=tok, texts=SAMPLE_TEXTS, seed=seed)
-
-
-def image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    from ..adapters import get_adapter
-
-    return get_adapter(model).image_shape()
-
-
 def export_model_dir(
     model_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -259,6 +222,8 @@ def export_model_dir(
     if task is not None:
         example = task.example_inputs(batch, seq_len if task.modality == "text" else None)
     else:
+        from ..models import example_inputs_for_model
+
         example = example_inputs_for_model(model, batch, seq_len, model_dir=folder if folder.is_dir() else None)
     source = str(folder.resolve()) if folder.exists() else str(model_dir)
     with staged_output(out, kind="export", checked=True) as staging:
