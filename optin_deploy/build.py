@@ -43,7 +43,7 @@ REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "metric", "latency_
 # it is in points (x 100) of that metric.
 METRIC_UNITS = {"accuracy": "% of samples classified right", "spearman": "100 x Spearman rank correlation with the labels",
                 "cosine_to_dense": "100 x mean cosine between the pruned and the dense embeddings of a text"}
-DEFAULT_PROFILE = "x86-cpu-ort"
+from .profiles import DEFAULT_PROFILE  # noqa: E402,F401 (BuildOptions.profile default; re-exported)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from .core.scoring import RawScores, ScoreSettings
 from .core.selection import Selection, select
 from .core.surgery import apply_plan
 from .errors import OptinError
+from .profiles import DEFAULT_PROFILE
 from .progress import console, progress_bar, step, warn
 
 SCORING_CHOICES = ("auto", "exact", "fast")
@@ -164,11 +165,12 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     """Score (or reuse ``scores``), select under the budget, slice, and optionally reconstruct the kept units
     (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
-    seq = a.seq_len(calib)
-    macs = mac_cost_model(model, seq)
+    # MACs are reported at the length the given cost model counts them at (else the calibration's)
+    seq = (costs.info.get("seq_len") if costs is not None else None) or a.seq_len(calib)
     if costs is None:
         check_budget(flops)
-        costs, budget = macs, flops * macs.dense()
+        costs = mac_cost_model(model, seq)
+        budget = flops * costs.dense()
         check_keeps_something(costs, budget, f"--flops {flops}", head_multiple, neuron_multiple)
     if probes < 1:
         raise OptinError(f"--probes must be at least 1, got {probes}")
@@ -226,14 +228,19 @@ def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
 def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.6, calib_samples: int = 128, calib_length: int = 64,
                     scoring: str = "auto", scorer: str = "optin", probes: int = 64, reconstruct: bool = True, fit: str = DEFAULT_FIT,
                     damp: float = DEFAULT_DAMP, seed: int = 0, text_column: str = "text", label_column: str = "label",
-                    force: bool = False) -> dict:
-    """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs
-    (counted at the calibration length, recorded as ``budget.seq_len``), slice, reconstruct, and save the
-    pruned model to ``out`` (atomically). Bad input fails before any work. Returns the summary."""
+                    force: bool = False, profile=DEFAULT_PROFILE) -> dict:
+    """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs, slice,
+    reconstruct, and save the pruned model to ``out`` (atomically). Bad input fails before any work. Returns
+    the summary. The MACs are counted at ``budget.seq_len`` (recorded): with a ``profile`` (a name, a file or a
+    :class:`~optin_deploy.target.Target`) at the length ``build`` counts them at (:meth:`Target.mac_seq_len`),
+    with its head / neuron multiples, so the structure is ``build --profile P --select-by macs --flops F``'s
+    (default: build's default profile); ``profile=None``: at the calibration length, no multiples."""
     from .pruned_io import save_pruned, task_hint
     from .safe_out import check_out
+    from .target import resolve_target
     from .zoo import load_task
 
+    target = resolve_target(profile) if profile is not None else None  # a bad profile fails before any work
     check_budget(flops)
     check_reconstruct(fit, damp)
     if calib_samples < 1:
@@ -248,12 +255,15 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     if task.max_length is not None:
         task.max_length = calib_length
     calib = task.calibration(calib_samples, seed=seed)
-    result = prune(task.model, calib, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
-                   reconstruct=reconstruct, fit=fit, damp=damp)
+    seq = target.mac_seq_len(task.model) if target is not None else get_adapter(task.model).seq_len(calib)
+    costs, kw = mac_cost_model(task.model, seq), (target.selection_kwargs if target is not None else {})
+    check_keeps_something(costs, flops * costs.dense(), f"--flops {flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
+    result = prune(task.model, calib, costs=costs, budget=flops * costs.dense(), scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed),
+                   probes=probes, reconstruct=reconstruct, fit=fit, damp=damp, **kw)
     print_layer_table(task.model, result.model)
     report_emptied(task.model, result.model)
-    seq = get_adapter(task.model).seq_len(calib)
-    summary = {"model": task.model_source or model_spec, "budget": {"flops": flops, "seq_len": seq}, **result.summary()}
+    budget = {"flops": flops, "seq_len": seq, **({"profile": target.name} if target is not None else {})}
+    summary = {"model": task.model_source or model_spec, "budget": budget, **result.summary()}
     summary["macs"]["seq_len"] = seq
     save_pruned(result.model, out, extra={"source": task.model_source or model_spec, "source_dir": task.model_source, "task": task.data.name,
                                           "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},

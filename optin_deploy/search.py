@@ -333,6 +333,7 @@ class Frontier:
     contest: dict | None = None
     reference: dict | None = None
     message: str | None = None
+    budget: dict | None = None  # what a candidate's budget is a fraction of: select_by (macs | latency) and seq_len
 
     def dense_latency(self) -> float:
         vals = [c.dense_latency_ms for c in self.candidates if not math.isnan(c.dense_latency_ms)]
@@ -342,7 +343,7 @@ class Frontier:
         return {
             "format": FRONTIER_FORMAT, "version": FRONTIER_VERSION,
             "model": self.model, "task": self.task, "metric": self.metric, "profile": self.profile, "runtime": self.runtime,
-            "objective": self.objective.to_dict() if self.objective else None,
+            "budget": self.budget, "objective": self.objective.to_dict() if self.objective else None,
             "validation": self.validation, "dense": {**self.dense, "latency_ms": _r(self.dense_latency())}, "bench": self.bench,
             "candidates": [c.to_dict() for c in self.candidates],
             "chosen": self.chosen, "reachable": self.reachable, "message": self.message,
@@ -595,6 +596,7 @@ class CandidateLab:
         ctx = self.ctx
         return Frontier(model=ctx.task.model_source or ctx.opts.model or "minilm-sentiment", task=ctx.task.data.name, metric=self.metric,
                         profile=ctx.profile.name, runtime=ctx.runtime_name(self.dense_export), validation=self.validation_info(),
+                        budget={"select_by": ctx.cost_info.get("select_by") or ctx.select_by, "seq_len": ctx.seq},
                         dense={"accuracy": self.dense_summary()["accuracy"]},
                         bench={"rounds": self.settings.rounds, "warmup": self.settings.warmup, "interleaved": True,
                                "inputs": "x".join(str(d) for d in next(iter(ctx.bench_np.values())).shape[:2])},

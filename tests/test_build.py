@@ -115,6 +115,13 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     logits = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert logits.shape == (2, 2)
     assert not list(tmp_path.glob(".bundle.tmp-*")), "staging folder left behind"
+    # prune with the same budget and calibration selects the same structure (one budget rule: MACs at the profile's length)
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(tmp_path / "pruned"), "--json", "-")
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["budget"] == {**report["budget"], "profile": report["profile"]}
+    assert summary["heads_per_layer"] == report["structure"]["heads"]["pruned"]
+    assert summary["neurons_per_layer"] == report["structure"]["neurons"]["pruned"]
     # a second run reuses the cached scores
     out2 = tmp_path / "bundle2"
     run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.7",
@@ -209,6 +216,9 @@ def test_prune_cli(tiny_text_task, tmp_path):
                    "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json", "-")
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["macs"]["ratio"] <= 0.5 + 1e-9
+    # one budget rule with build: MACs at the default profile's 128 tokens (not the calibration's 64), its neuron multiple
+    assert summary["budget"] == {"flops": 0.5, "seq_len": 128, "profile": "x86-cpu-ort"} and summary["macs"]["seq_len"] == 128
+    assert all(n % 8 == 0 for n in summary["neurons_per_layer"])
     assert "kept per layer" in proc.stdout + proc.stderr
     from optin_deploy.adapters import get_adapter
     from optin_deploy.pruned_io import load_pruned

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def build(
         model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
         data: Optional[str] = typer.Option(None, "--data", help="Labelled data (built-in name, CSV/JSONL, HF dataset folder, image folder). Default: the model's own."),
-        profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`)."),
+        profile: str = options.PROFILE,
         flops: Optional[float] = typer.Option(None, "--flops", help="Keep this fraction of the dense encoder's MACs, in (0, 1]. Default: the profile's budget, else 0.6."),
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
         speedup: Optional[float] = typer.Option(None, "--speedup", help="Relative latency budget: S times faster than the dense model, both timed in the same run on the profile's runtime and precision (needs a latency table; measured here when --lut is omitted)."),

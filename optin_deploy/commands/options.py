@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import typer
 
+from ..profiles import DEFAULT_PROFILE
+
+PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`): its shapes, "
+                       "threads, precision and runtime; --flops counts MACs at its sequence length.")
+
 RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, reconstruct: refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged).")
 RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit).")
 RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the reconstruction, towards plain surgery (> 0).")
