@@ -9,6 +9,10 @@ machine. The summary names the fastest way to run each model and the runner-up, 
 every later model (the pruned one) against the first (the dense one) run the same way and against the
 fastest way to run the first model or its alternatives (labels ``dense-...``, e.g. the plain dynamo export).
 
+``torch-aoti-cpu`` runs a model's AOTInductor package (``optin-deploy export MODEL --format aoti``): the bundle
+itself when a model is an AOTInductor bundle, else in a build folder the package exported to ``ROOT/aoti/LABEL``
+beside ``ROOT/onnx/LABEL`` (not made here: compiling takes minutes; a note says when it is missing).
+
 Speed only: precision changes accuracy (int8, bf16); measure that through the same runtime with
 ``optin-deploy eval BUNDLE --runtime NAME``.
 """
@@ -20,7 +24,9 @@ from typing import Any, Sequence
 
 from .errors import MissingRuntimeError, OptinError
 
-CPU_RUNTIMES = ("ort-cpu", "openvino-cpu", "openvino-cpu-bf16")
+CPU_RUNTIMES = ("ort-cpu", "openvino-cpu", "openvino-cpu-bf16", "torch-aoti-cpu")
+#: the bundle formats a runtime runs (ONNX files, or an AOTInductor package)
+RUNTIME_FORMAT = {"torch-aoti-cpu": "aoti"}
 
 
 def installed_cpu_runtimes() -> list[str]:
@@ -49,7 +55,7 @@ def parse_runtimes(value: str) -> list[str]:
         raise OptinError(f"--runtimes needs distinct runtime names (or 'all'), got {value!r}")
     for n in names:
         if n not in CPU_RUNTIMES:
-            raise OptinError(f"--runtimes compares CPU runtimes of ONNX files: choose from {', '.join(CPU_RUNTIMES)} (or 'all'), not {n!r}")
+            raise OptinError(f"--runtimes compares CPU runtimes of exported artefacts: choose from {', '.join(CPU_RUNTIMES)} (or 'all'), not {n!r}")
         get_runtime(n)  # MissingRuntimeError with the install line when it cannot run here
     return names
 
@@ -66,12 +72,43 @@ def expand_models(specs: Sequence[str], labels: Sequence[str] | None) -> list[tu
     return list(zip(names, specs))
 
 
+def related_bundle(spec: str, fmt: str) -> Path | None:
+    """The bundle of format ``fmt`` holding the same model as ``spec``: ``spec`` itself, or in a build-like layout
+    (``ROOT/onnx/LABEL``, ``ROOT/aoti/LABEL``) the folder of the other format with the same label."""
+    from .runtimes.base import read_manifest
+
+    p = Path(spec)
+    if not p.exists():
+        return None
+    folder = p.parent if p.is_file() else p
+    m = read_manifest(folder)
+    if m is not None and m.get("format") == fmt:
+        return folder
+    if m is None or folder.parent.name not in ("onnx", "aoti"):
+        return None
+    other = folder.parent.parent / fmt / folder.name
+    m2 = read_manifest(other) if (other / "export.json").is_file() else None
+    return other if m2 is not None and m2.get("format") == fmt else None
+
+
 def variants(spec: str, runtime: str) -> tuple[list[dict], list[str]]:
     """What ``runtime`` runs of one model: ``[{"precision", "path"}]`` and notes on what it cannot run."""
     from .runtimes.base import read_manifest
 
+    if RUNTIME_FORMAT.get(runtime) == "aoti":
+        b = related_bundle(spec, "aoti")
+        if b is None:
+            return [], [f"{spec}: no AOTInductor package beside it (ROOT/aoti/LABEL); not timed on {runtime} "
+                        f"(make one with: optin-deploy export MODEL --format aoti --out ROOT/aoti/LABEL)"]
+        return [{"precision": "fp32", "path": str(b)}], []
     p = Path(spec)
     manifest = read_manifest(p) if p.exists() else None
+    if manifest is not None and manifest.get("format") == "aoti":  # an AOTInductor bundle: the ONNX runtimes run its ONNX sibling
+        b = related_bundle(spec, "onnx")
+        if b is None:
+            return [], [f"{spec}: an AOTInductor bundle with no ONNX bundle beside it (ROOT/onnx/LABEL); not timed on {runtime}"]
+        p, manifest = b, read_manifest(b)
+        spec = str(b)
     if manifest is None:
         if p.suffix != ".onnx" or not p.is_file():
             raise OptinError(f"{spec}: --runtimes compares exported ONNX artefacts; pass bundle folders (optin-deploy build / export) or .onnx files")

@@ -88,7 +88,7 @@ def test_openvino_missing_is_one_line(monkeypatch):
     assert "pip install" in msg and "openvino" in msg and "\n" not in msg
     from optin_deploy.bench_runtimes import installed_cpu_runtimes, parse_runtimes
 
-    assert installed_cpu_runtimes() == ["ort-cpu"]
+    assert installed_cpu_runtimes() == ["ort-cpu", "torch-aoti-cpu"]  # torch is always there: AOTInductor packages run on it
     with pytest.raises(MissingRuntimeError, match="pip install"):
         parse_runtimes("ort-cpu,openvino-cpu")
     with pytest.raises(OptinError, match="choose from"):

@@ -25,7 +25,7 @@ def bench_cmd(
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[str] = options.JSON_OUT,
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
-    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Time every model on each of these CPU runtimes side by side, in the same interleaved blocks: comma-separated (ort-cpu, openvino-cpu, openvino-cpu-bf16) or 'all' (every one installed here). Bundles run their int8 artifact and their fp32 graph; one build folder means its dense and pruned models."),
+    runtimes: Optional[str] = typer.Option(None, "--runtimes", help="Time every model on each of these CPU runtimes side by side, in the same interleaved blocks: comma-separated (ort-cpu, openvino-cpu, openvino-cpu-bf16, torch-aoti-cpu) or 'all' (every one installed here). Bundles run their int8 artifact and their fp32 graph; torch-aoti-cpu runs the AOTInductor package in ROOT/aoti/LABEL beside ROOT/onnx/LABEL (optin-deploy export --format aoti); one build folder means its dense and pruned models."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="With --runtimes: write the side-by-side table as Markdown here."),
 ) -> None:
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""

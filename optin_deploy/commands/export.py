@@ -1,4 +1,4 @@
-"""``optin-deploy export``: export a (pruned) model to ONNX or TensorRT, parity-checked."""
+"""``optin-deploy export``: export a (pruned) model to ONNX, TensorRT or an AOTInductor package, parity-checked."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import typer
 
 def export_cmd(
     model_dir: str = typer.Argument(..., help="A pruned-model folder, a transformers folder, a hub name or timm:NAME."),
-    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx, model.engine, parity.json, export.json)."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx or tensorrt."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx / model.engine / model.pt2, parity.json, export.json)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt, or aoti (PyTorch AOTInductor package model.pt2 for the CPU, run with --runtime torch-aoti-cpu; compiling needs g++ and takes minutes)."),
     backend: str = typer.Option("tensorrt", "--backend", help="For --format tensorrt: tensorrt (engine from ONNX) or torch-tensorrt."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT only; bf16 needs an Ampere+ GPU)."),
     batch: int = typer.Option(8, "--batch", help="Optimal (opt) batch size; also the example batch."),

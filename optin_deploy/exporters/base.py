@@ -133,6 +133,7 @@ EXPORTERS: dict[str, str] = {
     "onnx": "optin_deploy.exporters.onnx:OnnxExporter",
     "tensorrt": "optin_deploy.exporters.tensorrt:TensorRTExporter",
     "torch-tensorrt": "optin_deploy.exporters.torch_tensorrt:TorchTensorRTExporter",
+    "aoti": "optin_deploy.exporters.aoti:AotiExporter",
 }
 
 

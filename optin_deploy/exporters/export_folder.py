@@ -7,6 +7,7 @@ named for the export folder it writes, not the build's "bundle", which holds two
   ``optimize`` and its own parity check passed;
 * ``model.engine`` + ``model.engine.json`` (``fmt="tensorrt"``, backend ``tensorrt``) or
   ``model.ep`` + ``model.json`` (backend ``torch-tensorrt``);
+* ``model.pt2`` (``fmt="aoti"``): a PyTorch AOTInductor package, its sha256 in the manifest;
 * ``parity.json``: the parity result of every artifact; ``export.json``: all metadata.
 """
 
@@ -58,6 +59,8 @@ def staging_root(folder: Path) -> Path:
     return folder
 
 
+FORMATS = ("onnx", "tensorrt", "aoti")
+
 _PATH_KEYS = ("artifact", "path", "source", "onnx_path", "engine", "file_path")
 
 
@@ -88,8 +91,10 @@ def export_to_folder(
     should load, ``artifacts`` all files, ``parity`` the per-artifact parity dicts. ``source``
     (the model folder or spec) is recorded so ``eval``/``bench`` can find the tokenizer and data.
     """
-    if fmt not in ("onnx", "tensorrt"):
-        raise OptinError(f"unknown --format {fmt!r}; choose onnx or tensorrt")
+    if fmt not in FORMATS:
+        raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    if fmt == "aoti" and precision != "fp32":
+        raise OptinError(f"AOTInductor packages (--format aoti) are fp32 here, not {precision}; use --format onnx --precision int8 for int8")
     if fmt == "tensorrt" and backend not in ("tensorrt", "torch-tensorrt"):
         raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
     if fmt == "onnx" and precision not in ("fp32", "int8"):
@@ -116,7 +121,7 @@ def export_to_folder(
                       "vocab_size": getattr(cfg, "vocab_size", None),
                       "format": fmt, "precision": precision, "model_class": type(model).__name__,
                       "input_names": list(inputs), "profile": profile.to_dict(), "artifacts": {}, "parity": {}}
-    if fmt == "onnx" or backend == "tensorrt":
+    if fmt == "onnx" or (fmt == "tensorrt" and backend == "tensorrt"):
         # TensorRT engines are built from an fp32 ONNX graph; for fp32 engines it is the same file
         res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
                                           threads=threads, precision=precision if fmt == "onnx" else "fp32",
@@ -134,6 +139,13 @@ def export_to_folder(
             if opt.get("kept"):
                 manifest["parity"][opt["file"]] = opt["parity"]
                 manifest["artifact"] = opt["path"]
+    if fmt == "aoti":
+        common.pop("opset")  # no ONNX here
+        res = get_exporter("aoti").export(model, inputs, out_dir / "model.pt2", threads=threads, **common)
+        manifest["artifacts"]["aoti"] = res.metadata
+        manifest["parity"]["model.pt2"] = res.metadata.get("parity")
+        manifest["artifact"] = str(res.path)
+        manifest["dynamic"] = res.metadata["dynamic"]
     if fmt == "tensorrt":
         if backend == "tensorrt":
             res = get_exporter("tensorrt").export(model, inputs, out_dir / "model.engine", precision=precision,
@@ -194,8 +206,16 @@ def export_model_dir(
     from ..models import load_model
     from ..safe_out import check_out, staged_output
 
-    if fmt not in ("onnx", "tensorrt"):
-        raise OptinError(f"unknown --format {fmt!r}; choose onnx or tensorrt")
+    if fmt not in FORMATS:
+        raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    if fmt == "aoti":
+        if precision != "fp32":
+            raise OptinError(f"AOTInductor packages (--format aoti) are fp32 here, not {precision}; use --format onnx --precision int8 for int8")
+        if optimize or opset is not None:
+            raise OptinError("--optimize and --opset are for ONNX exports, not --format aoti")
+        from .aoti import check_compiler
+
+        check_compiler()  # before loading the model
     check_opset(opset)
     for name, v in (("--batch", batch), ("--min-batch", min_batch), ("--max-batch", max_batch), ("--seq-len", seq_len), ("--min-seq-len", min_seq_len)):
         if v < 1:

@@ -55,7 +55,7 @@ from .base import (
 from .parity import check_parity, parity_inputs
 
 
-def _prepare_for_export(model) -> None:
+def prepare_for_export(model) -> None:
     """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
     from ..adapters import get_adapter
 
@@ -91,14 +91,14 @@ def staging_dir(out_path: Path, stage: str = "onnx export") -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _max_positions(model: torch.nn.Module) -> int | None:
+def max_positions(model: torch.nn.Module) -> int | None:
     """The longest sequence the model takes (its adapter knows the family's position offset)."""
     from ..adapters import get_adapter
 
     return get_adapter(model).max_positions()
 
 
-def _example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """torch.export specialises dimensions of size 0/1: trace with batch >= 2 and sequence >= 2."""
     out = {}
     for n, t in inputs.items():
@@ -172,12 +172,12 @@ class OnnxExporter(Exporter):
             raise OptinError(f"unknown precision {precision!r}; choose fp32, int8, fp16 or bf16")
         if graph not in GRAPHS:
             raise OptinError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
-        maxpos = _max_positions(model)
+        maxpos = max_positions(model)
         if text and maxpos is not None and profile.max_seq > maxpos:
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
 
         model = model.eval()
-        _prepare_for_export(model)
+        prepare_for_export(model)
         reference = LogitsModel(model, names)
         fused_forward = None
         if graph in ("auto", "fused") and precision in ("fp32", "int8"):
@@ -201,7 +201,7 @@ class OnnxExporter(Exporter):
         batch = torch.export.Dim("batch", min=1, max=max(profile.max_batch, 2))
         seq = torch.export.Dim("sequence", min=1, max=max(profile.max_seq, 2)) if text else None
         dyn = tuple({0: batch, 1: seq} if is_text_input(n) else {0: batch} for n in names)
-        trace_inputs = _example_for_trace(inputs)
+        trace_inputs = example_for_trace(inputs)
 
         meta: dict = {
             "format": "onnx",

@@ -8,7 +8,8 @@ runs it on named inputs, returning float32 logits as a NumPy array::
     rt.describe()   # {"runtime": "ort-cpu", "device": "cpu", "provider": ..., "version": ...}
 
 Names: ``torch-cpu``, ``torch-cuda``, ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``, ``tensorrt``,
-``torch-tensorrt``, ``openvino-cpu`` / ``openvino-cpu-bf16`` (optional ``openvino`` package). A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
+``torch-tensorrt``, ``openvino-cpu`` / ``openvino-cpu-bf16`` (optional ``openvino`` package), ``torch-aoti-cpu``
+(an AOTInductor ``model.pt2`` that optin-deploy exported, see :mod:`optin_deploy.runtimes.aoti`). A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
 silently falls back to another device or provider.
 
 GPU hosts: the ``onnxruntime`` wheel has only the CPU provider. For ``ort-cuda`` / ``ort-tensorrt``
@@ -117,6 +118,7 @@ RUNTIMES: dict[str, str] = {
     "torch-tensorrt": "optin_deploy.runtimes.tensorrt:TorchTensorRTRuntime",
     "openvino-cpu": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
     "openvino-cpu-bf16": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
+    "torch-aoti-cpu": "optin_deploy.runtimes.aoti:AotiRuntime",
 }
 
 
@@ -180,7 +182,7 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
 
 def default_runtime_for(artifact: str | os.PathLike) -> str:
     suffix = Path(artifact).suffix
-    return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt"}.get(suffix, "torch-cpu")
+    return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt", ".pt2": "torch-aoti-cpu"}.get(suffix, "torch-cpu")
 
 
 def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tuple[str, Any, dict | None]:
@@ -195,7 +197,7 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     manifest = read_manifest(p) if p.exists() else None
     if manifest is not None:
         name = runtime or manifest.get("runtime") or default_runtime_for(manifest["artifact"])
-        if name.startswith("torch-") and name != "torch-tensorrt":
+        if name.startswith("torch-") and name not in ("torch-tensorrt", "torch-aoti-cpu"):
             if not manifest.get("source"):
                 raise OptinError(f"bundle {p} does not record its source model; pass the model folder for {name}")
             return name, manifest["source"], manifest
@@ -217,11 +219,14 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
         if name.startswith("ort-") and onnx_meta:  # the optimised graph when it was kept
             return name, Path(onnx_meta.get("optimized", {}).get("path") or onnx_meta["path"]), manifest
         return name, Path(manifest["artifact"]), manifest
+    if p.suffix == ".pt2":  # runs native code when loaded: only inside the bundle that recorded its sha256
+        raise OptinError(f"{spec}: pass the bundle folder holding it (its export.json records the package's sha256); "
+                         f"torch-aoti-cpu loads only AOTInductor packages optin-deploy exported")
     if p.suffix in (".onnx", ".engine", ".ep"):
         if not p.is_file():
             raise OptinError(f"{spec} does not exist; pass an exported artifact or a bundle folder (optin-deploy export / build)")
         return runtime or default_runtime_for(p), p, None
     name = runtime or "torch-cpu"
-    if not name.startswith("torch-") or name == "torch-tensorrt":
+    if not name.startswith("torch-") or name in ("torch-tensorrt", "torch-aoti-cpu"):
         raise OptinError(f"{spec} is a model, not an exported artifact; export it first (optin-deploy export) to run it on {name}")
     return name, str(spec), None
