@@ -1,4 +1,4 @@
-"""Reconstruction (``--reconstruct``), the optional step after surgery: refit the kept units' output weights, layer by layer, by damped least squares.
+"""Optional step after surgery: refit the kept units' output weights, layer by layer, by damped least squares.
 
 OPTIN decides *which* heads and neurons to keep. Surgery alone then drops their contributions and
 leaves the rest untouched; this retraining-free step re-fits what is left so that each pruned
