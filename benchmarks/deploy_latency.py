@@ -106,7 +106,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from optin_deploy.bench import benchmark
-    from optin_deploy.exporters.bundle import export_bundle, read_manifest
+    from optin_deploy.exporters.export_folder import export_to_folder
+    from optin_deploy.runtimes.base import read_manifest
     from optin_deploy.pruned_io import load_pruned
     from optin_deploy.runtimes.base import get_runtime
     from optin_deploy.runtimes.ort import OrtRuntime
@@ -127,7 +128,7 @@ def main() -> None:
 
         example = {k: _t.from_numpy(v) for k, v in ex.items()}
         extra = tmp / "pruned-dynamo-fp32"
-        export_bundle(pruned_model, example, extra, precision="fp32", graph="dynamo", threads=args.threads)
+        export_to_folder(pruned_model, example, extra, precision="fp32", graph="dynamo", threads=args.threads)
         dm = read_manifest(dense_dir)
         pm = read_manifest(pruned_dir)
         # manifests record the paths where the bundle was assembled; the files sit in the bundle's folders

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from optin_deploy.adapters import get_adapter  # noqa: E402
-from optin_deploy.core.api import score_model  # noqa: E402
+from optin_deploy.core.score_cache import score_model  # noqa: E402
 from optin_deploy.core.costs import mac_cost_model  # noqa: E402
 from optin_deploy.core.scoring import ScoreSettings, spearman  # noqa: E402
 from optin_deploy.core.selection import select  # noqa: E402

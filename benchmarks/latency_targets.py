@@ -63,9 +63,9 @@ def get_scores(model, calib, scores_path: Path | None, cache: Path, exact: bool)
             print(f"scores from {p}")
             return (RawScores.from_dict(d) if "head_md" in d else d), f"file {p}"
     try:  # the lead's cached scorer, when it exists
-        from optin_deploy.core.api import score_model  # type: ignore
+        from optin_deploy.core.score_cache import score_model  # type: ignore
 
-        print("OPTIN fast scores via optin_deploy.core.api.score_model (cached after the default build)")
+        print("OPTIN fast scores via optin_deploy.core.score_cache.score_model (cached after the default build)")
         s = score_model(model, calib, "fast", probes=64)
         source = f"OPTIN --scoring fast (exact heads + Hutchinson neurons), cached={s.info.get('cached')}"
         return s, source

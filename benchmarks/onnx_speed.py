@@ -82,7 +82,8 @@ def main(argv=None) -> int:
 
     from optin_deploy.bench import benchmark, print_bench_table
     from optin_deploy.core.costs import mac_cost_model
-    from optin_deploy.exporters import ShapeProfile, example_inputs_for_model, export_bundle
+    from optin_deploy.exporters import ShapeProfile, export_to_folder
+    from optin_deploy.models import example_inputs_for_model
     from optin_deploy.runtimes import get_runtime
 
     torch.set_num_threads(args.threads)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     bundles = {}
     for label, model in (("dense", dense), ("pruned", pruned)):
-        bundles[label] = export_bundle(model, example, work / label, profile=profile, optimize=args.optimize, source=dense_src)
+        bundles[label] = export_to_folder(model, example, work / label, profile=profile, optimize=args.optimize, source=dense_src)
         print(f"exported {label}: parity max|diff| {bundles[label]['parity']['model.onnx']['max_abs_diff']:.2e}", flush=True)
     export_s = time.perf_counter() - t0
 

@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "op_profile")
     args = ap.parse_args()
     from optin_deploy.bench import bench_inputs
-    from optin_deploy.exporters.bundle import read_manifest
+    from optin_deploy.runtimes.base import read_manifest
 
     bundle = args.bundle.resolve()
     report = json.loads((bundle / "report.json").read_text())

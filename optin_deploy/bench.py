@@ -302,7 +302,8 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
     from pathlib import Path
 
     from .exporters.base import is_text_input
-    from .exporters.bundle import SAMPLE_TEXTS, example_inputs_for_model, read_manifest
+    from .models import example_inputs_for_model
+    from .runtimes.base import read_manifest
     from .runtimes.base import load_torch_model
 
     p = Path(str(spec))
@@ -329,19 +330,16 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
         from .adapters import Adapter, adapter_for_inputs
 
         family = adapter_for_inputs(names) or Adapter  # the family with these inputs makes them
-        hi = min(int(vocab), 1000) if vocab else 100
-        out = {n: t.numpy() for n, t in family.random_inputs(names, batch, seq_len, hi, seed=seed, padded=False).items()}
+        tok = None
         if source:
             try:
                 from .models import load_tokenizer
 
                 tok = load_tokenizer(source)
-                texts = (SAMPLE_TEXTS * (-(-batch // len(SAMPLE_TEXTS))))[:batch]
-                enc = tok(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-                out.update({n: enc[n].astype(np.int64) for n in names if n in enc})
-            except Exception:
-                pass
-        return out
+            except Exception:  # noqa: BLE001 - no tokenizer: random ids
+                tok = None
+        made = family.inputs_for(names, batch, seq_len, min(int(vocab), 1000) if vocab else 100, tokenizer=tok, seed=seed, padded=False)
+        return {n: t.numpy() for n, t in made.items()}
     n = names[0]
     shape = shapes.get(n)
     if not shape or any(d is None for d in shape[1:]):

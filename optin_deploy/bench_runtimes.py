@@ -75,7 +75,7 @@ def expand_models(specs: Sequence[str], labels: Sequence[str] | None) -> list[tu
 def related_bundle(spec: str, fmt: str) -> Path | None:
     """The bundle of format ``fmt`` holding the same model as ``spec``: ``spec`` itself, or in a build-like layout
     (``ROOT/onnx/LABEL``, ``ROOT/aoti/LABEL``) the folder of the other format with the same label."""
-    from .exporters.bundle import read_manifest
+    from .runtimes.base import read_manifest
 
     p = Path(spec)
     if not p.exists():
@@ -93,7 +93,7 @@ def related_bundle(spec: str, fmt: str) -> Path | None:
 
 def variants(spec: str, runtime: str) -> tuple[list[dict], list[str]]:
     """What ``runtime`` runs of one model: ``[{"precision", "path"}]`` and notes on what it cannot run."""
-    from .exporters.bundle import read_manifest
+    from .runtimes.base import read_manifest
 
     if RUNTIME_FORMAT.get(runtime) == "aoti":
         b = related_bundle(spec, "aoti")

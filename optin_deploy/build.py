@@ -37,8 +37,13 @@ from .pruning import Scores
 from .safe_out import check_out, staged_output, write_json
 from .target import Target, resolve_target
 
-REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "accuracy", "latency_ms", "throughput", "scoring_seconds", "artifacts")
-DEFAULT_PROFILE = "x86-cpu-ort"
+REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "metric", "latency_ms", "throughput", "scoring_seconds", "artifacts")
+# The task metric's block is stored under its own name (``report[report["metric"]]``): ``accuracy`` for
+# classification, ``spearman`` for regression, ``cosine_to_dense`` for sentence embeddings; every value in
+# it is in points (x 100) of that metric.
+METRIC_UNITS = {"accuracy": "% of samples classified right", "spearman": "100 x Spearman rank correlation with the labels",
+                "cosine_to_dense": "100 x mean cosine between the pruned and the dense embeddings of a text"}
+from .profiles import DEFAULT_PROFILE  # noqa: E402,F401 (BuildOptions.profile default; re-exported)
 
 
 @dataclass
@@ -187,7 +192,7 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .pruning import check_refit
+    from .pruning import check_reconstruct
 
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
@@ -205,7 +210,7 @@ def run_build(opts: BuildOptions) -> dict:
         if opts.task not in TASKS:
             raise OptinError(f"unknown --task {opts.task!r}; choose one of {', '.join(TASKS)}")
     if opts.reconstruct:
-        check_refit(opts.reconstruct_fit, opts.reconstruct_damp)
+        check_reconstruct(opts.reconstruct_fit, opts.reconstruct_damp)
     if opts.probes < 1:
         raise OptinError(f"--probes must be at least 1, got {opts.probes}")
     if opts.bench_iters < 1:
@@ -261,7 +266,7 @@ class BuildContext:
     sel_kwargs: dict
     eval_len: int | None
     calib_len: int | None
-    teacher_cache: dict = field(default_factory=dict)  # the dense model's refit captures on the calibration batch, shared by every candidate
+    teacher_cache: dict = field(default_factory=dict)  # the dense model's reconstruction captures on the calibration batch, shared by every candidate
     _costs: object = None  # the selection's cost model, made once (a latency table may be measured for it)
     cost_info: dict = field(default_factory=dict)  # how fractions are weighed, recorded in the report
 
@@ -337,16 +342,16 @@ class BuildContext:
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
 
-    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, refit_units: bool = True):
+    def prune_fraction(self, fraction: float, scores: Scores | None = None, *, reconstruct_units: bool = True):
         """Select under ``fraction`` of the dense cost (MACs, or measured latency: :meth:`selection_costs`; with
-        ``scores``, default the build's), slice, and refit the kept units when the build refits. Returns the
+        ``scores``, default the build's), slice, and reconstruct the kept units when the build does (``--reconstruct``). Returns the
         :class:`~optin_deploy.pruning.PruneResult`."""
         from .pruning import prune
 
         costs = self.selection_costs()
         o = self.opts
         return prune(self.model, self.calib, costs=costs, budget=self.fraction_budget(fraction), scores=scores or self.scores,
-                     reconstruct=bool(o.reconstruct and refit_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
+                     reconstruct=bool(o.reconstruct and reconstruct_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
                      teacher_cache=self.teacher_cache, **self.sel_kwargs)
 
     def shape(self):
@@ -363,18 +368,18 @@ class BuildContext:
                optimize: bool | None = None) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
         ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
-        from .exporters.bundle import bundle_root, export_bundle
+        from .exporters.export_folder import export_to_folder, staging_root
 
         fmt = self.fmt
         precision = precision or self.precision
-        root = bundle_root(Path(folder).resolve())
+        root = staging_root(Path(folder).resolve())
         # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
         backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
-        return export_bundle(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
+        return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
                              profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
                              source=source)
 
@@ -424,7 +429,7 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
 
 
 # ------------------------------------------------------------------------------------------ stages
-# A build is load task + score (load_context) -> select, slice and refit (select_stage) -> save
+# A build is load task + score (load_context) -> select, slice and reconstruct (select_stage) -> save
 # (save_stage) -> export (export_stage) -> validate (validate_stage) -> benchmark (benchmark_stage) ->
 # report and bundle (assemble_report, _write_reports). Each stage takes the BuildContext and the
 # typed outputs of the stages before it.
@@ -432,12 +437,12 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
 
 @dataclass
 class Selected:
-    """Select, slice and refit: the pruned model and how it was chosen."""
+    """Select, slice and reconstruct: the pruned model and how it was chosen."""
 
     model: torch.nn.Module
     selection_cost: float  # in the cost model's unit (MACs, or ms of a latency table)
     notes: list[str]
-    reconstruction: dict | None  # the refit report (None: plain surgery)
+    reconstruction: dict | None  # the reconstruction report (None: plain surgery)
     latency_budget: dict | None = None  # the closed-loop latency selection's rounds (--latency-ms / --speedup)
     search: object = None  # the budget search's result (--max-accuracy-drop / --min-speedup without a budget)
 
@@ -471,7 +476,7 @@ class Validated:
     """Validate: the task metric of every export through its runtime (embeddings: cosine and recall@10 to dense)."""
 
     evaluation: dict  # evaluate()'s result (models -> metrics)
-    metric: str  # accuracy | spearman | mean cosine to dense
+    metric: str  # accuracy | spearman | cosine_to_dense (the report key it is stored under: METRIC_UNITS)
     dense: float  # in points (x100)
     pruned: float
     agreement: float  # pruned vs dense, a fraction
@@ -497,8 +502,8 @@ class Benchmarked:
 
 def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
     """Select under the budget (a MAC / latency-table fraction, a closed-loop latency target, or the
-    budget search), slice the model, and refit the kept units when the build refits."""
-    from .pruning import print_layer_table, refit, report_emptied
+    budget search), slice the model, and reconstruct the kept units when the build does (``--reconstruct``)."""
+    from .pruning import print_layer_table, reconstruct_kept_units, report_emptied
 
     opts, target, model, scores = ctx.opts, ctx.target, ctx.model, ctx.scores
     profile = target.profile
@@ -508,7 +513,7 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
         search = search_build(ctx, staging, _objective(opts), search_settings(opts))
         selected = Selected(search.model, search.selection_cost, list(scores.notes), search.reconstruction, search=search)
     elif "flops" in budget:
-        result = ctx.prune_fraction(budget["flops"], refit_units=False)
+        result = ctx.prune_fraction(budget["flops"], reconstruct_units=False)
         sel_cost = result.selection.cost
         if ctx.cost_info.get("select_by") == "latency":
             ctx.cost_info["predicted_ms"] = round(sel_cost, 4)
@@ -546,7 +551,7 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
                                         "measured_speedup": ref_ms / ls.measured_ms}
         selected = Selected(ls.model.eval(), ls.predicted_ms, list(scores.notes), None, latency_budget=latency_info)
     if selected.search is None and opts.reconstruct:
-        selected.reconstruction = refit(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
+        selected.reconstruction = reconstruct_kept_units(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
     print_layer_table(model, selected.model)
     report_emptied(model, selected.model)
     return selected
@@ -593,7 +598,7 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
 
 def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
     """The task metric of every export through the target runtime, on ``--eval-split``."""
-    from .evaluate import evaluate
+    from .evaluate import evaluate, headline_metric
 
     opts, task = ctx.opts, ctx.task
     labels = exported.labels
@@ -608,9 +613,9 @@ def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
         step(f"embeddings on {emb['corpus_size']} held-out texts: cosine to dense mean {emb['cosine_mean']:.4f}, "
              f"5th percentile {emb['cosine_p5']:.4f}; recall@10 agreement {emb['recall_at_10']:.4f}")
         # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
-        return Validated(ev, "mean cosine to dense", 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
+        return Validated(ev, headline_metric("embedding"), 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
-    metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+    metric = headline_metric(task.data.task_type)
     mp = ev["models"]["pruned"]
     agreement = mp.get("agreement_vs_baseline", mp.get("spearman_vs_baseline"))
     return Validated(ev, metric, 100 * ev["models"]["dense"][metric], 100 * mp[metric], agreement)
@@ -664,7 +669,7 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
     if opts.max_accuracy_drop is not None and selected.search is None:  # with a search the limit applies to validation, not test
         # the quantised / fused artefact is gated against the fp32 dense model when one was measured
         worst = max(drop, drop_ref)
-        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "drop": round(worst, 3), "against": ref or "dense",
+        gate = {"max_accuracy_drop": opts.max_accuracy_drop, "metric": metric, "drop": round(worst, 3), "against": ref or "dense",
                 "passed": bool(worst <= opts.max_accuracy_drop)}
     if ctx.embedding and (opts.min_cosine is not None or opts.min_recall is not None):
         gate = _embedding_gate(validated.embedding, opts.min_cosine, opts.min_recall)
@@ -681,8 +686,10 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "runtime": exported.runtime,
         "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
-        "accuracy": {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
-                     "metric": metric, **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
+        "metric": metric,  # the key of the block below (REPORT_KEYS, METRIC_UNITS)
+        metric: {"dense": round(acc_d, 3), "pruned": round(acc_p, 3), "drop": round(drop, 3), "agreement": round(100 * float(validated.agreement), 3),
+                 "metric": metric, "unit": METRIC_UNITS[metric],
+                 **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
                        "unit": "samples/s at p50 latency",
@@ -850,6 +857,6 @@ def check_gate(report: dict) -> None:
         )
     if gate and not gate["passed"]:
         raise QualityGateError(
-            f"quality gate failed: accuracy dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "
+            f"quality gate failed: {gate.get('metric', 'accuracy')} dropped {gate['drop']:.2f} points (> --max-accuracy-drop {gate['max_accuracy_drop']}); "
             f"the bundle at {report.get('bundle')} is marked failed in report.json; raise the budget or the allowed drop"
         )

@@ -70,6 +70,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(_ranks(np.ravel(a)), _ranks(np.ravel(b)))
 
 
+HEADLINE_METRICS = {"classification": "accuracy", "regression": "spearman", "embedding": "cosine_to_dense"}
+
+
+def headline_metric(task_type: str) -> str:
+    """The metric a build reports (under this key, x 100) and a budget search judges, for a task type."""
+    return HEADLINE_METRICS[task_type]
+
+
 def task_metrics(logits: np.ndarray, labels: np.ndarray | None, task_type: str, num_labels: int) -> dict:
     logits = np.asarray(logits, dtype=np.float32)
     out: dict[str, Any] = {"n": int(len(logits))}

@@ -492,7 +492,7 @@ def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[st
                cache: bool = True) -> tuple[LatencyTable, Path | None, bool]:
     """The latency table of ``model`` on ``target`` from the cache (``$OPTIN_DEPLOY_CACHE/luts``), measured
     here and cached on a miss. Returns ``(table, cached file, measured_now)``."""
-    from .core.api import cache_root
+    from .core.score_cache import cache_root
 
     target = resolve_target(target)
     path = cache_root() / "luts" / f"{table_key(model, target)}.json" if cache else None

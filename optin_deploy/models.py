@@ -351,3 +351,21 @@ def load_tokenizer(spec: str | os.PathLike):
         return AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable())
     except Exception as exc:  # noqa: BLE001
         raise OptinError(f"no tokenizer found with model {str(spec)!r} ({type(exc).__name__}); save the tokenizer in the model folder (tokenizer.save_pretrained)") from None
+
+
+def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: int = 128,
+                             model_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Inputs of an exact shape for a model without a task (an export or benchmark of a bare folder):
+    the family adapter makes them (:meth:`~optin_deploy.adapters.base.Adapter.example_inputs`), text
+    tokenised from its sample sentences when a tokenizer sits with ``model_dir``, else seeded random ids;
+    images are seeded standard-normal pixels (already 'normalised')."""
+    from .adapters import get_adapter
+
+    adapter = get_adapter(model)
+    tok = None
+    if adapter.modality == "text" and model_dir is not None:
+        try:
+            tok = load_tokenizer(model_dir)
+        except Exception:  # noqa: BLE001 - no tokenizer: random ids
+            tok = None
+    return adapter.example_inputs(batch, seq_len, tokenizer=tok, seed=seed)

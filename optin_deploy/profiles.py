@@ -47,6 +47,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from .errors import OptinError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+DEFAULT_PROFILE = "x86-cpu-ort"  # the target of build, sweep and prune when --profile is not given
 
 #: profile runtime -> name in :mod:`optin_deploy.runtimes`
 RUNTIMES = {

@@ -14,13 +14,14 @@ from rich.table import Table
 from torch import nn
 
 from .adapters import get_adapter
-from .core.api import estimate_exact_seconds, score_model
+from .core.score_cache import estimate_exact_seconds, score_model
 from .core.costs import CostModel, mac_cost_model
 from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT, FITS, reconstruct
 from .core.scoring import RawScores, ScoreSettings
 from .core.selection import Selection, select
 from .core.surgery import apply_plan
 from .errors import OptinError
+from .profiles import DEFAULT_PROFILE
 from .progress import console, progress_bar, step, warn
 
 SCORING_CHOICES = ("auto", "exact", "fast")
@@ -57,7 +58,7 @@ class PruneResult:
         }
 
 
-def check_refit(fit: str, damp: float) -> None:
+def check_reconstruct(fit: str, damp: float) -> None:
     if fit not in FITS:
         raise OptinError(f"unknown --reconstruct-fit {fit!r}; choose from {', '.join(FITS)}")
     if not damp > 0:
@@ -161,14 +162,15 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
           head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
           fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP, teacher_cache: dict | None = None) -> PruneResult:
-    """Score (or reuse ``scores``), select under the budget, slice, and optionally refit the kept units
+    """Score (or reuse ``scores``), select under the budget, slice, and optionally reconstruct the kept units
     (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
     a = get_adapter(model)
-    seq = a.seq_len(calib)
-    macs = mac_cost_model(model, seq)
+    # MACs are reported at the length the given cost model counts them at (else the calibration's)
+    seq = (costs.info.get("seq_len") if costs is not None else None) or a.seq_len(calib)
     if costs is None:
         check_budget(flops)
-        costs, budget = macs, flops * macs.dense()
+        costs = mac_cost_model(model, seq)
+        budget = flops * costs.dense()
         check_keeps_something(costs, budget, f"--flops {flops}", head_multiple, neuron_multiple)
     if probes < 1:
         raise OptinError(f"--probes must be at least 1, got {probes}")
@@ -180,24 +182,25 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
-    rec = refit(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
+    rec = reconstruct_kept_units(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
     pa = get_adapter(pruned)
     return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
 
 
-def refit(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
+def reconstruct_kept_units(dense: nn.Module, pruned: nn.Module, calib: dict[str, torch.Tensor], fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP,
           teacher_cache: dict | None = None) -> dict:
-    """Least-squares refit of the kept units of ``pruned`` (in place) on the calibration batch."""
-    check_refit(fit, damp)
-    step(f"refitting the kept units' output {fit} layer by layer on the calibration batch (damping {damp})")
-    with progress_bar("refit") as update:
+    """Reconstruction: a least-squares refit of the kept units' output weights of ``pruned`` (in place) on the
+    calibration batch, so each pruned sublayer adds what the dense one added (:mod:`optin_deploy.core.reconstruct`)."""
+    check_reconstruct(fit, damp)
+    step(f"reconstructing the kept units: least-squares fit of their output {fit}, layer by layer on the calibration batch (damping {damp})")
+    with progress_bar("reconstruct") as update:
         rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update, teacher_cache=teacher_cache)
     out = rep.to_dict()
     if rep.layers:
         before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)
         after = sum(r["error_after"] for r in rep.layers) / len(rep.layers)
         out.update({"mean_error_before": round(before, 5), "mean_error_after": round(after, 5)})
-        step(f"refit {len(rep.layers)} sublayers in {rep.seconds:.1f}s: mean relative reconstruction error {before:.4f} -> {after:.4f}")
+        step(f"reconstructed {len(rep.layers)} sublayers in {rep.seconds:.1f}s: mean relative reconstruction error {before:.4f} -> {after:.4f}")
     return out
 
 
@@ -225,16 +228,21 @@ def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
 def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.6, calib_samples: int = 128, calib_length: int = 64,
                     scoring: str = "auto", scorer: str = "optin", probes: int = 64, reconstruct: bool = True, fit: str = DEFAULT_FIT,
                     damp: float = DEFAULT_DAMP, seed: int = 0, text_column: str = "text", label_column: str = "label",
-                    force: bool = False) -> dict:
-    """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs
-    (counted at the calibration length, recorded as ``budget.seq_len``), slice, refit, and save the
-    pruned model to ``out`` (atomically). Bad input fails before any work. Returns the summary."""
+                    force: bool = False, profile=DEFAULT_PROFILE) -> dict:
+    """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs, slice,
+    reconstruct, and save the pruned model to ``out`` (atomically). Bad input fails before any work. Returns
+    the summary. The MACs are counted at ``budget.seq_len`` (recorded): with a ``profile`` (a name, a file or a
+    :class:`~optin_deploy.target.Target`) at the length ``build`` counts them at (:meth:`Target.mac_seq_len`),
+    with its head / neuron multiples, so the structure is ``build --profile P --select-by macs --flops F``'s
+    (default: build's default profile); ``profile=None``: at the calibration length, no multiples."""
     from .pruned_io import save_pruned, task_hint
     from .safe_out import check_out
+    from .target import resolve_target
     from .zoo import load_task
 
+    target = resolve_target(profile) if profile is not None else None  # a bad profile fails before any work
     check_budget(flops)
-    check_refit(fit, damp)
+    check_reconstruct(fit, damp)
     if calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
     if probes < 1:
@@ -247,12 +255,15 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     if task.max_length is not None:
         task.max_length = calib_length
     calib = task.calibration(calib_samples, seed=seed)
-    result = prune(task.model, calib, flops=flops, scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed), probes=probes,
-                   reconstruct=reconstruct, fit=fit, damp=damp)
+    seq = target.mac_seq_len(task.model) if target is not None else get_adapter(task.model).seq_len(calib)
+    costs, kw = mac_cost_model(task.model, seq), (target.selection_kwargs if target is not None else {})
+    check_keeps_something(costs, flops * costs.dense(), f"--flops {flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
+    result = prune(task.model, calib, costs=costs, budget=flops * costs.dense(), scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed),
+                   probes=probes, reconstruct=reconstruct, fit=fit, damp=damp, **kw)
     print_layer_table(task.model, result.model)
     report_emptied(task.model, result.model)
-    seq = get_adapter(task.model).seq_len(calib)
-    summary = {"model": task.model_source or model_spec, "budget": {"flops": flops, "seq_len": seq}, **result.summary()}
+    budget = {"flops": flops, "seq_len": seq, **({"profile": target.name} if target is not None else {})}
+    summary = {"model": task.model_source or model_spec, "budget": budget, **result.summary()}
     summary["macs"]["seq_len"] = seq
     save_pruned(result.model, out, extra={"source": task.model_source or model_spec, "source_dir": task.model_source, "task": task.data.name,
                                           "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},

@@ -5,6 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def metric_block(report: dict) -> dict:
+    """The task metric's figures of a build report: ``report[report["metric"]]`` (``accuracy``,
+    ``spearman`` or ``cosine_to_dense``; reports written before the key existed keep them under ``accuracy``)."""
+    return report[report.get("metric") or "accuracy"]
+
+
+METRIC_LABELS = {"accuracy": "accuracy (%)", "spearman": "Spearman (x100)", "cosine_to_dense": "cosine to dense (x100)"}
+
+
+AGREEMENT_LABELS = {"accuracy": "agreement with dense (%)", "spearman": "Spearman with dense (x100)",
+                    "cosine_to_dense": "recall@10 agreement with dense (%)"}
+
+
+def metric_label(metric: str) -> str:
+    """A column / axis label for a metric's points: ``accuracy (%)``, ``Spearman (x100)``, ..."""
+    return METRIC_LABELS.get(metric, f"{metric} (x100)")
+
+
 def write_plots(report: dict, folder: Path) -> dict[str, str]:
     import matplotlib
 
@@ -30,10 +48,10 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    acc = report["accuracy"]
+    acc = metric_block(report)
     axes[0].bar(["dense", "pruned"], [acc["dense"], acc["pruned"]], color=["#7f7f7f", "#1f77b4"])
     axes[0].set_ylim(max(0, min(acc["dense"], acc["pruned"]) - 10), 100)
-    axes[0].set_title(f"{acc['metric']} (%)")
+    axes[0].set_title(f"{metric_label(acc['metric'])}")
     for i, v in enumerate([acc["dense"], acc["pruned"]]):
         axes[0].text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
     lat = report["latency_ms"]
@@ -55,7 +73,7 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
 
 
 def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
-    acc, lat, thr, macs = report["accuracy"], report["latency_ms"], report["throughput"], report["macs"]
+    acc, lat, thr, macs = metric_block(report), report["latency_ms"], report["throughput"], report["macs"]
     gate = report.get("gate")
     lines = [
         f"# optin-deploy build report: {report['model']}",
@@ -69,7 +87,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             + (f", x{b['speedup_vs_fp32_dense_export']:.2f} against the fp32 dense export (`{b['reference_fp32']}`), "
                f"{-b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
             "",
-            f"| how the weights run | runtime | graph | precision | p50 ms | {acc['metric']} (%) | pruned is faster by |",
+            f"| how the weights run | runtime | graph | precision | p50 ms | {metric_label(acc['metric'])} | pruned is faster by |",
             "|---|---|---|---|---:|---:|---:|",
         ]
         for label, r in b["models"].items():
@@ -124,10 +142,10 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
                      + f". The {report['task']['eval_split']} figures below were computed after the choice and never used by it.")
     rec = report.get("reconstruction")
     if rec and rec.get("layers"):
-        lines.append(f"- refit of the kept units' output {rec.get('fit', 'scales')} (damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
+        lines.append(f"- reconstruction of the kept units (least-squares fit of their output {rec.get('fit', 'scales')}; damping {rec['damp']}): {len(rec['layers'])} sublayers in {rec['seconds']:.1f} s, "
                      f"mean relative reconstruction error on the calibration batch {rec['mean_error_before']:.4f} -> {rec['mean_error_after']:.4f}")
     elif rec is None:
-        lines.append("- no refit of the kept units (--no-reconstruct): plain surgery")
+        lines.append("- no reconstruction of the kept units (--no-reconstruct): plain surgery")
     for n in report["scoring"].get("notes") or []:
         lines.append(f"- note: {n}")
     lines += [
@@ -135,8 +153,8 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         "| | dense | pruned | change |",
         "|---|---:|---:|---:|",
         f"| encoder MACs (seq {macs['seq_len']}) | {macs['dense']:,} | {macs['pruned']:,} | x{macs['ratio']:.3f} |",
-        f"| {acc['metric']} (%) | {acc['dense']:.2f} | {acc['pruned']:.2f} | {-acc['drop']:+.2f} pts |",
-        f"| agreement with dense (%) | | {acc['agreement']:.2f} | |",
+        f"| {metric_label(acc['metric'])} | {acc['dense']:.2f} | {acc['pruned']:.2f} | {-acc['drop']:+.2f} pts |",
+        f"| {AGREEMENT_LABELS.get(acc['metric'], 'agreement with dense (%)')} | | {acc['agreement']:.2f} | |",
         f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster |",
         f"| latency p90 (ms) | {lat['dense']['p90']:.2f} | {lat['pruned']['p90']:.2f} | |",
         f"| latency p99 (ms) | {lat['dense']['p99']:.2f} | {lat['pruned']['p99']:.2f} | |",

@@ -3,7 +3,7 @@ the accuracy you need (``--max-accuracy-drop P``), or the most accurate one that
 (``--min-speedup S``).
 
 Scores do not depend on the budget (and are cached), so a candidate budget costs only a selection,
-the slicing, the refit of the kept units, one export, an evaluation on a fixed validation subset
+the slicing, the reconstruction of the kept units, one export, an evaluation on a fixed validation subset
 and a short benchmark interleaved with the dense model on the target runtime. The search:
 
 1. **bracket**: measure a first budget (accuracy: 0.6; speed: the budget a fixed-cost latency model
@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import OptinError
+from .report import metric_label
 
 FRONTIER_FORMAT = "optin-deploy-frontier"
 FRONTIER_VERSION = 1
@@ -116,7 +117,7 @@ class Candidate:
     dense_latency_ms: float = float("nan")  # p50 of the dense model in the same run
     speedup: float = float("nan")  # dense p50 / pruned p50, same run
     met: bool | None = None  # meets the objective (None in a sweep)
-    seconds: float = 0.0  # time spent on this candidate (select, slice, refit, export, evaluate, time)
+    seconds: float = 0.0  # time spent on this candidate (select, slice, reconstruct, export, evaluate, time)
     contest_speedup: float | None = None  # speed-up in the joint speed contest, when it ran
     verification: dict | None = None  # full-validation re-check
 
@@ -332,6 +333,7 @@ class Frontier:
     contest: dict | None = None
     reference: dict | None = None
     message: str | None = None
+    budget: dict | None = None  # what a candidate's budget is a fraction of: select_by (macs | latency) and seq_len
 
     def dense_latency(self) -> float:
         vals = [c.dense_latency_ms for c in self.candidates if not math.isnan(c.dense_latency_ms)]
@@ -341,7 +343,7 @@ class Frontier:
         return {
             "format": FRONTIER_FORMAT, "version": FRONTIER_VERSION,
             "model": self.model, "task": self.task, "metric": self.metric, "profile": self.profile, "runtime": self.runtime,
-            "objective": self.objective.to_dict() if self.objective else None,
+            "budget": self.budget, "objective": self.objective.to_dict() if self.objective else None,
             "validation": self.validation, "dense": {**self.dense, "latency_ms": _r(self.dense_latency())}, "bench": self.bench,
             "candidates": [c.to_dict() for c in self.candidates],
             "chosen": self.chosen, "reachable": self.reachable, "message": self.message,
@@ -374,7 +376,7 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
                  f"(seed {v['seed']}): standard error of the dense accuracy on it {v['accuracy_se']:.2f} points, of a candidate's paired drop "
                  f"{_f(v.get('drop_se_median'), '.2f', '?')} points (median). Speed-up: dense p50 over candidate p50, timed interleaved in one run "
                  f"({fr['bench']['rounds']} rounds, batch {fr['bench']['inputs']}, {fr['runtime']}).")
-    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {fr['metric']} (%) | drop (pts) | +- | agreement (%) | speed-up | meets |",
+    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {metric_label(fr['metric'])} | drop (pts) | +- | agreement (%) | speed-up | meets |",
               "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines.append(f"| | dense | | 1 | 1.000 | | | {fr['dense']['accuracy']:.2f} | 0 | | 100 | 1.00x | |")
     for c in sorted(fr["candidates"], key=lambda c: (c["scorer"], c["phase"] == "reference", c["budget"])):
@@ -443,8 +445,8 @@ def plot_frontier(fr: Frontier, path: Path) -> None:
         else:
             ax.axvline(ref / fr.objective.limit, color="red", linestyle="--", linewidth=1, label=f"limit: {fr.objective.limit:g}x")
     ax.set_xlabel(f"latency p50 (ms, {fr.runtime}, {fr.bench['inputs']}; dense = {ref:.1f} ms, candidates scaled by their interleaved ratio)", fontsize=7)
-    ax.set_ylabel(f"validation {fr.metric} (%, {fr.validation['samples']} samples)")
-    ax.set_title(f"{fr.model}: accuracy vs measured latency", fontsize=10)
+    ax.set_ylabel(f"validation {metric_label(fr.metric)}, {fr.validation['samples']} samples")
+    ax.set_title(f"{fr.model}: {fr.metric} vs measured latency", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -456,10 +458,10 @@ def plot_frontier(fr: Frontier, path: Path) -> None:
 
 
 class CandidateLab:
-    """Measures candidate budgets of one build: prune + refit, export, validation subset, interleaved timing.
+    """Measures candidate budgets of one build: prune + reconstruct, export, validation subset, interleaved timing.
 
     Uses the build's own stages (:class:`optin_deploy.build.BuildContext`): the same selection,
-    surgery, refit, exporter, runtime, evaluation and benchmark as a fixed-budget build.
+    surgery, reconstruction, exporter, runtime, evaluation and benchmark as a fixed-budget build.
     """
 
     def __init__(self, ctx, workdir: Path, settings: SearchSettings, dense_export: dict | None = None):
@@ -468,7 +470,9 @@ class CandidateLab:
         self.ctx, self.settings, self.workdir = ctx, settings, Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         task = ctx.task
-        self.metric = "accuracy" if task.data.task_type == "classification" else "spearman"
+        from .evaluate import headline_metric
+
+        self.metric = headline_metric(task.data.task_type)
         val = task.data.require_labels("validation")
         n = len(val)
         g = np.random.default_rng(ctx.opts.seed)
@@ -592,6 +596,7 @@ class CandidateLab:
         ctx = self.ctx
         return Frontier(model=ctx.task.model_source or ctx.opts.model or "minilm-sentiment", task=ctx.task.data.name, metric=self.metric,
                         profile=ctx.profile.name, runtime=ctx.runtime_name(self.dense_export), validation=self.validation_info(),
+                        budget={"select_by": ctx.cost_info.get("select_by") or ctx.select_by, "seq_len": ctx.seq},
                         dense={"accuracy": self.dense_summary()["accuracy"]},
                         bench={"rounds": self.settings.rounds, "warmup": self.settings.warmup, "interleaved": True,
                                "inputs": "x".join(str(d) for d in next(iter(ctx.bench_np.values())).shape[:2])},
@@ -605,7 +610,7 @@ class CandidateLab:
         shutil.move(str(src), str(folder))
         text = (folder / "export.json").read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(folder))[1:-1])
         (folder / "export.json").write_text(text)
-        from .exporters.bundle import read_manifest
+        from .runtimes.base import read_manifest
 
         manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
         self.exports[c.id] = manifest

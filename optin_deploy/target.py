@@ -47,6 +47,14 @@ class Target:
         maxpos = get_adapter(model).max_positions()
         return min(self.seq_len, maxpos) if maxpos else self.seq_len
 
+    def mac_seq_len(self, model: torch.nn.Module) -> int:
+        """Tokens per sample a MAC budget (``--flops``) is counted at, for ``build`` and ``prune`` alike:
+        :meth:`text_len` for text, the model's own token count for images (the benchmark shape's)."""
+        from .adapters import get_adapter
+
+        a = get_adapter(model)
+        return self.text_len(model) if a.modality == "text" else a.seq_len(a.example_inputs(1))
+
     def shape(self, model: torch.nn.Module | None = None):
         """The exporters' :class:`~optin_deploy.exporters.base.ShapeProfile` (min/opt/max batch and
         tokens) for this target, the token range clamped to the model's usable positions."""

@@ -19,7 +19,7 @@ from conftest import make_tiny_bert, run_cli, text_inputs
 from test_build import tiny_text_task  # noqa: F401 - the tiny task (fixture) of the build tests
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
-from optin_deploy.exporters import ShapeProfile, export_bundle, parity_inputs
+from optin_deploy.exporters import ShapeProfile, export_to_folder, parity_inputs
 from optin_deploy.exporters.base import LogitsModel
 from optin_deploy.runtimes import get_runtime
 
@@ -42,8 +42,8 @@ def aoti_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("aoti")
     models = {"dense": make_tiny_bert(layers=3), "pruned": _pruned_tiny()}
     for label, m in models.items():
-        export_bundle(m, text_inputs(4, 16), root / "aoti" / label, fmt="aoti", profile=PROFILE)
-        export_bundle(m, text_inputs(4, 16), root / "onnx" / label, profile=PROFILE, precision="int8")
+        export_to_folder(m, text_inputs(4, 16), root / "aoti" / label, fmt="aoti", profile=PROFILE)
+        export_to_folder(m, text_inputs(4, 16), root / "onnx" / label, profile=PROFILE, precision="int8")
     return root, models
 
 
@@ -112,7 +112,7 @@ def test_bench_runtimes_notes_a_missing_package(tmp_path):
     from optin_deploy.bench_runtimes import parse_runtimes, variants
 
     assert "torch-aoti-cpu" in parse_runtimes("all") and parse_runtimes("ort-cpu,torch-aoti-cpu") == ["ort-cpu", "torch-aoti-cpu"]
-    export_bundle(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "onnx" / "dense", profile=PROFILE)
+    export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "onnx" / "dense", profile=PROFILE)
     vs, notes = variants(str(tmp_path / "onnx" / "dense"), "torch-aoti-cpu")
     assert vs == [] and "--format aoti" in notes[0]
 
@@ -125,7 +125,7 @@ def test_missing_compiler_is_one_line(tmp_path, monkeypatch):
     cpp_compiler_search.cache_clear()
     try:
         with pytest.raises(MissingRuntimeError, match="C\\+\\+ compiler") as ei:
-            export_bundle(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
+            export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
         assert "\n" not in str(ei.value)
         assert not (tmp_path / "b" / "model.pt2").exists()
         model_dir = tmp_path / "m"
@@ -139,8 +139,8 @@ def test_missing_compiler_is_one_line(tmp_path, monkeypatch):
 
 def test_bad_requests_are_one_line(tmp_path):
     with pytest.raises(OptinError, match="fp32"):
-        export_bundle(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", precision="int8", profile=PROFILE)
-    export_bundle(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "onnx", profile=PROFILE)
+        export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", precision="int8", profile=PROFILE)
+    export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "onnx", profile=PROFILE)
     with pytest.raises(OptinError, match="only AOTInductor bundles"):
         get_runtime("torch-aoti-cpu").load(tmp_path / "onnx")
 
@@ -170,7 +170,7 @@ def test_static_fallback_when_dynamic_export_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.export, "export", no_dynamic)
     model = make_tiny_bert(layers=1)
-    m = export_bundle(model, text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
+    m = export_to_folder(model, text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
     meta = m["artifacts"]["aoti"]
     assert meta["dynamic"] is False and "simulated" in meta["dynamic_error"]
     assert [c["shapes"]["input_ids"] for c in meta["parity"]["cases"]] == [[4, 16]] and meta["parity"]["passed"]

@@ -13,7 +13,7 @@ from conftest import make_tiny_bert, text_inputs
 
 from optin_deploy.bench import benchmark, print_bench_table
 from optin_deploy.evaluate import accuracy, agreement, evaluate, macro_f1, pearson, spearman, task_metrics
-from optin_deploy.exporters import ShapeProfile, export_bundle
+from optin_deploy.exporters import ShapeProfile, export_to_folder
 from optin_deploy.runtimes import get_runtime
 
 
@@ -24,8 +24,8 @@ def dense_and_pruned(tmp_path_factory):
     dense = make_tiny_bert()
     pruned = surgery.apply_plan(dense, surgery.random_plan(dense, seed=1, empty_heads_layer=1))
     prof = ShapeProfile(opt_batch=4, max_batch=16, opt_seq=16, max_seq=64)
-    export_bundle(dense, text_inputs(), d / "dense", profile=prof)
-    export_bundle(pruned, text_inputs(), d / "pruned", profile=prof)
+    export_to_folder(dense, text_inputs(), d / "dense", profile=prof)
+    export_to_folder(pruned, text_inputs(), d / "pruned", profile=prof)
     return dense, pruned, d
 
 
@@ -176,3 +176,33 @@ def test_cli_export_pruned_dir_and_bench_table(tmp_path):
     r = CliRunner().invoke(app, ["bench", str(tmp_path / "b"), "--iters", "2", "--warmup", "1", "--batch", "2", "--seq-len", "8"])
     assert r.exit_code == 0, r.output
     assert "p50" in r.output
+
+
+def test_inputs_of_a_model_folder_and_of_its_export_come_from_one_place(tmp_path):
+    """``bench`` of a bare model folder and of its export (known only by its input names) tokenise the same
+    sample sentences through the family adapter (``Adapter.inputs_for``): identical arrays."""
+    import shutil
+    from pathlib import Path
+
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from optin_deploy.adapters.base import SAMPLE_TEXTS
+    from optin_deploy.bench import bench_inputs
+    from optin_deploy.data import assets
+    from optin_deploy.exporters.export_folder import export_model_dir
+    from optin_deploy.models import load_tokenizer
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    folder = tmp_path / "model"
+    BertForSequenceClassification(cfg).eval().save_pretrained(folder)
+    for f in Path(assets.minilm().path).iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy2(f, folder / f.name)
+    export_model_dir(folder, tmp_path / "exp", batch=2, seq_len=12, max_seq_len=32)
+    a, b = bench_inputs(folder, batch=3, seq_len=12), bench_inputs(tmp_path / "exp", batch=3, seq_len=12)
+    assert list(a) == list(b) and list(a)[:2] == ["input_ids", "attention_mask"]
+    for n in a:
+        assert a[n].shape == (3, 12) and a[n].dtype == b[n].dtype == np.int64 and np.array_equal(a[n], b[n]), n
+    tok = load_tokenizer(folder)
+    assert np.array_equal(a["input_ids"][0], tok(SAMPLE_TEXTS[0], padding="max_length", truncation=True, max_length=12)["input_ids"])

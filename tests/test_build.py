@@ -70,7 +70,7 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert report["selected_by"] == {"select_by": "macs", "seq_len": report["macs"]["seq_len"]}
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
     assert report["budget"] == {"flops": 0.5, "seq_len": 128}  # MACs counted at the profile's 128 tokens (not the calibration's 64)
-    assert set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement"}
+    assert report["metric"] == "accuracy" and set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement", "unit"}
     assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
     assert report["gate"]["passed"] is True
@@ -115,11 +115,64 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     logits = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     assert logits.shape == (2, 2)
     assert not list(tmp_path.glob(".bundle.tmp-*")), "staging folder left behind"
+    # prune with the same budget and calibration selects the same structure (one budget rule: MACs at the profile's length)
+    proc = run_cli("prune", str(tiny_text_task / "model"), "--flops", "0.5", "--data", str(tiny_text_task / "data.csv"),
+                   "--calib-samples", "16", "--scoring", "exact", "--out", str(tmp_path / "pruned"), "--json", "-")
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["budget"] == {**report["budget"], "profile": report["profile"]}
+    assert summary["heads_per_layer"] == report["structure"]["heads"]["pruned"]
+    assert summary["neurons_per_layer"] == report["structure"]["neurons"]["pruned"]
     # a second run reuses the cached scores
     out2 = tmp_path / "bundle2"
     run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.7",
             "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out2))
     assert json.loads((out2 / "report.json").read_text())["scoring"]["cached"] is True
+
+
+@pytest.mark.slow  # a whole build
+def test_regression_build_reports_spearman_under_its_name(tiny_text_task, tmp_path):
+    """A regression task's figures are 100 x Spearman: the report stores them under ``spearman`` (named by
+    ``report["metric"]``), never under ``accuracy``; the gate, report.md and the console say so."""
+    import random
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from optin_deploy.report import metric_block
+
+    src = BertForSequenceClassification.from_pretrained(tiny_text_task / "model")
+    torch.manual_seed(1)
+    cfg = src.config
+    cfg.num_labels, cfg.problem_type = 1, "regression"
+    cfg.id2label, cfg.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
+    model_dir = tmp_path / "reg-model"
+    BertForSequenceClassification(cfg).save_pretrained(model_dir)
+    for f in (tiny_text_task / "model").iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            shutil.copy2(f, model_dir / f.name)
+    rng = random.Random(0)
+    with open(tmp_path / "reg.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(160):
+            k = rng.randint(0, 4)
+            words = rng.choices(WORDS_POS, k=k) + rng.choices(WORDS_NEG, k=4 - k) + rng.choices(["the", "film", "was"], k=3)
+            rng.shuffle(words)
+            w.writerow([" ".join(words), f"{k / 4 + rng.random() * 0.1:.3f}"])
+    out = tmp_path / "bundle"
+    proc = run_cli("build", "--model", model_dir, "--data", tmp_path / "reg.csv", "--flops", "0.6", "--calib-samples", "16",
+                   "--bench-iters", "3", "--max-accuracy-drop", "1000", "--scoring", "exact", "--select-by", "macs", "--no-baselines",
+                   "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["type"] == "regression" and report["metric"] == "spearman" and "accuracy" not in report
+    sp = metric_block(report)
+    assert sp is report["spearman"] and sp["metric"] == "spearman" and "Spearman" in sp["unit"]
+    assert -100 <= sp["pruned"] <= 100 and sp["drop"] == pytest.approx(sp["dense"] - sp["pruned"], abs=2e-3)
+    assert report["gate"]["metric"] == "spearman" and report["gate"]["passed"] is True
+    md = (out / "report.md").read_text()
+    assert "| Spearman (x100) |" in md and "| Spearman with dense (x100) |" in md 
+    assert not [l for l in md.split("## Files")[0].splitlines() if "accuracy" in l and not l.startswith("![")]  # (the plot file keeps its name)
+    assert "spearman" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("args,message", [
@@ -153,6 +206,8 @@ def test_quality_gate():
     check_gate({"gate": None})
     with pytest.raises(QualityGateError, match="quality gate failed: accuracy dropped 3.10 points"):
         check_gate({"gate": {"passed": False, "drop": 3.1, "max_accuracy_drop": 2.0}, "bundle": "x"})
+    with pytest.raises(QualityGateError, match="quality gate failed: spearman dropped 3.10 points"):
+        check_gate({"gate": {"passed": False, "metric": "spearman", "drop": 3.1, "max_accuracy_drop": 2.0}, "bundle": "x"})
 
 
 def test_prune_cli(tiny_text_task, tmp_path):
@@ -161,6 +216,9 @@ def test_prune_cli(tiny_text_task, tmp_path):
                    "--calib-samples", "16", "--scoring", "exact", "--out", str(out), "--json", "-")
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["macs"]["ratio"] <= 0.5 + 1e-9
+    # one budget rule with build: MACs at the default profile's 128 tokens (not the calibration's 64), its neuron multiple
+    assert summary["budget"] == {"flops": 0.5, "seq_len": 128, "profile": "x86-cpu-ort"} and summary["macs"]["seq_len"] == 128
+    assert all(n % 8 == 0 for n in summary["neurons_per_layer"])
     assert "kept per layer" in proc.stdout + proc.stderr
     from optin_deploy.adapters import get_adapter
     from optin_deploy.pruned_io import load_pruned

@@ -184,7 +184,7 @@ def test_scores_equal_reference_with_cosine_output_term():
 
 @pytest.mark.slow
 def test_fast_scores_follow_exact_for_embeddings(tmp_path, monkeypatch):
-    from optin_deploy.core.api import score_model
+    from optin_deploy.core.score_cache import score_model
     from optin_deploy.core.scoring import ScoreSettings, spearman
 
     monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
@@ -198,7 +198,7 @@ def test_fast_scores_follow_exact_for_embeddings(tmp_path, monkeypatch):
     assert spearman(torch.cat(fa.neuron_kl), torch.cat(ex.neuron_kl)) > 0.8
     assert score_model(m, x, "exact", s).info["cached"] is True  # the cache serves embedding scores too
     # an embedding model's scores never share a cache entry with another output term
-    from optin_deploy.core.api import score_key
+    from optin_deploy.core.score_cache import score_key
 
     assert score_key(m, x, "exact", s, {"output_term": "embedding"}) != score_key(m, x, "exact", s)
 
@@ -240,13 +240,13 @@ def test_onnx_output_equals_pytorch(tmp_path, monkeypatch):
     import onnxruntime as ort
 
     from optin_deploy.exporters.base import ShapeProfile
-    from optin_deploy.exporters.bundle import export_bundle
+    from optin_deploy.exporters.export_folder import export_to_folder
 
     monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
     m = tiny_embedder()
     x = text_inputs(batch=6, seq=12)
     pruned = _prune(m, x, flops=0.4).model
-    man = export_bundle(pruned, x, tmp_path / "onnx", profile=ShapeProfile(1, 4, 16, 1, 12, 64))
+    man = export_to_folder(pruned, x, tmp_path / "onnx", profile=ShapeProfile(1, 4, 16, 1, 12, 64))
     par = man["parity"]["model.onnx"]
     assert par["passed"] and par["max_abs_diff"] <= 1e-4 and all(c["min_cosine"] > 0.9999 for c in par["cases"])
     sess = ort.InferenceSession(man["artifact"], providers=["CPUExecutionProvider"])

@@ -13,7 +13,7 @@ import torch
 from conftest import FAMILIES, TEXT_FAMILIES, family_params, image_inputs, make_tiny_bert, make_tiny_timm, text_inputs
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
-from optin_deploy.exporters import ShapeProfile, export_bundle, get_exporter, parity_inputs
+from optin_deploy.exporters import ShapeProfile, export_to_folder, get_exporter, parity_inputs
 from optin_deploy.exporters.base import LogitsModel
 from optin_deploy.runtimes import get_runtime
 
@@ -94,9 +94,9 @@ def test_onnx_optimize_records_result(tmp_path):
         assert opt["reason"] and not (tmp_path / "model.optimized.onnx").exists()
 
 
-def test_export_bundle_writes_parity_and_manifest(tmp_path):
+def test_export_to_folder_writes_parity_and_manifest(tmp_path):
     model = make_tiny_timm()
-    m = export_bundle(model, image_inputs(), tmp_path / "bundle", profile=PROFILE, source="tiny")
+    m = export_to_folder(model, image_inputs(), tmp_path / "bundle", profile=PROFILE, source="tiny")
     files = sorted(p.name for p in (tmp_path / "bundle").iterdir())
     assert files == ["export.json", "model.onnx", "parity.json"]
     parity = json.loads((tmp_path / "bundle" / "parity.json").read_text())
@@ -209,7 +209,7 @@ def test_tensorrt_engine(family, precision, tmp_path):
         pytest.skip(why)
     make, inputs = FAMILIES[family]
     pruned, _ = _pruned(make(), seed=2, empty_heads_layer=1)
-    m = export_bundle(pruned, inputs(), tmp_path / "b", fmt="tensorrt", precision=precision, profile=PROFILE,
+    m = export_to_folder(pruned, inputs(), tmp_path / "b", fmt="tensorrt", precision=precision, profile=PROFILE,
                       timing_cache=tmp_path / "timing.cache")
     assert (tmp_path / "b" / "model.engine").exists() and (tmp_path / "b" / "model.engine.json").exists()
     assert (tmp_path / "timing.cache").exists()
@@ -223,7 +223,7 @@ def test_torch_tensorrt_program(tmp_path):
     why = _has_torch_tensorrt_gpu()
     if why:
         pytest.skip(why)
-    m = export_bundle(make_tiny_bert(), text_inputs(), tmp_path / "b", fmt="tensorrt", backend="torch-tensorrt", profile=PROFILE)
+    m = export_to_folder(make_tiny_bert(), text_inputs(), tmp_path / "b", fmt="tensorrt", backend="torch-tensorrt", profile=PROFILE)
     assert m["parity"]["model.ep"]["passed"]
 
 
@@ -282,7 +282,7 @@ def test_dynamo_fallback_for_families_without_export_forward(tmp_path):
 
 def test_int8_export_parity_and_files(tmp_path):
     model, _ = _pruned(make_tiny_bert(), seed=3, empty_heads_layer=1)
-    m = export_bundle(model, text_inputs(), tmp_path / "b", profile=PROFILE, precision="int8")
+    m = export_to_folder(model, text_inputs(), tmp_path / "b", profile=PROFILE, precision="int8")
     files = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert files == ["export.json", "model.fp32.onnx", "model.onnx", "parity.json"]
     assert m["quantization"]["weights"] == "int8 per-channel"

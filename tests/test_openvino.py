@@ -15,7 +15,7 @@ from test_build import tiny_text_task  # noqa: F401 - the tiny task (fixture) of
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile
-from optin_deploy.exporters.bundle import export_bundle
+from optin_deploy.exporters.export_folder import export_to_folder
 from optin_deploy.runtimes import get_runtime
 from optin_deploy.runtimes.base import resolve_artifact
 
@@ -35,7 +35,7 @@ def bundles(tmp_path_factory):
     model = make_tiny_bert()
     out = {}
     for name, m in (("dense", model), ("pruned", _pruned_tiny())):  # the default CPU target: fused graph, int8 + its fp32 graph
-        export_bundle(m, text_inputs(), d / name, profile=PROFILE, precision="int8", graph="fused")
+        export_to_folder(m, text_inputs(), d / name, profile=PROFILE, precision="int8", graph="fused")
         out[name] = d / name
     return out
 

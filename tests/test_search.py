@@ -111,7 +111,7 @@ def test_paired_standard_error():
 
 # ------------------------------------------------------------------------------ the real pipeline
 
-FRONTIER_KEYS = {"format", "version", "model", "task", "metric", "profile", "runtime", "objective", "validation", "dense", "bench",
+FRONTIER_KEYS = {"format", "version", "model", "task", "metric", "profile", "runtime", "budget", "objective", "validation", "dense", "bench",
                  "candidates", "chosen", "reachable", "message", "search", "verification", "contest", "reference"}
 CANDIDATE_KEYS = {"id", "budget", "phase", "scorer", "macs_ratio", "heads", "neurons", "accuracy", "dense_accuracy", "drop", "drop_se",
                   "agreement", "latency_ms", "dense_latency_ms", "speedup", "met", "seconds", "contest_speedup", "verification"}
@@ -189,6 +189,7 @@ def test_frontier_file_has_the_documented_schema(searched):
     fr = json.loads((searched / "frontier.json").read_text())
     assert set(fr) == FRONTIER_KEYS
     assert fr["format"] == FRONTIER_FORMAT and fr["version"] == 1
+    assert fr["budget"]["seq_len"] == json.loads((searched / "report.json").read_text())["budget"]["seq_len"] and fr["budget"]["select_by"] in ("macs", "latency")
     assert fr["objective"] == {"kind": "max_accuracy_drop", "limit": 35.0, "description": "validation accuracy drop <= 35 points"}
     v = fr["validation"]
     assert v["split"] == "validation" and 0 < v["samples"] <= v["total"] and v["accuracy_se"] >= 0

@@ -74,6 +74,18 @@ def _set_child(root: nn.Module, child: nn.Module, new: nn.Module) -> None:
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the tokenizer conventions text families draw from
 
+# what example inputs are tokenised from when a model has a tokenizer but no task (exports and benchmarks of bare folders)
+SAMPLE_TEXTS = [
+    "A gripping, beautifully shot film that never loses its nerve.",
+    "Tedious and overlong; the jokes land with a thud.",
+    "The performances are strong, but the script is a mess.",
+    "An instant classic.",
+    "I wanted to like it more than I did, yet the final act is genuinely moving and the score soars.",
+    "Flat characters, predictable twists and a soundtrack that won't quit.",
+    "Funny, warm and surprisingly sharp about growing older.",
+    "Not worth the price of the ticket.",
+]
+
 
 class Adapter:
     """Base class: the generic part of every family.
@@ -392,6 +404,20 @@ class Adapter:
         return {n: (enc[n] if n in enc else torch.zeros_like(enc["input_ids"])).long() for n in self.input_names()}
 
     @classmethod
+    def inputs_for(cls, names: Sequence[str], batch: int, seq_len: int, vocab: int | None, *, tokenizer=None,
+                   texts: Sequence[str] | None = None, seed: int = 0, padded: bool = True) -> dict[str, torch.Tensor]:
+        """Text inputs ``names`` of exactly ``batch`` x ``seq_len``, the one place they are made without a
+        task: ``texts`` (default :data:`SAMPLE_TEXTS`, cycled) through ``tokenizer`` when one is given,
+        else seeded random ids below ``vocab`` (:meth:`random_inputs`). Used for a model at hand
+        (:meth:`example_inputs`) and for an exported artifact whose family is known only by its input names."""
+        if tokenizer is not None:
+            texts = list(texts or SAMPLE_TEXTS)
+            texts = (texts * (-(-batch // len(texts))))[:batch]
+            enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+            return {n: (enc[n] if n in enc else torch.zeros_like(enc["input_ids"])).long() for n in names}
+        return cls.random_inputs(names, batch, seq_len, vocab or 100, seed=seed, padded=padded)
+
+    @classmethod
     def random_inputs(cls, names: Sequence[str], batch: int, seq_len: int, vocab: int, *, seed: int = 0,
                       padded: bool = True) -> dict[str, torch.Tensor]:
         """Seeded random token ids (``padded``: rows after the first end early, masked out)."""
@@ -425,16 +451,14 @@ class Adapter:
 
     def example_inputs(self, batch: int, seq_len: int = 128, *, tokenizer=None, texts: Sequence[str] | None = None,
                        seed: int = 0, padded: bool = True) -> dict[str, torch.Tensor]:
-        """Inputs of an exact shape: text from ``texts`` through ``tokenizer`` when both are given,
-        else seeded random ids; images are seeded standard-normal pixels of the model's size."""
+        """Inputs of an exact shape for this model: text through :meth:`inputs_for` (``texts``, default
+        :data:`SAMPLE_TEXTS`, through ``tokenizer`` when one is given, else seeded random ids), at most the
+        model's positions; images are seeded standard-normal pixels of the model's size."""
         if self.modality == "text":
             limit = self.max_positions()
             if limit is not None:
                 seq_len = min(seq_len, limit)
-            if tokenizer is not None and texts:
-                texts = (list(texts) * (-(-batch // len(texts))))[:batch]
-                return self.encode(tokenizer, texts, max_length=seq_len, pad_to=seq_len)
-            return self.random_inputs(self.input_names(), batch, seq_len, self.vocab_size(), seed=seed, padded=padded)
+            return self.inputs_for(self.input_names(), batch, seq_len, self.vocab_size(), tokenizer=tokenizer, texts=texts, seed=seed, padded=padded)
         c, h, w = self.image_shape()
         return {self.input_names()[0]: torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))}
 

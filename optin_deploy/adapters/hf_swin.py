@@ -82,7 +82,7 @@ class HFSwinAdapter(Adapter):
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self._grid: tuple[int, int] | None = None
-        self.for_export()  # the same attention path in PyTorch (scoring, refit) as in the export
+        self.for_export()  # the same attention path in PyTorch (scoring, reconstruction) as in the export
 
     def for_export(self) -> None:
         """Window attention runs through transformers' eager path: its sdpa path does not export to

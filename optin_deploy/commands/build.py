@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def build(
         model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
         data: Optional[str] = typer.Option(None, "--data", help="Labelled data (built-in name, CSV/JSONL, HF dataset folder, image folder). Default: the model's own."),
-        profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`)."),
+        profile: str = options.PROFILE,
         flops: Optional[float] = typer.Option(None, "--flops", help="Keep this fraction of the dense encoder's MACs, in (0, 1]. Default: the profile's budget, else 0.6."),
         latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="Latency budget in ms at the profile's batch/sequence on its runtime."),
         speedup: Optional[float] = typer.Option(None, "--speedup", help="Relative latency budget: S times faster than the dense model, both timed in the same run on the profile's runtime and precision (needs a latency table; measured here when --lut is omitted)."),
@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         from ..build import BuildOptions, check_gate, run_build
         from ..progress import console
+        from ..report import metric_block
 
         options.check_split(eval_split)
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
                             baselines=baselines, optimize=optimize,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
-        a, t, b = report["accuracy"], report["throughput"], report.get("baselines") or {}
+        a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}
         lead = ""
         if b.get("fastest_dense"):
             lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "

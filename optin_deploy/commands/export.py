@@ -28,7 +28,7 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders)."),
 ) -> None:
     """Export MODEL_DIR and check it against PyTorch on real inputs at two shapes."""
-    from ..exporters.bundle import export_model_dir
+    from ..exporters.export_folder import export_model_dir
 
     m = export_model_dir(
         model_dir, out, fmt=fmt, backend=backend, precision=precision, batch=batch, seq_len=seq_len,

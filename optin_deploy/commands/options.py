@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import typer
 
-RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged).")
+from ..profiles import DEFAULT_PROFILE
+
+PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", help="Target profile name or .toml file (see `optin-deploy profiles list`): its shapes, "
+                       "threads, precision and runtime; --flops counts MACs at its sequence length.")
+
+RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, reconstruct: refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged).")
 RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit).")
-RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the refit, towards plain surgery (> 0).")
+RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the reconstruction, towards plain surgery (> 0).")
 
 SEARCH_SAMPLES = typer.Option(400, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller).")
 SEARCH_CANDIDATES = typer.Option(5, "--search-candidates", help="Budget search: the most candidate budgets measured.")

@@ -1,4 +1,4 @@
-"""``optin-deploy prune``: score, select under a MAC budget, slice, save."""
+"""``optin-deploy prune``: score, select under a MAC budget (at the profile's sequence length, as ``build``), slice, save."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def prune(
         model: str = typer.Argument("minilm-sentiment", help="A zoo name, a local model folder, a hub name or timm:NAME."),
-        flops: float = typer.Option(0.6, "--flops", help="Fraction of the dense encoder's MACs to keep, in (0, 1]."),
+        flops: float = typer.Option(0.6, "--flops", help="Fraction of the dense encoder's MACs to keep, in (0, 1], counted at the profile's sequence length (as build counts them)."),
+        profile: str = options.PROFILE,
         data: Optional[str] = typer.Option(None, "--data", help="Calibration data: a built-in data set, a CSV/JSONL file, a saved HF dataset or an image folder (default: the model's own). Labels are not needed."),
         out: Path = typer.Option(Path("optin-pruned"), "--out", help="Output folder (weights + structure spec)."),
         calib_samples: int = options.CALIB_SAMPLES,
@@ -40,5 +41,5 @@ def register(app: typer.Typer) -> None:
         calib_length = options.alias("--calib-length", calib_length, "--max-length", max_length, default=64)
         summary = prune_to_folder(model, data, out, flops=flops, calib_samples=calib_samples, calib_length=calib_length, scoring=scoring,
                                   scorer=scorer, probes=probes, reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp,
-                                  seed=seed, text_column=text_column, label_column=label_column, force=force)
+                                  seed=seed, text_column=text_column, label_column=label_column, force=force, profile=profile)
         options.emit_json(json_out, summary)

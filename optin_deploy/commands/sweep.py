@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def sweep(
         model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
         data: Optional[str] = typer.Option(None, "--data", help="Labelled data (its validation split is used). Default: the model's own."),
-        profile: str = typer.Option("x86-cpu-ort", "--profile", help="Target profile name or .toml file."),
+        profile: str = options.PROFILE,
         budgets: str = typer.Option("0.5,0.6,0.7,0.8,0.9", "--budgets", help="Fractions of the dense encoder MACs, comma-separated."),
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher; comma-separated to overlay several."),
         out: Path = typer.Option(Path("optin-sweep"), "--out", help="Folder for frontier.json, frontier.png, frontier.md."),

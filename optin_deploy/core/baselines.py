@@ -10,8 +10,8 @@ important, in exactly the shape OPTIN's ``RawScores.combined()`` gives, so they 
   2022 ("A Fast Post-Training Pruning Framework for Transformers") use for their mask search
   (see :func:`fisher_scores`). Only the scoring step is reproduced: Kwon's mask rearrangement
   (block-diagonal Fisher) and mask tuning (layer-wise least squares) are not.
-* ``optin`` - OPTIN trajectory scores: the lead's cached ``core.api.score_model`` when present,
-  otherwise :func:`~optin_deploy.core.scoring.exact_scores`.
+* ``optin`` - OPTIN trajectory scores through the score cache (:func:`~optin_deploy.core.score_cache.score_model`,
+  the one OPTIN entry point; exact or fast).
 
 :data:`SCORERS` maps these names to callables with one signature::
 
@@ -323,10 +323,10 @@ def optin_scores(
     progress: Progress | None = None,
     **options,
 ) -> UnitScores:
-    """OPTIN scores ``md + lambda_kl * kl`` through :func:`optin_deploy.core.api.score_model` (the one
+    """OPTIN scores ``md + lambda_kl * kl`` through :func:`optin_deploy.core.score_cache.score_model` (the one
     OPTIN entry point: cached; ``method="exact"|"fast"``; options ``probes``, ``kl_probes``, ``cache``),
     as :class:`UnitScores` like every other scorer."""
-    from .api import score_model
+    from .score_cache import score_model
     from .scoring import ScoreSettings
 
     t0 = time.perf_counter()
@@ -339,7 +339,7 @@ def optin_scores(
     if method not in ("exact", "fast"):
         raise ValueError(f"unknown OPTIN method {method!r}; use 'exact' or 'fast'")
     raw = score_model(a.root, dict(inputs), method, settings, progress=progress, **options)
-    via = "api.score_model"
+    via = "score_cache.score_model"
     heads, neurons = raw.combined(lam)
     info = {"via": via, "method": raw.method, "raw_seconds": raw.seconds, **{k: v for k, v in raw.info.items() if isinstance(v, (int, float, str, bool))}}
     info.update(settings.key())

@@ -1,11 +1,11 @@
 """Exporters: ONNX, TensorRT (engine from ONNX) and torch-tensorrt, behind one interface.
 
-See :mod:`optin_deploy.exporters.base` for the interface and :func:`export_bundle` for the one call
-that exports, parity-checks and writes a bundle folder.
+See :mod:`optin_deploy.exporters.base` for the interface and :func:`export_to_folder` for the one call
+that exports, parity-checks and writes an export folder (``model.onnx``, ``parity.json``, ``export.json``).
 """
 
 from .base import EXPORTERS, Exporter, ExportResult, LogitsModel, ShapeProfile, get_exporter, input_names_for
-from .bundle import example_inputs_for_model, export_bundle
+from .export_folder import export_to_folder
 from .parity import check_parity, parity_inputs
 
 __all__ = [
@@ -16,8 +16,7 @@ __all__ = [
     "ShapeProfile",
     "get_exporter",
     "input_names_for",
-    "export_bundle",
-    "example_inputs_for_model",
+    "export_to_folder",
     "check_parity",
     "parity_inputs",
 ]

@@ -152,7 +152,7 @@ def get_runtime(name: str, *, threads: int | None = None, compile: bool = False,
 
 
 def absolute_paths(obj, folder: Path, key: str | None = None):
-    """Inverse of the relative paths an export manifest is written with (:mod:`optin_deploy.exporters.bundle`): ``obj`` read from ``folder`` with its paths made absolute."""
+    """Inverse of the relative paths an export manifest is written with (:mod:`optin_deploy.exporters.export_folder`): ``obj`` read from ``folder`` with its paths made absolute."""
     if isinstance(obj, dict):
         return {k: absolute_paths(v, folder, k) for k, v in obj.items()}
     if isinstance(obj, list):

@@ -1,6 +1,7 @@
-"""One call that exports a model into a bundle folder and records what was checked.
+"""One call that exports a model into a folder and records what was checked (``export_to_folder``;
+named for the export folder it writes, not the build's "bundle", which holds two of them).
 
-``export_bundle(model, example_inputs, out_dir, fmt="onnx"|"tensorrt", ...)`` writes:
+``export_to_folder(model, example_inputs, out_dir, fmt="onnx"|"tensorrt", ...)`` writes:
 
 * ``model.onnx`` (always; TensorRT engines are built from it), ``model.optimized.onnx`` when
   ``optimize`` and its own parity check passed;
@@ -20,7 +21,7 @@ import torch
 
 from ..errors import OptinError
 from .base import ShapeProfile, get_exporter, input_names_for, is_text_input, ordered_inputs
-from ..runtimes.base import absolute_paths, default_runtime_for, read_manifest  # noqa: F401 (read_manifest re-exported)
+from ..runtimes.base import absolute_paths, default_runtime_for
 from .parity import parity_inputs
 
 
@@ -31,14 +32,14 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _relative(obj, folder: Path):
-    """``obj`` with every absolute path inside ``folder``'s bundle written relative to ``folder``
-    (``model.onnx``, ``../../pruned``), so that a bundle can be moved or copied elsewhere."""
+    """``obj`` with every absolute path inside the folder tree being written (``staging_root``) written relative to ``folder``
+    (``model.onnx``, ``../../pruned``), so that an export folder (or the build bundle holding it) can be moved or copied elsewhere."""
     if isinstance(obj, dict):
         return {k: _relative(v, folder) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_relative(v, folder) for v in obj]
     if isinstance(obj, str) and obj.startswith(str(folder.anchor)) and os.path.isabs(obj):
-        root = bundle_root(folder)
+        root = staging_root(folder)
         p = Path(obj).resolve()
         try:
             p.relative_to(root)
@@ -49,7 +50,7 @@ def _relative(obj, folder: Path):
     return obj
 
 
-def bundle_root(folder: Path) -> Path:
+def staging_root(folder: Path) -> Path:
     """The outermost folder being written (a build's staging folder holds onnx/dense, onnx/pruned)."""
     folder = Path(folder)
     for parent in (folder, *folder.parents):
@@ -63,7 +64,7 @@ FORMATS = ("onnx", "tensorrt", "aoti")
 _PATH_KEYS = ("artifact", "path", "source", "onnx_path", "engine", "file_path")
 
 
-def export_bundle(
+def export_to_folder(
     model: torch.nn.Module,
     example_inputs: Mapping[str, torch.Tensor],
     out_dir: str | os.PathLike,
@@ -180,43 +181,6 @@ def check_opset(opset: int | None) -> None:
         raise OptinError(f"--opset {opset} is not supported: the exporter writes opsets {MIN_OPSET} to {top}; pass one of those or leave --opset out")
 
 
-SAMPLE_TEXTS = [
-    "A gripping, beautifully shot film that never loses its nerve.",
-    "Tedious and overlong; the jokes land with a thud.",
-    "The performances are strong, but the script is a mess.",
-    "An instant classic.",
-    "I wanted to like it more than I did, yet the final act is genuinely moving and the score soars.",
-    "Flat characters, predictable twists and a soundtrack that won't quit.",
-    "Funny, warm and surprisingly sharp about growing older.",
-    "Not worth the price of the ticket.",
-]
-
-
-def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: int = 128,
-                             model_dir: str | os.PathLike | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Inputs of an exact shape for a model without a task: text is tokenised from built-in review
-    sentences when a tokenizer sits in ``model_dir`` (else seeded random token ids); images are
-    seeded standard-normal pixels (already 'normalised')."""
-    from ..adapters import get_adapter
-
-    adapter = get_adapter(model)
-    tok = None
-    if adapter.modality == "text" and model_dir is not None:
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(model_dir))
-        except Exception:
-            tok = None
-    return adapter.example_inputs(batch, seq_len, tokenizer=tok, texts=SAMPLE_TEXTS, seed=seed)
-
-
-def image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    from ..adapters import get_adapter
-
-    return get_adapter(model).image_shape()
-
-
 def export_model_dir(
     model_dir: str | os.PathLike,
     out: str | os.PathLike,
@@ -278,10 +242,12 @@ def export_model_dir(
     if task is not None:
         example = task.example_inputs(batch, seq_len if task.modality == "text" else None)
     else:
+        from ..models import example_inputs_for_model
+
         example = example_inputs_for_model(model, batch, seq_len, model_dir=folder if folder.is_dir() else None)
     source = str(folder.resolve()) if folder.exists() else str(model_dir)
     with staged_output(out, kind="export", checked=True) as staging:
-        m = export_bundle(model, example, staging, fmt=fmt, backend=backend, precision=precision, profile=profile,
+        m = export_to_folder(model, example, staging, fmt=fmt, backend=backend, precision=precision, profile=profile,
                           optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
                           timing_cache=timing_cache, source=source)
     return absolute_paths(_relative(m, staging.resolve()), out)
