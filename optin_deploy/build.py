@@ -85,6 +85,8 @@ class BuildOptions:
     reconstruct_fit: str = DEFAULT_FIT
     reconstruct_damp: float = DEFAULT_DAMP
     baselines: bool = True
+    quantization: str | None = None  # int8: dynamic | static | auto (None: the profile's)
+    int8_max_drop: float | None = None  # int8: accuracy points allowed against the fp32 graph (None: the profile's)
     text_column: str = "text"
     label_column: str = "label"
     force: bool = False
@@ -219,6 +221,9 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
     if opts.calib_length < 1:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
+    from .int8 import check_quantization_options
+
+    check_quantization_options(opts.quantization, opts.int8_max_drop, target)
     out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="bundle", checked=True, log=step) as staging:
         check_target_available(target)
@@ -359,13 +364,22 @@ class BuildContext:
         return self.target.shape(self.model)
 
     @property
+    def quantization(self) -> str:
+        """int8: how the deliverable is quantised (``--quantization``, else the profile's): dynamic, static or auto."""
+        return self.opts.quantization or self.profile.quantization
+
+    @property
+    def int8_max_drop(self) -> float | None:
+        return self.opts.int8_max_drop if self.opts.int8_max_drop is not None else self.profile.int8_max_drop
+
+    @property
     def precision(self) -> str:
         """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
         p = self.target.precision
         return p if self.fmt != "onnx" or p == "int8" else "fp32"
 
     def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
-               optimize: bool | None = None) -> dict:
+               optimize: bool | None = None, quantization: str | None = None) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
         ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
         from .exporters.export_folder import export_to_folder, staging_root
@@ -381,7 +395,7 @@ class BuildContext:
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
         return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
                              profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
-                             source=source)
+                             source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib)
 
     def runtime_name(self, export: dict) -> str:
         return export["runtime"] if self.fmt != "onnx" else self.target.runtime_name
@@ -582,13 +596,23 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)
     precision = ctx.precision
+    if precision == "int8" and fmt == "onnx":
+        from .int8 import settle_int8, wants_settling
+
+        if wants_settling(ctx.quantization, ctx.int8_max_drop):  # auto, or an accuracy tolerance: each model against its fp32 graph
+            from .int8 import _Metric
+
+            metric = None if ctx.embedding else _Metric(ctx, opts.search_samples)
+            for label, m in (("dense", model), ("pruned", selected.model)):
+                exports[label] = settle_int8(ctx, exports[label], m, label, ctx.quantization, ctx.int8_max_drop, metric)
     rt_name = ctx.runtime_name(exports["pruned"])
     notes: list[str] = []
     if not ctx.embedding:
         alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
         for label, graph, prec in alternatives:
             try:
-                exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False)
+                exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False,
+                                            quantization="dynamic" if prec == "int8" else None)
             except OptinError as exc:
                 notes.append(f"dense alternative {label} skipped: {exc}")
         if opts.baselines and fmt == "onnx" and rt_name == "ort-cpu":
@@ -720,11 +744,15 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
 def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, str, str]]:
     """``(label, graph, precision)`` of the dense exports to measure beside the deliverable: the plain
     dynamo export in fp32 (what ``torch.onnx.export`` gives), the fused graph in fp32 and in int8,
-    minus the one the dense model already runs as. Fused ones only when the family has a fused graph."""
+    minus the one the dense model already runs as (when that is a static int8 graph, the dynamic one is measured beside
+    it as ``dense-fused-int8-dynamic``). Fused ones only when the family has a fused graph."""
     own_graph = (dense_export.get("graph") or {}).get("kind", "dynamo")
+    own_mode = (dense_export.get("quantization") or {}).get("mode", "dynamic")
     out = []
     for graph, prec in (("dynamo", "fp32"), ("fused", "fp32"), ("fused", "int8")):
         if (graph, prec) == (own_graph, precision):
+            if prec == "int8" and own_mode != "dynamic":  # the dense model quantised the common way (dynamic), timed beside it
+                out.append((f"dense-{graph}-int8-dynamic", graph, prec))
             continue
         if graph == "fused" and own_graph != "fused":
             continue

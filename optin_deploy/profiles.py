@@ -8,7 +8,10 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
     description = "..."
     runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda | openvino-cpu | torch-aoti-cpu
     device = "cpu"                   # cpu | gpu | jetson
-    precision = "int8"               # fp32 | int8 (onnxruntime CPU: dynamic quantisation) | fp16 | bf16
+    precision = "int8"               # fp32 | int8 (onnxruntime CPU) | fp16 | bf16
+    quantization = "dynamic"         # int8 only: dynamic | static (calibration batch) | auto (both, the faster that passes)
+    int8_max_drop = 1.0              # int8 only, optional: points of accuracy int8 may lose against the fp32 graph of the
+                                     # same model (validation split); beyond it nodes are left in fp32, last first
     batch_size = 8
     seq_len = 128                    # text models
     image_size = 224                 # vision models
@@ -62,6 +65,7 @@ RUNTIMES = {
 }
 DEVICES = ("cpu", "gpu", "jetson")
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+QUANTIZATIONS = ("dynamic", "static", "auto")  # int8 on onnxruntime CPU (optin_deploy.int8)
 
 # key -> (type, allowed values or (lo, hi) range or None, required, explanation)
 _TOP: dict[str, tuple[type, Any, bool, str]] = {
@@ -70,6 +74,10 @@ _TOP: dict[str, tuple[type, Any, bool, str]] = {
     "runtime": (str, tuple(RUNTIMES), True, "runtime that executes the model on the target"),
     "device": (str, DEVICES, True, "device kind: cpu, gpu or jetson"),
     "precision": (str, PRECISIONS, True, "compute precision of the deployed model"),
+    "quantization": (str, QUANTIZATIONS, False, "int8: dynamic, static (activation ranges from the calibration batch) or auto "
+                                                "(both; keeps the faster here among those within int8_max_drop)"),
+    "int8_max_drop": (float, None, False, "int8: accuracy points the int8 graph may lose against the fp32 graph of the same model "
+                                          "(validation split); beyond it nodes are left in fp32, last first"),
     "batch_size": (int, (1, 65536), True, "batch size that latency tables and benchmarks use"),
     "seq_len": (int, (1, 1 << 20), False, "sequence length (tokens) for text models"),
     "image_size": (int, (1, 1 << 16), False, "input image side (pixels) for vision models"),
@@ -116,6 +124,8 @@ class Profile:
     max_seq: int | None = None
     budget_flops: float | None = None
     budget_latency_ms: float | None = None
+    quantization: str = "dynamic"  # int8: dynamic | static | auto
+    int8_max_drop: float | None = None  # int8: the accuracy tolerance against the fp32 graph (None: not checked)
     budget_select_by: str = "macs"  # what a fraction budget weighs units by: "macs" or "latency" (the profile's measured table)
     path: str | None = field(default=None, compare=False)
 
@@ -220,6 +230,12 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         raise OptinError(f"runtime {runtime} in profile {src} runs on the CPU but device = {device!r}; set device = \"cpu\"")
     if data["precision"] == "int8" and runtime != "onnxruntime-cpu":
         raise OptinError(f"precision int8 in profile {src} is for runtime onnxruntime-cpu (dynamic quantisation), not {runtime}; use fp16 or bf16 on GPUs")
+    if data["precision"] != "int8":
+        for key in ("quantization", "int8_max_drop"):
+            if key in data:
+                raise OptinError(f"{key} in profile {src} applies to precision int8 only (this profile is {data['precision']}); remove it")
+    if "int8_max_drop" in data and not (0.0 <= float(data["int8_max_drop"]) <= 100.0):
+        raise OptinError(f"int8_max_drop = {data['int8_max_drop']!r} in profile {src} is out of range; it must be in 0..100 (accuracy points)")
     if runtime == "openvino-cpu" and data["precision"] not in ("fp32", "bf16"):
         raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime openvino-cpu; use fp32 or bf16 (OpenVINO's inference precision)")
     if runtime == "torch-aoti-cpu" and data["precision"] != "fp32":
@@ -248,6 +264,8 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         budget_flops=float(budget["flops"]) if "flops" in budget else None,
         budget_latency_ms=float(budget["latency_ms"]) if "latency_ms" in budget else None,
         budget_select_by=budget.get("select_by", "macs"),
+        quantization=data.get("quantization", "dynamic"),
+        int8_max_drop=float(data["int8_max_drop"]) if "int8_max_drop" in data else None,
         path=src,
     )
 

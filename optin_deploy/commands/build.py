@@ -43,6 +43,8 @@ def register(app: typer.Typer) -> None:
         bench_iters: int = typer.Option(100, "--bench-iters", help="Timed benchmark runs per model (in interleaved blocks)."),
         bench_block: int = typer.Option(10, "--bench-block", help="Consecutive timed runs per model per block (steady state, as a server runs)."),
         baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Also export, evaluate and time the dense alternatives (plain dynamo fp32, fused fp32, fused int8) and report the speed-up against the fastest."),
+        quantization: Optional[str] = typer.Option(None, "--quantization", help="int8 profiles: dynamic, static (activation ranges from the calibration batch) or auto (both, keeps the faster here among those within the int8 tolerance). Default: the profile's quantization."),
+        int8_max_drop: Optional[float] = typer.Option(None, "--int8-max-drop", help="int8 profiles: accuracy points the int8 graph may lose against the fp32 graph of the same model (validation split); beyond it nodes are left in fp32, last first. Default: the profile's int8_max_drop (off when absent)."),
         optimize: bool = typer.Option(False, "--optimize", help="Also try onnxruntime's transformer graph optimisation (kept only if parity holds)."),
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
                             search_candidates=search_candidates, search_tol=search_tol, search_rounds=search_rounds,
                             search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
                             search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
-                            baselines=baselines, optimize=optimize,
+                            baselines=baselines, optimize=optimize, quantization=quantization, int8_max_drop=int8_max_drop,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
         a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}

@@ -84,6 +84,8 @@ def export_to_folder(
     source: str | os.PathLike | None = None,
     graph: str = "auto",
     fusions: Mapping[str, bool] | None = None,
+    quantization: str = "dynamic",
+    calibration: Mapping[str, torch.Tensor] | None = None,
 ) -> dict:
     """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
 
@@ -125,7 +127,8 @@ def export_to_folder(
         # TensorRT engines are built from an fp32 ONNX graph; for fp32 engines it is the same file
         res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
                                           threads=threads, precision=precision if fmt == "onnx" else "fp32",
-                                          graph=graph if fmt == "onnx" else "dynamo", fusions=fusions, **common)
+                                          graph=graph if fmt == "onnx" else "dynamo", fusions=fusions,
+                                          quantization=quantization, calibration=calibration, **common)
         manifest["artifacts"]["onnx"] = res.metadata
         manifest["parity"]["model.onnx"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)

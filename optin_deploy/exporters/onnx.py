@@ -21,8 +21,11 @@ LayerNorm they replace (1.49 against 0.54 ms per call at 8 x 128 x 384). The met
 graph was written and which fused operators it holds.
 
 **int8** (``precision="int8"``, CPU targets): the fp32 graph (parity-checked) is kept beside as
-``model.fp32.onnx`` and ``onnxruntime.quantization.quantize_dynamic`` writes ``model.onnx`` (int8
-per-channel weights, uint8 activations quantised at run time). Its parity is the argmax agreement
+``model.fp32.onnx`` and ``model.onnx`` is its int8 graph: ``quantization="dynamic"`` (the default:
+``onnxruntime.quantization.quantize_dynamic``, int8 per-channel weights, uint8 activations quantised at run
+time) or ``"static"`` (``quantize_static`` of the MatMuls with activation ranges calibrated on ``calibration``,
+the build's calibration batch, and dynamic QAttention: :func:`quantize_int8`). ``optin_deploy.int8`` chooses
+between them and leaves nodes in fp32 where accuracy needs it. Its parity is the argmax agreement
 with PyTorch (a quantised graph does not meet 1e-4); accuracy is measured through it by ``eval``.
 """
 
@@ -159,6 +162,8 @@ class OnnxExporter(Exporter):
         graph: str = "auto",
         fusions: Mapping[str, bool] | None = None,
         per_channel: bool = True,
+        quantization: str = "dynamic",
+        calibration: Mapping[str, torch.Tensor] | None = None,
     ) -> ExportResult:
         """Export, check and (optionally) optimise. ``precision`` fp16/bf16 bakes the compute type
         into the graph (float32 inputs and logits), for strongly typed TensorRT builds; the
@@ -172,6 +177,9 @@ class OnnxExporter(Exporter):
             raise OptinError(f"unknown precision {precision!r}; choose fp32, int8, fp16 or bf16")
         if graph not in GRAPHS:
             raise OptinError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
+        if precision == "int8" and quantization not in QUANTIZATIONS:
+            raise OptinError(f"unknown int8 quantisation {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
+        calib_batches = calibration_batches(calibration, names) if precision == "int8" and quantization == "static" else None
         maxpos = max_positions(model)
         if text and maxpos is not None and profile.max_seq > maxpos:
             raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
@@ -281,7 +289,7 @@ class OnnxExporter(Exporter):
                 meta["parity"]["runtime"] = rt.describe()
                 del rt
             if precision == "int8":
-                meta["quantization"] = quantize_int8(fp32_file, tmp, per_channel=per_channel)
+                meta["quantization"] = quantize_int8(fp32_file, tmp, per_channel=per_channel, mode=quantization, calibration=calib_batches)
                 meta["fp32_file"] = fp32_file.name
                 if parity:
                     rt = onnx_parity_runner(tmp, threads)
@@ -373,19 +381,144 @@ def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str],
     return {"fusion_options": chosen, "fused_operators": fused, "optimizer": f"onnxruntime.transformers.optimize_model({kind!r}, num_heads=0)"}
 
 
-def quantize_int8(src: Path, dest: Path, per_channel: bool = True) -> dict:
-    """``onnxruntime.quantization.quantize_dynamic``: int8 weights (per output channel), uint8 activations."""
+QUANTIZATIONS = ("dynamic", "static")
+#: op types quantize_static handles in the fused graph: onnxruntime's static registries (QOperator and QDQ) have no
+#: com.microsoft Attention, so a static int8 graph quantises the MatMuls statically and the fused Attention's
+#: QKV weights dynamically (quantize_dynamic on the static graph: QAttention), see :func:`quantize_int8`
+STATIC_OPS = ("MatMul",)
+#: the static graph's format. Measured once on the fused all-MiniLM-L6-v2 graph (onnxruntime 1.32, 2 threads, 8 x 128,
+#: calibrated on 32 samples, one interleaved run of 24 timed runs each on the shared, loaded 2-core machine, so only
+#: the ratios mean anything): QOperator + dynamic Attention 233 ms, QDQ + dynamic Attention 332 ms, dynamic int8
+#: 232 ms, fp32 471 ms. In QDQ form onnxruntime's CPU provider keeps many DequantizeLinear -> MatMul pairs in float
+#: instead of folding them into integer kernels; QOperator writes QLinearMatMul directly. So QOperator.
+STATIC_FORMAT = "QOperator"
+CALIB_BATCH = 8  # samples per calibration batch fed to the static quantiser
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over a list of ``{input name: array}`` batches."""
+
+    def __init__(self, batches):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class Reader(CalibrationDataReader):
+            def __init__(self, data):
+                self.data, self.i = data, 0
+
+            def get_next(self):
+                if self.i >= len(self.data):
+                    return None
+                self.i += 1
+                return self.data[self.i - 1]
+
+            def rewind(self):
+                self.i = 0
+
+        self.reader = Reader(list(batches))
+
+
+def calibration_batches(calibration, names: list[str], batch: int = CALIB_BATCH) -> list[dict]:
+    """The build's calibration batch (``{name: tensor}``, the samples the scores used), at the export's input
+    names, as numpy batches of ``batch`` samples for the static quantiser."""
+    import numpy as np
+
+    if calibration is None:
+        raise OptinError("static int8 quantisation needs the calibration batch (unlabelled samples); pass calibration=")
+    missing = [n for n in names if n not in calibration]
+    if missing:
+        raise OptinError(f"the calibration batch lacks the export's inputs {', '.join(missing)}; it has {', '.join(calibration)}")
+    arrays = {n: (calibration[n].numpy() if hasattr(calibration[n], "numpy") else np.asarray(calibration[n])) for n in names}
+    n = next(iter(arrays.values())).shape[0]
+    return [{k: np.ascontiguousarray(v[i:i + batch]) for k, v in arrays.items()} for i in range(0, n, batch)]
+
+
+def quantizable_nodes(path: Path, mode: str = "dynamic") -> list[str]:
+    """Names of the nodes int8 quantisation of ``mode`` touches, in graph (topological) order: the MatMuls and fused
+    Attention nodes, and for dynamic quantisation the Gemms too (``quantize_dynamic`` rewrites a Gemm as
+    ``NAME_MatMul`` + ``NAME_Add`` and quantises that MatMul: the pooler and the classifier)."""
+    import onnx
+
+    ops = set(INT8_OPS) | ({"Gemm"} if mode == "dynamic" else set())
+    m = onnx.load(str(path), load_external_data=False)
+    return [n.name for n in m.graph.node if n.op_type in ops and n.name]
+
+
+def quantize_int8(src: Path, dest: Path, per_channel: bool = True, *, mode: str = "dynamic", calibration: list[dict] | None = None,
+                  exclude: list[str] | tuple = ()) -> dict:
+    """int8 quantisation of the fp32 graph ``src`` into ``dest`` with onnxruntime.quantization.
+
+    ``mode="dynamic"``: ``quantize_dynamic``, int8 weights (per output channel), uint8 activations quantised per batch at
+    run time. ``mode="static"``: ``quantize_static`` of the MatMuls (:data:`STATIC_FORMAT`) with activation ranges
+    calibrated (MinMax) on ``calibration`` (``{input: array}`` batches), then ``quantize_dynamic`` of the fused
+    Attention nodes, which onnxruntime cannot quantise statically. ``exclude``: node names left in fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if mode not in QUANTIZATIONS:
+        raise OptinError(f"unknown int8 quantisation {mode!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    exclude = list(exclude)
+    # quantize_dynamic renames a Gemm it rewrites as MatMul + Add to NAME_MatMul: excluding NAME keeps the Gemm whole
+    skip = exclude + [f"{n}_MatMul" for n in exclude]
     t0 = time.perf_counter()
+    # DefaultTensorType: onnx shape inference does not type the outputs of onnxruntime's contrib ops (Attention)
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    info = {"mode": mode, "weights": "int8" + (" per-channel" if per_channel else " per-tensor"), "excluded": exclude}
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), _quiet_quantizer():
             warnings.simplefilter("ignore")
-            # DefaultTensorType: onnx shape inference does not type the outputs of onnxruntime's contrib ops (Attention)
-            quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=list(INT8_OPS),
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            if mode == "dynamic":
+                quantize_dynamic(str(src), str(dest), weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=list(INT8_OPS),
+                                 nodes_to_exclude=skip, extra_options=extra)
+                info.update(method="onnxruntime.quantization.quantize_dynamic", activations="uint8, dynamic (per batch)", op_types=list(INT8_OPS))
+            else:
+                info.update(_quantize_static(Path(src), Path(dest), per_channel, calibration, exclude, extra))
+    except OptinError:
+        raise
     except Exception as exc:
-        raise OptinError(f"int8 quantisation failed (onnxruntime.quantization.quantize_dynamic): {_first_line(exc)}") from None
-    return {"method": "onnxruntime.quantization.quantize_dynamic", "weights": "int8" + (" per-channel" if per_channel else " per-tensor"),
-            "activations": "uint8, dynamic (per batch)", "op_types": list(INT8_OPS), "seconds": round(time.perf_counter() - t0, 2)}
+        raise OptinError(f"int8 {mode} quantisation failed (onnxruntime.quantization): {_first_line(exc)}") from None
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    return info
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime.quantization logs through the root logger (pre-processing hints, untyped tensors)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _quantize_static(src: Path, dest: Path, per_channel: bool, calibration: list[dict] | None, exclude: list[str], extra: dict) -> dict:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    if not calibration:
+        raise OptinError("static int8 quantisation needs the calibration batch (unlabelled samples)")
+    work = Path(tempfile.mkdtemp(prefix=".q8-", dir=dest.parent))
+    try:
+        # symbolic shape inference types the outputs of the contrib ops (Attention, BiasGelu): without it the
+        # static quantiser cannot tell the MatMuls' activations are float and fails
+        typed = work / "typed.onnx"
+        onnx.save(SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True, guess_output_rank=True), str(typed))
+        has_attention = any(n.op_type == "Attention" and n.name not in exclude for n in onnx.load(str(typed), load_external_data=False).graph.node)
+        static_out = work / "static.onnx" if has_attention else dest
+        fmt = getattr(QuantFormat, STATIC_FORMAT)
+        quantize_static(str(typed), str(static_out), _Calibration(calibration).reader, quant_format=fmt, op_types_to_quantize=list(STATIC_OPS),
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+        if has_attention:
+            quantize_dynamic(str(static_out), str(dest), weight_type=QuantType.QInt8, per_channel=per_channel, op_types_to_quantize=["Attention"],
+                             nodes_to_exclude=exclude, extra_options=extra)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n = sum(len(next(iter(b.values()))) for b in calibration)
+    return {"method": f"onnxruntime.quantization.quantize_static ({STATIC_FORMAT}, MinMax)" + (" + quantize_dynamic (Attention)" if has_attention else ""),
+            "activations": f"uint8, static ranges calibrated on {n} samples" + ("; Attention inputs dynamic (onnxruntime has no static Attention)" if has_attention else ""),
+            "op_types": list(STATIC_OPS) + (["Attention (dynamic)"] if has_attention else []), "calibration_samples": n}
