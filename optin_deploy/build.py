@@ -733,6 +733,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
         "precision": exported.precision,
+        # int8: how each model was quantised (dynamic / static; with auto or a tolerance, both ways' timings and accuracies and why one was kept)
+        "quantization": {l: exports[l]["quantization"] for l in ("dense", "pruned") if exports[l].get("quantization")} or None,
         "baselines": baselines,
         "gate": gate,
         "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),

@@ -292,6 +292,8 @@ def explain(profile: Profile) -> list[tuple[str, str, str]]:
         if key in ("shapes", "budget"):
             continue
         v = getattr(profile, key)
+        if key in ("quantization", "int8_max_drop") and profile.precision != "int8":
+            v = None  # int8 settings
         if key == "runtime":
             doc += f" (runtime name {profile.runtime_name})"
         rows.append((key, "-" if v is None else str(v), doc))

@@ -113,6 +113,17 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         lines.append(f"- units weighed by their measured latency on this target (table `{sb.get('table')}`, "
                      f"{'measured in this build' if sb.get('measured_now') else 'cached'}): the table predicts "
                      f"{sb.get('predicted_ms')} ms against {sb.get('table_dense_ms')} ms dense (x{sb.get('predicted_speedup')})")
+    for label, q in (report.get("quantization") or {}).items():
+        c = q.get("choice") or {}
+        line = f"- int8 of the {label} model: {q.get('mode')} ({q.get('method')})"
+        if c:
+            ways = "; ".join(f"{m}: " + (f"{w['p50_ms']:.2f} ms p50, " if w.get("p50_ms") else "")
+                             + (f"validation {w['accuracy']:.2f} (drop {w['drop']:+.2f} vs its fp32 graph)" if w.get("accuracy") is not None else "no labelled metric")
+                             + (f", {len(w['excluded'])} node(s) left in fp32" if w.get("excluded") else "") for m, w in c["ways"].items())
+            line += f"; asked {c['asked']}, kept {c['kept']}: {c['why']} ({ways})"
+        if q.get("excluded"):
+            line += f"; left in fp32: {', '.join(q['excluded'])}"
+        lines.append(line)
     if gate and "max_accuracy_drop" in gate:
         lines.append(f"- quality gate (max drop {gate['max_accuracy_drop']} points): **{'PASSED' if gate['passed'] else 'FAILED'}**")
     elif gate:
