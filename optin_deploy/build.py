@@ -336,7 +336,8 @@ class BuildContext:
 
     @property
     def fmt(self) -> str:
-        return "tensorrt" if self.target.runtime_name in ("tensorrt", "torch-tensorrt") else "onnx"
+        name = self.target.runtime_name
+        return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
 
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}

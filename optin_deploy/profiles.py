@@ -6,7 +6,7 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
 
     name = "x86-cpu-ort"
     description = "..."
-    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda | openvino-cpu
+    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda | openvino-cpu | torch-aoti-cpu
     device = "cpu"                   # cpu | gpu | jetson
     precision = "int8"               # fp32 | int8 (onnxruntime CPU: dynamic quantisation) | fp16 | bf16
     batch_size = 8
@@ -58,6 +58,7 @@ RUNTIMES = {
     "torch-cpu": "torch-cpu",
     "torch-cuda": "torch-cuda",
     "openvino-cpu": "openvino-cpu",  # precision bf16: openvino-cpu-bf16 (see Profile.runtime_name)
+    "torch-aoti-cpu": "torch-aoti-cpu",  # a PyTorch AOTInductor package (model.pt2), fp32
 }
 DEVICES = ("cpu", "gpu", "jetson")
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -221,6 +222,8 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
         raise OptinError(f"precision int8 in profile {src} is for runtime onnxruntime-cpu (dynamic quantisation), not {runtime}; use fp16 or bf16 on GPUs")
     if runtime == "openvino-cpu" and data["precision"] not in ("fp32", "bf16"):
         raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime openvino-cpu; use fp32 or bf16 (OpenVINO's inference precision)")
+    if runtime == "torch-aoti-cpu" and data["precision"] != "fp32":
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime torch-aoti-cpu; AOTInductor packages are fp32 here")
     if not RUNTIMES[runtime].endswith("cpu") and device == "cpu":
         raise OptinError(f"runtime {runtime} in profile {src} needs a GPU but device = \"cpu\"; set device = \"gpu\" or \"jetson\"")
     bs = data["batch_size"]

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_bert, run_cli, text_inputs
+from test_build import tiny_text_task  # noqa: F401 - the tiny task (fixture) of the build tests
 
 from optin_deploy.errors import MissingRuntimeError, OptinError
 from optin_deploy.exporters import ShapeProfile, export_to_folder, parity_inputs
@@ -176,3 +177,27 @@ def test_static_fallback_when_dynamic_export_fails(tmp_path, monkeypatch):
     rt = get_runtime("torch-aoti-cpu").load(tmp_path / "b")
     with pytest.raises(OptinError, match="exported static"):
         rt.run({k: v.numpy() for k, v in text_inputs(2, 16).items()})
+
+
+def test_aoti_profile():
+    from optin_deploy.profiles import load_profile
+
+    p = load_profile("x86-cpu-aoti")
+    assert (p.runtime, p.precision, p.runtime_name) == ("torch-aoti-cpu", "fp32", "torch-aoti-cpu")
+
+
+@pytest.mark.slow
+def test_build_on_the_aoti_profile(tiny_text_task, tmp_path):
+    """A build whose profile asks for AOTInductor: dense and pruned packages in aoti/, evaluated and timed through them."""
+    task = tiny_text_task
+    out = tmp_path / "b"
+    run_cli("build", "--model", str(task / "model"), "--data", str(task / "data.csv"), "--flops", "0.5", "--profile", "x86-cpu-aoti",
+            "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--out", str(out))
+    r = json.loads((out / "report.json").read_text())
+    assert r["runtime"] == "torch-aoti-cpu" and r["precision"] == "fp32"
+    assert r["latency_ms"]["pruned"]["p50"] > 0 and 0 <= r["accuracy"]["pruned"] <= 100
+    for label in ("dense", "pruned"):
+        m = json.loads((out / "aoti" / label / "export.json").read_text())
+        assert m["format"] == "aoti" and m["artifacts"]["aoti"]["parity"]["passed"]
+    rt = get_runtime("torch-aoti-cpu").load(out / "aoti" / "pruned")  # the moved bundle still verifies
+    assert rt.run({k: v.numpy() for k, v in text_inputs(2, 12).items()}).shape == (2, 2)

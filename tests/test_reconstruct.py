@@ -185,3 +185,39 @@ def test_shared_teacher_cache_gives_the_same_refit(name):
         for pa, pb in zip(a.parameters(), b.parameters()):
             assert torch.equal(pa, pb)
     assert cache and all(set(v) <= {"x", "y", "attn_out", "mlp_out"} for v in cache.values())
+
+
+@pytest.mark.parametrize("name", family_params(FAMILIES))
+def test_replaying_finished_blocks_gives_the_same_refit(name, monkeypatch):
+    """Captures replay the recorded outputs of blocks whose refit is finished instead of running the model from
+    the embeddings each time: the refit is the same, the first block computes only a few times, and no block
+    is left patched."""
+    from optin_deploy.core import reconstruct as rc
+
+    model, calib, _ = _case(name)
+    plan = random_plan(model, seed=4, keep=0.6, empty_heads_layer=1, empty_mlp_layer=2)
+    fast, slow = apply_plan(model, plan), apply_plan(model, plan)
+
+    def first_block_passes(student, **kw):
+        n = [0]
+        # a replayed block still fires its own hooks, so count a linear layer inside it: it runs only when the block computes
+        lin = next(m for m in get_adapter(student).blocks()[0].modules() if isinstance(m, torch.nn.Linear))
+        h = lin.register_forward_pre_hook(lambda *_: n.__setitem__(0, n[0] + 1))
+        try:
+            with torch.no_grad():
+                get_adapter(student).forward(calib)
+            per_pass, n[0] = n[0], 0  # some families call a block's linear more than once per pass (DeBERTa's positions)
+            reconstruct(model, student, calib, **kw)
+        finally:
+            h.remove()
+        return n[0] / per_pass
+
+    with_replay = first_block_passes(fast)
+    with monkeypatch.context() as m:
+        m.setattr(rc._Replay, "arm", lambda self, final_below: [])
+        without = first_block_passes(slow)
+    for pa, pb in zip(fast.parameters(), slow.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-6, atol=1e-7)
+    assert with_replay <= 3 < without, (with_replay, without)  # layer 0's two captures + the first pass that records it
+    for mod in list(fast.modules()) + list(model.modules()):
+        assert "forward" not in mod.__dict__ and not mod._forward_hooks and not mod._forward_pre_hooks

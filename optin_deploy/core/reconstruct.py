@@ -53,9 +53,63 @@ class _Captured(Exception):
     """Raised by the hook on block ``layer``: everything needed is recorded, the later blocks need not run."""
 
 
-def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
+def _clone(out):
+    """A copy of a block's output (a tensor, or tuples / lists / dicts of them) that later passes cannot alter."""
+    if isinstance(out, torch.Tensor):
+        return out.detach().clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _clone(v) for k, v in out.items()}
+    return out
+
+
+_MISSING = object()
+
+
+class _Replay:
+    """Outputs of the student's blocks whose refit is finished, so a later capture does not run them again.
+
+    Refitting block ``l`` needs the student's activations in block ``l`` given the already refitted blocks
+    before it. Running the model from the embeddings each time costs ``L (L + 1)`` block passes over the
+    calibration batch; with the finished blocks replayed from their recorded outputs (same weights, same
+    inputs, so the same values) it costs about ``3 L``. A block is recorded the first time it runs in its
+    final state, and from then on returns that output without computing (an instance ``forward``, removed
+    after the pass)."""
+
+    def __init__(self, blocks):
+        self.blocks = list(blocks)
+        self.outputs: dict[int, object] = {}
+
+    def arm(self, final_below: int) -> list:
+        """Before a pass: blocks ``< final_below`` are final; replay the recorded ones, record the others.
+        Returns what :meth:`disarm` undoes."""
+        undo = []
+        for k in range(final_below):
+            b = self.blocks[k]
+            if k in self.outputs:
+                prev = b.__dict__.get("forward", _MISSING)
+                b.forward = (lambda o: (lambda *args, **kwargs: _clone(o)))(self.outputs[k])
+                undo.append(("forward", b, prev))
+            else:
+                undo.append(("hook", b.register_forward_hook(lambda m, i, o, k=k: self.outputs.__setitem__(k, _clone(o))), None))
+        return undo
+
+    @staticmethod
+    def disarm(undo: list) -> None:
+        for kind, obj, prev in undo:
+            if kind == "hook":
+                obj.remove()
+            elif prev is _MISSING:
+                del obj.forward
+            else:
+                obj.forward = prev
+
+
+def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int, replay: _Replay | None = None) -> dict[str, torch.Tensor]:
     """Run ``model`` up to block ``layer`` (and no further), recording its input, head contexts,
-    attention output, MLP residual, activations and MLP output."""
+    attention output, MLP residual, activations and MLP output. ``replay``: blocks before ``layer``
+    are final; reuse / record their outputs (:class:`_Replay`)."""
     a = get_adapter(model)
     parts = a.layer_parts(layer)
     block = a.blocks()[layer]
@@ -72,6 +126,7 @@ def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> d
     if parts.fc2 is not None:
         handles.append(a.mlp_residual(layer).register_forward_pre_hook(lambda m, i: out.__setitem__("y", i[0])))
         handles.append(parts.fc2.register_forward_hook(lambda m, i, o: out.update(act=i[0], mlp_out=o)))
+    undo = replay.arm(layer) if replay is not None else []
     try:
         with torch.no_grad():
             a.forward(inputs)
@@ -80,6 +135,7 @@ def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> d
     finally:
         for h in handles:
             h.remove()
+        _Replay.disarm(undo)
     return out
 
 
@@ -163,6 +219,7 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
     if ta.num_layers != sa.num_layers:
         raise ValueError("student and teacher have different depths")
     report = ReconstructReport(damp, fit)
+    replay, teacher_replay = _Replay(sa.blocks()), _Replay(ta.blocks())
     for layer in range(sa.num_layers):
         parts = sa.layer_parts(layer)
         tok = sa.layer_token_mask(inputs, layer)
@@ -176,11 +233,11 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
         if todo:
             T = teacher_cache.get(layer) if teacher_cache is not None else None
             if T is None:
-                T = {k: v for k, v in _capture(teacher, inputs, layer).items() if k in ("x", "y", "attn_out", "mlp_out")}
+                T = {k: v for k, v in _capture(teacher, inputs, layer, teacher_replay).items() if k in ("x", "y", "attn_out", "mlp_out")}
                 if teacher_cache is not None:
                     teacher_cache[layer] = T
         for part, lin, x_key, out_key, res_key, units, _ in todo:
-            S = _capture(student, inputs, layer)  # after this block's earlier sublayer was refitted
+            S = _capture(student, inputs, layer, replay)  # after this block's earlier sublayer was refitted
             scale = sa.branch_scale(layer, part)
             bias = lin.bias.detach() if lin.bias is not None else 0.0  # ModernBERT has no output biases
             row = {"layer": layer, "part": part, "units": units}
