@@ -290,3 +290,26 @@ def print_side_by_side(result: dict, console=None) -> None:
     for line in verdict_lines(s):
         console.print(line)
     console.print("(* fastest; speed only: int8 / bf16 change accuracy, measure it with optin-deploy eval BUNDLE --runtime NAME)")
+
+
+def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | None = None, labels: Sequence[str] | None = None,
+                     batch: int = 8, seq_len: int = 128, threads: int | None = None, warmup: int = 10, iters: int | None = 50,
+                     seconds: float | None = None, block: int = 10, mode: str | None = None, markdown_path: str | Path | None = None) -> dict:
+    """``optin-deploy bench --runtimes``: the models (a build folder, or dense and pruned) on every runtime of
+    ``runtimes`` (comma-separated, or ``all``) side by side; optionally the table as Markdown in ``markdown_path``.
+    Bad input fails before any model is loaded."""
+    from .bench import check_bench_numbers
+
+    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters or 1, warmup=warmup, seconds=seconds, threads=threads)
+    if runtime is not None:
+        raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
+    names = parse_runtimes(runtimes)
+    if not names:
+        raise OptinError("--runtimes all: no CPU runtime can run here")
+    pairs = expand_models(models, labels)
+    result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
+                          block=block, mode=mode)
+    if markdown_path is not None:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(markdown(result))
+    return result

@@ -296,7 +296,7 @@ class BuildContext:
                 table, path, measured = read_lut(self.opts.lut), Path(self.opts.lut), False
             else:
                 step(f"latency-aware selection: looking up the latency table of this model on {self.profile.name} "
-                     f"({self.profile.precision}, batch {self.profile.batch_size}); measured once and cached")
+                     f"({self.profile.precision}, batch {self.target.batch}); measured once and cached")
                 try:
                     table, path, measured = cached_lut(self.model, self.target, progress=step)
                 except (OptinError, RuntimeError, ValueError) as exc:  # the family's graph cannot be timed per width here

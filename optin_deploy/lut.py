@@ -423,17 +423,18 @@ def check_compatible(table: LatencyTable, model: nn.Module | None = None, target
     """Reasons the table may not fit this model / target (each also issued as a warning)."""
     problems = []
     if target is not None:
-        p = resolve_target(target).profile
+        t = resolve_target(target)
+        p = t.profile
         tp = table.profile
         if tp.get("name") != p.name:
             problems.append(f"latency table was measured for profile {tp.get('name')!r}, used with {p.name!r}")
         for key in ("runtime", "precision", "threads"):
             if tp.get(key) != getattr(p, key):
                 problems.append(f"latency table {key} {tp.get(key)!r} differs from profile {p.name}'s {getattr(p, key)!r}")
-        if table.shapes.get("batch") != p.batch_size:
-            problems.append(f"latency table batch {table.shapes.get('batch')} differs from profile {p.name}'s {p.batch_size}")
-        if table.shapes.get("seq_len") is not None and p.seq_len is not None and table.shapes.get("seq_len") != p.seq_len:
-            problems.append(f"latency table sequence length {table.shapes.get('seq_len')} differs from profile {p.name}'s {p.seq_len}")
+        if table.shapes.get("batch") != t.batch:
+            problems.append(f"latency table batch {table.shapes.get('batch')} differs from profile {p.name}'s {t.batch}")
+        if table.shapes.get("seq_len") is not None and table.shapes.get("seq_len") != t.seq_len:
+            problems.append(f"latency table sequence length {table.shapes.get('seq_len')} differs from profile {p.name}'s {t.seq_len}")
     if model is not None:
         from .adapters import get_adapter
 
@@ -473,7 +474,8 @@ def table_key(model: nn.Module, target: Target | str) -> str:
 
     from .adapters import get_adapter
 
-    p = resolve_target(target).profile
+    t = resolve_target(target)
+    p = t.profile
     a = get_adapter(model)
     try:
         import onnxruntime
@@ -484,7 +486,7 @@ def table_key(model: nn.Module, target: Target | str) -> str:
     key = {"lut": LUT_VERSION, "model": type(model).__name__, "family": a.family, "heads": a.heads_per_layer(),
            "neurons": a.neurons_per_layer(), "hidden": [a.layer_hidden_size(l) for l in range(a.num_layers)],
            "head_dim": a.head_dim(), "runtime": p.runtime, "precision": p.precision, "threads": p.threads,
-           "batch": p.batch_size, "seq_len": p.seq_len, "image_size": p.image_size, "cpu": cpu_name(), "ort": ort_version}
+           "batch": t.batch, "seq_len": t.seq_len, "image_size": t.image_size, "cpu": cpu_name(), "ort": ort_version}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -602,7 +604,7 @@ def measure_lut(model: nn.Module, target: Target | str, *, mlp_step: int | None 
                                        "mlp_ms": [v * scale for v in t["mlp_raw"]]} for t in tables]
     return LatencyTable(
         profile=target.profile.to_dict(),
-        shapes={"batch": B, "tokens": T, "seq_len": target.profile.seq_len if a.modality == "text" else None,
+        shapes={"batch": B, "tokens": T, "seq_len": target.seq_len if a.modality == "text" else None,
                 "image_size": int(next(iter(inputs.values())).shape[-1]) if a.modality == "image" else None},
         model={"name": model_name or type(model).__name__, "family": a.family, "num_layers": L, "heads": heads, "neurons": neurons,
                "hidden_size": d, "head_dim": a.head_dim(), "hidden_sizes": [a.layer_hidden_size(l) for l in range(L)]},

@@ -107,11 +107,11 @@ def zoo_dir() -> Path:
 
 
 def task_dir(name: str) -> Path:
-    _entry(name)
+    zoo_entry(name)
     return zoo_dir() / name
 
 
-def _entry(name: str) -> ZooEntry:
+def zoo_entry(name: str) -> ZooEntry:
     try:
         return ZOO[name]
     except KeyError:
@@ -187,6 +187,25 @@ def predict(task: Task, split: str | Split = "test", batch_size: int = 64) -> to
         enc = task.encode([texts[j] for j in idx])
         preds[idx] = task.model(**enc).logits.argmax(-1)
     return preds
+
+
+def zoo_names(name: str | None) -> list[str]:
+    """The zoo models a command names: ``None`` the default one, ``"all"`` every one; an unknown name is refused."""
+    names = list(ZOO) if name == "all" else [name or DEFAULT_TASK]
+    for n in names:
+        zoo_entry(n)
+    return names
+
+
+def evaluate_zoo_model(name: str, split: str = "test", batch_size: int = 64) -> dict:
+    """``optin-deploy zoo eval``: dense PyTorch accuracy and macro-F1 of zoo model ``name`` on ``split``
+    (prepared first if needed); the data set's name under ``data``. Bad input fails before any work."""
+    if batch_size < 1:
+        raise OptinError(f"--batch-size must be at least 1, not {batch_size}")
+    if zoo_entry(name).kind == "embedding":
+        raise OptinError(f"{name} is a sentence-embedding model without labels; validate a pruned copy with optin-deploy build --model {name}")
+    task = get_task(name)
+    return {**evaluate(task, split, batch_size), "data": task.data.name}
 
 
 def evaluate(task: Task, split: str = "test", batch_size: int = 64) -> dict:
@@ -504,7 +523,7 @@ def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
 
 def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = True) -> Path:
     """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains)."""
-    entry = _entry(name)
+    entry = zoo_entry(name)
     final = task_dir(name)
     if (final / "zoo_info.json").exists() and not force:
         return final
@@ -576,7 +595,7 @@ def list_tasks() -> list[dict]:
 
 def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
     """A zoo task (model in eval mode, tokenizer, max length, data), trained first if needed."""
-    entry = _entry(name)
+    entry = zoo_entry(name)
     folder = prepare(name, progress=progress)
     from .data.builtin import load_builtin
     from .models import load_model

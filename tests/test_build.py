@@ -59,7 +59,7 @@ def assert_one_line_error(proc, message: str = "error:") -> None:
 
 
 @pytest.mark.slow  # two whole builds; the first through the real console entry point (a subprocess)
-def test_build_end_to_end(tiny_text_task, tmp_path):
+def test_build_end_to_end(tiny_text_task, tmp_path, monkeypatch):
     out = tmp_path / "bundle"
     run_cli_subprocess("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
                        "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--select-by", "macs",
@@ -122,11 +122,16 @@ def test_build_end_to_end(tiny_text_task, tmp_path):
     assert summary["budget"] == {**report["budget"], "profile": report["profile"]}
     assert summary["heads_per_layer"] == report["structure"]["heads"]["pruned"]
     assert summary["neurons_per_layer"] == report["structure"]["neurons"]["pruned"]
-    # a second run reuses the cached scores
+    # a second run reuses the cached scores, and reads the profile once (at its entry) for all its stages
+    import optin_deploy.target as target_mod
+
+    loads, real = [], target_mod.load_profile
+    monkeypatch.setattr(target_mod, "load_profile", lambda spec: loads.append(spec) or real(spec))
     out2 = tmp_path / "bundle2"
     run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.7",
             "--calib-samples", "16", "--bench-iters", "3", "--max-accuracy-drop", "100", "--scoring", "exact", "--out", str(out2))
     assert json.loads((out2 / "report.json").read_text())["scoring"]["cached"] is True
+    assert loads == ["x86-cpu-ort"], loads
 
 
 @pytest.mark.slow  # a whole build

@@ -88,3 +88,70 @@ def test_commands_are_thin_shells():
         lines = [l for l in f.read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
         assert len(lines) < 140, f"{f.name}: {len(lines)} lines; move the logic into the library"
         assert "load_task(" not in f.read_text(), f"{f.name} loads a task itself; call the library"
+
+
+def _project_modules_imported(tree: ast.AST, path: Path) -> set[str]:
+    """Local names bound to an optin_deploy module by a relative import (``from .. import zoo``)."""
+    pkg = path.relative_to(ROOT.parent).with_suffix("").parts[:-1]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = ROOT.parent.joinpath(*pkg[: len(pkg) - node.level + 1], *(node.module.split(".") if node.module else []))
+            for a in node.names:
+                if (base / f"{a.name}.py").is_file() or (base / a.name / "__init__.py").is_file():
+                    out.add(a.asname or a.name)
+    return out
+
+
+def test_no_private_attribute_of_another_project_module():
+    """``zoo._entry(...)`` from another module is a private name used outside its module, like an import of it."""
+    bad = []
+    for f in ROOT.rglob("*.py"):
+        tree = ast.parse(f.read_text())
+        mods = _project_modules_imported(tree, f)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in mods
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                bad.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not bad, bad
+
+
+# Where a profile may be read: resolve_target is the one place a profile becomes a Target; it is called by the
+# library entry points of the commands (once, first) and by the latency-table helpers that take ``Target | name``
+# (a no-op on the Target the pipeline passes them). Nothing else looks a profile up by name.
+PROFILE_READERS = {
+    "load_profile": {("profiles.py", "*"), ("target.py", "resolve_target"), ("commands/profiles.py", "show_cmd")},
+    "resolve_target": {("target.py", "*"), ("build.py", "run_build"), ("search.py", "run_sweep"), ("pruning.py", "prune_to_folder"),
+                       ("lut.py", "write_lut"), ("lut.py", "check_compatible"), ("lut.py", "table_key"), ("lut.py", "cached_lut"),
+                       ("lut.py", "measure_lut")},
+}
+
+
+def test_a_profile_is_read_only_where_the_commands_enter_the_library():
+    bad = []
+    for f in ROOT.rglob("*.py"):
+        rel = str(f.relative_to(ROOT))
+        tree = ast.parse(f.read_text())
+        for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call):
+                    name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                    allowed = PROFILE_READERS.get(name)
+                    if allowed is not None and (rel, "*") not in allowed and (rel, fn.name) not in allowed:
+                        bad.append(f"{rel}:{node.lineno} {fn.name}() calls {name}")
+    assert not bad, f"a profile looked up below the entry points: {sorted(set(bad))}"
+
+
+def test_prune_reads_its_profile_once(monkeypatch, tmp_path):
+    """At run time too: one ``prune`` loads the profile file once, at its entry, however many stages use the target."""
+    import optin_deploy.target as target_mod
+    from conftest import make_tiny_bert, run_cli
+
+    calls = []
+    real = target_mod.load_profile
+    monkeypatch.setattr(target_mod, "load_profile", lambda spec: calls.append(spec) or real(spec))
+    model_dir = tmp_path / "m"
+    make_tiny_bert(num_labels=2, layers=2).save_pretrained(model_dir)
+    run_cli("prune", model_dir, "--data", "rotten-tomatoes", "--calib-samples", "4", "--scoring", "exact", "--flops", "0.7",
+            "--no-reconstruct", "--profile", "x86-cpu-ort-fp32", "--out", tmp_path / "p")
+    assert calls == ["x86-cpu-ort-fp32"]

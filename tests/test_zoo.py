@@ -15,7 +15,7 @@ from optin_deploy.data import assets
 from optin_deploy.data.types import Split
 from optin_deploy.errors import OptinError
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402 (a dependency: missing it must fail, not skip)
 
 
 def _tiny_bert_config(**kw):

@@ -12,7 +12,7 @@ from . import options
 
 def bench_cmd(
     models: List[str] = typer.Argument(..., help="Dense first, then pruned: bundle folders, artifact files (.onnx/.engine) or model folders."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt (default: each bundle's own)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, openvino-cpu, torch-aoti-cpu (default: each bundle's own)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads."),
     batch: int = typer.Option(8, "--batch"),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (text models)."),
@@ -32,11 +32,16 @@ def bench_cmd(
     from ..bench import bench_artifacts, print_bench_table
 
     if runtimes is not None:
-        from ..bench import check_bench_numbers
+        from ..bench_runtimes import compare_runtimes, print_side_by_side
 
-        check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
-        return _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, None if seconds else iters, seconds, mode, block,
-                             labels, json_out, markdown)
+        result = compare_runtimes(models, runtimes, runtime=runtime, labels=labels.split(",") if labels else None, batch=batch, seq_len=seq_len,
+                                  threads=threads, warmup=warmup, iters=None if seconds else iters, seconds=seconds, block=block, mode=mode,
+                                  markdown_path=markdown)
+        print_side_by_side(result)
+        options.emit_json(json_out, result)
+        if markdown:
+            typer.echo(f"wrote {markdown}")
+        return
     if markdown is not None:
         from ..errors import OptinError
 
@@ -46,27 +51,6 @@ def bench_cmd(
                              labels=labels.split(",") if labels else None)
     print_bench_table(result)
     options.emit_json(json_out, result)
-
-
-def _side_by_side(models, runtimes, runtime, threads, batch, seq_len, warmup, iters, seconds, mode, block, labels, json_out, markdown) -> None:
-    from ..bench_runtimes import expand_models, parse_runtimes, print_side_by_side, side_by_side
-    from ..bench_runtimes import markdown as to_markdown
-    from ..errors import OptinError
-
-    if runtime is not None:
-        raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
-    names = parse_runtimes(runtimes)
-    if not names:
-        raise OptinError("--runtimes all: no CPU runtime can run here")
-    pairs = expand_models(models, labels.split(",") if labels else None)
-    result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
-                          block=block, mode=mode)
-    print_side_by_side(result)
-    options.emit_json(json_out, result)
-    if markdown:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(to_markdown(result))
-        typer.echo(f"wrote {markdown}")
 
 
 def register(app: typer.Typer) -> None:

@@ -36,10 +36,7 @@ def prepare_cmd(
     """Train and cache a zoo model (once; later runs reuse it)."""
     from .. import zoo
 
-    names = list(zoo.ZOO) if name == "all" else [name or zoo.DEFAULT_TASK]
-    for n in names:
-        zoo._entry(n)
-    for n in names:
+    for n in zoo.zoo_names(name):
         folder = zoo.prepare(n, force=force)
         i = zoo.info(n) or {}
         if i.get("task") == "embedding":
@@ -61,17 +58,11 @@ def eval_cmd(
 ) -> None:
     """Dense PyTorch accuracy of a zoo model on its test split."""
     from .. import zoo
-    from ..errors import OptinError
 
     split = options.alias("--eval-split", eval_split, "--split", split, default="test", check=options.check_split)
-    if batch_size < 1:
-        raise OptinError(f"--batch-size must be at least 1, not {batch_size}")
-    if zoo.ZOO.get(name) is not None and zoo.ZOO[name].kind == "embedding":
-        raise OptinError(f"{name} is a sentence-embedding model without labels; validate a pruned copy with optin-deploy build --model {name}")
-    task = zoo.get_task(name)
-    m = zoo.evaluate(task, split, batch_size)
+    m = zoo.evaluate_zoo_model(name, split, batch_size)
     typer.echo(
-        f"{name} on {task.data.name} {split} ({m['n']} examples, PyTorch dense): accuracy {m['accuracy'] * 100:.2f}%, "
+        f"{name} on {m['data']} {split} ({m['n']} examples, PyTorch dense): accuracy {m['accuracy'] * 100:.2f}%, "
         f"macro-F1 {m['macro_f1'] * 100:.2f}% ({m['seconds']:.1f}s)"
     )
 
