@@ -600,9 +600,9 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
         from .int8 import settle_int8, wants_settling
 
         if wants_settling(ctx.quantization, ctx.int8_max_drop):  # auto, or an accuracy tolerance: each model against its fp32 graph
-            from .int8 import _Metric
+            from .int8 import ValidationMetric
 
-            metric = None if ctx.embedding else _Metric(ctx, opts.search_samples)
+            metric = None if ctx.embedding else ValidationMetric(ctx, opts.search_samples)
             for label, m in (("dense", model), ("pruned", selected.model)):
                 exports[label] = settle_int8(ctx, exports[label], m, label, ctx.quantization, ctx.int8_max_drop, metric)
     rt_name = ctx.runtime_name(exports["pruned"])

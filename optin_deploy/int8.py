@@ -37,7 +37,7 @@ def wants_settling(quantization: str, max_drop: float | None) -> bool:
     return quantization == "auto" or max_drop is not None
 
 
-class _Metric:
+class ValidationMetric:
     """The task metric (x100) of an onnxruntime graph on a fixed validation subset, ordered by length."""
 
     def __init__(self, ctx, samples: int):
@@ -72,11 +72,11 @@ def _time_interleaved(ctx, paths: dict[str, Path]) -> dict[str, float]:
     return {k: b["models"][k]["p50_ms"] for k in paths}
 
 
-def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_drop: float | None, metric: _Metric | None = None) -> dict:
+def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_drop: float | None, metric: ValidationMetric | None = None) -> dict:
     """Quantise ``export``'s fp32 graph as :mod:`this module <optin_deploy.int8>` says, keep the way chosen as the
     export's ``model.onnx`` (parity re-checked) and return the updated manifest (``export.json`` rewritten)."""
     from .exporters.base import LogitsModel, ordered_inputs
-    from .exporters.export_folder import _relative, _write_json
+    from .exporters.export_folder import write_export_files
     from .exporters.onnx import calibration_batches, onnx_parity_runner, quantizable_nodes, quantize_int8
     from .exporters.parity import check_parity, parity_inputs
 
@@ -92,7 +92,7 @@ def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_dro
         if max_drop is not None:
             step(f"{label}: int8 tolerance not applied (a sentence-embedding model has no labelled metric)")
     else:
-        metric = metric or _Metric(ctx, ctx.opts.search_samples)
+        metric = metric or ValidationMetric(ctx, ctx.opts.search_samples)
         accuracy_on = {"split": "validation", "samples": metric.samples, "total": metric.total, "metric": metric.name}
     fp32_acc = metric(fp32) if metric else None
     ways: dict[str, dict] = {}
@@ -149,9 +149,7 @@ def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_dro
     onnx_meta["quantization"], onnx_meta["parity"] = q, par
     export["quantization"] = q
     export["parity"]["model.onnx"] = par
-    folder = art.parent.resolve()
-    _write_json(art.parent / "parity.json", _relative(export["parity"], folder))
-    _write_json(art.parent / "export.json", _relative(export, folder))
+    write_export_files(art.parent, export)
     return export
 
 

@@ -164,10 +164,16 @@ def export_to_folder(
             manifest["parity"]["model.ep"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
     manifest["runtime"] = default_runtime_for(manifest["artifact"])
+    write_export_files(out_dir, manifest)
+    return manifest
+
+
+def write_export_files(out_dir: str | os.PathLike, manifest: dict) -> None:
+    """``parity.json`` and ``export.json`` of an export folder, paths inside it written relative to it."""
+    out_dir = Path(out_dir)
     folder = out_dir.resolve()
     _write_json(out_dir / "parity.json", _relative(manifest["parity"], folder))
     _write_json(out_dir / "export.json", _relative(manifest, folder))
-    return manifest
 
 
 MIN_OPSET = 18  # torch.onnx.export(dynamo=True) writes opset 18 and newer
