@@ -12,7 +12,7 @@ from . import options
 
 def bench_cmd(
     models: List[str] = typer.Argument(..., help="Dense first, then pruned: bundle folders, artifact files (.onnx/.engine) or model folders."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt (default: each bundle's own)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, openvino-cpu, torch-aoti-cpu (default: each bundle's own)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads."),
     batch: int = typer.Option(8, "--batch"),
     seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (text models)."),
