@@ -14,12 +14,17 @@ window). The per-layer methods (``layer_hidden_size``, ``layer_head_dim``, ``lay
 ``attention_tokens``, ``attention_span``, ``layer_token_mask``) default to the single-size ones, so a
 family with equal layers implements only ``hidden_size`` / ``head_dim`` / ``seq_len`` / ``token_mask``.
 
-From that the generic machinery here masks units (hooks on the *inputs* of the output projection
-and of the second MLP linear, i.e. exactly the head outputs and post-activation neurons), counts
-their cost, and slices the weights. A family adapter adds only what is family-specific: how to find
-the blocks, how to set the head count after slicing, how to replace a block part that lost all its
-units by the reduced module the spec asks for, how to get logits, and how to rebuild the model from
-a saved structure.
+A family describes its layout as data, in class attributes (the way Hugging Face Optimum's
+exporters describe each architecture): where the task models keep the base model and where its
+blocks are, the paths inside a block of the attention / MLP, the q/k/v (or fused qkv), output and
+MLP linears, the modules a removed part becomes (its ``Reduced*`` classes), the attribute holding the
+head count and the config fields giving the sizes. From that the generic machinery here finds the
+parts of every block, counts and sets heads, masks units (hooks on the *inputs* of the output
+projection and of the second MLP linear, i.e. exactly the head outputs and post-activation neurons),
+counts their cost, slices the weights and reduces a part that lost every unit. A family overrides a
+method only where its layout really differs (ModernBERT's fused ``Wqkv`` with no head-count
+attribute and gated ``Wi``, Swin's staged window attention, DINOv2's layer scale), plus what is not
+layout: inputs, logits, and how the model is rebuilt from a saved structure.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
+def module_at(root: Any, path: str) -> Any:
+    """The attribute at dotted ``path`` under ``root`` (``""``: ``root`` itself), or None where a step is missing."""
+    for name in path.split(".") if path else ():
+        root = getattr(root, name, None)
+        if root is None:
+            return None
+    return root
+
+
 def _set_child(root: nn.Module, child: nn.Module, new: nn.Module) -> None:
     for name, mod in root.named_modules():
         for cname, c in mod.named_children():
@@ -85,6 +99,33 @@ SAMPLE_TEXTS = [
     "Funny, warm and surprisingly sharp about growing older.",
     "Not worth the price of the ticket.",
 ]
+
+
+class BiasOnly(nn.Module):
+    """What is left of a projection whose every input unit was removed: its bias, broadcast.
+
+    Exports as an ``Expand`` of a constant, never as a zero-width matmul.
+    """
+
+    def __init__(self, bias: torch.Tensor | None, width: int):
+        super().__init__()
+        b = bias.detach().clone() if bias is not None else torch.zeros(width)
+        self.bias = nn.Parameter(b, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(*x.shape[:-1], self.bias.shape[0])
+
+
+class ReducedAttention(nn.Module):
+    """An attention with no heads left: its output projection's bias (zeros without one), broadcast,
+    and no attention weights; the block adds the residual (pre-norm families: ``x + b_o``)."""
+
+    def __init__(self, bias: torch.Tensor | None, width: int):
+        super().__init__()
+        self.proj = BiasOnly(bias, width)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.proj(hidden_states), None
 
 
 class Adapter:
@@ -111,45 +152,128 @@ class Adapter:
     # logits) or "embedding" (a pooled sentence vector, adapters/embedding.py; the output term is 1 - cosine)
     output_kind: ClassVar[str] = "logits"
 
+    # ----- the block layout, as data (dotted attribute paths) ---------------------------------
+    base_attrs: ClassVar[tuple[str, ...]] = ()  # where task models keep the base model (first present; else the model itself)
+    blocks_path: ClassVar[str] = ""  # from the base model to its list of blocks
+    attention_attr: ClassVar[str] = "attention"  # a block's attention: becomes reduced_attention when every head goes
+    heads_path: ClassVar[str] = "attention"  # in a block: the module holding the head count and the q/k/v linears
+    qkv_names: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")  # in heads_path: q, k, v; or one fused [q; k; v]
+    out_proj_path: ClassVar[str] = "attention.o_proj"  # in a block: the attention's output projection
+    mlp_attr: ClassVar[str] = "mlp"  # a block's MLP (post-norm: its output part): becomes reduced_mlp when every neuron goes
+    fc1_path: ClassVar[str] = "mlp.fc1"  # in a block: the first MLP linear (a neuron is a row)
+    fc2_path: ClassVar[str] = "mlp.fc2"  # in a block: the second MLP linear (a neuron is a column)
+    mlp_input_path: ClassVar[str] = "layernorm_after"  # in a block: the module whose first input is the MLP's residual
+    fused_gate: ClassVar[bool] = False  # fc1 holds the input rows, then the gate rows (a neuron: rows j and I + j)
+    # what a removed part becomes: built as cls(bias, layer_norm) when the *_norm_path is set (post-norm
+    # blocks keep LayerNorm(x + b)), else cls(bias, width); the bias is the part's output projection's
+    reduced_attention: ClassVar[type] = ReducedAttention
+    reduced_mlp: ClassVar[type] = BiasOnly
+    attention_norm_path: ClassVar[str | None] = None
+    mlp_norm_path: ClassVar[str | None] = None
+    # block attributes that become an nn.Identity with the removed part (BERT's intermediate, a pre-norm)
+    bypassed_with_attention: ClassVar[tuple[str, ...]] = ()
+    bypassed_with_mlp: ClassVar[tuple[str, ...]] = ()
+    head_count_attr: ClassVar[str] = "num_attention_heads"  # on the heads module
+    head_width_attrs: ClassVar[tuple[str, str] | None] = None  # (total, per head): total set to heads x per head after slicing
+    config_hidden_size: ClassVar[str] = "hidden_size"  # config fields giving the sizes
+    config_num_heads: ClassVar[str] = "num_attention_heads"
+    config_head_dim: ClassVar[str | None] = "head_dim"  # when the config sets it; else hidden size // heads
+
     def __init__(self, model: nn.Module):
         self.model = model
 
-    # ----- to implement per family -------------------------------------------------------
+    # ----- the layout, from the class attributes (override where a family differs) ------------
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether ``model`` (already loaded) belongs to this family: its config's type and its blocks."""
+        return cls.supports_config(getattr(model, "config", None)) and cls.find_blocks(model) is not None
 
     @classmethod
     def supports_config(cls, config: Any) -> bool:
         """Whether a transformers config (read before any weights) belongs to this family."""
         return getattr(config, "model_type", None) in cls.model_types
 
+    @classmethod
+    def find_blocks(cls, model: nn.Module) -> Any:
+        """The list of blocks (``blocks_path`` under the first of ``base_attrs`` present, else under the model), or None."""
+        base = next((b for b in (getattr(model, a, None) for a in cls.base_attrs) if b is not None), model)
+        return module_at(base, cls.blocks_path)
+
     def blocks(self) -> nn.ModuleList | nn.Sequential:
-        raise NotImplementedError
+        return self.find_blocks(self.model)
+
+    def has_attention(self, layer: int) -> bool:
+        """Whether block ``layer`` still has heads (its attention is not the reduced module)."""
+        return not isinstance(getattr(self.blocks()[layer], self.attention_attr), self.reduced_attention)
+
+    def has_mlp(self, layer: int) -> bool:
+        return not isinstance(getattr(self.blocks()[layer], self.mlp_attr), self.reduced_mlp)
 
     def layer_parts(self, layer: int) -> LayerParts | None:
         """The prunable parts of block ``layer``; parts that were reduced away are None."""
-        raise NotImplementedError
+        blk = self.blocks()[layer]
+        parts = LayerParts(block=blk, attn=None, out_proj=None, fc1=None, fc2=None)
+        if self.has_attention(layer):
+            parts.attn = module_at(blk, self.heads_path)
+            parts.out_proj = module_at(blk, self.out_proj_path)
+            projections = [getattr(parts.attn, n) for n in self.qkv_names]
+            if len(projections) == 1:
+                parts.qkv = projections[0]
+            else:
+                parts.q, parts.k, parts.v = projections
+        if self.has_mlp(layer):
+            parts.fc1, parts.fc2 = module_at(blk, self.fc1_path), module_at(blk, self.fc2_path)
+        return parts
 
     def num_heads(self, layer: int) -> int:
-        raise NotImplementedError
+        if not self.has_attention(layer):
+            return 0
+        return int(getattr(module_at(self.blocks()[layer], self.heads_path), self.head_count_attr))
 
     def head_dim(self) -> int:
-        raise NotImplementedError
+        cfg = self.model.config
+        dh = getattr(cfg, self.config_head_dim, None) if self.config_head_dim else None
+        return dh or getattr(cfg, self.config_hidden_size) // getattr(cfg, self.config_num_heads)
 
     def hidden_size(self) -> int:
-        raise NotImplementedError
+        return getattr(self.model.config, self.config_hidden_size)
 
     def set_num_heads(self, layer: int, n: int) -> None:
-        raise NotImplementedError
+        heads = module_at(self.blocks()[layer], self.heads_path)
+        setattr(heads, self.head_count_attr, n)
+        if self.head_width_attrs:
+            total, per_head = self.head_width_attrs
+            setattr(heads, total, n * getattr(heads, per_head))
 
     def reduce_attention(self, layer: int) -> None:
         """Replace block ``layer``'s attention (all heads removed) by its reduced form."""
-        raise NotImplementedError
+        self._reduce(layer, "attn", self.layer_parts(layer).out_proj, self.attention_attr, self.reduced_attention,
+                     self.attention_norm_path, self.bypassed_with_attention)
 
     def reduce_mlp(self, layer: int) -> None:
         """Replace block ``layer``'s MLP (all neurons removed) by its reduced form."""
-        raise NotImplementedError
+        self._reduce(layer, "mlp", self.layer_parts(layer).fc2, self.mlp_attr, self.reduced_mlp,
+                     self.mlp_norm_path, self.bypassed_with_mlp)
+
+    def _reduce(self, layer: int, part: str, proj: nn.Linear, attr: str, reduced: type, norm_path: str | None,
+                bypassed: tuple[str, ...]) -> None:
+        blk = self.blocks()[layer]
+        bias = self.reduced_bias(layer, part, proj)
+        setattr(blk, attr, reduced(bias, module_at(blk, norm_path)) if norm_path else reduced(bias, proj.out_features))
+        for name in bypassed:
+            setattr(blk, name, nn.Identity())
+
+    def reduced_bias(self, layer: int, part: str, proj: nn.Linear) -> torch.Tensor | None:
+        """The bias a removed part (``"attn"`` / ``"mlp"``) leaves: its output projection's (DINOv2 folds
+        its layer scale in)."""
+        return proj.bias
+
+    def mlp_residual(self, layer: int) -> nn.Module:
+        """The module whose first input is the residual stream the MLP's output is added to
+        (``mlp_input_path``; once a post-norm MLP is reduced, the reduced module)."""
+        blk = self.blocks()[layer]
+        found = module_at(blk, self.mlp_input_path)
+        return found if found is not None else getattr(blk, self.mlp_attr)
 
     # ----- per-layer sizes (defaults: every layer alike) -----------------------------------
     def layer_hidden_size(self, layer: int) -> int:
@@ -220,10 +344,6 @@ class Adapter:
             return torch.ones_like(inputs[self.input_names()[0]], dtype=torch.bool)
         raise NotImplementedError
 
-    def mlp_residual(self, layer: int) -> nn.Module:
-        """The module whose first input is the residual stream the MLP's output is added to."""
-        raise NotImplementedError
-
     def branch_scale(self, layer: int, part: str) -> torch.Tensor | None:
         """Per-channel scale applied to a sublayer's output ("attn" or "mlp") before the residual add
         (timm's LayerScale); None when there is none."""
@@ -270,7 +390,7 @@ class Adapter:
 
     def num_neurons(self, layer: int) -> int:
         parts = self.layer_parts(layer)
-        return 0 if parts is None or parts.fc1 is None else parts.fc1.out_features
+        return 0 if parts is None or parts.fc2 is None else parts.fc2.in_features
 
     def uniform(self) -> bool:
         """Whether every layer has the same hidden size, head size and token count."""
@@ -295,9 +415,10 @@ class Adapter:
         return 4 * t * d * dh + 2 * t * w * dh
 
     def neuron_mac(self, s: int, layer: int = 0) -> int:
-        """``2 T d`` (a row of ``fc1``, a column of ``fc2``); ``3 T d`` in a gated MLP (also a row of ``up``)."""
+        """``2 T d`` (a row of ``fc1``, a column of ``fc2``); ``3 T d`` in a gated MLP (also a row of ``up``,
+        or of ``fc1``'s gate half)."""
         parts = self.layer_parts(layer)
-        k = 3 if parts is not None and parts.up is not None else 2
+        k = 3 if self.fused_gate or (parts is not None and parts.up is not None) else 2
         return k * self.layer_tokens(layer, s) * self.layer_hidden_size(layer)
 
     def encoder_macs(self, s: int) -> int:
@@ -345,9 +466,9 @@ class Adapter:
             return
         parts = self.layer_parts(layer)
         idx = torch.tensor(keep, dtype=torch.long)
-        for lin in (parts.fc1, parts.up):
-            if lin is not None:
-                self._replace(lin, slice_linear(lin, idx, 0))
+        self._replace(parts.fc1, slice_linear(parts.fc1, torch.cat([idx, idx + n]) if self.fused_gate else idx, 0))
+        if parts.up is not None:
+            self._replace(parts.up, slice_linear(parts.up, idx, 0))
         self._replace(parts.fc2, slice_linear(parts.fc2, idx, 1))
 
     def _replace(self, old: nn.Module, new: nn.Module) -> None:
@@ -483,18 +604,3 @@ class TuplePassThrough(nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         return (hidden_states,)
-
-
-class BiasOnly(nn.Module):
-    """What is left of a projection whose every input unit was removed: its bias, broadcast.
-
-    Exports as an ``Expand`` of a constant, never as a zero-width matmul.
-    """
-
-    def __init__(self, bias: torch.Tensor | None, width: int):
-        super().__init__()
-        b = bias.detach().clone() if bias is not None else torch.zeros(width)
-        self.bias = nn.Parameter(b, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bias.expand(*x.shape[:-1], self.bias.shape[0])

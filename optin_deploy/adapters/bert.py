@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Adapter, LayerParts
+from .base import Adapter
 from .registry import register
 
 
@@ -27,13 +27,6 @@ class BertReducedAttention(nn.Module):
         return self.LayerNorm(hidden_states + self.bias), None
 
 
-class PassThrough(nn.Module):
-    """Stands in for ``intermediate`` when the MLP has no neurons: hands its input on unchanged."""
-
-    def forward(self, hidden_states):
-        return hidden_states
-
-
 class BertReducedOutput(nn.Module):
     """A BERT FFN output with no neurons left: ``LayerNorm(h + b_2)``."""
 
@@ -46,76 +39,34 @@ class BertReducedOutput(nn.Module):
         return self.LayerNorm(input_tensor + self.bias)
 
 
+class BertStyleMLP:
+    """The post-norm MLP layout BERT's descendants share (mixed into their adapters before
+    :class:`Adapter`): ``output.LayerNorm(h + output.dense(act(intermediate.dense(h))))``; a block
+    with no neurons left keeps ``LayerNorm(h + b_2)`` and its ``intermediate`` becomes a pass-through."""
+
+    mlp_attr = "output"
+    fc1_path, fc2_path = "intermediate.dense", "output.dense"
+    mlp_norm_path = "output.LayerNorm"
+    reduced_mlp = BertReducedOutput
+    bypassed_with_mlp = ("intermediate",)
+    mlp_input_path = "intermediate.dense"  # post-norm: the residual is fc1's input
+
+
 @register
-class BertAdapter(Adapter):
+class BertAdapter(BertStyleMLP, Adapter):
     family = "bert"
     description = "transformers BERT (BertModel, BertForSequenceClassification)"
     modality = "text"
     model_types = ("bert",)
-    base_attrs: tuple[str, ...] = ("bert",)  # where the encoder sits in the task models
     ort_optimizer = "bert"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return cls.supports_config(getattr(model, "config", None)) and cls._encoder(model) is not None
-
-    @classmethod
-    def _encoder(cls, model):
-        for attr in cls.base_attrs:
-            base = getattr(model, attr, None)
-            if base is not None:
-                return base.encoder
-        return getattr(model, "encoder", None)
-
-    def blocks(self):
-        return self._encoder(self.model).layer
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        att = blk.attention
-        has_attn = not isinstance(att, BertReducedAttention)
-        has_mlp = not isinstance(blk.output, BertReducedOutput)
-        return LayerParts(
-            block=blk,
-            attn=att.self if has_attn else None,
-            out_proj=att.output.dense if has_attn else None,
-            q=att.self.query if has_attn else None,
-            k=att.self.key if has_attn else None,
-            v=att.self.value if has_attn else None,
-            fc1=blk.intermediate.dense if has_mlp else None,
-            fc2=blk.output.dense if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        att = self.blocks()[layer].attention
-        return 0 if isinstance(att, BertReducedAttention) else att.self.num_attention_heads
-
-    def head_dim(self) -> int:
-        cfg = self.model.config
-        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
-
-    def set_num_heads(self, layer: int, n: int) -> None:
-        s = self.blocks()[layer].attention.self
-        s.num_attention_heads = n
-        s.all_head_size = n * s.attention_head_size
-
-    def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        out = blk.attention.output
-        blk.attention = BertReducedAttention(out.dense.bias, out.LayerNorm)
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.intermediate = PassThrough()
-        blk.output = BertReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
-        blk = self.blocks()[layer]
-        return blk.intermediate.dense if not isinstance(blk.output, BertReducedOutput) else blk.output
+    base_attrs = ("bert",)  # where the task models keep the encoder
+    blocks_path = "encoder.layer"
+    heads_path = "attention.self"
+    qkv_names = ("query", "key", "value")
+    out_proj_path = "attention.output.dense"
+    attention_norm_path = "attention.output.LayerNorm"  # post-norm: a block with no heads keeps LN(x + b_o)
+    reduced_attention = BertReducedAttention
+    head_width_attrs = ("all_head_size", "attention_head_size")
 
     def export_module(self, input_names: list[str]) -> nn.Module | None:
         """A fusion-friendly forward for export (:mod:`.bert_export`): per-layer head counts as

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Adapter, LayerParts, slice_linear
+from .base import Adapter, slice_linear
+from .bert import BertStyleMLP
 from .registry import register
 
 
@@ -42,25 +43,6 @@ class DebertaReducedAttention(nn.Module):
         return self.LayerNorm(residual + self.bias), None
 
 
-class DebertaPassThrough(nn.Module):
-    """Stands in for ``intermediate`` when the MLP has no neurons: hands its input on unchanged."""
-
-    def forward(self, hidden_states):
-        return hidden_states
-
-
-class DebertaReducedOutput(nn.Module):
-    """A DeBERTa FFN output with no neurons left: ``LayerNorm(h + b_2)``."""
-
-    def __init__(self, bias: torch.Tensor, layer_norm: nn.Module):
-        super().__init__()
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.LayerNorm = layer_norm
-
-    def forward(self, hidden_states, input_tensor):
-        return self.LayerNorm(input_tensor + self.bias)
-
-
 class DebertaSkipLayer(nn.Module):
     """Stands in for a block that a partial run skips; DeBERTa's encoder unpacks ``(hidden, attn)``."""
 
@@ -69,62 +51,20 @@ class DebertaSkipLayer(nn.Module):
 
 
 @register
-class DebertaV2Adapter(Adapter):
+class DebertaV2Adapter(BertStyleMLP, Adapter):  # the MLP is BERT's
     family = "deberta-v2"
     description = "transformers DeBERTa-v2 / v3 encoders (DebertaV2Model, DebertaV2ForSequenceClassification...)"
     modality = "text"
     model_types = ("deberta-v2",)  # DeBERTa-v3 checkpoints carry model_type deberta-v2 too
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return cls.supports_config(getattr(model, "config", None)) and cls._encoder(model) is not None
-
-    @staticmethod
-    def _encoder(model):
-        base = getattr(model, "deberta", None)
-        if base is not None:
-            return base.encoder
-        enc = getattr(model, "encoder", None)
-        return enc if enc is not None and hasattr(enc, "layer") else None
-
-    def blocks(self):
-        return self._encoder(self.model).layer
-
-    def _self(self, layer: int):
-        att = self.blocks()[layer].attention
-        return None if isinstance(att, DebertaReducedAttention) else att.self
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        att = blk.attention
-        has_attn = not isinstance(att, DebertaReducedAttention)
-        has_mlp = not isinstance(blk.output, DebertaReducedOutput)
-        return LayerParts(
-            block=blk,
-            attn=att.self if has_attn else None,
-            out_proj=att.output.dense if has_attn else None,
-            q=att.self.query_proj if has_attn else None,
-            k=att.self.key_proj if has_attn else None,
-            v=att.self.value_proj if has_attn else None,
-            fc1=blk.intermediate.dense if has_mlp else None,
-            fc2=blk.output.dense if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        s = self._self(layer)
-        return 0 if s is None else s.num_attention_heads
-
-    def head_dim(self) -> int:
-        cfg = self.model.config
-        return getattr(cfg, "attention_head_size", None) or cfg.hidden_size // cfg.num_attention_heads
-
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
-
-    def set_num_heads(self, layer: int, n: int) -> None:
-        s = self._self(layer)
-        s.num_attention_heads = n
-        s.all_head_size = n * s.attention_head_size
+    base_attrs = ("deberta",)
+    blocks_path = "encoder.layer"
+    heads_path = "attention.self"
+    qkv_names = ("query_proj", "key_proj", "value_proj")
+    out_proj_path = "attention.output.dense"
+    attention_norm_path = "attention.output.LayerNorm"  # post-norm: a block with no heads keeps LN(x + b_o)
+    reduced_attention = DebertaReducedAttention
+    head_width_attrs = ("all_head_size", "attention_head_size")
+    config_head_dim = "attention_head_size"
 
     # ----- per-head position projections ---------------------------------------------------
     @staticmethod
@@ -141,7 +81,7 @@ class DebertaV2Adapter(Adapter):
         if 0 < len(kept) < n and all(0 <= h < n for h in kept):
             dh = self.head_dim()
             idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in kept])
-            for proj in self._position_projections(self._self(layer)):
+            for proj in self._position_projections(self.layer_parts(layer).attn):
                 self._replace(proj, slice_linear(proj, idx, 0))
         super().keep_heads(layer, keep)
 
@@ -169,21 +109,5 @@ class DebertaV2Adapter(Adapter):
         projections = 2 if getattr(cfg, "share_att_key", False) else len(types)
         return base + projections * rows * d * dh + len(types) * s * rows * dh
 
-    # ----- reduced blocks ------------------------------------------------------------------
-    def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        out = blk.attention.output
-        blk.attention = DebertaReducedAttention(out.dense.bias, out.LayerNorm)
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.intermediate = DebertaPassThrough()
-        blk.output = DebertaReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
-
     def pass_through(self, layer: int) -> nn.Module:
         return DebertaSkipLayer()
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        # post-norm: LN(h + fc2(act(fc1(h)))), so the residual is fc1's input
-        blk = self.blocks()[layer]
-        return blk.intermediate.dense if not isinstance(blk.output, DebertaReducedOutput) else blk.output

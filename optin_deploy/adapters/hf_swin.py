@@ -25,22 +25,10 @@ from __future__ import annotations
 import math
 
 import torch
-import transformers
 from torch import nn
 
-from .base import Adapter, BiasOnly, LayerParts, PassThrough
+from .base import Adapter, PassThrough
 from .registry import register
-
-
-class ReducedSwinAttention(nn.Module):
-    """A Swin attention with no heads left: returns the output projection bias, broadcast."""
-
-    def __init__(self, bias: torch.Tensor):
-        super().__init__()
-        self.proj = BiasOnly(bias, bias.shape[0])
-
-    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        return self.proj(hidden_states), None
 
 
 class SwinPassThrough(PassThrough):
@@ -78,6 +66,9 @@ class HFSwinAdapter(Adapter):
     description = "transformers Swin (SwinModel, SwinForImageClassification)"
     modality = "image"
     model_types = ("swin",)
+    base_attrs = ("swin",)
+    blocks_path = "encoder.layers"  # the stages; q_proj / k_proj / v_proj / o_proj under .attention (the defaults)
+    mlp_input_path = "layernorm_after"
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -93,41 +84,12 @@ class HFSwinAdapter(Adapter):
             if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
                 cfg._attn_implementation = "eager"
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        cfg = getattr(model, "config", None)
-        return getattr(cfg, "model_type", None) == "swin" and cls._base(model) is not None
-
-    @staticmethod
-    def _base(model):
-        base = getattr(model, "swin", None) or model
-        return base if hasattr(getattr(base, "encoder", None), "layers") else None
-
     def blocks(self):
-        return _FlatBlocks(self._base(self.model).encoder.layers)
+        stages = self.find_blocks(self.model)
+        return None if stages is None else _FlatBlocks(stages)
 
     def _stage(self, layer: int) -> int:
         return self.blocks().where[layer][0]
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        att = blk.attention
-        has_attn = not isinstance(att, ReducedSwinAttention)
-        has_mlp = not isinstance(blk.mlp, BiasOnly)
-        return LayerParts(
-            block=blk,
-            attn=att if has_attn else None,
-            out_proj=att.o_proj if has_attn else None,
-            q=att.q_proj if has_attn else None,
-            k=att.k_proj if has_attn else None,
-            v=att.v_proj if has_attn else None,
-            fc1=blk.mlp.fc1 if has_mlp else None,
-            fc2=blk.mlp.fc2 if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        att = self.blocks()[layer].attention
-        return 0 if isinstance(att, ReducedSwinAttention) else att.num_attention_heads
 
     # sizes ---------------------------------------------------------------------------------
     def layer_hidden_size(self, layer: int) -> int:
@@ -202,9 +164,6 @@ class HFSwinAdapter(Adapter):
         return False  # (shifted) windows, padded to whole windows
 
     # slicing -------------------------------------------------------------------------------
-    def set_num_heads(self, layer: int, n: int) -> None:
-        self.blocks()[layer].attention.num_attention_heads = n
-
     def keep_heads(self, layer: int, keep: list[int]) -> None:
         keep = sorted(set(int(h) for h in keep))
         n = self.num_heads(layer)
@@ -215,32 +174,5 @@ class HFSwinAdapter(Adapter):
             new = nn.Parameter(table.detach()[:, keep].clone(), requires_grad=table.requires_grad)
             rpb.relative_position_bias_table = new
 
-    def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        bias = blk.attention.o_proj.bias
-        blk.attention = ReducedSwinAttention(bias if bias is not None else torch.zeros(self.layer_hidden_size(layer)))
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.mlp = BiasOnly(blk.mlp.fc2.bias, blk.mlp.fc2.out_features)
-
     def forward(self, inputs):
         return self.model(pixel_values=inputs["pixel_values"])
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        return self.blocks()[layer].layernorm_after
-
-    def structure(self) -> dict:
-        return {
-            "family": self.family,
-            "model_class": type(self.model).__name__,
-            "config": self.model.config.to_dict(),
-            "heads": self.heads_per_layer(),
-            "neurons": self.neurons_per_layer(),
-        }
-
-    @classmethod
-    def build_from_structure(cls, spec: dict) -> nn.Module:
-        cfg = dict(spec["config"])
-        config = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        return getattr(transformers, spec["model_class"])(config)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Adapter, BiasOnly, LayerParts, slice_linear
+from .base import Adapter, BiasOnly
 from .registry import register
 
 
@@ -55,90 +55,24 @@ class ModernBertAdapter(Adapter):
     modality = "text"
     model_types = ("modernbert",)
     sequence_inputs = ("input_ids", "attention_mask")  # no token types
+    base_attrs = ("model",)
+    blocks_path = "layers"
+    attention_attr = heads_path = "attn"
+    qkv_names = ("Wqkv",)  # fused, rows [q; k; v]
+    out_proj_path = "attn.Wo"
+    reduced_attention = ModernBertReducedAttention
+    fc1_path, fc2_path = "mlp.Wi", "mlp.Wo"
+    fused_gate = True  # Wi's rows: the input half, then the gate half; a neuron costs 3 s d
+    mlp_input_path = "mlp_norm"  # pre-norm: h + mlp(mlp_norm(h)), so the residual is mlp_norm's input
+    bypassed_with_attention = ("attn_norm",)  # nothing reads a removed sublayer's norm
+    bypassed_with_mlp = ("mlp_norm",)
+    head_count_attr = "num_heads"  # the forward reshapes q/k/v with -1 heads and reads only head_dim; a readable count
+    config_head_dim = None
 
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return cls.supports_config(getattr(model, "config", None)) and cls._base(model) is not None
-
-    @staticmethod
-    def _base(model):
-        base = getattr(model, "model", None)
-        if base is not None and hasattr(base, "layers"):
-            return base
-        return model if hasattr(model, "layers") and hasattr(model, "rotary_emb") else None
-
-    def blocks(self):
-        return self._base(self.model).layers
-
-    def _has_attn(self, layer: int) -> bool:
-        return not isinstance(self.blocks()[layer].attn, ModernBertReducedAttention)
-
-    def _has_mlp(self, layer: int) -> bool:
-        return not isinstance(self.blocks()[layer].mlp, BiasOnly)
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        has_attn, has_mlp = self._has_attn(layer), self._has_mlp(layer)
-        return LayerParts(
-            block=blk,
-            attn=blk.attn if has_attn else None,
-            out_proj=blk.attn.Wo if has_attn else None,
-            qkv=blk.attn.Wqkv if has_attn else None,
-            fc1=blk.mlp.Wi if has_mlp else None,
-            fc2=blk.mlp.Wo if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        if not self._has_attn(layer):
+    def num_heads(self, layer: int) -> int:  # no attribute holds it: Wqkv's rows
+        if not self.has_attention(layer):
             return 0
         return self.blocks()[layer].attn.Wqkv.out_features // (3 * self.head_dim())
 
-    def num_neurons(self, layer: int) -> int:
-        return self.blocks()[layer].mlp.Wo.in_features if self._has_mlp(layer) else 0
-
-    def head_dim(self) -> int:
-        cfg = self.model.config
-        return cfg.hidden_size // cfg.num_attention_heads
-
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
-
-    def set_num_heads(self, layer: int, n: int) -> None:
-        # the forward reshapes q/k/v with -1 heads and reads only head_dim; keep a readable count
-        self.blocks()[layer].attn.num_heads = n
-
-    def neuron_mac(self, s: int, layer: int = 0) -> int:
-        return 3 * s * self.hidden_size()  # input row, gate row, output column
-
-    def keep_neurons(self, layer: int, keep: list[int]) -> None:
-        n = self.num_neurons(layer)
-        keep = sorted(set(int(j) for j in keep))
-        if any(j < 0 or j >= n for j in keep):
-            raise ValueError(f"layer {layer}: neuron index out of range 0..{n - 1}")
-        if len(keep) == n:
-            return
-        self._record_kept(layer, "neurons", keep, n)
-        if not keep:
-            self.reduce_mlp(layer)
-            return
-        mlp = self.blocks()[layer].mlp
-        idx = torch.tensor(keep, dtype=torch.long)
-        mlp.Wi = slice_linear(mlp.Wi, torch.cat([idx, idx + n]), 0)  # input half, then gate half
-        mlp.Wo = slice_linear(mlp.Wo, idx, 1)
-
     def pass_through(self, layer: int) -> nn.Module:
         return ModernBertSkipLayer(self.blocks()[layer].attention_type)
-
-    def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.attn = ModernBertReducedAttention(blk.attn.Wo.bias, self.hidden_size())
-        blk.attn_norm = nn.Identity()
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.mlp = BiasOnly(blk.mlp.Wo.bias, self.hidden_size())
-        blk.mlp_norm = nn.Identity()
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        # pre-norm: h + mlp(mlp_norm(h)), so the residual is mlp_norm's input
-        return self.blocks()[layer].mlp_norm

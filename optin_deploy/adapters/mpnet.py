@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from transformers.models.mpnet.modeling_mpnet import MPNetSelfAttention
 
-from .base import Adapter, LayerParts, TuplePassThrough
-from .bert import BertReducedOutput, PassThrough
+from .base import Adapter, TuplePassThrough
+from .bert import BertStyleMLP
 from .registry import register
 
 
@@ -53,60 +53,25 @@ class ReducedMPNetAttention(nn.Module):
 
 
 @register
-class MPNetAdapter(Adapter):
+class MPNetAdapter(BertStyleMLP, Adapter):  # the MLP is BERT's
     family = "mpnet"
     description = "transformers MPNet (MPNetModel, MPNetForSequenceClassification)"
     modality = "text"
     model_types = ("mpnet",)
     sequence_inputs = ("input_ids", "attention_mask")
     ort_optimizer = "bert"
-
-    @classmethod
-    def matches(cls, model: nn.Module) -> bool:
-        return cls.supports_config(getattr(model, "config", None)) and cls._encoder(model) is not None
-
-    @staticmethod
-    def _encoder(model):
-        base = getattr(model, "mpnet", model)
-        return getattr(base, "encoder", None)
-
-    def blocks(self):
-        return self._encoder(self.model).layer
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        has_attn = not isinstance(blk.attention, ReducedMPNetAttention)
-        has_mlp = not isinstance(blk.output, BertReducedOutput)
-        att = blk.attention.attn if has_attn else None
-        return LayerParts(
-            block=blk,
-            attn=att,
-            out_proj=att.o if has_attn else None,
-            q=att.q if has_attn else None,
-            k=att.k if has_attn else None,
-            v=att.v if has_attn else None,
-            fc1=blk.intermediate.dense if has_mlp else None,
-            fc2=blk.output.dense if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        att = self.blocks()[layer].attention
-        return 0 if isinstance(att, ReducedMPNetAttention) else att.attn.num_attention_heads
-
-    def head_dim(self) -> int:
-        cfg = self.model.config
-        return cfg.hidden_size // cfg.num_attention_heads
-
-    def hidden_size(self) -> int:
-        return self.model.config.hidden_size
+    base_attrs = ("mpnet",)
+    blocks_path = "encoder.layer"
+    heads_path = "attention.attn"
+    qkv_names = ("q", "k", "v")
+    out_proj_path = "attention.attn.o"
+    attention_norm_path = "attention.LayerNorm"  # post-norm: a block with no heads keeps LN(x + b_o)
+    reduced_attention = ReducedMPNetAttention
+    head_width_attrs = ("all_head_size", "attention_head_size")
+    config_head_dim = None
 
     def position_offset(self) -> int:
         return 2  # MPNetEmbeddings: padding_idx = 1, positions start at padding_idx + 1
-
-    def set_num_heads(self, layer: int, n: int) -> None:
-        att = self.blocks()[layer].attention.attn
-        att.num_attention_heads = n
-        att.all_head_size = n * att.attention_head_size
 
     def after_keep_heads(self, layer: int, keep: list[int]) -> None:
         att = self.blocks()[layer].attention
@@ -121,16 +86,3 @@ class MPNetAdapter(Adapter):
 
     def pass_through(self, layer: int) -> nn.Module:
         return TuplePassThrough()  # MPNetEncoder: hidden_states = layer_module(...)[0]
-
-    def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.attention = ReducedMPNetAttention(blk.attention.attn.o.bias, blk.attention.LayerNorm)
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.intermediate = PassThrough()
-        blk.output = BertReducedOutput(blk.output.dense.bias, blk.output.LayerNorm)
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        blk = self.blocks()[layer]
-        return blk.intermediate.dense if not isinstance(blk.output, BertReducedOutput) else blk.output

@@ -11,16 +11,12 @@ import torch
 from torch import nn
 
 from ..errors import OptinError
-from .base import Adapter, BiasOnly, LayerParts
+from .base import Adapter, ReducedAttention
 from .registry import register
 
 
-class ReducedTimmAttention(nn.Module):
+class ReducedTimmAttention(ReducedAttention):
     """A timm attention with no heads left: returns the output projection bias, broadcast."""
-
-    def __init__(self, bias: torch.Tensor):
-        super().__init__()
-        self.proj = BiasOnly(bias, bias.shape[0])
 
     def forward(self, x, attn_mask=None, is_causal=False):
         return self.proj(x)
@@ -41,6 +37,14 @@ class TimmViTAdapter(Adapter):
     modality = "image"
     ort_optimizer = "vit"
     rebuild_from_indices = False  # build_from_structure makes the MLPs only as wide as the widest kept one
+    blocks_path = "blocks"
+    attention_attr = heads_path = "attn"
+    qkv_names = ("qkv",)  # fused, rows [q; k; v]
+    out_proj_path = "attn.proj"
+    reduced_attention = ReducedTimmAttention
+    mlp_input_path = "norm2"  # pre-norm: x + mlp(norm2(x))
+    head_count_attr = "num_heads"
+    head_width_attrs = ("attn_dim", "head_dim")
 
     def __init__(self, model):
         super().__init__(model)
@@ -56,26 +60,6 @@ class TimmViTAdapter(Adapter):
         vt = _vision_transformer_cls()
         return vt is not None and isinstance(model, vt)
 
-    def blocks(self):
-        return self.model.blocks
-
-    def layer_parts(self, layer: int) -> LayerParts:
-        blk = self.blocks()[layer]
-        has_attn = not isinstance(blk.attn, ReducedTimmAttention)
-        has_mlp = not isinstance(blk.mlp, BiasOnly)
-        return LayerParts(
-            block=blk,
-            attn=blk.attn if has_attn else None,
-            out_proj=blk.attn.proj if has_attn else None,
-            qkv=blk.attn.qkv if has_attn else None,
-            fc1=blk.mlp.fc1 if has_mlp else None,
-            fc2=blk.mlp.fc2 if has_mlp else None,
-        )
-
-    def num_heads(self, layer: int) -> int:
-        att = self.blocks()[layer].attn
-        return 0 if isinstance(att, ReducedTimmAttention) else att.num_heads
-
     def head_dim(self) -> int:
         for blk in self.blocks():
             if not isinstance(blk.attn, ReducedTimmAttention):
@@ -85,19 +69,9 @@ class TimmViTAdapter(Adapter):
     def hidden_size(self) -> int:
         return self.model.embed_dim
 
-    def set_num_heads(self, layer: int, n: int) -> None:
-        att = self.blocks()[layer].attn
-        att.num_heads = n
-        att.attn_dim = n * att.head_dim
-
     def reduce_attention(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        self._head_dim = blk.attn.head_dim
-        blk.attn = ReducedTimmAttention(blk.attn.proj.bias if blk.attn.proj.bias is not None else torch.zeros(self.hidden_size()))
-
-    def reduce_mlp(self, layer: int) -> None:
-        blk = self.blocks()[layer]
-        blk.mlp = BiasOnly(blk.mlp.fc2.bias, blk.mlp.fc2.out_features)
+        self._head_dim = self.blocks()[layer].attn.head_dim  # head_dim() once every block may be reduced
+        super().reduce_attention(layer)
 
     def forward(self, inputs):
         return self.model(inputs["pixel_values"])
@@ -109,10 +83,6 @@ class TimmViTAdapter(Adapter):
 
     def seq_len(self, inputs) -> int:
         return self.model.patch_embed.num_patches + self.model.num_prefix_tokens
-
-    def mlp_residual(self, layer: int) -> nn.Module:
-        # pre-norm: x + mlp(norm2(x))
-        return self.blocks()[layer].norm2
 
     def branch_scale(self, layer: int, part: str) -> torch.Tensor | None:
         ls = getattr(self.blocks()[layer], "ls1" if part == "attn" else "ls2", None)

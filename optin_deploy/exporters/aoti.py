@@ -30,7 +30,7 @@ from typing import Mapping
 import torch
 
 from ..errors import MissingRuntimeError, OptinError
-from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, ordered_inputs, output_name_for
+from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, output_name_for, prepare_for_export
 from ..runtimes.aoti import quiet, sha256_file
 from .parity import check_parity, parity_inputs
 
@@ -85,7 +85,7 @@ class AotiExporter(Exporter):
     ) -> ExportResult:
         """Export ``model`` to an AOTInductor package at ``out_path`` (``.pt2``), parity-checked; nothing is left
         behind on failure."""
-        from .onnx import example_for_trace, max_positions, prepare_for_export, staging_dir
+        from .onnx import example_for_trace, staging_dir
 
         if precision != "fp32":
             raise OptinError(f"AOTInductor packages are fp32 here (got --precision {precision}); use --format onnx for int8")
@@ -93,13 +93,9 @@ class AotiExporter(Exporter):
         if out_path.suffix != ".pt2":
             raise OptinError(f"an AOTInductor package is a .pt2 file, got {out_path.name}")
         cxx = check_compiler()  # before any expensive work
-        profile = profile or ShapeProfile()
-        inputs = ordered_inputs(example_inputs, input_names)
-        names = list(inputs)
+        out_path, profile, inputs, names = self.arrange(example_inputs, out_path, input_names, profile)
         text = any(is_text_input(n) for n in names)
-        maxpos = max_positions(model)
-        if text and maxpos is not None and profile.max_seq > maxpos:
-            raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
+        self.check_seq_len(model, text, profile)
         model = model.eval()
         prepare_for_export(model)
         reference = LogitsModel(model, names).eval()

@@ -117,11 +117,50 @@ def atomic_path(out_path: str | os.PathLike, stage: str = "export") -> Iterator[
             tmp_path.unlink()
 
 
+def prepare_for_export(model) -> None:
+    """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
+    from ..adapters import get_adapter
+
+    try:
+        get_adapter(model).for_export()
+    except OptinError:  # not a family the core knows: exported as it is
+        pass
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model takes (its adapter knows the family's position offset)."""
+    from ..adapters import get_adapter
+
+    return get_adapter(model).max_positions()
+
+
 class Exporter(ABC):
     """One deployment target."""
 
     name: str = ""
     suffix: str = ""
+    precisions: tuple[str, ...] = ("fp32", "fp16", "bf16")  # what ``precision`` may be, in the order the error lists them
+
+    def check_precision(self, precision: str) -> None:
+        """A precision this target does not build: one line naming the ones it does."""
+        if precision not in self.precisions:
+            *rest, last = self.precisions
+            raise OptinError(f"unknown precision {precision!r}; choose {', '.join(rest)} or {last}")
+
+    @staticmethod
+    def arrange(example_inputs: Mapping[str, torch.Tensor], out_path: str | os.PathLike, input_names: Sequence[str] | None,
+                profile: ShapeProfile | None) -> tuple[Path, ShapeProfile, dict[str, torch.Tensor], list[str]]:
+        """What every ``export`` starts from: the destination as a ``Path``, the shape profile (default
+        :class:`ShapeProfile`), the example inputs in the artifact's input order, and their names."""
+        inputs = ordered_inputs(example_inputs, input_names)
+        return Path(out_path), profile or ShapeProfile(), inputs, list(inputs)
+
+    @staticmethod
+    def check_seq_len(model: torch.nn.Module, text: bool, profile: ShapeProfile) -> None:
+        """A text profile longer than the model's position embeddings: one line, before any work."""
+        maxpos = max_positions(model)
+        if text and maxpos is not None and profile.max_seq > maxpos:
+            raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
 
     @abstractmethod
     def export(self, model: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor], out_path: str | os.PathLike, **opts) -> ExportResult:

@@ -52,20 +52,11 @@ from .base import (
     LogitsModel,
     ShapeProfile,
     is_text_input,
-    ordered_inputs,
     output_name_for,
+    prepare_for_export,
 )
 from .parity import check_parity, parity_inputs
 
-
-def prepare_for_export(model) -> None:
-    """Let the model's family adapter switch it to an exportable code path (e.g. Swin: eager attention)."""
-    from ..adapters import get_adapter
-
-    try:
-        get_adapter(model).for_export()
-    except OptinError:  # not a family the core knows: exported as it is
-        pass
 
 TWO_GB = 2**31 - 2**20  # protobuf's limit, with a little headroom
 
@@ -92,13 +83,6 @@ def staging_dir(out_path: Path, stage: str = "onnx export") -> Iterator[Path]:
             os.replace(f, out_path.parent / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def max_positions(model: torch.nn.Module) -> int | None:
-    """The longest sequence the model takes (its adapter knows the family's position offset)."""
-    from ..adapters import get_adapter
-
-    return get_adapter(model).max_positions()
 
 
 def example_for_trace(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,6 +127,7 @@ def onnx_parity_runner(path: Path, threads: int | None = None):
 class OnnxExporter(Exporter):
     name = "onnx"
     suffix = ".onnx"
+    precisions = ("fp32", "int8", "fp16", "bf16")
 
     def export(
         self,
@@ -168,21 +153,15 @@ class OnnxExporter(Exporter):
         """Export, check and (optionally) optimise. ``precision`` fp16/bf16 bakes the compute type
         into the graph (float32 inputs and logits), for strongly typed TensorRT builds; the
         onnxruntime parity check then runs only for fp32 (CPU onnxruntime lacks many fp16 kernels)."""
-        out_path = Path(out_path)
-        profile = profile or ShapeProfile()
-        inputs = ordered_inputs(example_inputs, input_names)
-        names = list(inputs)
+        out_path, profile, inputs, names = self.arrange(example_inputs, out_path, input_names, profile)
         text = any(is_text_input(n) for n in names)
-        if precision not in TORCH_DTYPES and precision != "int8":
-            raise OptinError(f"unknown precision {precision!r}; choose fp32, int8, fp16 or bf16")
+        self.check_precision(precision)
         if graph not in GRAPHS:
             raise OptinError(f"unknown graph {graph!r}; choose one of {', '.join(GRAPHS)}")
         if precision == "int8" and quantization not in QUANTIZATIONS:
             raise OptinError(f"unknown int8 quantisation {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}")
         calib_batches = calibration_batches(calibration, names) if precision == "int8" and quantization == "static" else None
-        maxpos = max_positions(model)
-        if text and maxpos is not None and profile.max_seq > maxpos:
-            raise OptinError(f"--max-seq-len {profile.max_seq} exceeds the model's {maxpos} position embeddings; pass --max-seq-len {maxpos} or less")
+        self.check_seq_len(model, text, profile)
 
         model = model.eval()
         prepare_for_export(model)

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import OptinError
 from ..runtimes.base import import_tensorrt, require_cuda
-from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs, output_name_for
+from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, output_name_for
 from .parity import check_parity, parity_inputs
 
 DEFAULT_TIMING_CACHE = Path(os.environ.get("OPTIN_DEPLOY_CACHE", Path.home() / ".cache" / "optin-deploy")) / "tensorrt-timing.cache"
@@ -90,14 +90,10 @@ class TensorRTExporter(Exporter):
         here in a temporary folder when missing or when the precision must be baked into the graph)."""
         trt = import_tensorrt()
         require_cuda("TensorRT engine building")
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise OptinError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        self.check_precision(precision)
         if precision == "bf16":
             check_bf16_supported()
-        out_path = Path(out_path)
-        profile = profile or ShapeProfile()
-        inputs = ordered_inputs(example_inputs, input_names)
-        names = list(inputs)
+        out_path, profile, inputs, names = self.arrange(example_inputs, out_path, input_names, profile)
         trt_major = int(trt.__version__.split(".")[0])
         flag_enum = trt.NetworkDefinitionCreationFlag
         strongly_typed = hasattr(flag_enum, "STRONGLY_TYPED")

@@ -14,14 +14,13 @@ import copy
 import inspect
 import json
 import os
-from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from ..errors import OptinError
 from ..runtimes.base import import_torch_tensorrt, require_cuda
-from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, ordered_inputs, output_name_for
+from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, output_name_for
 from .parity import check_parity, parity_inputs
 
 
@@ -45,16 +44,12 @@ class TorchTensorRTExporter(Exporter):
     ) -> ExportResult:
         tt = import_torch_tensorrt()
         require_cuda("torch-tensorrt compilation")
-        if precision not in TORCH_DTYPES:
-            raise OptinError(f"unknown precision {precision!r}; choose fp32, fp16 or bf16")
+        self.check_precision(precision)
         if precision == "bf16":
             from .tensorrt import check_bf16_supported
 
             check_bf16_supported()
-        out_path = Path(out_path)
-        profile = profile or ShapeProfile()
-        inputs = ordered_inputs(example_inputs, input_names)
-        names = list(inputs)
+        out_path, profile, inputs, names = self.arrange(example_inputs, out_path, input_names, profile)
         shapes = profile.shapes(inputs)
         dtype = TORCH_DTYPES[precision]
         wrapped = LogitsModel(copy.deepcopy(model).eval(), names, compute_dtype=dtype if precision != "fp32" else None).eval().cuda()
