@@ -89,6 +89,9 @@ def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args,
     return out
 
 
+AOTI_WAY = "PyTorch AOTInductor package (fp32)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, default=Path("optin-build"))
@@ -100,7 +103,12 @@ def main() -> None:
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--skip-ways", action="store_true", help="only the baselines table")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "deploy_latency")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE (set before torch is imported): PyTorch's idle OpenMP threads sleep instead of "
+                         "spinning, so they do not steal the cores from the onnxruntime model timed next in the same process")
     args = ap.parse_args()
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
     import torch
 
@@ -117,6 +125,7 @@ def main() -> None:
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     dense_dir, pruned_dir = bundle / "onnx" / "dense", bundle / "onnx" / "pruned"
     result = {"bundle": str(bundle), "report_precision": report.get("precision"), "threads": args.threads, "shapes": {},
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "machine": "2-core x86-64, shared with other jobs while measured", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,6 +159,10 @@ def main() -> None:
 
             dense_torch = load_model(src).eval()
 
+        # the PyTorch artefact (AOTInductor package, fp32) when the bundle has one (optin-deploy export --format aoti)
+        aoti = {l: bundle / "aoti" / l for l in ("dense", "pruned")}
+        aoti = aoti if all((d / "export.json").exists() for d in aoti.values()) else None
+
         accuracy = {}
         if not args.no_accuracy:
             from optin_deploy.evaluate import evaluate
@@ -161,6 +174,9 @@ def main() -> None:
                 rts[f"{way} | dense"] = (OrtRuntime("ort-cpu", threads=args.threads), d)
                 if p is not None:
                     rts[f"{way} | pruned"] = (OrtRuntime("ort-cpu", threads=args.threads), p)
+            if aoti:
+                for l, d in aoti.items():
+                    rts[f"{AOTI_WAY} | {l}"] = (get_runtime("torch-aoti-cpu", threads=args.threads), d)
             ev = evaluate(task, rts, split="test", baseline=next(iter(rts)))
             metric = "accuracy" if "accuracy" in next(iter(ev["models"].values())) else "spearman"
             accuracy = {k: 100 * v[metric] for k, v in ev["models"].items()}
@@ -178,6 +194,9 @@ def main() -> None:
                 targets[f"{way} | dense"] = (OrtRuntime("ort-cpu", threads=args.threads), d)
                 if p is not None:
                     targets[f"{way} | pruned"] = (OrtRuntime("ort-cpu", threads=args.threads), p)
+            if aoti:
+                for l, d in aoti.items():
+                    targets[f"{AOTI_WAY} | {l}"] = (get_runtime("torch-aoti-cpu", threads=args.threads), d)
             if dense_torch is not None:
                 targets["PyTorch eager (inference_mode) | dense"] = (get_runtime("torch-cpu", threads=args.threads), dense_torch)
                 targets["PyTorch eager (inference_mode) | pruned"] = (get_runtime("torch-cpu", threads=args.threads), pruned_model)
@@ -194,7 +213,8 @@ def main() -> None:
 
 def render(result: dict, report: dict) -> str:
     lines = [f"Bundle `{result['bundle']}` ({report.get('precision')} deliverable, budget {report.get('budget')}), "
-             f"onnxruntime CPU, {result['threads']} threads, medians; {result['machine']}.", ""]
+             f"onnxruntime CPU, {result['threads']} threads, medians; OpenMP wait policy {result.get('omp_wait_policy', 'default')}; "
+             f"{result['machine']}.", ""]
     shapes = list(result["shapes"])
     if any("ways" in e for e in result["shapes"].values()):
         lines += ["**True latencies** (the bundle's dense / pruned artefacts, p50 ms):", "",

@@ -293,6 +293,11 @@ def make_relative_measure_fn(target: Target, dense_model: nn.Module, inputs: Map
 # ----------------------------------------------------------------------------------------- table
 
 
+def _nondecreasing(values) -> list[float]:
+    """``values`` as floats, each at least 0 and at least every earlier one (a running maximum)."""
+    return [float(v) for v in np.maximum.accumulate(np.maximum(np.asarray(values, dtype=float), 0.0))] if len(values) else []
+
+
 @dataclass
 class LatencyTable:
     profile: dict
@@ -310,6 +315,15 @@ class LatencyTable:
     groups: list[dict] | None = None  # layers differ: per group of equal layers {"layers", "attn_ms", "mlp_widths", "mlp_ms"}
     format: str = LUT_FORMAT
     version: int = LUT_VERSION
+
+    def __post_init__(self) -> None:
+        # Timing noise can measure h heads faster than h - 1, or a wider MLP faster than a narrower one. A unit's
+        # cost is never negative, so each table is held non-decreasing from 0 (the raw timings stay in ``raw``);
+        # predictions and the cost model then agree, and an MLP line fitted through a non-decreasing table has a
+        # slope >= 0.
+        self.attn_ms, self.mlp_ms = _nondecreasing(self.attn_ms), _nondecreasing(self.mlp_ms)
+        for g in self.groups or []:
+            g["attn_ms"], g["mlp_ms"] = _nondecreasing(g["attn_ms"]), _nondecreasing(g["mlp_ms"])
 
     # ---- predictions ------------------------------------------------------------------
     @property
@@ -350,26 +364,13 @@ class LatencyTable:
         slope, intercept = np.polyfit(w, t, 1)
         return float(intercept), float(slope)
 
-    def _monotone_fit(self, layer: int) -> tuple[float, float]:
-        """:meth:`linear_fit`, with the slope held at >= 0 (a noisy table can fit a negative one, which would make
-        removing neurons cost time): a negative slope becomes 0 and the intercept the table's mean."""
-        intercept, slope = self.linear_fit(layer)
-        if slope >= 0:
-            return intercept, slope
-        g = self._group(layer)
-        t = [y for x, y in zip(g["mlp_widths"], g["mlp_ms"]) if x > 0]
-        return (float(np.mean(t)) if t else 0.0), 0.0
-
     def cost_model(self):
         """A :class:`CostModel` in milliseconds (absolute budgets: ``select(..., budget=target_ms)``)."""
         from .core.costs import CostModel
 
         L = self.num_layers
-        fits = [self._monotone_fit(l) for l in range(L)]
-        # Timing noise can make a table dip (h heads measured faster than h-1) or a slope come out negative;
-        # a unit's cost is never negative, so each attention table is made non-decreasing from 0.
-        tables = [list(np.maximum.accumulate(np.maximum(np.asarray(self._group(l)["attn_ms"], dtype=float), 0.0)))
-                  for l in range(L)]
+        fits = [self.linear_fit(l) for l in range(L)]
+        tables = [list(self._group(l)["attn_ms"]) for l in range(L)]
 
         def attn(l: int, h: int) -> float:
             return float(tables[l][min(int(h), len(tables[l]) - 1)])
