@@ -117,24 +117,28 @@ def test_bench_runtimes_notes_a_missing_package(tmp_path):
     assert vs == [] and "--format aoti" in notes[0]
 
 
-def test_missing_compiler_is_one_line(tmp_path, monkeypatch):
+def test_missing_compiler_is_one_line(tmp_path):
     import torch._inductor.config as cfg
     from torch._inductor.cpp_builder import cpp_compiler_search
 
-    monkeypatch.setattr(cfg.cpp, "cxx", (None, "no-such-cxx-optin"))
-    cpp_compiler_search.cache_clear()
-    try:
-        with pytest.raises(MissingRuntimeError, match="C\\+\\+ compiler") as ei:
-            export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
-        assert "\n" not in str(ei.value)
-        assert not (tmp_path / "b" / "model.pt2").exists()
-        model_dir = tmp_path / "m"
-        make_tiny_bert(layers=1).save_pretrained(model_dir)
-        proc = run_cli("export", model_dir, "--format", "aoti", "--out", tmp_path / "out", check=False)
-        assert proc.returncode != 0 and "C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
-        assert not (tmp_path / "out").exists()
-    finally:
+    # cfg.patch, not monkeypatch: monkeypatch's undo deletes the key from inductor's config module for the session
+    with cfg.patch({"cpp.cxx": (None, "no-such-cxx-optin")}):
         cpp_compiler_search.cache_clear()
+        _missing_compiler_checks(tmp_path)
+    cpp_compiler_search.cache_clear()
+    assert cfg.cpp.cxx != (None, "no-such-cxx-optin")
+
+
+def _missing_compiler_checks(tmp_path):
+    with pytest.raises(MissingRuntimeError, match="C\\+\\+ compiler") as ei:
+        export_to_folder(make_tiny_bert(layers=1), text_inputs(4, 16), tmp_path / "b", fmt="aoti", profile=PROFILE)
+    assert "\n" not in str(ei.value)
+    assert not (tmp_path / "b" / "model.pt2").exists()
+    model_dir = tmp_path / "m"
+    make_tiny_bert(layers=1).save_pretrained(model_dir)
+    proc = run_cli("export", model_dir, "--format", "aoti", "--out", tmp_path / "out", check=False)
+    assert proc.returncode != 0 and "C++ compiler" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_requests_are_one_line(tmp_path):
