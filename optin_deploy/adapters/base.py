@@ -429,12 +429,9 @@ class Adapter:
     def keep_heads(self, layer: int, keep: list[int]) -> None:
         """Keep only heads ``keep`` (indices into the current heads) of block ``layer``."""
         n = self.num_heads(layer)
-        keep = sorted(set(int(h) for h in keep))
-        if any(h < 0 or h >= n for h in keep):
-            raise ValueError(f"layer {layer}: head index out of range 0..{n - 1}")
-        if len(keep) == n:
+        keep = self._to_keep(layer, "heads", keep, n)
+        if keep is None:
             return
-        self._record_kept(layer, "heads", keep, n)
         if not keep:
             self.reduce_attention(layer)
             self.after_keep_heads(layer, keep)
@@ -455,12 +452,9 @@ class Adapter:
 
     def keep_neurons(self, layer: int, keep: list[int]) -> None:
         n = self.num_neurons(layer)
-        keep = sorted(set(int(j) for j in keep))
-        if any(j < 0 or j >= n for j in keep):
-            raise ValueError(f"layer {layer}: neuron index out of range 0..{n - 1}")
-        if len(keep) == n:
+        keep = self._to_keep(layer, "neurons", keep, n)
+        if keep is None:
             return
-        self._record_kept(layer, "neurons", keep, n)
         if not keep:
             self.reduce_mlp(layer)
             return
@@ -470,6 +464,17 @@ class Adapter:
         if parts.up is not None:
             self._replace(parts.up, slice_linear(parts.up, idx, 0))
         self._replace(parts.fc2, slice_linear(parts.fc2, idx, 1))
+
+    def _to_keep(self, layer: int, kind: str, keep: list[int], n: int) -> list[int] | None:
+        """``keep`` sorted and checked against the ``n`` current units (``kind``: "heads" / "neurons"),
+        recorded as kept; None when it keeps them all (nothing to cut)."""
+        keep = sorted(set(int(i) for i in keep))
+        if any(i < 0 or i >= n for i in keep):
+            raise ValueError(f"layer {layer}: {kind[:-1]} index out of range 0..{n - 1}")
+        if len(keep) == n:
+            return None
+        self._record_kept(layer, kind, keep, n)
+        return keep
 
     def _replace(self, old: nn.Module, new: nn.Module) -> None:
         _set_child(self.model, old, new)
