@@ -8,8 +8,8 @@ artefacts timed in one interleaved run, and writes ``results/quant_static.{json,
     flock /tmp/optin-cpu.lock optin-deploy build --flops 0.6 --quantization dynamic --no-baselines --bench-iters 40 --out /work/runs/q8-dynamic
     flock /tmp/optin-cpu.lock optin-deploy bench /work/runs/q8-dynamic/onnx/dense /work/runs/q8-static/onnx/dense \\
         /work/runs/q8-dynamic/onnx/pruned /work/runs/q8-static/onnx/pruned --iters 40 \\
-        --labels dense-dynamic,dense-static,pruned-dynamic,pruned-static --json /work/runs/q8logs/bench1.json
-    python benchmarks/quant_static_summary.py /work/runs/q8-static /work/runs/q8-dynamic /work/runs/q8logs/bench1.json
+        --labels dense-dynamic,dense-static,pruned-dynamic,pruned-static --json results/quant_static_bench.json
+    python benchmarks/quant_static_summary.py /work/runs/q8-static /work/runs/q8-dynamic results/quant_static_bench.json
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(static: str, dynamic: str, bench: str, out: str = "results/quant_static
     ratio = {label: round(rows[f"{label}-dynamic"]["p50_ms"] / rows[f"{label}-static"]["p50_ms"], 3) for label in ("dense", "pruned")}
     same = rep["static"]["structure"]["heads"]["pruned"] == rep["dynamic"]["structure"]["heads"]["pruned"] and \
         rep["static"]["structure"]["neurons"]["pruned"] == rep["dynamic"]["structure"]["neurons"]["pruned"]
-    res = {"shape": b.get("inputs") or b.get("shape"), "mode": b.get("mode"), "iters": b.get("iters"), "rows": rows,
+    res = {"shape": models["dense-dynamic"].get("input_shapes"), "mode": b.get("mode"), "iters": b.get("iters"), "rows": rows,
            "dynamic_over_static_p50": ratio, "same_pruned_structure": same,
            "pruned_vs_dense_same_way": {m: round(rows[f"dense-{m}"]["p50_ms"] / rows[f"pruned-{m}"]["p50_ms"], 3) for m in ("dynamic", "static")},
            "builds": {"static": static, "dynamic": dynamic}, "bench": bench,
