@@ -308,20 +308,17 @@ class BuildContext:
             from .lut import load_lut
 
             costs = load_lut(table, self.model, self.target)
-            if costs.dense() - costs.fixed <= 0.01 * costs.dense():  # nothing measurable to prune: the fraction is meaningless
-                failed = (f"the latency table measured no time that pruning removes (dense {costs.dense():.3g} ms, "
-                          f"fixed {costs.fixed:.3g} ms)")
-                step(f"{failed}; weighing units by their MACs instead")
-                table = None
-            else:
+            if costs.dense() - costs.fixed > 0.01 * costs.dense():
                 self._costs = costs
-        if table is not None:
-            self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
-                              "table_dense_ms": round(self._costs.dense(), 4), "table_fixed_ms": round(self._costs.fixed, 4),
-                              "table_seconds": table.timing.get("seconds")}
-        else:
-            self._costs = mac_cost_model(self.model, self.seq)
-            self.cost_info = {"select_by": "macs", "seq_len": self.seq, **({"latency_table_failed": failed[:300]} if failed else {})}
+                self.cost_info = {"select_by": "latency", "table": str(path) if path else None, "measured_now": measured,
+                                  "table_dense_ms": round(costs.dense(), 4), "table_fixed_ms": round(costs.fixed, 4),
+                                  "table_seconds": table.timing.get("seconds")}
+                return self._costs
+            # nothing measurable to prune: a fraction of it would be meaningless
+            failed = f"the latency table measured no time that pruning removes (dense {costs.dense():.3g} ms, fixed {costs.fixed:.3g} ms)"
+            step(f"{failed}; weighing units by their MACs instead")
+        self._costs = mac_cost_model(self.model, self.seq)
+        self.cost_info = {"select_by": "macs", "seq_len": self.seq, **({"latency_table_failed": failed[:300]} if failed else {})}
         return self._costs
 
     def fraction_budget(self, fraction: float) -> float:

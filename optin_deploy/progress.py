@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
+import warnings
+from contextlib import contextmanager, redirect_stdout
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -15,6 +18,23 @@ console = Console(stderr=True)
 
 def quiet() -> bool:
     return os.environ.get("OPTIN_DEPLOY_QUIET") == "1"
+
+
+@contextmanager
+def silenced(*loggers: str):
+    """For the block: the named library loggers at ERROR, warnings ignored and stdout swallowed (chatter such as
+    inductor's guards or onnxruntime's fusion notes, which says nothing to the user; errors still raise)."""
+    logs = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in logs]
+    for lg in logs:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(logs, levels):
+            lg.setLevel(lv)
 
 
 @contextmanager

@@ -31,7 +31,8 @@ import torch
 
 from ..errors import MissingRuntimeError, OptinError
 from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, output_name_for, prepare_for_export
-from ..runtimes.aoti import quiet, sha256_file
+from ..data.assets import sha256_file
+from ..runtimes.aoti import quiet
 from .parity import check_parity, parity_inputs
 
 COMPILER_HINT = "install a C++ compiler (apt-get install g++; or set CXX) or export to ONNX (--format onnx)"

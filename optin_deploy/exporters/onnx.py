@@ -340,22 +340,15 @@ def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str],
         if not hasattr(fo, k):
             raise OptinError(f"unknown onnxruntime fusion option {k!r}")
         setattr(fo, k, bool(v))
-    import logging
+    from ..progress import silenced
 
-    # "Input hidden size (..) is not same as ...": expected for pruned layers (heads are detected per node)
-    logs = [logging.getLogger(n) for n in ("onnxruntime.transformers", "fusion_attention")]
-    levels = [lg.level for lg in logs]
-    for lg in logs:
-        lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
+        # "Input hidden size (..) is not same as ...": expected for pruned layers (heads are detected per node)
+        with silenced("onnxruntime.transformers", "fusion_attention"):
             opt = optimize_model(str(raw), kind, num_heads=0, hidden_size=0, optimization_options=fo, use_gpu=False)
             fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(dest))
     finally:
-        for lg, lv in zip(logs, levels):
-            lg.setLevel(lv)
         raw.unlink(missing_ok=True)
     return {"fusion_options": chosen, "fused_operators": fused, "optimizer": f"onnxruntime.transformers.optimize_model({kind!r}, num_heads=0)"}
 

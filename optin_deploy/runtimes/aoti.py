@@ -16,13 +16,8 @@ torch version must be the one it was compiled against. A bare ``.pt2`` without i
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import logging
 import os
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,7 +25,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..data.assets import sha256_file
 from ..errors import OptinError
+from ..progress import silenced
 from .base import Runtime, read_manifest
 
 #: archive members an AOTInductor package of ours holds besides data/aotinductor/<model>/* (generated C++, the compiled .so, metadata)
@@ -38,28 +35,9 @@ _HOUSEKEEPING = re.compile(r"^[^/]+/(archive_format|archive_version|byteorder|ve
 _AOTI_FILE = re.compile(r"^[^/]+/data/aotinductor/model/[^/]+\.(so|cpp|json|o|h|txt|bin)$")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
 def quiet():
     """Inductor and the exporter log warnings (no CUDA runtime, guards) that say nothing to the user."""
-    loggers = [logging.getLogger(n) for n in ("torch", "torch._inductor", "torch.utils.cpp_extension", "torch._export", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    return silenced("torch", "torch._inductor", "torch.utils.cpp_extension", "torch._export", "torch.export")
 
 
 def package_members_error(path: Path) -> str | None:
