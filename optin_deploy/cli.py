@@ -13,6 +13,7 @@ import sys
 
 import typer
 
+from . import interrupts
 from .errors import EXIT_INTERNAL, EXIT_IO, EXIT_USAGE, OptinError
 
 DEBUG_ENV = "OPTIN_DEPLOY_DEBUG"
@@ -50,36 +51,8 @@ def _register_all() -> None:
 _register_all()
 
 
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread when SIGTERM arrives, so that staging folders are cleaned up."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-_received: list[int] = []  # the signals that stopped this run (typer turns KeyboardInterrupt into a return value)
-
-
-def _on_signal(signum, frame) -> None:  # noqa: ARG001
-    _received.append(signum)
-    raise Terminated(signum)
-
-
-def _install_signal_handlers() -> dict:
-    """SIGTERM (and SIGHUP) raise :class:`Terminated` like Ctrl-C raises KeyboardInterrupt, so the
-    same cleanup runs; returns the previous handlers."""
-    import signal
-
-    previous = {}
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, but `kill -INT` must still stop the work
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is not None:
-            try:
-                previous[sig] = signal.signal(sig, _on_signal)
-            except (ValueError, OSError):  # not the main thread
-                pass
-    return previous
+# kept importable from here: tests and callers used cli.Terminated before the signals got their own module
+Terminated = interrupts.Terminated
 
 
 def debug_enabled() -> bool:
@@ -95,6 +68,7 @@ def _fail(message: str, code: int) -> None:
 def _interrupted(exc: BaseException) -> None:
     import signal
 
+    interrupts.mark_handled()
     signum = getattr(exc, "signum", signal.SIGINT)
     name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
     typer.secho(f"error: interrupted by {name}; stopped, no staging or half-written output left behind", err=True, fg=typer.colors.RED)
@@ -124,23 +98,19 @@ def main(argv: list[str] | None = None) -> None:
     from .commands.options import bare_json_flag
 
     args = bare_json_flag(args)
-    previous = _install_signal_handlers()
+    previous = interrupts.install()
     try:
         _run(args, debug)
     finally:
-        import signal
-
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        interrupts.restore(previous)
 
 
 def _run(args: list[str], debug: bool) -> None:
     click_exc = _click_exceptions()
-    _received.clear()
     try:
         rc = app(args=args, prog_name="optin-deploy", standalone_mode=False)
-        if _received:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
-            _interrupted(Terminated(_received[0]))
+        if interrupts.received() is not None:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
+            _interrupted(Terminated(interrupts.received()))
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
     except OptinError as exc:

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from . import interrupts
 from .errors import OptinError, StorageError
 
 MARKER = ".optin-deploy"
@@ -210,13 +211,16 @@ def staged_output(out: str | os.PathLike, *, kind: str, force: bool = False, pro
     staging = make_staging(o)
     try:
         yield staging
-        write_marker(staging, kind)
-        replace_atomically(staging, o)
+        with interrupts.deferred():  # a stop signal now waits until the bundle is in place (or put back)
+            write_marker(staging, kind)
+            replace_atomically(staging, o)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        with interrupts.deferred():
+            shutil.rmtree(staging, ignore_errors=True)
         raise os_error(exc, str(o)) from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with interrupts.deferred():  # a second Ctrl-C must not leave half a staging folder
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
