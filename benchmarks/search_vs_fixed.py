@@ -116,7 +116,7 @@ def main() -> None:
             "chosen_full_validation": ver,
             "reference": [{k: c[k] for k in ("budget", "macs_ratio", "drop", "speedup")} | {"full_validation_drop": c["verification"]["drop"],
                                                                                          "meets": c["verification"]["passed"]} for c in refs],
-            "reference_best": {k: ref.get(k) for k in ("best_budget", "best_speedup", "chosen_speedup", "rounds", "chosen_at_least_as_fast")},
+            "reference_best": {k: ref.get(k) for k in ("best_budget", "best_speedup", "chosen_speedup", "rounds", "same_model", "chosen_at_least_as_fast")},
             "test": {"dense": rep_s["accuracy"]["dense"], "pruned": rep_s["accuracy"]["pruned"], "drop": rep_s["accuracy"]["drop"],
                      "agreement": rep_s["accuracy"]["agreement"], "speedup": rep_s["throughput"]["speedup"],
                      "p50_ms": {k: rep_s["latency_ms"][k]["p50"] for k in ("dense", "pruned")}},

@@ -78,6 +78,8 @@ class BuildOptions:
     bench_iters: int = 100
     bench_warmup: int = 10
     bench_block: int = 10
+    # the timed rounds also last at least this long (whole rounds): 100 runs of a 0.5 ms model are 50 ms of measurement
+    bench_min_seconds: float = 1.0
     latency_rounds: int = 6
     seed: int = 0
     optimize: bool = False
@@ -652,7 +654,8 @@ def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
          + (f" x {ctx.seq} tokens" if ctx.task.modality == "text" else "")
          + f", {opts.bench_iters} runs each in interleaved blocks of {opts.bench_block}")
     runtimes = {label: ctx.runtime(exported.exports[label]) for label in labels}
-    bench = benchmark(runtimes, ctx.bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block)
+    bench = benchmark(runtimes, ctx.bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block,
+                      min_seconds=opts.bench_min_seconds)
     print_bench_table(bench, console=console)
     return Benchmarked(bench, batch)
 
@@ -734,7 +737,7 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "quantization": {l: exports[l]["quantization"] for l in ("dense", "pruned") if exports[l].get("quantization")} or None,
         "baselines": baselines,
         "gate": gate,
-        "bench": {"iters": opts.bench_iters, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
+        "bench": {"iters": opts.bench_iters, "min_seconds": opts.bench_min_seconds, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
                   "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
         "artifacts": artifacts,
     }

@@ -87,6 +87,36 @@ def test_round_order_never_favours_a_position():
         assert sorted(firsts) == labels  # every model leads a round equally often
 
 
+class _InstantRuntime:
+    """A runtime whose run takes microseconds, like a tiny model's."""
+
+    device = "cpu"
+
+    def run(self, feed):
+        return np.zeros((2, 2), np.float32)
+
+    def describe(self) -> dict:
+        return {"runtime": "instant"}
+
+
+@pytest.mark.parametrize("mode", ["blocks", "interleaved"])
+def test_benchmark_min_seconds_keeps_whole_rounds_going(mode):
+    """A run count alone is a few ms of measurement for a fast model: min_seconds extends it, every
+    model by the same number of runs."""
+    import time as _time
+
+    feed = {"x": np.zeros((2, 3), np.float32)}
+    t0 = _time.perf_counter()
+    res = benchmark({"a": (_InstantRuntime(), None), "b": (_InstantRuntime(), None), "c": (_InstantRuntime(), None)}, feed,
+                    warmup=0, iters=4, block=2, mode=mode, min_seconds=0.2, progress=False)
+    assert _time.perf_counter() - t0 >= 0.2
+    n = {k: m["iters"] for k, m in res["models"].items()}
+    assert len(set(n.values())) == 1 and n["a"] > 4 and res["min_seconds"] == 0.2
+    res = benchmark({"a": (_InstantRuntime(), None), "b": (_InstantRuntime(), None)}, feed, warmup=0, iters=4, block=3, mode=mode,
+                    progress=False)
+    assert all(m["iters"] == 4 for m in res["models"].values())  # without it: exactly the count
+
+
 def test_metrics_hand_made():
     labels = np.array([0, 1, 2, 2, 1, 0, 2, 1])
     pred = np.array([0, 2, 2, 2, 1, 0, 1, 1])
