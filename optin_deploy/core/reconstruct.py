@@ -106,10 +106,13 @@ class _Replay:
                 obj.forward = prev
 
 
-def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int, replay: _Replay | None = None) -> dict[str, torch.Tensor]:
+def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int, replay: _Replay | None = None,
+             attention_only: bool = False) -> dict[str, torch.Tensor]:
     """Run ``model`` up to block ``layer`` (and no further), recording its input, head contexts,
     attention output, MLP residual, activations and MLP output. ``replay``: blocks before ``layer``
-    are final; reuse / record their outputs (:class:`_Replay`)."""
+    are final; reuse / record their outputs (:class:`_Replay`). ``attention_only``: stop as soon as
+    the attention output projection has run (its input, head contexts and output are all a refit of
+    the attention needs; the rest of the block, most of its work, is skipped)."""
     a = get_adapter(model)
     parts = a.layer_parts(layer)
     block = a.blocks()[layer]
@@ -122,8 +125,13 @@ def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int, repl
         lambda m, args, kwargs: out.__setitem__("x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True),
         block.register_forward_hook(stop)]
     if parts.out_proj is not None:
-        handles.append(parts.out_proj.register_forward_hook(lambda m, i, o: out.update(ctx=i[0], attn_out=o)))
-    if parts.fc2 is not None:
+        def attention_done(m, i, o):
+            out.update(ctx=i[0], attn_out=o)
+            if attention_only:
+                raise _Captured
+
+        handles.append(parts.out_proj.register_forward_hook(attention_done))
+    if parts.fc2 is not None and not attention_only:
         handles.append(a.mlp_residual(layer).register_forward_pre_hook(lambda m, i: out.__setitem__("y", i[0])))
         handles.append(parts.fc2.register_forward_hook(lambda m, i, o: out.update(act=i[0], mlp_out=o)))
     undo = replay.arm(layer) if replay is not None else []
@@ -172,12 +180,17 @@ def _fit_weights(X: torch.Tensor, B: torch.Tensor, W: torch.Tensor, damp: float,
     stream units) and the target's energy.
     """
     X, B, W = X.double(), B.double(), W.double()
-    Wn = _solve(X.T @ X, X.T @ B, W.T, damp).T
-    s = 1.0 if scale is None else scale.double()
-    bb = float(((B * s) ** 2).sum()) or 1e-30
-    before = float((((X @ W.T - B) * s) ** 2).sum()) / bb
-    after = float((((X @ Wn.T - B) * s) ** 2).sum()) / bb
-    return Wn, before, after, bb
+    G, R = X.T @ X, X.T @ B  # k x k, k x d
+    Wn = _solve(G, R, W.T, damp).T
+    s2 = torch.ones(B.shape[1], dtype=B.dtype) if scale is None else scale.double() ** 2
+    b2 = (B ** 2).sum(0)  # per output column
+
+    def err(M: torch.Tensor) -> float:
+        # ||(X M^T - B) s||^2 from the normal-equation pieces: d k^2 work instead of N k d
+        return float((s2 * ((M @ G * M).sum(1) - 2 * (M * R.T).sum(1) + b2)).sum())
+
+    bb = float((s2 * b2).sum()) or 1e-30
+    return Wn, err(W) / bb, err(Wn) / bb, bb
 
 
 def _fit_scales(X: torch.Tensor, b: torch.Tensor, W: torch.Tensor, damp: float, scale: torch.Tensor | None, group: int,
@@ -237,7 +250,8 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
                 if teacher_cache is not None:
                     teacher_cache[layer] = T
         for part, lin, x_key, out_key, res_key, units, _ in todo:
-            S = _capture(student, inputs, layer, replay)  # after this block's earlier sublayer was refitted
+            # after this block's earlier sublayer was refitted; the attention's refit needs nothing past its projection
+            S = _capture(student, inputs, layer, replay, attention_only=part == "attn")
             scale = sa.branch_scale(layer, part)
             bias = lin.bias.detach() if lin.bias is not None else 0.0  # ModernBERT has no output biases
             row = {"layer": layer, "part": part, "units": units}
