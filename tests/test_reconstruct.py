@@ -221,3 +221,19 @@ def test_replaying_finished_blocks_gives_the_same_refit(name, monkeypatch):
     assert with_replay <= 3 < without, (with_replay, without)  # layer 0's two captures + the first pass that records it
     for mod in list(fast.modules()) + list(model.modules()):
         assert "forward" not in mod.__dict__ and not mod._forward_hooks and not mod._forward_pre_hooks
+
+
+@pytest.mark.parametrize("name", family_params(FAMILIES))
+def test_attention_only_capture_records_what_the_full_capture_does(name):
+    """The refit's attention capture stops at the output projection: same input, head contexts and
+    attention output as a capture that runs the whole block, and nothing of the MLP."""
+    from optin_deploy.core.reconstruct import _capture
+
+    model, calib, _ = _case(name)
+    a = get_adapter(model)
+    layer = a.num_layers - 1
+    full = _capture(model, calib, layer)
+    short = _capture(model, calib, layer, attention_only=True)
+    assert set(short) == {"x", "ctx", "attn_out"} and {"x", "ctx", "attn_out"} <= set(full)
+    for k in short:
+        assert torch.equal(short[k], full[k]), k
