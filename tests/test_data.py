@@ -126,6 +126,25 @@ def test_csv_custom_columns_int_labels(tmp_path):
     assert d.label_names == ["0", "1", "2", "3"] and d.num_labels == 4
 
 
+def test_csv_integral_float_labels_are_class_ids(tmp_path):
+    """A label column written as 0.0 / 1.0 (pandas, spreadsheets) holds class ids, as 0 / 1 does; a real
+    fraction still makes it a regression target."""
+    d = load_data(_csv(tmp_path / "d.csv", [f"text {i},{i % 2}.0" for i in range(40)]))
+    assert d.task_type == "classification" and d.label_names == ["0", "1"]
+    assert sorted(set(d.train.labels.tolist())) == [0, 1]
+    r = load_data(_csv(tmp_path / "r.csv", [f"text {i},{i % 3}.{'5' if i % 2 else '0'}" for i in range(40)]))
+    assert r.task_type == "regression"
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_csv_with_another_separator(tmp_path, sep):
+    """Spreadsheets in decimal-comma locales write ';'-separated .csv files: the header tells which."""
+    p = tmp_path / "d.csv"
+    p.write_text(f"text{sep}label\n" + "\n".join(f"a, b {i}{sep}{'pos' if i % 2 else 'neg'}" for i in range(30)) + "\n")
+    d = load_data(p)
+    assert d.label_names == ["neg", "pos"] and any("a, b" in t for t in d.train.inputs)
+
+
 def test_tsv_and_jsonl(tmp_path):
     p = tmp_path / "d.tsv"
     p.write_text("text\tlabel\n" + "\n".join(f"a, b {i}\t{i % 2}" for i in range(30)) + "\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,7 +93,7 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     rows: list[dict]
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
         cols = [c for c in (reader.fieldnames or []) if c is not None]
         try:
             rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k is not None)]
@@ -122,6 +123,17 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     return rows, cols
 
 
+def csv_delimiter(raw: str) -> str:
+    """The separator of a ``.csv`` file: a comma, unless its header row has none and has semicolons
+    (what spreadsheets write in locales with a decimal comma), tabs or pipes."""
+    header = next((line for line in raw.splitlines() if line.strip()), "")
+    if "," in header:
+        return ","
+    counts = {d: header.count(d) for d in (";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
 def _is_int(v: Any) -> bool:
     if isinstance(v, bool):
         return False
@@ -129,9 +141,8 @@ def _is_int(v: Any) -> bool:
         return True
     if isinstance(v, float):
         return v.is_integer()
-    if isinstance(v, str):
-        t = v.strip()
-        return t.lstrip("-").isdigit()
+    if isinstance(v, str):  # "3", and "3.0" as a spreadsheet or pandas writes an integer column holding a gap
+        return re.fullmatch(r"-?\d+(\.0*)?", v.strip()) is not None
     return False
 
 
