@@ -210,22 +210,25 @@ def benchmark(
         start = time.perf_counter()
         rounds = 0
 
+        def short() -> bool:  # the timed rounds have not yet lasted min_seconds
+            return min_seconds is not None and time.perf_counter() - start < min_seconds
+
         def more() -> bool:
             if iters is not None:
-                return rounds < iters or (min_seconds is not None and time.perf_counter() - start < min_seconds)
+                return rounds < iters or short()
             return rounds < 5 or time.perf_counter() - start < seconds
 
         if mode == "blocks":
             per_model = {l: 0 for l in labels}
             while True:
-                short = min_seconds is not None and time.perf_counter() - start < min_seconds
-                if iters is not None and all(per_model[l] >= iters for l in labels) and not short:
+                extend = short()  # once per round, so every model of the round gets the same number of runs
+                if iters is not None and all(per_model[l] >= iters for l in labels) and not extend:
                     break
                 if iters is None and rounds >= 5 and time.perf_counter() - start >= seconds:
                     break
                 for l in round_order(labels, rounds):
                     rt = runtimes_and_models[l][0]
-                    n = block if iters is None or short else min(block, iters - per_model[l])
+                    n = block if iters is None or extend else min(block, iters - per_model[l])
                     if n <= 0:
                         continue
                     rt.run(feeds[l])  # untimed: the previous model's threads settle, this one's wake up

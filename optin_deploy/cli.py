@@ -51,10 +51,6 @@ def _register_all() -> None:
 _register_all()
 
 
-# kept importable from here: tests and callers used cli.Terminated before the signals got their own module
-Terminated = interrupts.Terminated
-
-
 def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -110,7 +106,7 @@ def _run(args: list[str], debug: bool) -> None:
     try:
         rc = app(args=args, prog_name="optin-deploy", standalone_mode=False)
         if interrupts.received() is not None:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
-            _interrupted(Terminated(interrupts.received()))
+            _interrupted(interrupts.Terminated(interrupts.received()))
         if isinstance(rc, int) and rc != 0:
             sys.exit(rc)
     except OptinError as exc:

@@ -37,8 +37,9 @@ class Terminated(KeyboardInterrupt):
 
 
 class _State:
+    """Written by the signal handler, which always runs in the main thread; the watchdog only reads it."""
+
     def __init__(self) -> None:
-        self.lock = threading.Lock()
         self.reset()
 
     def reset(self) -> None:
@@ -62,16 +63,15 @@ def mark_handled() -> None:
 
 
 def _on_signal(signum, frame) -> None:  # noqa: ARG001
-    with _state.lock:
-        if _state.signum is None:
-            _state.signum = signum
-        first = _state.signum
-        if _state.watchdog is None:
-            _state.watchdog = threading.Thread(target=_redeliver, name="optin-deploy-stop", daemon=True)
-            _state.watchdog.start()
+    # no lock: a handler can run again inside itself (a second Ctrl-C, a re-delivery), and would deadlock on one
+    if _state.signum is None:
+        _state.signum = signum
+    if _state.watchdog is None:
+        _state.watchdog = threading.Thread(target=_redeliver, name="optin-deploy-stop", daemon=True)
+        _state.watchdog.start()
     if _state.deferring or _state.handled:
         return  # recorded; deferred() raises it when its section ends, or the CLI is already stopping
-    raise Terminated(first)
+    raise Terminated(_state.signum)
 
 
 def _redeliver() -> None:
