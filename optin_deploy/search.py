@@ -142,9 +142,8 @@ class SearchSettings:
     rounds: int = 12  # interleaved benchmark rounds per candidate
     seconds: float = 0.25  # ... lasting at least this long (whole rounds): 12 runs of a 0.5 ms model are 6 ms
     warmup: int = 3
-    tie: float = 0.04  # speed-ups within this relative margin of the best go to the joint contest
-    contest_rounds: int = 20
-    contest_seconds: float = 2.0  # the joint contests (and the reference comparison) time at least this long
+    contest_rounds: int = 20  # runs per model when the chosen model is timed against the best fixed budget (--search-reference)
+    contest_seconds: float = 2.0  # the joint timing (and the reference comparison) lasts at least this long
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
 
@@ -280,7 +279,8 @@ def run_search(measure: Callable[[float, str], Candidate], objective: Objective,
         measured.append(c)
         if progress:
             progress(f"candidate {len(measured)} ({why}): budget {b:.4f} -> MACs x{c.macs_ratio:.3f}, drop {c.drop:+.2f} pts"
-                     + (f" (+-{c.drop_se:.2f})" if c.drop_se is not None else "") + f", {c.speedup:.2f}x: {'meets' if c.met else 'misses'} the limit")
+                     + (f" (+-{c.drop_se:.2f})" if c.drop_se is not None else "") + ("" if math.isnan(c.speedup) else f", {c.speedup:.2f}x")
+                     + f": {'meets' if c.met else 'misses'} the limit")
     return SearchOutcome(measured, why, time.perf_counter() - t0)
 
 
@@ -387,7 +387,11 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
                      f"{_f(c['accuracy'], '.2f')} | {_f(c['drop'], '+.2f')} | {_f(c['drop_se'], '.2f')} | {_f(c['agreement'], '.1f')} | "
                      f"{_f(c['speedup'], '.2f')}x | {mark} |")
     lines.append("")
-    if fr.get("contest"):
+    if (fr.get("contest") or {}).get("joint"):
+        ct = fr["contest"]
+        lines.append(f"The {len(ct['speedups'])} candidates were timed after the search, together with the dense model in one interleaved run "
+                     f"({ct['runs_per_model']} runs each): the speed-ups above come from that one run.")
+    elif fr.get("contest"):
         ct = fr["contest"]
         lines.append(f"Speed contest of the candidates within a few percent of the fastest (one interleaved run, {ct['rounds']} rounds): "
                      + ", ".join(f"#{k} {x:.3f}x" for k, x in ct["speedups"].items()) + ".")
@@ -537,7 +541,9 @@ class CandidateLab:
         full = self._score(self.dense_logits_full, self.full, self.dense_logits_full)
         return {"accuracy": round(s["dense_accuracy"], 4), "accuracy_full_validation": round(full["dense_accuracy"], 4)}
 
-    def measure(self, budget: float, phase: str, scores: tuple | None = None, scorer: str = "optin") -> Candidate:
+    def measure(self, budget: float, phase: str, scores: tuple | None = None, scorer: str = "optin", timed: bool = True) -> Candidate:
+        """Select, slice, refit, export and evaluate one budget on the validation subset; ``timed``: also time it against
+        the dense model (else :meth:`time_together` times it later, with the others)."""
         from .adapters import get_adapter
         from .bench import benchmark
         from .progress import step
@@ -552,9 +558,11 @@ class CandidateLab:
         rt = ctx.runtime(exp)[0].load(exp["artifact"])
         logits = self._predict(rt, self.subset, f"candidate #{cid}, validation subset")
         sc = self._score(logits, self.subset, self.dense_logits_subset)
-        bench = benchmark({"dense": (self.dense_rt, None), "pruned": (rt, None)}, ctx.bench_np, warmup=st.warmup, iters=st.rounds, min_seconds=st.seconds,
-                          baseline="dense", progress=False)
-        d, p = bench["models"]["dense"]["p50_ms"], bench["models"]["pruned"]["p50_ms"]
+        d = p = float("nan")
+        if timed:
+            bench = benchmark({"dense": (self.dense_rt, None), "pruned": (rt, None)}, ctx.bench_np, warmup=st.warmup, iters=st.rounds, min_seconds=st.seconds,
+                              baseline="dense", progress=False)
+            d, p = bench["models"]["dense"]["p50_ms"], bench["models"]["pruned"]["p50_ms"]
         pa = get_adapter(pruned)
         macs = pa.encoder_macs(ctx.seq) / get_adapter(ctx.model).encoder_macs(ctx.seq)  # at the benchmark shape, like the build report
         c = Candidate(id=cid, budget=budget, phase=phase, scorer=scorer, macs_ratio=macs,
@@ -588,6 +596,25 @@ class CandidateLab:
         d = bench["models"]["dense"]["p50_ms"]
         return {c.id: d / bench["models"][f"#{c.id}"]["p50_ms"] for c in cands}
 
+    def time_together(self, cands: Sequence[Candidate], rounds: int) -> dict:
+        """Time every candidate in ``cands`` with the dense model in one interleaved run and record each one's
+        latency and speed-up (dense p50 / candidate p50, same run): one run ranks them fairly, and costs fewer
+        runs than a dense-vs-candidate run per candidate."""
+        from .bench import benchmark
+
+        rts = {"dense": (self.dense_rt, None)}
+        for c in cands:
+            rts[f"#{c.id}"] = (self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"]), None)
+        # each model gets as much measurement as a run of its own would give it (``seconds`` per model)
+        bench = benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
+                          min_seconds=self.settings.seconds * len(rts))
+        d = bench["models"]["dense"]["p50_ms"]
+        for c in cands:
+            c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
+            c.speedup = d / c.latency_ms
+        return {"rounds": rounds, "runs_per_model": bench["models"]["dense"]["iters"], "models": len(rts), "joint": True,
+                "speedups": {str(c.id): round(c.speedup, 4) for c in cands}}
+
     def validation_info(self) -> dict:
         dense = self.dense_summary()
         ses = [c.drop_se for c in self.candidates if c.drop_se is not None and not math.isnan(c.drop_se)]
@@ -598,11 +625,14 @@ class CandidateLab:
 
     def frontier(self, **kw) -> Frontier:
         ctx = self.ctx
+        joint = (kw.get("contest") or {}).get("joint")
         return Frontier(model=ctx.task.model_source or ctx.opts.model or "minilm-sentiment", task=ctx.task.data.name, metric=self.metric,
                         profile=ctx.profile.name, runtime=ctx.runtime_name(self.dense_export), validation=self.validation_info(),
                         budget={"select_by": ctx.cost_info.get("select_by") or ctx.select_by, "seq_len": ctx.seq},
                         dense={"accuracy": self.dense_summary()["accuracy"]},
-                        bench={"rounds": self.settings.rounds, "warmup": self.settings.warmup, "interleaved": True,
+                        bench={"rounds": kw["contest"]["rounds"] if joint else self.settings.rounds, "warmup": self.settings.warmup, "interleaved": True,
+                               "timing": "every candidate and the dense model in one interleaved run" if joint
+                               else "each candidate against the dense model in its own interleaved run",
                                "inputs": "x".join(str(d) for d in next(iter(ctx.bench_np.values())).shape[:2])},
                         candidates=list(self.candidates), **kw)
 
@@ -655,19 +685,18 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     lab = CandidateLab(ctx, staging / ".search", settings, dense_export=dense_export)
     step(f"searching the budget for {objective.describe()}: candidates on {len(lab.subset_idx)} of {lab.val_total} validation samples, "
          f"{settings.rounds} interleaved rounds each")
-    outcome = run_search(lab.measure, objective, settings, progress=step)
-    ordered = ranked(objective, outcome.candidates)
+    # an accuracy limit is searched on accuracy alone: the candidates are timed afterwards, all together with the
+    # dense model in one interleaved run (fewer runs than one dense-vs-candidate run each, and one run ranks them
+    # fairly); a speed-up limit needs each candidate's speed to plan the next one
+    timed = objective.kind != "max_accuracy_drop"
+    outcome = run_search(lambda b, phase: lab.measure(b, phase, timed=timed), objective, settings, progress=step)
     contest = None
-    if objective.kind == "max_accuracy_drop" and len(ordered) > 1:
-        best = ordered[0].speedup
-        close = [c for c in ordered if c.speedup >= best * (1 - settings.tie)][:4]
-        if len(close) > 1:
-            step(f"speed contest: candidates {', '.join('#%d' % c.id for c in close)} within {settings.tie:.0%} of the fastest, timed together")
-            sp = lab.contest(close, settings.contest_rounds)
-            for c in close:
-                c.contest_speedup = sp[c.id]
-            contest = {"rounds": settings.contest_rounds, "speedups": {str(k): round(v, 4) for k, v in sp.items()}}
-            ordered = sorted(close, key=lambda c: -sp[c.id]) + [c for c in ordered if c not in close]
+    if not timed and outcome.candidates:
+        rounds = settings.rounds
+        step(f"timing the {len(outcome.candidates)} candidates together with the dense model: one interleaved run, "
+             f"{rounds} runs each (at least {settings.seconds:g} s each)")
+        contest = lab.time_together(outcome.candidates, rounds)
+    ordered = ranked(objective, outcome.candidates)
     verification = []
     chosen = None
     for c in ordered:

@@ -195,6 +195,10 @@ def test_frontier_file_has_the_documented_schema(searched):
     assert v["split"] == "validation" and 0 < v["samples"] <= v["total"] and v["accuracy_se"] >= 0
     assert fr["dense"]["accuracy"] == 100.0 and fr["dense"]["latency_ms"] > 0
     assert fr["bench"]["interleaved"] is True and fr["bench"]["rounds"] == 3
+    # an accuracy limit: every candidate timed in one joint run with the dense model (one dense p50 for all)
+    assert fr["contest"]["joint"] is True and fr["contest"]["models"] == len(fr["candidates"]) + 1 and fr["contest"]["runs_per_model"] >= 3
+    assert len({c["dense_latency_ms"] for c in fr["candidates"]}) == 1
+    assert {str(c["id"]): round(c["speedup"], 4) for c in fr["candidates"]} == pytest.approx(fr["contest"]["speedups"], abs=1e-4)
     assert {"candidates_measured", "seconds", "stop_reason", "settings"} <= set(fr["search"])
     for c in fr["candidates"]:
         assert set(c) == CANDIDATE_KEYS

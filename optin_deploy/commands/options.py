@@ -19,7 +19,7 @@ RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping o
 
 SEARCH_SAMPLES = typer.Option(400, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller).")
 SEARCH_CANDIDATES = typer.Option(5, "--search-candidates", help="Budget search: the most candidate budgets measured.")
-SEARCH_ROUNDS = typer.Option(12, "--search-rounds", help="Budget search / sweep: interleaved benchmark rounds (candidate and dense) per candidate.")
+SEARCH_ROUNDS = typer.Option(12, "--search-rounds", help="Budget search / sweep: timed runs per model (with --max-accuracy-drop all candidates are timed with dense in one interleaved run after the search; otherwise each against dense).")
 
 
 def parse_budgets(text: str, flag: str) -> list[float]:

@@ -255,13 +255,15 @@ class OnnxExporter(Exporter):
             del proto
 
             # stage 3: parity in onnxruntime (CPU)
+            graph_file = tmp
             if precision == "int8":
-                fp32_file = tmp_dir / (out_path.stem + ".fp32.onnx")
-                shutil.copyfile(tmp, fp32_file)
+                # the fp32 graph is kept beside the int8 one (renamed, not copied: it is the quantiser's input)
+                graph_file = fp32_file = tmp_dir / (out_path.stem + ".fp32.onnx")
+                os.replace(tmp, fp32_file)
             if parity and precision in ("fp32", "int8"):
                 plist = parity_inputs_list or parity_inputs(inputs, task=task, profile=profile)
                 try:
-                    rt = onnx_parity_runner(tmp, threads)
+                    rt = onnx_parity_runner(graph_file, threads)
                 except OptinError as exc:
                     raise OptinError(f"ONNX export failed at onnxruntime load: {exc}") from None
                 meta["parity"] = check_parity(reference, rt.run, plist, precision="fp32", what=f"ONNX export of {type(model).__name__}")
