@@ -378,9 +378,10 @@ class BuildContext:
         return p if self.fmt != "onnx" or p == "int8" else "fp32"
 
     def export(self, m: torch.nn.Module, folder: Path, label: str = "pruned", *, precision: str | None = None, graph: str = "auto",
-               optimize: bool | None = None, quantization: str | None = None) -> dict:
+               optimize: bool | None = None, quantization: str | None = None, parity: bool = True) -> dict:
         """Export ``m`` for the profile's runtime into ``folder`` (parity-checked); returns the export manifest.
-        ``precision`` / ``graph`` override the profile's (the dense alternatives)."""
+        ``precision`` / ``graph`` override the profile's (the dense alternatives); ``parity=False`` defers the
+        parity checks to :meth:`check_parity` (see :attr:`can_defer_parity`)."""
         from .exporters.export_folder import export_to_folder, staging_root
 
         fmt = self.fmt
@@ -391,10 +392,24 @@ class BuildContext:
         if label != "dense" and root != Path(folder).resolve():
             source = root / "pruned"
         backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
-        step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'}) and checking parity against PyTorch")
+        step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'})"
+             + (" and checking parity against PyTorch" if parity else "; parity is checked if it is chosen"))
         return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
                              profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
-                             source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib)
+                             source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib,
+                             parity=parity)
+
+    @property
+    def can_defer_parity(self) -> bool:
+        """Whether :meth:`export` can leave the parity checks for later (ONNX exports without ``--optimize``)."""
+        return self.fmt == "onnx" and not self.opts.optimize
+
+    def check_parity(self, m: torch.nn.Module, folder: Path, manifest: dict) -> dict:
+        """Run the parity checks an ``export(..., parity=False)`` of ``m`` into ``folder`` left out."""
+        from .exporters.export_folder import check_deferred_parity
+
+        step("checking the parity of the chosen model's export against PyTorch")
+        return check_deferred_parity(m, self.example(), folder, manifest, profile=self.shape(), task=self.task, threads=self.target.threads)
 
     def runtime_name(self, export: dict) -> str:
         return export["runtime"] if self.fmt != "onnx" else self.target.runtime_name

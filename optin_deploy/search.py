@@ -471,10 +471,13 @@ class CandidateLab:
     surgery, reconstruction, exporter, runtime, evaluation and benchmark as a fixed-budget build.
     """
 
-    def __init__(self, ctx, workdir: Path, settings: SearchSettings, dense_export: dict | None = None):
+    def __init__(self, ctx, workdir: Path, settings: SearchSettings, dense_export: dict | None = None, defer_parity: bool = False):
+        """``defer_parity``: export the candidates without their parity checks; :meth:`adopt` runs them on the one
+        that becomes the deliverable (a search build; a sweep keeps every export checked)."""
         from .data.types import Split
 
         self.ctx, self.settings, self.workdir = ctx, settings, Path(workdir)
+        self.defer_parity = defer_parity
         self.workdir.mkdir(parents=True, exist_ok=True)
         task = ctx.task
         from .evaluate import headline_metric
@@ -554,7 +557,7 @@ class CandidateLab:
         step(f"candidate #{cid} ({phase}, {scorer}): budget {budget:.4f} of the dense MACs")
         res = ctx.prune_fraction(budget, scores)
         pruned = res.model
-        exp = ctx.export(pruned, self.workdir / f"cand-{cid}", f"candidate #{cid}")
+        exp = ctx.export(pruned, self.workdir / f"cand-{cid}", f"candidate #{cid}", parity=not self.defer_parity)
         rt = ctx.runtime(exp)[0].load(exp["artifact"])
         logits = self._predict(rt, self.subset, f"candidate #{cid}, validation subset")
         sc = self._score(logits, self.subset, self.dense_logits_subset)
@@ -647,6 +650,8 @@ class CandidateLab:
         from .runtimes.base import read_manifest
 
         manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
+        if manifest.get("parity_deferred"):
+            manifest = read_manifest(folder) if self.ctx.check_parity(self.models[c.id], folder, manifest) else manifest
         self.exports[c.id] = manifest
         return manifest
 
@@ -682,7 +687,7 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     settings.check()
     t0 = time.perf_counter()
     dense_export = ctx.export(ctx.model, staging / ctx.fmt / "dense", "dense")
-    lab = CandidateLab(ctx, staging / ".search", settings, dense_export=dense_export)
+    lab = CandidateLab(ctx, staging / ".search", settings, dense_export=dense_export, defer_parity=ctx.can_defer_parity)
     step(f"searching the budget for {objective.describe()}: candidates on {len(lab.subset_idx)} of {lab.val_total} validation samples, "
          f"{settings.rounds} interleaved rounds each")
     # an accuracy limit is searched on accuracy alone: the candidates are timed afterwards, all together with the

@@ -105,6 +105,44 @@ def test_export_to_folder_writes_parity_and_manifest(tmp_path):
     assert m["artifact"].endswith("model.onnx")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_deferred_parity_is_the_same_check_run_later(tmp_path, precision):
+    """A search's candidates are exported without parity; the adopted one is checked afterwards, with the same
+    inputs and thresholds, and its folder then records the same parity entries as an export checked at once."""
+    from optin_deploy.exporters.export_folder import check_deferred_parity
+
+    model = make_tiny_bert()
+    now = export_to_folder(model, text_inputs(), tmp_path / "now", profile=PROFILE, precision=precision)
+    later = export_to_folder(model, text_inputs(), tmp_path / "later", profile=PROFILE, precision=precision, parity=False)
+    assert later["parity_deferred"] is True and all(v is None for v in later["parity"].values())
+    assert json.loads((tmp_path / "later" / "export.json").read_text())["parity_deferred"] is True
+    checked = check_deferred_parity(model, text_inputs(), tmp_path / "later", later, profile=PROFILE)
+    assert "parity_deferred" not in checked and "parity_deferred" not in json.loads((tmp_path / "later" / "export.json").read_text())
+    written = json.loads((tmp_path / "later" / "parity.json").read_text())
+    assert set(written) == set(now["parity"]) and all(v["passed"] for v in written.values())
+    for name, par in now["parity"].items():
+        assert written[name]["precision"] == par["precision"] and len(written[name]["cases"]) == len(par["cases"])
+
+
+def test_deferred_parity_fails_like_parity_at_export(tmp_path):
+    """A deferred check of a model that does not match its export fails with the exporter's message."""
+    from optin_deploy.exporters.export_folder import check_deferred_parity
+
+    model = make_tiny_bert()
+    m = export_to_folder(model, text_inputs(), tmp_path / "later", profile=PROFILE, parity=False)
+    with torch.no_grad():
+        model.classifier.bias += 1.0  # the PyTorch reference no longer matches the exported file
+    with pytest.raises(OptinError, match="parity check failed for ONNX export of"):
+        check_deferred_parity(model, text_inputs(), tmp_path / "later", m, profile=PROFILE)
+
+
+@pytest.mark.parametrize("kw", [{"fmt": "aoti"}, {"optimize": True}])
+def test_parity_is_deferred_only_for_plain_onnx_exports(tmp_path, kw):
+    with pytest.raises(OptinError, match="parity checks can only be deferred for ONNX exports without --optimize"):
+        export_to_folder(make_tiny_bert(), text_inputs(), tmp_path / "x", profile=PROFILE, parity=False, **kw)
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_failure_leaves_no_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("Unsupported operator aten::frobnicate")

@@ -209,6 +209,12 @@ def test_frontier_file_has_the_documented_schema(searched):
     assert "## Accuracy / speed frontier" in md and "**chosen**" in md and "plots/frontier.png" in md
     assert (searched / "plots" / "frontier.png").stat().st_size > 1000
     assert "frontier.json" in json.loads((searched / "manifest.json").read_text())["files"]
+    # the candidates were exported without parity checks; the adopted one was checked afterwards
+    fmt = next(p.name for p in searched.iterdir() if (p / "pruned" / "export.json").exists())
+    pruned = json.loads((searched / fmt / "pruned" / "export.json").read_text())
+    assert "parity_deferred" not in pruned
+    parity = json.loads((searched / fmt / "pruned" / "parity.json").read_text())
+    assert parity and all(v is not None and v["passed"] for v in parity.values())
 
 
 @pytest.mark.slow

@@ -86,8 +86,12 @@ def export_to_folder(
     fusions: Mapping[str, bool] | None = None,
     quantization: str = "dynamic",
     calibration: Mapping[str, torch.Tensor] | None = None,
+    parity: bool = True,
 ) -> dict:
     """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
+    ``parity=False`` (ONNX without ``optimize`` only): the checks are left to :func:`check_deferred_parity`,
+    for a budget search's candidates, of which only the adopted one needs them; the manifest says
+    ``parity_deferred: true`` until then.
 
     Returns the manifest (also written to ``export.json``): ``artifact`` is the file a runtime
     should load, ``artifacts`` all files, ``parity`` the per-artifact parity dicts. ``source``
@@ -104,6 +108,8 @@ def export_to_folder(
     if fmt == "tensorrt" and precision == "int8":
         raise OptinError("int8 is for onnxruntime CPU exports (--format onnx); TensorRT engines here are fp32, fp16 or bf16")
     check_opset(opset)
+    if not parity and (fmt != "onnx" or optimize):
+        raise OptinError("parity checks can only be deferred for ONNX exports without --optimize")
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +134,7 @@ def export_to_folder(
         res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
                                           threads=threads, precision=precision if fmt == "onnx" else "fp32",
                                           graph=graph if fmt == "onnx" else "dynamo", fusions=fusions,
-                                          quantization=quantization, calibration=calibration, **common)
+                                          quantization=quantization, calibration=calibration, parity=parity, **common)
         manifest["artifacts"]["onnx"] = res.metadata
         manifest["parity"]["model.onnx"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
@@ -164,6 +170,46 @@ def export_to_folder(
             manifest["parity"]["model.ep"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
     manifest["runtime"] = default_runtime_for(manifest["artifact"])
+    if not parity:
+        manifest["parity_deferred"] = True
+    write_export_files(out_dir, manifest)
+    return manifest
+
+
+def check_deferred_parity(model: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor], out_dir: str | os.PathLike, manifest: dict, *,
+                          profile: ShapeProfile | None = None, task=None, threads: int | None = None) -> dict:
+    """The parity checks :func:`export_to_folder` (``parity=False``) left out, run on the folder's ONNX files as
+    it would have run them (same inputs, thresholds and messages; failure -> OptinError). Rewrites
+    ``parity.json`` / ``export.json`` and returns the manifest."""
+    from ..model_io import LogitsModel
+    from .base import prepare_for_export
+    from .onnx import onnx_parity_runner
+    from .parity import check_parity
+
+    if not manifest.get("parity_deferred"):
+        return manifest
+    meta = manifest["artifacts"]["onnx"]
+    inputs = ordered_inputs(example_inputs, manifest["input_names"])
+    plist = parity_inputs(inputs, task=task, profile=profile or ShapeProfile())
+    model = model.eval()
+    prepare_for_export(model)
+    reference = LogitsModel(model, list(inputs))
+    what = f"ONNX export of {type(model).__name__}"
+
+    def check(path, precision: str, label: str) -> dict:
+        rt = onnx_parity_runner(Path(path), threads)
+        par = check_parity(reference, rt.run, plist, precision=precision, what=label)
+        par["runtime"] = rt.describe()
+        return par
+
+    if meta.get("precision") == "int8":
+        meta["parity_fp32"] = check(meta["fp32_path"], "fp32", what)
+        meta["parity"] = check(meta["path"], "int8", "int8 " + what)
+        manifest["parity"][meta["fp32_file"]] = meta["parity_fp32"]
+    else:
+        meta["parity"] = check(meta["path"], "fp32", what)
+    manifest["parity"]["model.onnx"] = meta["parity"]
+    del manifest["parity_deferred"]
     write_export_files(out_dir, manifest)
     return manifest
 
