@@ -210,7 +210,7 @@ def test_replaying_finished_blocks_gives_the_same_refit(name, monkeypatch):
             reconstruct(model, student, calib, **kw)
         finally:
             h.remove()
-        return n[0] / per_pass
+        return n[0] / per_pass / len(rc.length_chunks(get_adapter(student), calib))  # passes over the whole batch
 
     with_replay = first_block_passes(fast)
     with monkeypatch.context() as m:
@@ -237,3 +237,56 @@ def test_attention_only_capture_records_what_the_full_capture_does(name):
     assert set(short) == {"x", "ctx", "attn_out"} and {"x", "ctx", "attn_out"} <= set(full)
     for k in short:
         assert torch.equal(short[k], full[k]), k
+
+
+def _ragged(batch: int = 16, seq: int = 20, seed: int = 0) -> dict:
+    """Right-padded text of lengths 3..seq (a real calibration batch: padded to its longest sample)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (batch, seq), generator=g)
+    lens = torch.randint(3, seq + 1, (batch,), generator=g)
+    lens[0] = seq
+    mask = (torch.arange(seq)[None, :] < lens[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+def test_length_chunks_cover_every_sample_once_cut_to_their_longest():
+    from optin_deploy.core.reconstruct import length_chunks
+
+    model = FAMILIES["bert"][0]()
+    batch = _ragged()
+    chunks = length_chunks(get_adapter(model), batch, chunks=4)
+    assert len(chunks) == 4
+    lens = batch["attention_mask"].sum(1)
+    seen = []
+    for c in chunks:
+        assert c["input_ids"].shape == c["attention_mask"].shape
+        assert c["attention_mask"].shape[1] == int(c["attention_mask"].sum(1).max())  # no all-padding column left
+        seen += sorted(c["attention_mask"].sum(1).tolist())
+    assert sorted(seen) == sorted(lens.tolist()) and sum(c["input_ids"].shape[1] * len(c["input_ids"]) for c in chunks) < batch["input_ids"].numel()
+    # left padding, images and a single sample are not cut
+    left = {k: v.flip(1) for k, v in batch.items()}
+    assert length_chunks(get_adapter(model), left) == [left]
+    assert len(length_chunks(get_adapter(make_tiny_timm()), {"pixel_values": torch.randn(4, 3, 16, 16)})) == 1
+    one = {k: v[:1] for k, v in batch.items()}
+    assert length_chunks(get_adapter(model), one) == [one]
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if FAMILIES[n][1].__name__ == "text_inputs"])
+def test_refit_on_length_chunks_equals_the_refit_on_the_padded_batch(name, monkeypatch):
+    """Padding changes no real token's activations, so refitting on chunks of similar lengths (each cut to its
+    longest sample) gives the refit of the whole padded batch."""
+    from optin_deploy.core import reconstruct as rc
+
+    model = FAMILIES[name][0]()
+    batch = _ragged(seed=3)
+    plan = random_plan(model, seed=5, keep=0.5, empty_heads_layer=1, empty_mlp_layer=2)
+    chunked, whole = apply_plan(model, plan), apply_plan(model, plan)
+    rep_c = reconstruct(model, chunked, batch)
+    with monkeypatch.context() as m:
+        m.setattr(rc, "length_chunks", lambda adapter, inputs, chunks=4: [inputs])
+        rep_w = reconstruct(model, whole, batch)
+    assert len(rc.length_chunks(get_adapter(chunked), batch)) > 1
+    for a, b in zip(rep_c.layers, rep_w.layers):
+        assert a["error_after"] == pytest.approx(b["error_after"], rel=1e-3, abs=1e-6)
+    for pa, pb in zip(chunked.parameters(), whole.parameters()):
+        assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-5)

@@ -147,6 +147,36 @@ def _capture(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int, repl
     return out
 
 
+CHUNKS = 4  # a text calibration batch is refitted in this many chunks of similar lengths
+
+
+def length_chunks(adapter, inputs: dict[str, torch.Tensor], chunks: int = CHUNKS) -> list[dict[str, torch.Tensor]]:
+    """A text calibration batch as ``chunks`` batches of samples of similar lengths, each cut to its longest sample.
+
+    A batch padded to its longest sample spends most of a forward pass on padding when lengths vary (the default
+    sentiment batch: 128 samples padded to 64 tokens). The refit only reads real tokens, and a real token's
+    activations do not depend on how much padding follows it, so the captures can run on the chunks and be
+    concatenated. Only right-padded text batches are cut (every other batch is returned whole)."""
+    mask = inputs.get("attention_mask") if adapter.modality == "text" else None
+    if mask is None or mask.dim() != 2 or mask.shape[0] < 2:
+        return [inputs]
+    m = mask.bool()
+    lens = m.sum(1)
+    right_padded = bool((m == (torch.arange(m.shape[1])[None, :] < lens[:, None])).all())
+    if not right_padded:
+        return [inputs]
+    order = torch.argsort(lens, stable=True)
+    out = []
+    for idx in torch.tensor_split(order, min(chunks, len(order))):
+        if len(idx) == 0:
+            continue
+        idx = idx.sort().values
+        width = max(int(lens[idx].max()), 1)
+        out.append({k: (v[idx][:, :width] if v.dim() >= 2 and v.shape[:2] == mask.shape else v[idx] if v.shape[:1] == mask.shape[:1] else v)
+                    for k, v in inputs.items()})
+    return out
+
+
 def _solve(G: torch.Tensor, rhs: torch.Tensor, prior: torch.Tensor, damp: float) -> torch.Tensor:
     """``argmin_m m^T G m - 2 m^T rhs + lam ||m - prior||^2`` with ``lam = damp * mean(diag(G))``
     (``rhs`` and ``prior``: vectors or matrices with one column per output)."""
@@ -232,10 +262,25 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
     if ta.num_layers != sa.num_layers:
         raise ValueError("student and teacher have different depths")
     report = ReconstructReport(damp, fit)
-    replay, teacher_replay = _Replay(sa.blocks()), _Replay(ta.blocks())
+    chunks = length_chunks(sa, inputs)
+    replays, teacher_replays = [_Replay(sa.blocks()) for _ in chunks], [_Replay(ta.blocks()) for _ in chunks]
+
+    def gather(model, layer: int, reps: list, keys: tuple, attention_only: bool = False) -> dict[str, torch.Tensor]:
+        """Capture block ``layer`` chunk by chunk; per key, the rows the fit reads (real tokens, or every row of
+        window attention), concatenated over the chunks in one order."""
+        rows: dict[str, list] = {k: [] for k in keys}
+        windows = not sa.attention_in_token_layout(layer)
+        for batch, rep in zip(chunks, reps):
+            out = _capture(model, batch, layer, rep, attention_only=attention_only)
+            tok = sa.layer_token_mask(batch, layer)
+            for k in keys:
+                if k in out:
+                    t = out[k]
+                    rows[k].append(t.reshape(-1, t.shape[-1]) if windows and k in ("ctx", "attn_out") else t[tok])
+        return {k: torch.cat(v) for k, v in rows.items() if v}
+
     for layer in range(sa.num_layers):
         parts = sa.layer_parts(layer)
-        tok = sa.layer_token_mask(inputs, layer)
         dh = sa.layer_head_dim(layer) if sa.num_heads(layer) else 1
         # (part, output projection, unit outputs, dense output, residual, units kept, units in the dense model)
         todo = [spec for spec in (
@@ -246,30 +291,28 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
         if todo:
             T = teacher_cache.get(layer) if teacher_cache is not None else None
             if T is None:
-                T = {k: v for k, v in _capture(teacher, inputs, layer, teacher_replay).items() if k in ("x", "y", "attn_out", "mlp_out")}
+                T = gather(teacher, layer, teacher_replays, ("x", "y", "attn_out", "mlp_out"))
                 if teacher_cache is not None:
                     teacher_cache[layer] = T
         for part, lin, x_key, out_key, res_key, units, _ in todo:
             # after this block's earlier sublayer was refitted; the attention's refit needs nothing past its projection
-            S = _capture(student, inputs, layer, replay, attention_only=part == "attn")
+            S = gather(student, layer, replays, (x_key, res_key), attention_only=part == "attn")
             scale = sa.branch_scale(layer, part)
             bias = lin.bias.detach() if lin.bias is not None else 0.0  # ModernBERT has no output biases
             row = {"layer": layer, "part": part, "units": units}
             if part == "attn" and not sa.attention_in_token_layout(layer):
                 # window attention: its rows are windows of (shifted, padded) tokens, not the residual's
                 # tokens, so the sublayer output itself is matched (no residual-drift term)
-                pick = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
-                drift = torch.zeros_like(pick(T[out_key]))
+                drift = torch.zeros_like(T[out_key])
                 row["drift"] = False
             else:
-                pick = lambda t: t[tok]  # noqa: E731
-                drift = T[res_key][tok] - S[res_key][tok]
+                drift = T[res_key] - S[res_key]
             if fit == "weights":
-                B = pick(T[out_key]) - bias + _unscaled(drift, scale)
-                Wn, row["error_before"], row["error_after"], _ = _fit_weights(pick(S[x_key]), B, lin.weight.detach(), damp, scale)
+                B = T[out_key] - bias + _unscaled(drift, scale)
+                Wn, row["error_before"], row["error_after"], _ = _fit_weights(S[x_key], B, lin.weight.detach(), damp, scale)
                 new_weight = Wn.to(lin.weight.dtype)
             else:
-                m = _fit_scales(pick(S[x_key]), _scaled(pick(T[out_key]) - bias, scale) + drift, lin.weight.detach(), damp, scale,
+                m = _fit_scales(S[x_key], _scaled(T[out_key] - bias, scale) + drift, lin.weight.detach(), damp, scale,
                                 dh if part == "attn" else 1, row)
                 new_weight = lin.weight.detach() * m.to(lin.weight.dtype)[None, :]
             report.layers.append(row)
