@@ -229,6 +229,14 @@ def plan_next(objective: Objective, measured: Sequence[Candidate], settings: Sea
     a, b = sorted((g[0], x[0]))
     if b - a <= settings.tol:
         return None, f"bracket [{a:.4f}, {b:.4f}] narrower than the tolerance {settings.tol:g}"
+    if objective.kind == "max_accuracy_drop":
+        # the validation subset cannot tell the bracket's two ends apart: a budget between them would be chosen by noise
+        se = {_round_budget(c.budget): c.drop_se for c in measured if c.drop_se is not None and not math.isnan(c.drop_se)}
+        if _round_budget(g[0]) in se and _round_budget(x[0]) in se:
+            gap, noise = abs(x[1] - g[1]), max(se[_round_budget(g[0])], se[_round_budget(x[0])])
+            if gap <= noise:
+                return None, (f"the bracket's ends ({a:.4f}, {b:.4f}) differ by {gap:.2f} points of drop, within the subset's "
+                              f"standard error ({noise:.2f}): a budget between them cannot be told apart")
     # regula falsi between the bracketing points, kept in the middle half of the bracket
     (b1, s1), (b2, s2) = g, x
     t = b1 + (b2 - b1) * (0 - s1) / (s2 - s1) if s2 != s1 else (b1 + b2) / 2

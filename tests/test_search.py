@@ -83,6 +83,20 @@ def test_noisy_curve_terminates_within_the_candidate_limit():
     assert len(set(budgets)) == len(budgets) and all(st.lo <= b <= st.hi for b in budgets)
 
 
+def test_plan_stops_when_the_bracket_ends_are_within_the_subset_noise():
+    """BBC News (212 validation samples, 0.47 points each): 0.2484 missed by one sample, 0.3371 met; their drops differ
+    by less than either one's standard error, so no budget between them can be told apart."""
+    obj, st = Objective("max_accuracy_drop", 1.0), SearchSettings(max_candidates=5)
+    seen = [Candidate(id=0, budget=0.6, phase="bracket", drop=0.0, drop_se=0.0), Candidate(id=1, budget=0.45, phase="bracket", drop=0.47, drop_se=0.47),
+            Candidate(id=2, budget=0.2484, phase="bracket", drop=1.42, drop_se=1.05), Candidate(id=3, budget=0.3371, phase="interpolate", drop=0.94, drop_se=0.94)]
+    b, why = plan_next(obj, seen, st)
+    assert b is None and "standard error" in why
+    # the same drops measured twice as precisely: the search goes on between them
+    precise = [Candidate(**{**c.__dict__, "drop_se": (c.drop_se or 0) / 4}) for c in seen]
+    b, why = plan_next(obj, precise, st)
+    assert b is not None and 0.2484 < b < 0.3371
+
+
 def test_plan_stops_when_the_lowest_budget_already_meets_the_limit():
     obj, st = Objective("max_accuracy_drop", 50.0), SearchSettings(lo=0.2, max_candidates=8)
     out = run_search(synthetic(lambda b: 1.0, speed), obj, st)
