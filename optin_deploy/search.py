@@ -181,6 +181,9 @@ class SearchOutcome:
 # ------------------------------------------------------------------------------------ the search
 
 
+NARROW = 5  # a bracket at most this many tolerances wide stops when its ends' drops are within their standard error
+
+
 def _round_budget(b: float) -> float:
     return round(float(b), 4)
 
@@ -229,8 +232,9 @@ def plan_next(objective: Objective, measured: Sequence[Candidate], settings: Sea
     a, b = sorted((g[0], x[0]))
     if b - a <= settings.tol:
         return None, f"bracket [{a:.4f}, {b:.4f}] narrower than the tolerance {settings.tol:g}"
-    if objective.kind == "max_accuracy_drop":
-        # the validation subset cannot tell the bracket's two ends apart: a budget between them would be chosen by noise
+    if objective.kind == "max_accuracy_drop" and b - a <= NARROW * settings.tol:
+        # a narrow bracket whose two ends the validation subset cannot tell apart: a budget between them would be
+        # chosen by noise (a wide one is still worth splitting: its ends differ in speed, and the drop may rise late)
         se = {_round_budget(c.budget): c.drop_se for c in measured if c.drop_se is not None and not math.isnan(c.drop_se)}
         if _round_budget(g[0]) in se and _round_budget(x[0]) in se:
             gap, noise = abs(x[1] - g[1]), max(se[_round_budget(g[0])], se[_round_budget(x[0])])
@@ -616,9 +620,9 @@ class CandidateLab:
         rts = {"dense": (self.dense_rt, None)}
         for c in cands:
             rts[f"#{c.id}"] = (self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"]), None)
-        # each model gets as much measurement as a run of its own would give it (``seconds`` per model)
+        # as much measurement in all as the candidates' own runs against dense would have had (``seconds`` each)
         bench = benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
-                          min_seconds=self.settings.seconds * len(rts))
+                          min_seconds=self.settings.seconds * len(cands))
         d = bench["models"]["dense"]["p50_ms"]
         for c in cands:
             c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
@@ -707,7 +711,7 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     if not timed and outcome.candidates:
         rounds = settings.rounds
         step(f"timing the {len(outcome.candidates)} candidates together with the dense model: one interleaved run, "
-             f"{rounds} runs each (at least {settings.seconds:g} s each)")
+             f"{rounds} runs each (at least {settings.seconds:g} s per candidate in all)")
         contest = lab.time_together(outcome.candidates, rounds)
     ordered = ranked(objective, outcome.candidates)
     verification = []
