@@ -142,7 +142,8 @@ class SearchSettings:
     rounds: int = 12  # interleaved benchmark rounds per candidate
     seconds: float = 0.25  # ... lasting at least this long (whole rounds): 12 runs of a 0.5 ms model are 6 ms
     warmup: int = 3
-    contest_rounds: int = 20  # runs per model when the chosen model is timed against the best fixed budget (--search-reference)
+    tie: float = 0.04  # candidates meeting the limit within this relative margin of the fastest are timed again, longer
+    contest_rounds: int = 20  # runs per model of that contest (and, at least 60, of the reference comparison)
     contest_seconds: float = 2.0  # the joint timing (and the reference comparison) lasts at least this long
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
@@ -403,6 +404,9 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
         ct = fr["contest"]
         lines.append(f"The {len(ct['speedups'])} candidates were timed after the search, together with the dense model in one interleaved run "
                      f"({ct['runs_per_model']} runs each): the speed-ups above come from that one run.")
+        if ct.get("close_call"):
+            lines.append("Candidates meeting the limit within a few percent of the fastest, timed together again (longer): "
+                         + ", ".join(f"#{k} {x:.3f}x" for k, x in ct["close_call"]["speedups"].items()) + ".")
     elif fr.get("contest"):
         ct = fr["contest"]
         lines.append(f"Speed contest of the candidates within a few percent of the fastest (one interleaved run, {ct['rounds']} rounds): "
@@ -714,6 +718,17 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
              f"{rounds} runs each (at least {settings.seconds:g} s per candidate in all)")
         contest = lab.time_together(outcome.candidates, rounds)
     ordered = ranked(objective, outcome.candidates)
+    if contest is not None and len(ordered) > 1:
+        # the joint run is short; the candidates it cannot separate (within ``tie`` of the fastest) are timed again together
+        close = [c for c in ordered if c.speedup >= ordered[0].speedup * (1 - settings.tie)][:4]
+        if len(close) > 1:
+            step(f"speed contest: candidates {', '.join('#%d' % c.id for c in close)} within {settings.tie:.0%} of the fastest, "
+                 f"timed together again (at least {settings.contest_seconds:g} s)")
+            sp = lab.contest(close, settings.contest_rounds)
+            for c in close:
+                c.contest_speedup = sp[c.id]
+            contest["close_call"] = {"rounds": settings.contest_rounds, "speedups": {str(k): round(v, 4) for k, v in sp.items()}}
+            ordered = sorted(close, key=lambda c: -sp[c.id]) + [c for c in ordered if c not in close]
     verification = []
     chosen = None
     for c in ordered:
