@@ -429,12 +429,14 @@ LOST_STOP = r"""
 import sys, time
 from optin_deploy import interrupts
 interrupts.install()
-print("ready", flush=True)
-swallowed = 0
+swallowed, ready = 0, False
 t0 = time.monotonic()
 try:
     while time.monotonic() - t0 < 60:
         try:
+            if not ready:  # inside the try: the parent's signal can land while print is still returning
+                ready = True
+                print("ready", flush=True)
             time.sleep(0.01)
         except KeyboardInterrupt:
             if not swallowed:  # as when the signal lands in a finaliser: Python prints 'Exception ignored'
