@@ -144,7 +144,7 @@ class SearchSettings:
     warmup: int = 3
     tie: float = 0.04  # candidates meeting the limit within this relative margin of the fastest are timed again, longer
     contest_rounds: int = 20  # runs per model of that contest (and, at least 60, of the reference comparison)
-    contest_seconds: float = 2.0  # the joint timing (and the reference comparison) lasts at least this long
+    contest_seconds: float = 2.0  # that contest (and the reference comparison) lasts at least this long
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
 
@@ -603,35 +603,32 @@ class CandidateLab:
         c.verification = v
         return v
 
-    def contest(self, cands: Sequence[Candidate], rounds: int) -> dict[int, float]:
-        """Time several candidates together with the dense model in one interleaved run."""
+    def _with_dense(self, cands: Sequence[Candidate], rounds: int, min_seconds: float) -> dict:
+        """One interleaved benchmark of the dense model and the candidates ``cands`` (labels ``dense``, ``#id``)."""
         from .bench import benchmark
 
         rts = {"dense": (self.dense_rt, None)}
         for c in cands:
             rts[f"#{c.id}"] = (self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"]), None)
-        bench = benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
-                          min_seconds=self.settings.contest_seconds)
-        d = bench["models"]["dense"]["p50_ms"]
-        return {c.id: d / bench["models"][f"#{c.id}"]["p50_ms"] for c in cands}
+        return benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
+                         min_seconds=min_seconds)
+
+    def contest(self, cands: Sequence[Candidate], rounds: int) -> dict[int, float]:
+        """Time several candidates together with the dense model in one interleaved run."""
+        bench = self._with_dense(cands, rounds, self.settings.contest_seconds)
+        return {c.id: bench["speedup"][f"#{c.id}"] for c in cands}
 
     def time_together(self, cands: Sequence[Candidate], rounds: int) -> dict:
         """Time every candidate in ``cands`` with the dense model in one interleaved run and record each one's
         latency and speed-up (dense p50 / candidate p50, same run): one run ranks them fairly, and costs fewer
         runs than a dense-vs-candidate run per candidate."""
-        from .bench import benchmark
-
-        rts = {"dense": (self.dense_rt, None)}
-        for c in cands:
-            rts[f"#{c.id}"] = (self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"]), None)
         # as much measurement in all as the candidates' own runs against dense would have had (``seconds`` each)
-        bench = benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
-                          min_seconds=self.settings.seconds * len(cands))
+        bench = self._with_dense(cands, rounds, self.settings.seconds * len(cands))
         d = bench["models"]["dense"]["p50_ms"]
         for c in cands:
             c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
             c.speedup = d / c.latency_ms
-        return {"rounds": rounds, "runs_per_model": bench["models"]["dense"]["iters"], "models": len(rts), "joint": True,
+        return {"rounds": rounds, "runs_per_model": bench["models"]["dense"]["iters"], "models": len(cands) + 1, "joint": True,
                 "speedups": {str(c.id): round(c.speedup, 4) for c in cands}}
 
     def validation_info(self) -> dict:
@@ -667,7 +664,7 @@ class CandidateLab:
 
         manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
         if manifest.get("parity_deferred"):
-            manifest = read_manifest(folder) if self.ctx.check_parity(self.models[c.id], folder, manifest) else manifest
+            manifest = self.ctx.check_parity(self.models[c.id], folder, manifest)
         self.exports[c.id] = manifest
         return manifest
 
