@@ -37,7 +37,8 @@ def export_cmd(
     )
     for name, par in m["parity"].items():
         if par:
-            agree = "n/a" if par["min_agreement"] is None else f"{par['min_agreement']:.1%}"
+            pooled = par.get("agreement", par["min_agreement"])
+            agree = "n/a" if pooled is None else f"{pooled:.1%}"
             typer.echo(f"{name}: parity passed (max |diff| {par['max_abs_diff']:.2e}, argmax agreement {agree}, {len(par['cases'])} shapes)")
     if m.get("optimized") and not m["optimized"].get("kept"):
         typer.echo(f"optimised graph dropped: {m['optimized'].get('reason')}")
