@@ -67,7 +67,7 @@ class BuildOptions:
     min_recall: float | None = None  # embedding models: quality gate on recall@10 agreement with the dense model
     task: str | None = None  # "embedding" forces a sentence-embedding model; None: from the model folder
     min_speedup: float | None = None
-    search_samples: int = 400
+    search_samples: int = 0  # 0: sized by time (search.auto_subset_size)
     search_candidates: int = 5
     search_tol: float = 0.02
     search_rounds: int = 12

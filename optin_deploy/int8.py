@@ -48,7 +48,9 @@ class ValidationMetric:
         self.ctx, self.name = ctx, headline_metric(task.data.task_type)
         val = task.data.require_labels("validation")
         n = len(val)
-        idx = np.sort(np.random.default_rng(ctx.opts.seed).permutation(n)[: min(samples, n)])
+        from .search import SUBSET_FLOOR
+
+        idx = np.sort(np.random.default_rng(ctx.opts.seed).permutation(n)[: min(samples or SUBSET_FLOOR, n)])
         self.split, _ = CandidateLab._split(val, idx)
         self.samples, self.total = len(idx), n
 

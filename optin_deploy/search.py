@@ -3,7 +3,8 @@ the accuracy you need (``--max-accuracy-drop P``), or the most accurate one that
 (``--min-speedup S``).
 
 Scores do not depend on the budget (and are cached), so a candidate budget costs only a selection,
-the slicing, the reconstruction of the kept units, one export, an evaluation on a fixed validation subset
+the slicing, the reconstruction of the kept units, one export, an evaluation on the validation split (all
+of it when one pass of the dense model takes at most ``eval_seconds``, else a fixed subset: :func:`auto_subset_size`)
 and a short benchmark interleaved with the dense model on the target runtime. The search:
 
 1. **bracket**: measure a first budget (accuracy: 0.6; speed: the budget a fixed-cost latency model
@@ -18,7 +19,8 @@ and a short benchmark interleaved with the dense model on the target runtime. Th
    ``tie`` of the best are timed again together in one interleaved run; the fastest wins (accuracy
    mode). Speed mode picks the most accurate candidate meeting the speed-up.
 4. **verify**: the choice is re-checked on the full validation split (the next preferred candidate
-   is tried when it fails). Test data is never looked at here.
+   is tried when it fails); when the candidates were evaluated on all of it, that evaluation is the
+   check. Test data is never looked at here.
 
 :func:`plan_next` (the budget choice) and :func:`run_search` (the loop) are pure: they work on any
 ``measure(budget, phase) -> Candidate`` and are unit-tested without a model. :class:`CandidateLab`
@@ -138,7 +140,8 @@ class SearchSettings:
     tol: float = 0.02  # stop when the bracket is narrower than this (fraction of MACs)
     max_candidates: int = 5
     start: float | None = None  # first budget (default: 0.6, or the latency-model guess for a speed-up)
-    samples: int = 400  # validation subset size (the whole split when smaller)
+    samples: int = 0  # validation subset size (the whole split when smaller); 0: sized by time, see :func:`auto_subset_size`
+    eval_seconds: float = 2.0  # ... so that one pass of the dense model over it takes at most this long
     rounds: int = 12  # interleaved benchmark rounds per candidate
     seconds: float = 0.25  # ... lasting at least this long (whole rounds): 12 runs of a 0.5 ms model are 6 ms
     warmup: int = 3
@@ -155,8 +158,8 @@ class SearchSettings:
             raise OptinError(f"--search-tol must be positive, got {self.tol}")
         if self.max_candidates < 1:
             raise OptinError(f"--search-candidates must be at least 1, got {self.max_candidates}")
-        if self.samples < 10:
-            raise OptinError(f"--search-samples must be at least 10, got {self.samples}")
+        if self.samples != 0 and self.samples < 10:
+            raise OptinError(f"--search-samples must be 0 (sized by time) or at least 10, got {self.samples}")
         if self.rounds < 3:
             raise OptinError(f"--search-rounds must be at least 3, got {self.rounds}")
         for b in self.reference:
@@ -310,6 +313,20 @@ def best_effort(objective: Objective, candidates: Sequence[Candidate]) -> Candid
 # ------------------------------------------------------------------------------------ statistics
 
 
+SUBSET_FLOOR = 400  # the smallest validation subset an automatically sized search uses (the whole split when smaller)
+
+
+def auto_subset_size(total: int, dense_pass_seconds: float, eval_seconds: float) -> int:
+    """How many validation samples each candidate is evaluated on when ``--search-samples`` is 0: the whole split
+    when one pass of the dense model over it took at most ``eval_seconds`` (candidates are smaller, so faster), else
+    the share of it that fits in that time, but at least :data:`SUBSET_FLOOR`. The whole split is what the chosen
+    candidate is judged on; a subset decides by noise near the limit (400 samples: a drop's standard error is about
+    0.7 points, against a typical limit of 1 point)."""
+    if dense_pass_seconds <= eval_seconds:
+        return total
+    return min(total, max(SUBSET_FLOOR, int(total * eval_seconds / dense_pass_seconds)))
+
+
 def paired_drop_se(dense_ok: np.ndarray, pruned_ok: np.ndarray) -> float:
     """Standard error (points) of the accuracy drop measured on the same samples (paired)."""
     n = len(dense_ok)
@@ -387,8 +404,10 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
     if obj:
         lines.append(f"Objective: **{obj['description']}**. The search measured **{s.get('candidates_measured')} candidates** "
                      f"in **{s.get('seconds', float('nan')):.1f} s** (stopped: {s.get('stop_reason')}).")
-    lines.append(f"Candidates were evaluated on a fixed validation subset of **{v['samples']}** of {v['total']} samples "
-                 f"(seed {v['seed']}): standard error of the dense accuracy on it {v['accuracy_se']:.2f} points, of a candidate's paired drop "
+    where = (f"the whole validation split (**{v['total']}** samples)" if v["samples"] == v["total"]
+             else f"a fixed validation subset of **{v['samples']}** of {v['total']} samples (seed {v['seed']})")
+    sized = f" ({v['sized']})" if v.get("sized") else ""
+    lines.append(f"Candidates were evaluated on {where}{sized}: standard error of the dense accuracy on it {v['accuracy_se']:.2f} points, of a candidate's paired drop "
                  f"{_f(v.get('drop_se_median'), '.2f', '?')} points (median). Speed-up: dense p50 over candidate p50, timed interleaved in one run "
                  f"({fr['bench']['rounds']} rounds, batch {fr['bench']['inputs']}, {fr['runtime']}).")
     lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {metric_label(fr['metric'])} | drop (pts) | +- | agreement (%) | speed-up | meets |",
@@ -412,7 +431,8 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
         lines.append(f"Speed contest of the candidates within a few percent of the fastest (one interleaved run, {ct['rounds']} rounds): "
                      + ", ".join(f"#{k} {x:.3f}x" for k, x in ct["speedups"].items()) + ".")
     for ver in fr.get("verification") or []:
-        lines.append(f"Full-validation re-check of #{ver['candidate']}: {ver['accuracy']:.2f}% against dense {ver['dense_accuracy']:.2f}% "
+        what = "Full-validation figures" if v["samples"] == v["total"] else "Full-validation re-check"
+        lines.append(f"{what} of #{ver['candidate']}: {ver['accuracy']:.2f}% against dense {ver['dense_accuracy']:.2f}% "
                      f"on {ver['samples']} samples, drop {ver['drop']:+.2f} points: **{'passed' if ver['passed'] else 'failed'}**.")
     r = fr.get("reference")
     if r:
@@ -501,16 +521,24 @@ class CandidateLab:
         self.metric = headline_metric(task.data.task_type)
         val = task.data.require_labels("validation")
         n = len(val)
-        g = np.random.default_rng(ctx.opts.seed)
-        self.subset_idx = np.sort(g.permutation(n)[: min(settings.samples, n)])
         self.val_total = n
         self.full, full_order = self._split(val, np.arange(n))
-        self.subset, subset_order = self._split(val, self.subset_idx)
         self.dense_export = dense_export or ctx.export(ctx.model, self.workdir / "dense", "dense")
         self.dense_rt = ctx.runtime(self.dense_export)[0].load(self.dense_export["artifact"])
+        self._predict(self.dense_rt, self.subset_of(self.full, 8), "dense, warm-up")  # the first runs of a session are slow
+        t0 = time.perf_counter()
         self.dense_logits_full = self._predict(self.dense_rt, self.full, "dense, validation")
+        self.dense_pass_seconds = time.perf_counter() - t0
+        size = settings.samples or auto_subset_size(n, self.dense_pass_seconds, settings.eval_seconds)
+        self.sized = "fixed by --search-samples" if settings.samples else \
+            f"sized by time: one dense pass over the whole split took {self.dense_pass_seconds:.2f} s (at most {settings.eval_seconds:g} s wanted)"
+        g = np.random.default_rng(ctx.opts.seed)
+        self.subset_idx = np.sort(g.permutation(n)[: min(size, n)])
+        self.whole = len(self.subset_idx) == n  # candidates are evaluated on the whole split: their re-check is that evaluation
+        self.subset, subset_order = self._split(val, self.subset_idx)
         pos = {int(i): k for k, i in enumerate(full_order)}
         self.dense_logits_subset = self.dense_logits_full[[pos[int(i)] for i in subset_order]]
+        self.logits_subset: dict[int, np.ndarray] = {}
         self.candidates: list[Candidate] = []
         self.models: dict[int, object] = {}
         self.exports: dict[int, dict] = {}
@@ -531,6 +559,14 @@ class CandidateLab:
         else:
             inputs = val.inputs[torch.as_tensor(idx)]
         return Split(inputs, val.labels[torch.as_tensor(idx)]), idx
+
+    @staticmethod
+    def subset_of(split, k: int):
+        """``k`` samples spread over ``split`` (ordered by length: short and long ones)."""
+        from .data.types import Split
+
+        step = max(1, len(split) // k)
+        return Split(split.inputs[::step][:k], split.labels[::step][:k])
 
     def _predict(self, rt, split, what: str) -> np.ndarray:
         from .evaluate import predict
@@ -575,7 +611,8 @@ class CandidateLab:
         pruned = res.model
         exp = ctx.export(pruned, self.workdir / f"cand-{cid}", f"candidate #{cid}", parity=not self.defer_parity)
         rt = ctx.runtime(exp)[0].load(exp["artifact"])
-        logits = self._predict(rt, self.subset, f"candidate #{cid}, validation subset")
+        logits = self._predict(rt, self.subset, f"candidate #{cid}, validation " + ("split" if self.whole else "subset"))
+        self.logits_subset[cid] = logits
         sc = self._score(logits, self.subset, self.dense_logits_subset)
         d = p = float("nan")
         if timed:
@@ -593,10 +630,14 @@ class CandidateLab:
         return c
 
     def verify(self, c: Candidate, limit: float) -> dict:
-        """Re-check ``c`` on the full validation split."""
-        rt = self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
-        logits = self._predict(rt, self.full, f"candidate #{c.id}, full validation")
-        sc = self._score(logits, self.full, self.dense_logits_full)
+        """Re-check ``c`` on the full validation split (when the candidates were evaluated on all of it, that
+        evaluation is the re-check: the same samples, the same artefact)."""
+        if self.whole:
+            sc = self._score(self.logits_subset[c.id], self.subset, self.dense_logits_subset)
+        else:
+            rt = self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
+            logits = self._predict(rt, self.full, f"candidate #{c.id}, full validation")
+            sc = self._score(logits, self.full, self.dense_logits_full)
         v = {"candidate": c.id, "samples": sc["n"], "accuracy": round(sc["accuracy"], 4), "dense_accuracy": round(sc["dense_accuracy"], 4),
              "drop": round(sc["drop"], 4), "drop_se": _r(sc["drop_se"]) if sc["drop_se"] is not None else None,
              "limit": limit, "passed": bool(sc["drop"] <= limit + 1e-9)}
@@ -635,6 +676,7 @@ class CandidateLab:
         dense = self.dense_summary()
         ses = [c.drop_se for c in self.candidates if c.drop_se is not None and not math.isnan(c.drop_se)]
         return {"split": "validation", "samples": int(len(self.subset_idx)), "total": int(self.val_total), "seed": self.ctx.opts.seed,
+                "sized": self.sized, "dense_pass_seconds": round(self.dense_pass_seconds, 3),
                 "accuracy_se": round(accuracy_se(dense["accuracy"], len(self.subset_idx)), 3),
                 "drop_se_median": round(float(np.median(ses)), 3) if ses else None,
                 "dense_accuracy_full": dense["accuracy_full_validation"]}
@@ -701,8 +743,8 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     t0 = time.perf_counter()
     dense_export = ctx.export(ctx.model, staging / ctx.fmt / "dense", "dense")
     lab = CandidateLab(ctx, staging / ".search", settings, dense_export=dense_export, defer_parity=ctx.can_defer_parity)
-    step(f"searching the budget for {objective.describe()}: candidates on {len(lab.subset_idx)} of {lab.val_total} validation samples, "
-         f"{settings.rounds} interleaved rounds each")
+    step(f"searching the budget for {objective.describe()}: candidates on {len(lab.subset_idx)} of {lab.val_total} validation samples "
+         f"({lab.sized}), {settings.rounds} interleaved rounds each")
     # an accuracy limit is searched on accuracy alone: the candidates are timed afterwards, all together with the
     # dense model in one interleaved run (fewer runs than one dense-vs-candidate run each, and one run ranks them
     # fairly); a speed-up limit needs each candidate's speed to plan the next one
@@ -729,7 +771,8 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     verification = []
     chosen = None
     for c in ordered:
-        step(f"re-checking candidate #{c.id} (budget {c.budget:.4f}) on the full validation split ({lab.val_total} samples)")
+        if not lab.whole:
+            step(f"re-checking candidate #{c.id} (budget {c.budget:.4f}) on the full validation split ({lab.val_total} samples)")
         v = lab.verify(c, objective.limit) if objective.kind == "max_accuracy_drop" else lab.verify(c, float("inf"))
         verification.append(v)
         if v["passed"]:

@@ -118,6 +118,18 @@ def test_objective_and_settings_reject_bad_limits():
     assert plan_next(Objective("min_speedup", 2.0), [], SearchSettings())[0] == pytest.approx((0.5 - 0.2) / 0.8)
 
 
+def test_validation_subset_is_sized_by_the_time_of_one_dense_pass():
+    from optin_deploy.search import SUBSET_FLOOR, auto_subset_size
+
+    assert auto_subset_size(1275, 1.1, 2.0) == 1275  # a cheap split: all of it
+    assert auto_subset_size(10000, 8.0, 2.0) == 2500  # the share that fits in the time
+    assert auto_subset_size(10000, 200.0, 2.0) == SUBSET_FLOOR  # never fewer than the floor (100 would fit) ...
+    assert auto_subset_size(300, 80.0, 2.0) == 300  # ... nor more than the split
+    SearchSettings(samples=0).check()
+    with pytest.raises(OptinError, match="search-samples must be 0"):
+        SearchSettings(samples=5).check()
+
+
 def test_paired_standard_error():
     d = np.array([1, 1, 1, 0] * 25, bool)
     assert paired_drop_se(d, d) == 0.0
@@ -195,6 +207,9 @@ def test_search_build_returns_a_candidate_meeting_the_limit(searched):
     assert chosen["drop"] <= 35 and chosen["met"] is True
     ver = next(v for v in fr["verification"] if v["candidate"] == chosen["id"])
     assert ver["passed"] and ver["drop"] <= 35 and ver["samples"] == fr["validation"]["total"]
+    # a small split is evaluated whole (sized by time): the candidate's own figures are its full-validation check
+    assert fr["validation"]["samples"] == fr["validation"]["total"] and fr["validation"]["sized"].startswith("sized by time")
+    assert ver["drop"] == pytest.approx(chosen["drop"], abs=1e-3) and ver["accuracy"] == pytest.approx(chosen["accuracy"], abs=1e-3)
     assert 1 <= fr["search"]["candidates_measured"] <= 4
     # the bundle holds the chosen structure, and its test figures were computed
     assert report["macs"]["ratio"] == pytest.approx(chosen["macs_ratio"], abs=1e-3)
@@ -238,8 +253,8 @@ def test_frontier_file_has_the_documented_schema(searched):
 @pytest.mark.slow
 def test_unreachable_accuracy_limit_ends_with_one_line_and_the_best_candidate(self_labelled_task, tmp_path):
     out = tmp_path / "bundle"
-    proc = run_cli(*_search_args(self_labelled_task, out, "--max-accuracy-drop", "0", "--search-range", "0.1:0.3", "--search-candidates", "2"),
-                   check=False)
+    proc = run_cli(*_search_args(self_labelled_task, out, "--max-accuracy-drop", "0", "--search-range", "0.1:0.3", "--search-candidates", "2",
+                                 "--search-samples", "12"), check=False)
     assert proc.returncode == 4
     assert_one_line_error(proc, "no budget in [0.1, 0.3] keeps the validation accuracy drop within 0 points")
     assert "best candidate: budget" in proc.stderr and "raise --max-accuracy-drop" in proc.stderr
@@ -249,6 +264,10 @@ def test_unreachable_accuracy_limit_ends_with_one_line_and_the_best_candidate(se
     assert all(c["met"] is False for c in fr["candidates"])
     best = min(fr["candidates"], key=lambda c: c["drop"])
     assert fr["chosen"] == best["id"]
+    # a subset fixed by --search-samples: the candidates saw 12 samples, the best one was re-checked on all of them
+    v = fr["validation"]
+    assert v["samples"] == 12 < v["total"] and v["sized"] == "fixed by --search-samples"
+    assert [x["samples"] for x in fr["verification"]] == [v["total"]]
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After s
 RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit).")
 RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the reconstruction, towards plain surgery (> 0).")
 
-SEARCH_SAMPLES = typer.Option(400, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller).")
+SEARCH_SAMPLES = typer.Option(0, "--search-samples", help="Budget search / sweep: size of the fixed validation subset each candidate is evaluated on (the whole split when smaller). 0: the whole split when one pass of the dense model over it takes at most 2 s here, else the share that fits (at least 400).")
 SEARCH_CANDIDATES = typer.Option(5, "--search-candidates", help="Budget search: the most candidate budgets measured.")
 SEARCH_ROUNDS = typer.Option(12, "--search-rounds", help="Budget search / sweep: timed runs per model (with --max-accuracy-drop all candidates are timed with dense in one interleaved run after the search; otherwise each against dense).")
 
