@@ -117,7 +117,7 @@ def main() -> None:
             "stop_reason": fr["search"]["stop_reason"], "reachable": fr["reachable"],
             "validation_subset": fr["validation"]["samples"], "validation_total": fr["validation"]["total"],
             "accuracy_se": fr["validation"]["accuracy_se"], "drop_se_median": fr["validation"]["drop_se_median"],
-            "chosen": {k: chosen[k] for k in ("budget", "macs_ratio", "heads", "neurons", "drop", "drop_se", "speedup", "contest_speedup")},
+            "chosen": {k: chosen[k] for k in ("budget", "macs_ratio", "heads", "neurons", "drop", "drop_se", "speedup")},
             "chosen_full_validation": ver,
             "reference": [{k: c[k] for k in ("budget", "macs_ratio", "drop", "speedup")} | {"full_validation_drop": c["verification"]["drop"],
                                                                                          "meets": c["verification"]["passed"]} for c in refs],

@@ -15,9 +15,12 @@ and a short benchmark interleaved with the dense model on the target runtime. Th
    ``1/S``) between the two bracketing candidates, kept inside the middle of the bracket so that it
    shrinks at every step, until the bracket is narrower than ``tol`` or ``max_candidates`` were
    measured.
-3. **speed contest**: the candidates that meet the limit and whose single-run speed-ups are within
-   ``tie`` of the best are timed again together in one interleaved run; the fastest wins (accuracy
-   mode). Speed mode picks the most accurate candidate meeting the speed-up.
+   An accuracy search also stops when the next budget, in the middle of the bracket, would cost less than
+   ``tie`` (relative) below the budget that meets the limit: a gain the timing cannot resolve.
+3. **speed**: an accuracy search plans on accuracy alone; its candidates are then timed all together with
+   the dense model in one interleaved run (``rounds`` runs each, lasting at least ``contest_seconds``),
+   and the fastest candidate meeting the limit wins. Speed mode times each candidate against dense as it
+   goes and picks the most accurate candidate meeting the speed-up.
 4. **verify**: the choice is re-checked on the full validation split (the next preferred candidate
    is tried when it fails); when the candidates were evaluated on all of it, that evaluation is the
    check. Test data is never looked at here.
@@ -120,7 +123,6 @@ class Candidate:
     speedup: float = float("nan")  # dense p50 / pruned p50, same run
     met: bool | None = None  # meets the objective (None in a sweep)
     seconds: float = 0.0  # time spent on this candidate (select, slice, reconstruct, export, evaluate, time)
-    contest_speedup: float | None = None  # speed-up in the joint speed contest, when it ran
     verification: dict | None = None  # full-validation re-check
 
     def to_dict(self) -> dict:
@@ -145,9 +147,9 @@ class SearchSettings:
     rounds: int = 12  # interleaved benchmark rounds per candidate
     seconds: float = 0.25  # ... lasting at least this long (whole rounds): 12 runs of a 0.5 ms model are 6 ms
     warmup: int = 3
-    tie: float = 0.04  # candidates meeting the limit within this relative margin of the fastest are timed again, longer
-    contest_rounds: int = 20  # runs per model of that contest (and, at least 60, of the reference comparison)
-    contest_seconds: float = 2.0  # that contest (and the reference comparison) lasts at least this long
+    tie: float = 0.04  # the timing's resolution: an accuracy search stops when the next budget would cost less than this (relative) below the best met
+    reference_rounds: int = 60  # runs per model of the comparison with the reference budgets (--search-reference)
+    contest_seconds: float = 2.0  # the joint run timing an accuracy search's candidates (and the reference comparison) lasts at least this long
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
 
@@ -185,6 +187,7 @@ class SearchOutcome:
 # ------------------------------------------------------------------------------------ the search
 
 
+CLAMP = 0.25  # regula falsi keeps the next budget at least this share of the bracket away from its ends
 NARROW = 5  # a bracket at most this many tolerances wide stops when its ends' drops are within their standard error
 
 
@@ -236,6 +239,12 @@ def plan_next(objective: Objective, measured: Sequence[Candidate], settings: Sea
     a, b = sorted((g[0], x[0]))
     if b - a <= settings.tol:
         return None, f"bracket [{a:.4f}, {b:.4f}] narrower than the tolerance {settings.tol:g}"
+    if objective.feasible_high and (b - a) / 2 < settings.tie * g[0]:
+        # the budget is the cost the selection is given (MACs, or the latency table's time): a candidate in the middle
+        # of the bracket would be at most this much cheaper than the one meeting the limit, and measured latency
+        # shrinks no faster than that; below the timing's resolution, one more candidate cannot pay for itself
+        return None, (f"the next budget, in the middle of the bracket [{a:.4f}, {b:.4f}], would cost {(b - a) / 2 / g[0]:.1%} less than "
+                      f"{g[0]:.4f} (which meets the limit): under the timing's resolution ({settings.tie:.0%})")
     if objective.kind == "max_accuracy_drop" and b - a <= NARROW * settings.tol:
         # a narrow bracket whose two ends the validation subset cannot tell apart: a budget between them would be
         # chosen by noise (a wide one is still worth splitting: its ends differ in speed, and the drop may rise late)
@@ -249,7 +258,7 @@ def plan_next(objective: Objective, measured: Sequence[Candidate], settings: Sea
     (b1, s1), (b2, s2) = g, x
     t = b1 + (b2 - b1) * (0 - s1) / (s2 - s1) if s2 != s1 else (b1 + b2) / 2
     w = b - a
-    t = min(b - 0.25 * w, max(a + 0.25 * w, t))
+    t = min(b - CLAMP * w, max(a + CLAMP * w, t))
     t = min(hi, max(lo, t))
     if x[0] >= 1.0 and t > hi:  # bracketed only by the dense anchor
         t = hi
@@ -423,13 +432,6 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
         ct = fr["contest"]
         lines.append(f"The {len(ct['speedups'])} candidates were timed after the search, together with the dense model in one interleaved run "
                      f"({ct['runs_per_model']} runs each): the speed-ups above come from that one run.")
-        if ct.get("close_call"):
-            lines.append("Candidates meeting the limit within a few percent of the fastest, timed together again (longer): "
-                         + ", ".join(f"#{k} {x:.3f}x" for k, x in ct["close_call"]["speedups"].items()) + ".")
-    elif fr.get("contest"):
-        ct = fr["contest"]
-        lines.append(f"Speed contest of the candidates within a few percent of the fastest (one interleaved run, {ct['rounds']} rounds): "
-                     + ", ".join(f"#{k} {x:.3f}x" for k, x in ct["speedups"].items()) + ".")
     for ver in fr.get("verification") or []:
         what = "Full-validation figures" if v["samples"] == v["total"] else "Full-validation re-check"
         lines.append(f"{what} of #{ver['candidate']}: {ver['accuracy']:.2f}% against dense {ver['dense_accuracy']:.2f}% "
@@ -543,6 +545,7 @@ class CandidateLab:
         self.models: dict[int, object] = {}
         self.exports: dict[int, dict] = {}
         self.results: dict[int, object] = {}
+        self.runtimes: dict[int, object] = {}  # each candidate's loaded session, reused when it is timed
 
     @staticmethod
     def _split(val, idx: np.ndarray):
@@ -626,7 +629,7 @@ class CandidateLab:
                       drop=sc["drop"], drop_se=sc["drop_se"], agreement=sc["agreement"], latency_ms=p, dense_latency_ms=d, speedup=d / p,
                       seconds=time.perf_counter() - t0)
         self.candidates.append(c)
-        self.models[cid], self.exports[cid], self.results[cid] = pruned, exp, res
+        self.models[cid], self.exports[cid], self.results[cid], self.runtimes[cid] = pruned, exp, res, rt
         return c
 
     def verify(self, c: Candidate, limit: float) -> dict:
@@ -635,7 +638,7 @@ class CandidateLab:
         if self.whole:
             sc = self._score(self.logits_subset[c.id], self.subset, self.dense_logits_subset)
         else:
-            rt = self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
+            rt = self.runtimes.get(c.id) or self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
             logits = self._predict(rt, self.full, f"candidate #{c.id}, full validation")
             sc = self._score(logits, self.full, self.dense_logits_full)
         v = {"candidate": c.id, "samples": sc["n"], "accuracy": round(sc["accuracy"], 4), "dense_accuracy": round(sc["dense_accuracy"], 4),
@@ -645,13 +648,15 @@ class CandidateLab:
         return v
 
     def _with_dense(self, cands: Sequence[Candidate], rounds: int, min_seconds: float) -> dict:
-        """One interleaved benchmark of the dense model and the candidates ``cands`` (labels ``dense``, ``#id``)."""
+        """One interleaved benchmark of the dense model and the candidates ``cands`` (labels ``dense``, ``#id``). Their
+        sessions are the ones that just ran the validation split: one warm-up run each settles the benchmark's shape."""
         from .bench import benchmark
 
         rts = {"dense": (self.dense_rt, None)}
         for c in cands:
-            rts[f"#{c.id}"] = (self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"]), None)
-        return benchmark(rts, self.ctx.bench_np, warmup=self.settings.warmup, iters=rounds, baseline="dense", progress=False,
+            rt = self.runtimes.get(c.id) or self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
+            rts[f"#{c.id}"] = (rt, None)
+        return benchmark(rts, self.ctx.bench_np, warmup=min(1, self.settings.warmup), iters=rounds, baseline="dense", progress=False,
                          min_seconds=min_seconds)
 
     def contest(self, cands: Sequence[Candidate], rounds: int) -> dict[int, float]:
@@ -663,8 +668,8 @@ class CandidateLab:
         """Time every candidate in ``cands`` with the dense model in one interleaved run and record each one's
         latency and speed-up (dense p50 / candidate p50, same run): one run ranks them fairly, and costs fewer
         runs than a dense-vs-candidate run per candidate."""
-        # as much measurement in all as the candidates' own runs against dense would have had (``seconds`` each)
-        bench = self._with_dense(cands, rounds, self.settings.seconds * len(cands))
+        # at least as much measurement as the candidates' own runs against dense would have had (``seconds`` each)
+        bench = self._with_dense(cands, rounds, max(self.settings.contest_seconds, self.settings.seconds * len(cands)))
         d = bench["models"]["dense"]["p50_ms"]
         for c in cands:
             c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
@@ -711,6 +716,7 @@ class CandidateLab:
         return manifest
 
     def cleanup(self) -> None:
+        self.runtimes.clear()  # the sessions hold the candidates' files open
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -754,20 +760,9 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     if not timed and outcome.candidates:
         rounds = settings.rounds
         step(f"timing the {len(outcome.candidates)} candidates together with the dense model: one interleaved run, "
-             f"{rounds} runs each (at least {settings.seconds:g} s per candidate in all)")
+             f"{rounds} runs each (at least {settings.contest_seconds:g} s in all)")
         contest = lab.time_together(outcome.candidates, rounds)
     ordered = ranked(objective, outcome.candidates)
-    if contest is not None and len(ordered) > 1:
-        # the joint run is short; the candidates it cannot separate (within ``tie`` of the fastest) are timed again together
-        close = [c for c in ordered if c.speedup >= ordered[0].speedup * (1 - settings.tie)][:4]
-        if len(close) > 1:
-            step(f"speed contest: candidates {', '.join('#%d' % c.id for c in close)} within {settings.tie:.0%} of the fastest, "
-                 f"timed together again (at least {settings.contest_seconds:g} s)")
-            sp = lab.contest(close, settings.contest_rounds)
-            for c in close:
-                c.contest_speedup = sp[c.id]
-            contest["close_call"] = {"rounds": settings.contest_rounds, "speedups": {str(k): round(v, 4) for k, v in sp.items()}}
-            ordered = sorted(close, key=lambda c: -sp[c.id]) + [c for c in ordered if c not in close]
     verification = []
     chosen = None
     for c in ordered:
@@ -823,7 +818,7 @@ def _reference(lab: CandidateLab, objective: Objective, settings: SearchSettings
     if not ok:
         return {**out, "best_budget": None, "seconds": round(time.perf_counter() - t0, 2)}
     best = min(ok, key=lambda c: c.budget) if objective.kind == "max_accuracy_drop" else max(ok, key=lambda c: c.budget)
-    rounds = max(settings.contest_rounds, 60)
+    rounds = settings.reference_rounds
     step(f"reference: timing the chosen candidate #{chosen.id} against the best fixed budget {best.budget} and dense, {rounds} interleaved rounds")
     # a fixed budget can select exactly the chosen model (same kept heads and neurons): then it is one model,
     # timed once; two copies of one model timed side by side differ only by noise

@@ -82,6 +82,46 @@ def test_excluded_nodes_stay_fp32(mode, tmp_path):
     assert np.isfinite(rt.run({k: v.numpy() for k, v in text_inputs().items()})).all()
 
 
+@pytest.mark.parametrize("graph", ["fused", "dynamo"])
+def test_vectorised_per_channel_quantisation_is_bit_identical_to_onnxruntimes(graph, tmp_path, monkeypatch):
+    """quantize_int8 replaces onnxruntime's per-output-channel Python loop by one numpy pass per weight: every
+    initializer (int8 weights, scales, zero points) and every node must come out exactly as onnxruntime makes them,
+    with an all-zero output channel (the tiny-scale branch) and excluded nodes among them."""
+    import onnx
+
+    import optin_deploy.exporters.onnx as ox
+
+    model = make_tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight[3].zero_()  # an output channel of zeros
+        model.bert.encoder.layer[1].output.dense.weight[:, 5].zero_()
+    m = export_to_folder(model, text_inputs(), tmp_path / "b", profile=PROFILE, precision="fp32", graph=graph)
+    src = Path(m["artifact"])
+    exclude = [n for n in ox.quantizable_nodes(src, "dynamic") if n.endswith("MatMul")][:1]
+    calls = []
+    original = ox._per_channel_int8
+    monkeypatch.setattr(ox, "_per_channel_int8", lambda *a: calls.append(a[3]) or original(*a))
+    fast = tmp_path / "fast.onnx"
+    ox.quantize_int8(src, fast, exclude=exclude)
+    monkeypatch.setattr(ox, "VECTORISED_PER_CHANNEL", False)
+    slow = tmp_path / "slow.onnx"
+    ox.quantize_int8(src, slow, exclude=exclude)
+    assert calls, "the vectorised path was not used"
+    a, b = onnx.load(str(fast)), onnx.load(str(slow))
+    ia = {t.name: onnx.numpy_helper.to_array(t) for t in a.graph.initializer}
+    ib = {t.name: onnx.numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert set(ia) == set(ib)
+    for name in ib:
+        assert ia[name].dtype == ib[name].dtype and ia[name].shape == ib[name].shape and ia[name].tobytes() == ib[name].tobytes(), name
+    assert [(n.op_type, list(n.input), list(n.output)) for n in a.graph.node] == [(n.op_type, list(n.input), list(n.output)) for n in b.graph.node]
+    zero_scaled = [n for n in ia if n.endswith("_scale") and ia[n].ndim == 1 and (ia[n] == 1.0).any()]
+    assert zero_scaled, "no all-zero channel reached the tiny-scale branch"
+    # the original's path after the context: onnxruntime's own method is back
+    from onnxruntime.quantization import base_quantizer as bq
+
+    assert bq.BaseQuantizer.quantize_weight_per_channel_impl.__name__ == "quantize_weight_per_channel_impl"
+
+
 # ------------------------------------------------------------------------------------------ build
 
 
