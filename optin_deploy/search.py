@@ -18,7 +18,7 @@ and a short benchmark interleaved with the dense model on the target runtime. Th
    An accuracy search also stops when the next budget, in the middle of the bracket, would cost less than
    ``tie`` (relative) below the budget that meets the limit: a gain the timing cannot resolve.
 3. **speed**: an accuracy search plans on accuracy alone; its candidates are then timed all together with
-   the dense model in one interleaved run (``rounds`` runs each, lasting at least ``contest_seconds``),
+   the dense model in one interleaved run (``rounds`` runs each, lasting at least ``joint_seconds``),
    and the fastest candidate meeting the limit wins. Speed mode times each candidate against dense as it
    goes and picks the most accurate candidate meeting the speed-up.
 4. **verify**: the choice is re-checked on the full validation split (the next preferred candidate
@@ -149,7 +149,8 @@ class SearchSettings:
     warmup: int = 3
     tie: float = 0.04  # the timing's resolution: an accuracy search stops when the next budget would cost less than this (relative) below the best met
     reference_rounds: int = 60  # runs per model of the comparison with the reference budgets (--search-reference)
-    contest_seconds: float = 2.0  # the joint run timing an accuracy search's candidates (and the reference comparison) lasts at least this long
+    joint_seconds: float = 1.0  # the joint run timing an accuracy search's candidates lasts at least this long (a 0.7 ms ViT: ~250 runs each)
+    contest_seconds: float = 2.0  # the comparison with the reference budgets lasts at least this long
     fixed_fraction: float = 0.2  # assumed share of latency pruning cannot remove (first speed-up guess)
     reference: list[float] = field(default_factory=list)  # fixed budgets also measured, for comparison only
 
@@ -669,7 +670,7 @@ class CandidateLab:
         latency and speed-up (dense p50 / candidate p50, same run): one run ranks them fairly, and costs fewer
         runs than a dense-vs-candidate run per candidate."""
         # at least as much measurement as the candidates' own runs against dense would have had (``seconds`` each)
-        bench = self._with_dense(cands, rounds, max(self.settings.contest_seconds, self.settings.seconds * len(cands)))
+        bench = self._with_dense(cands, rounds, max(self.settings.joint_seconds, self.settings.seconds * len(cands)))
         d = bench["models"]["dense"]["p50_ms"]
         for c in cands:
             c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
@@ -760,7 +761,7 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
     if not timed and outcome.candidates:
         rounds = settings.rounds
         step(f"timing the {len(outcome.candidates)} candidates together with the dense model: one interleaved run, "
-             f"{rounds} runs each (at least {settings.contest_seconds:g} s in all)")
+             f"{rounds} runs each (at least {settings.joint_seconds:g} s in all)")
         contest = lab.time_together(outcome.candidates, rounds)
     ordered = ranked(objective, outcome.candidates)
     verification = []
