@@ -347,12 +347,15 @@ def _export_fused(module: torch.nn.Module, trace_inputs: dict, names: list[str],
     try:
         # "Input hidden size (..) is not same as ...": expected for pruned layers (heads are detected per node)
         with silenced("onnxruntime.transformers", "fusion_attention"):
-            opt = optimize_model(str(raw), kind, num_heads=0, hidden_size=0, optimization_options=fo, use_gpu=False)
+            # opt_level=0: the Python fusions only. Level 1 first runs onnxruntime's basic graph optimisations in a session
+            # and saves the result (0.45 s an export), which the session that loads the graph applies anyway: same fused
+            # operators and the same outputs on MiniLM-L6 (Attention 6, BiasGelu 6, LayerNormalization 13)
+            opt = optimize_model(str(raw), kind, num_heads=0, hidden_size=0, optimization_options=fo, use_gpu=False, opt_level=0)
             fused = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
             opt.save_model_to_file(str(dest))
     finally:
         raw.unlink(missing_ok=True)
-    return {"fusion_options": chosen, "fused_operators": fused, "optimizer": f"onnxruntime.transformers.optimize_model({kind!r}, num_heads=0)"}
+    return {"fusion_options": chosen, "fused_operators": fused, "optimizer": f"onnxruntime.transformers.optimize_model({kind!r}, num_heads=0, opt_level=0)"}
 
 
 QUANTIZATIONS = ("dynamic", "static")
