@@ -492,7 +492,7 @@ def plot_frontier(fr: Frontier, path: Path) -> None:
             ax.axvline(ref / fr.objective.limit, color="red", linestyle="--", linewidth=1, label=f"limit: {fr.objective.limit:g}x")
     ax.set_xlabel(f"latency p50 (ms, {fr.runtime}, {fr.bench['inputs']}; dense = {ref:.1f} ms, candidates scaled by their interleaved ratio)", fontsize=7)
     ax.set_ylabel(f"validation {metric_label(fr.metric)}, {fr.validation['samples']} samples")
-    ax.set_title(f"{fr.model}: {fr.metric} vs measured latency", fontsize=10)
+    ax.set_title(f"{Path(str(fr.model)).name or fr.model}: {fr.metric} vs measured latency", fontsize=10)  # a path: its last part
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
