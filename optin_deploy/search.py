@@ -639,7 +639,7 @@ class CandidateLab:
         if self.whole:
             sc = self._score(self.logits_subset[c.id], self.subset, self.dense_logits_subset)
         else:
-            rt = self.runtimes.get(c.id) or self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
+            rt = self._runtime(c.id)
             logits = self._predict(rt, self.full, f"candidate #{c.id}, full validation")
             sc = self._score(logits, self.full, self.dense_logits_full)
         v = {"candidate": c.id, "samples": sc["n"], "accuracy": round(sc["accuracy"], 4), "dense_accuracy": round(sc["dense_accuracy"], 4),
@@ -648,6 +648,12 @@ class CandidateLab:
         c.verification = v
         return v
 
+    def _runtime(self, cid: int):
+        """Candidate ``cid``'s loaded session: the one :meth:`measure` ran the validation split with, else loaded anew."""
+        if cid not in self.runtimes:
+            self.runtimes[cid] = self.ctx.runtime(self.exports[cid])[0].load(self.exports[cid]["artifact"])
+        return self.runtimes[cid]
+
     def _with_dense(self, cands: Sequence[Candidate], rounds: int, min_seconds: float) -> dict:
         """One interleaved benchmark of the dense model and the candidates ``cands`` (labels ``dense``, ``#id``). Their
         sessions are the ones that just ran the validation split: one warm-up run each settles the benchmark's shape."""
@@ -655,8 +661,7 @@ class CandidateLab:
 
         rts = {"dense": (self.dense_rt, None)}
         for c in cands:
-            rt = self.runtimes.get(c.id) or self.ctx.runtime(self.exports[c.id])[0].load(self.exports[c.id]["artifact"])
-            rts[f"#{c.id}"] = (rt, None)
+            rts[f"#{c.id}"] = (self._runtime(c.id), None)
         return benchmark(rts, self.ctx.bench_np, warmup=min(1, self.settings.warmup), iters=rounds, baseline="dense", progress=False,
                          min_seconds=min_seconds)
 

@@ -476,11 +476,12 @@ def vectorised_per_channel():
         from onnxruntime.quantization import quant_utils as qu
 
         original = bq.BaseQuantizer.quantize_weight_per_channel_impl
-        needed = (bq.find_by_name, bq.tensor_proto_to_array, bq.normalize_axis, bq.TENSOR_NAME_QUANT_SUFFIX, qu.get_qmin_qmax_for_qType)
+        # what _per_channel_int8 uses: an AttributeError here means a quantiser this code was not written against
+        bq.find_by_name, bq.tensor_proto_to_array, bq.normalize_axis, bq.TENSOR_NAME_QUANT_SUFFIX, qu.get_qmin_qmax_for_qType  # noqa: B018
     except (ImportError, AttributeError):
         yield
         return
-    if not VECTORISED_PER_CHANNEL or not all(x is not None for x in needed):
+    if not VECTORISED_PER_CHANNEL:
         yield
         return
 
@@ -542,9 +543,7 @@ def _per_channel_int8(self, bq, qu, weight_name, weight_qType, channel_axis, red
            onnx.helper.make_tensor(zp_name, weight_qType, [init.dims[axis]], np.zeros(channels, dtype=np.int8).tolist())]
     if not keep_float_weight:
         new.append(onnx.numpy_helper.from_array(np.ascontiguousarray(q).reshape(init.dims), q_name))
-    self.model.initializer_extend(new[:2])
-    if len(new) > 2:
-        self.model.initializer_extend(new[2:])
+    self.model.initializer_extend(new)
     return q_name, zp_name, scale_name
 
 
