@@ -58,7 +58,10 @@ def profile(path: Path, feed: dict, threads: int, runs: int, warmup: int) -> dic
         so.inter_op_num_threads = 1
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "p")
-        from optin_deploy.runtimes.ort import CPU_DISABLED_OPTIMIZERS
+        from optin_deploy.runtimes.ort import CPU_DISABLED_OPTIMIZERS, CPU_FLUSH_DENORMALS, DENORMAL_AS_ZERO
+
+        if CPU_FLUSH_DENORMALS:  # as the tool's CPU sessions run
+            so.add_session_config_entry(DENORMAL_AS_ZERO, "1")
 
         s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
         for _ in range(warmup):  # their runs are dropped below (only the last `runs` run ids count)

@@ -723,6 +723,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
                  "eval_samples": len(getattr(task.data, opts.eval_split)), "source": task.data.source},
         "profile": ctx.target.name,
         "runtime": exported.runtime,
+        # the session settings the deliverable was measured with (onnxruntime), for a server to match them
+        "run_with": _run_with(bench),
         "budget": {**budget, "seq_len": seq},  # the tokens per sample its MACs / latencies are counted at
         "macs": {"dense": dense_macs, "pruned": pruned_macs, "ratio": round(pruned_macs / dense_macs, 4), "seq_len": seq},
         "metric": metric,  # the key of the block below (REPORT_KEYS, METRIC_UNITS)
@@ -778,11 +780,12 @@ def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, st
 
 
 def openvino_alternatives(exports: dict, notes: list) -> dict:
-    """The dense model and the deliverable on OpenVINO (``openvino-cpu``), when it is installed: the same exports, the
+    """The dense model and the deliverable on OpenVINO (``openvino-cpu``, and ``openvino-cpu-bf16`` where the CPU has
+    bf16), when it is installed: the same exports, the
     file OpenVINO reads (the fp32 graph when the artifact holds onnxruntime's int8 ``QAttention``). Labels
     ``dense-openvino-PREC`` / ``pruned-openvino-PREC``; each entry is the export manifest with ``run_on`` set."""
     from .errors import MissingRuntimeError
-    from .runtimes.openvino import import_openvino, openvino_file
+    from .runtimes.openvino import bf16_supported, import_openvino, openvino_file
 
     try:
         import_openvino()
@@ -800,7 +803,18 @@ def openvino_alternatives(exports: dict, notes: list) -> dict:
         if note:
             notes.append(f"{label} on openvino-cpu: {note}")
         out[f"{label}-openvino-{prec}"] = {**e, "artifact": str(path), "precision": prec, "run_on": "openvino-cpu"}
+        if prec == "fp32" and bf16_supported():
+            # OpenVINO's bf16 inference of the same fp32 graph (its default on CPUs with bf16 / AMX): on an AMX host it
+            # is faster than onnxruntime int8, so the fastest dense alternative is not honest without it
+            out[f"{label}-openvino-bf16"] = {**e, "artifact": str(path), "precision": "bf16", "run_on": "openvino-cpu-bf16"}
     return out
+
+
+def _run_with(bench: dict) -> dict | None:
+    from .runtimes.ort import session_settings
+
+    desc = bench["models"]["pruned"].get("runtime") or {}
+    return session_settings(desc) if isinstance(desc, dict) else None
 
 
 def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:

@@ -488,6 +488,10 @@ def table_key(model: nn.Module, target: Target | str) -> str:
            "neurons": a.neurons_per_layer(), "hidden": [a.layer_hidden_size(l) for l in range(a.num_layers)],
            "head_dim": a.head_dim(), "runtime": p.runtime, "precision": p.precision, "threads": p.threads,
            "batch": t.batch, "seq_len": t.seq_len, "image_size": t.image_size, "cpu": cpu_name(), "ort": ort_version}
+    from .runtimes.ort import CPU_FLUSH_DENORMALS
+
+    if p.device == "cpu" and CPU_FLUSH_DENORMALS:  # tables timed with denormals kept are of another runtime setting
+        key["flush_denormals"] = True
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -72,6 +72,18 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     return files
 
 
+def _faster_profile_hint(fastest: str, runtime: str | None) -> str:
+    """When the pruned model ran faster on another runtime than the deliverable's: the built-in profile(s) that target it."""
+    if fastest == "pruned" or not runtime:
+        return ""
+    from .profiles import list_profiles
+
+    names = [p.name for p in list_profiles() if p.runtime_name == runtime]
+    if not names:
+        return f" It ran fastest on `{runtime}`, which no built-in profile targets: write a profile for it (`optin-deploy profiles show`)."
+    return f" To ship the fastest way, build with `--profile {names[0]}` (runtime `{runtime}`)."
+
+
 def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
     acc, lat, thr, macs = metric_block(report), report["latency_ms"], report["throughput"], report["macs"]
     gate = report.get("gate")
@@ -101,7 +113,8 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             f, ru = rank[pr["fastest"]], rank[pr["runner_up"]]
             lines += [f"The pruned model measured on {len(rank)} runtimes: fastest `{pr['fastest']}` ({f['runtime']}, {f['precision']}, "
                       f"{f['p50_ms']:.2f} ms, {f[acc['metric']]:.2f}%), runner-up `{pr['runner_up']}` ({ru['runtime']}, {ru['precision']}, "
-                      f"{ru['p50_ms']:.2f} ms, {ru[acc['metric']]:.2f}%); the deliverable runs as the profile says (`{report.get('runtime')}`).", ""]
+                      f"{ru['p50_ms']:.2f} ms, {ru[acc['metric']]:.2f}%); the deliverable runs as the profile says (`{report.get('runtime')}`)."
+                      + _faster_profile_hint(pr["fastest"], f["runtime"]), ""]
     lines += [
         f"- task: **{report['task']['name']}** ({report['task']['type']}, metric {acc['metric']}, {report['task']['eval_samples']} {report['task']['eval_split']} samples)",
         f"- target profile: **{report['profile']}**, runtime `{report['runtime']}`",
@@ -187,6 +200,17 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         fr = json.loads((path.parent / "frontier.json").read_text())
         lines += frontier_markdown(fr, "plots/frontier.png")
     lines += [f"![{k}]({v})" for k, v in plots.items()]
+    rw = report.get("run_with")
+    if rw:
+        from .runtimes.ort import DENORMAL_AS_ZERO, session_snippet
+
+        onnx_file = next((k for k in report.get("artifacts", {}) if k.startswith("onnx/pruned/") and k.endswith("model.onnx")), "onnx/pruned/model.onnx")
+        lines += ["", "## Running the deliverable", "", "The figures above were measured with these onnxruntime session settings:", "",
+                  "```python", session_snippet(rw, onnx_file), "```", ""]
+        if DENORMAL_AS_ZERO in (rw.get("session_config") or {}):
+            lines.append("Flushing denormal floats to zero is what makes the CPU run at these latencies on real inputs (it changes no "
+                         "prediction). onnxruntime applies it to its worker threads and, once per process, to the thread that creates the "
+                         "*first* session: create this session first, from the thread that will call `session.run`.")
     lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
     lines += [f"| `{k}` | {v['bytes']:,} |" for k, v in report["artifacts"].items()]
     path.write_text("\n".join(lines) + "\n")

@@ -81,14 +81,21 @@ def test_build_end_to_end(tiny_text_task, tmp_path, monkeypatch):
     try:  # with OpenVINO installed the dense model and the deliverable were also measured on it (from the fp32 graph)
         import openvino  # noqa: F401
 
+        from optin_deploy.runtimes.openvino import bf16_supported
+
         ov = {"dense-openvino-fp32", "pruned-openvino-fp32"}
+        if bf16_supported():  # and in bf16, where this CPU has it (OpenVINO's default there; on AMX the fastest)
+            ov |= {"dense-openvino-bf16", "pruned-openvino-bf16"}
     except ImportError:
         ov = set()
     assert set(b["models"]) == {"dense", "pruned", "dense-dynamo-fp32", "dense-fused-fp32"} | ov
     if ov:
         assert b["models"]["pruned-openvino-fp32"]["runtime"] == "openvino-cpu" and b["models"]["dense"]["runtime"] == "ort-cpu"
         assert b["fastest_dense"] != "pruned-openvino-fp32"  # the pruned model on another runtime is no dense alternative
-        assert set(b["pruned_runtimes"]) >= {"fastest", "runner_up"} and len(b["pruned_runtimes"]["ranking"]) == 2
+        assert set(b["pruned_runtimes"]) >= {"fastest", "runner_up"} and len(b["pruned_runtimes"]["ranking"]) == 1 + len(ov) // 2
+        if "pruned-openvino-bf16" in ov:
+            assert b["models"]["pruned-openvino-bf16"]["runtime"] == "openvino-cpu-bf16" and b["models"]["pruned-openvino-bf16"]["precision"] == "bf16"
+            assert b["fastest_dense"] != "pruned-openvino-bf16"
         assert "runner-up" in (out / "report.md").read_text()
     assert b["reference_fp32"] == "dense-dynamo-fp32" and b["fastest_dense"] in b["models"] and b["fastest_dense"] != "pruned"
     assert b["speedup_vs_fastest_dense"] <= b["speedup_vs_same_way"] + 1e-9 or b["fastest_dense"] == "dense"

@@ -123,3 +123,62 @@ def test_resolve_artifact(bert_onnx, tmp_path):
     assert resolve_artifact("some/model_dir") == ("torch-cpu", "some/model_dir", None)
     with pytest.raises(OptinError, match="export it first"):
         resolve_artifact("some/model_dir", "ort-cpu")
+
+
+_FLUSH_PROBE = r"""
+import json, sys
+import numpy as np
+from onnx import TensorProto, helper
+from optin_deploy.runtimes.ort import OrtRuntime
+
+# y = x * x: 1e-20 squared is 1e-40, a denormal float32; flushed to zero when FTZ is on
+g = helper.make_graph([helper.make_node("Mul", ["x", "x"], ["y"])], "g",
+                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+path = sys.argv[1]
+open(path, "wb").write(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+flush = {"default": None, "on": True, "off": False}[sys.argv[2]]
+rt = OrtRuntime("ort-cpu", threads=2, flush_denormals=flush).load(path)
+y = rt.run({"x": np.full(2_000_000, 1e-20, np.float32)})
+print(json.dumps({"zeros": int((y == 0).sum()), "size": int(y.size), "flush": rt.describe()["flush_denormals"],
+                  "settings": rt.session_settings()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["default", "off"])
+def test_ort_cpu_flushes_denormals_on_every_thread(tmp_path, mode):
+    """The CPU runtime flushes denormals to zero by default (real text makes a transformer's softmax produce
+    them; x86 multiplies them slowly), on onnxruntime's worker threads *and* the calling thread: every
+    element of a parallel elementwise op whose exact result is denormal comes back 0. With
+    ``flush_denormals=False`` none does. A fresh process each: onnxruntime sets the calling thread's mode
+    once per process, from the first session."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(_FLUSH_PROBE)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "mul.onnx"), mode], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if mode == "default":
+        assert r["flush"] is True and r["zeros"] == r["size"]
+        assert r["settings"]["session_config"] == {"session.set_denormal_as_zero": "1"}
+    else:
+        assert r["flush"] is False and r["zeros"] == 0
+        assert r["settings"]["session_config"] == {}
+    assert r["settings"]["intra_op_num_threads"] == 2 and r["settings"]["providers"] == ["CPUExecutionProvider"]
+
+
+def test_session_snippet_runs_and_matches_the_runtime(bert_onnx):
+    """The recipe a bundle report prints opens a session that gives the runtime's outputs."""
+    from optin_deploy.runtimes.ort import session_snippet
+
+    _, path = bert_onnx
+    o = get_runtime("ort-cpu", threads=2).load(path)
+    code = session_snippet(o.session_settings(), str(path))
+    assert "session.set_denormal_as_zero" in code and "SkipLayerNormFusion" in code
+    ns: dict = {}
+    exec(compile(code, "snippet", "exec"), ns)  # noqa: S102 - our own generated recipe
+    inputs = {k: v.numpy() for k, v in text_inputs(batch=3, seq=12, seed=5).items()}
+    feed = {i.name: inputs[i.name] for i in ns["session"].get_inputs()}
+    assert np.abs(ns["session"].run(None, feed)[0] - o.run(inputs)).max() < 1e-5

@@ -82,6 +82,15 @@ def openvino_file(manifest: dict) -> tuple[Path, str | None]:
     raise OptinError(f"{err}; this bundle has no fp32 graph OpenVINO reads: run it on ort-cpu")
 
 
+def bf16_supported() -> bool:
+    """Whether OpenVINO offers bf16 inference on this CPU (``openvino-cpu-bf16``: AVX512-BF16 or AMX)."""
+    try:
+        import_openvino()
+        return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - not installed, or no CPU plugin: no bf16 here
+        return False
+
+
 class OpenVinoRuntime(Runtime):
     def __init__(self, name: str = "openvino-cpu", threads: int | None = None, performance_hint: str = "LATENCY"):
         self.ov = import_openvino()
