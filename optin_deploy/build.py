@@ -621,16 +621,20 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                 exports[label] = settle_int8(ctx, exports[label], m, label, ctx.quantization, ctx.int8_max_drop, metric)
     rt_name = ctx.runtime_name(exports["pruned"])
     notes: list[str] = []
-    if not ctx.embedding:
-        alternatives = dense_alternatives(exports["dense"], precision) if (opts.baselines and fmt == "onnx" and rt_name == "ort-cpu") else []
+    if not ctx.embedding and opts.baselines and fmt == "onnx" and rt_name in CPU_RUNTIMES:
+        # on an OpenVINO profile every onnxruntime way is another runtime: none of them is the dense model's own way
+        alternatives = dense_alternatives(exports["dense"], precision if rt_name == "ort-cpu" else None)
         for label, graph, prec in alternatives:
             try:
                 exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False,
                                             quantization="dynamic" if prec == "int8" else None)
             except OptinError as exc:
                 notes.append(f"dense alternative {label} skipped: {exc}")
-        if opts.baselines and fmt == "onnx" and rt_name == "ort-cpu":
-            exports.update(openvino_alternatives(exports, notes))  # the dense model and the deliverable on OpenVINO, when installed
+                continue
+            if rt_name != "ort-cpu":
+                exports[label] = {**exports[label], "run_on": "ort-cpu"}
+        # the dense model and the deliverable on OpenVINO, when installed (but not the way the deliverable already runs)
+        exports.update(openvino_alternatives(exports, notes, own=rt_name))
     return Exported(exports, rt_name, precision, notes)
 
 
@@ -779,7 +783,11 @@ def dense_alternatives(dense_export: dict, precision: str) -> list[tuple[str, st
     return out
 
 
-def openvino_alternatives(exports: dict, notes: list) -> dict:
+#: the CPU runtimes whose builds also measure the dense alternatives (onnxruntime's ways and OpenVINO's)
+CPU_RUNTIMES = ("ort-cpu", "openvino-cpu", "openvino-cpu-bf16")
+
+
+def openvino_alternatives(exports: dict, notes: list, own: str = "ort-cpu") -> dict:
     """The dense model and the deliverable on OpenVINO (``openvino-cpu``, and ``openvino-cpu-bf16`` where the CPU has
     bf16), when it is installed: the same exports, the
     file OpenVINO reads (the fp32 graph when the artifact holds onnxruntime's int8 ``QAttention``). Labels
@@ -802,8 +810,9 @@ def openvino_alternatives(exports: dict, notes: list) -> dict:
         prec = e.get("precision") if note is None else "fp32"
         if note:
             notes.append(f"{label} on openvino-cpu: {note}")
-        out[f"{label}-openvino-{prec}"] = {**e, "artifact": str(path), "precision": prec, "run_on": "openvino-cpu"}
-        if prec == "fp32" and bf16_supported():
+        if own != "openvino-cpu":
+            out[f"{label}-openvino-{prec}"] = {**e, "artifact": str(path), "precision": prec, "run_on": "openvino-cpu"}
+        if prec == "fp32" and own != "openvino-cpu-bf16" and bf16_supported():
             # OpenVINO's bf16 inference of the same fp32 graph (its default on CPUs with bf16 / AMX): on an AMX host it
             # is faster than onnxruntime int8, so the fastest dense alternative is not honest without it
             out[f"{label}-openvino-bf16"] = {**e, "artifact": str(path), "precision": "bf16", "run_on": "openvino-cpu-bf16"}

@@ -105,21 +105,37 @@ def environment() -> dict:
 
 
 def ort_runtime_for(target: Target):
-    """The onnxruntime runtime that measures for ``target`` (raises a one-line error if missing).
+    """The runtime that measures for ``target`` (raises a one-line error if missing): onnxruntime's provider, or
+    OpenVINO for ``openvino-cpu`` profiles (in the profile's precision: bf16 -> ``openvino-cpu-bf16``).
 
     ``tensorrt`` profiles are measured through onnxruntime's TensorRT execution provider (the same
     TensorRT kernels), with fp16 enabled for fp16 profiles.
     """
     from .runtimes.ort import OrtRuntime
 
+    if target.runtime == "openvino-cpu":
+        from .runtimes.base import get_runtime
+
+        return get_runtime(target.runtime_name, threads=target.threads)
     name = {"onnxruntime-cpu": "ort-cpu", "onnxruntime-cuda": "ort-cuda", "onnxruntime-tensorrt": "ort-tensorrt",
             "tensorrt": "ort-tensorrt"}.get(target.runtime)
     if name is None:
-        raise OptinError(f"latency tables are measured with onnxruntime; profile {target.name} uses runtime {target.runtime}")
+        raise OptinError(f"latency tables are measured with onnxruntime or OpenVINO; profile {target.name} uses runtime {target.runtime}")
     opts = {}
     if name == "ort-tensorrt" and target.precision == "fp16":
         opts = {"trt_fp16_enable": True}
     return OrtRuntime(name, threads=target.threads if name == "ort-cpu" else None, provider_options=opts)
+
+
+def _call(rt, feed: dict) -> Callable[[], Any]:
+    """The cheapest call that runs ``rt`` once on ``feed`` (the session itself, without the runtime's checks)."""
+    session = getattr(rt, "session", None)
+    if session is not None:
+        return lambda: session.run(None, feed)
+    request = getattr(rt, "request", None)
+    if request is not None:  # OpenVINO
+        return lambda: request.infer(feed)
+    return lambda: rt.run(feed)
 
 
 def _feed(rt, inputs: Mapping[str, Any]) -> dict:
@@ -230,6 +246,8 @@ def export_model(model: nn.Module, inputs: Mapping[str, torch.Tensor], path: Pat
 
     precision = target.precision if target is not None and (target.runtime != "onnxruntime-cpu" or target.precision == "int8") else "fp32"
     graph = "auto" if target is None or target.runtime.startswith("onnxruntime") else "dynamo"  # TensorRT parses standard ops only
+    if target is not None and target.runtime == "openvino-cpu":  # OpenVINO reads the fused fp32 graph (bf16 is its inference precision)
+        precision, graph = "fp32", "auto"
     OnnxExporter().export(model, dict(inputs), path, profile=export_shape_profile(model, inputs, target), parity=False,
                           precision=precision, graph=graph)
     return path
@@ -246,7 +264,7 @@ def measure_model_ms(model: nn.Module, target: Target, inputs: Mapping[str, torc
         path = export_model(model, inputs, Path(tmp) / "model.onnx", target)
         rt = ort_runtime_for(target).load(path)
         feed = _feed(rt, inputs)
-        res = time_interleaved({"m": lambda: rt.session.run(None, feed)}, rounds=rounds, iters=iters, warmup=warmup)
+        res = time_interleaved({"m": _call(rt, feed)}, rounds=rounds, iters=iters, warmup=warmup)
     return res["m"]["median_ms"]
 
 
@@ -278,7 +296,7 @@ def make_relative_measure_fn(target: Target, dense_model: nn.Module, inputs: Map
         path = export_model(model, inputs, folder / "candidate.onnx", target)
         rt = ort_runtime_for(target).load(path)
         feed = _feed(rt, inputs)
-        res = time_interleaved({"dense": lambda: dense_rt.session.run(None, dense_feed), "candidate": lambda: rt.session.run(None, feed)},
+        res = time_interleaved({"dense": _call(dense_rt, dense_feed), "candidate": _call(rt, feed)},
                                rounds=rounds, iters=block, warmup=warmup)
         d, c = res["dense"]["median_ms"], res["candidate"]["median_ms"]
         history.append({"dense_ms": d, "candidate_ms": c, "ratio": c / d})
@@ -488,6 +506,13 @@ def table_key(model: nn.Module, target: Target | str) -> str:
            "neurons": a.neurons_per_layer(), "hidden": [a.layer_hidden_size(l) for l in range(a.num_layers)],
            "head_dim": a.head_dim(), "runtime": p.runtime, "precision": p.precision, "threads": p.threads,
            "batch": t.batch, "seq_len": t.seq_len, "image_size": t.image_size, "cpu": cpu_name(), "ort": ort_version}
+    if p.runtime == "openvino-cpu":
+        try:
+            import openvino
+
+            key["openvino"] = openvino.__version__
+        except ImportError:  # the measurement itself says how to install it
+            pass
     from .runtimes.ort import CPU_FLUSH_DENORMALS
 
     if p.device == "cpu" and CPU_FLUSH_DENORMALS:  # tables timed with denormals kept are of another runtime setting
@@ -579,7 +604,7 @@ def measure_lut(model: nn.Module, target: Target | str, *, mlp_step: int | None 
             path = export_model(m, inputs, tmp / f"{name}.onnx", target)
             rt = ort_runtime_for(target).load(path)
             feed = _feed(rt, inputs)
-            runners[name] = (lambda rt=rt, feed=feed: rt.session.run(None, feed))
+            runners[name] = _call(rt, feed)
             keep.append(rt)
         log(f"timing {len(runners)} models, {rounds} interleaved rounds of {iters} runs")
         res = time_interleaved(runners, rounds=rounds, iters=iters, warmup=warmup)

@@ -240,6 +240,26 @@ def test_real_measurement_on_tiny_bert(tmp_path):
     assert sel.cost <= budget * (1 + 1e-9)
 
 
+def test_real_measurement_through_openvino(tmp_path):
+    """An OpenVINO profile's table is measured through OpenVINO (the fused fp32 graph it reads), not onnxruntime,
+    and keys apart from onnxruntime's."""
+    pytest.importorskip("openvino")
+    from optin_deploy.lut import measure_lut, ort_runtime_for, table_key
+    from optin_deploy.target import resolve_target
+
+    prof = tmp_path / "tiny-ov.toml"
+    prof.write_text(TINY_PROFILE.replace('name = "tiny-cpu"', 'name = "tiny-ov"').replace('runtime = "onnxruntime-cpu"', 'runtime = "openvino-cpu"'))
+    target = resolve_target(prof)
+    assert ort_runtime_for(target).name == "openvino-cpu"
+    model = make_tiny_bert()
+    t = measure_lut(model, prof, mlp_step=24, rounds=2, iters=2, warmup=1)
+    assert t.environment["runtime"]["backend"] == "openvino" and t.environment["runtime"]["inference_precision"] == "f32"
+    assert len(t.attn_ms) == 5 and t.mlp_widths == [0, 24, 48] and t.dense_model_ms > 0
+    other = tmp_path / "tiny.toml"
+    other.write_text(TINY_PROFILE)
+    assert table_key(model, target) != table_key(model, resolve_target(other))
+
+
 def test_select_for_latency_stops_at_the_dense_model_and_never_ships_it():
     """Measurements far under the target (a table made while the machine was slower) make the loop
     raise the budget until the selection is the dense model: it stops there and returns a pruned round."""

@@ -148,3 +148,10 @@ def test_build_on_the_openvino_profile(tiny_text_task, tmp_path):
     r = json.loads((out / "report.json").read_text())
     assert r["runtime"] == "openvino-cpu-bf16" and r["precision"] == "fp32" and r["graph"]["pruned"]["kind"] == "fused"
     assert r["latency_ms"]["pruned"]["p50"] > 0 and 0 <= r["accuracy"]["pruned"] <= 100
+    # the dense alternatives a deployment engineer would otherwise ship were measured on onnxruntime beside it
+    # (int8 included), and the deliverable's own way is not measured twice
+    b = r["baselines"]
+    assert {"dense-dynamo-fp32", "dense-fused-fp32", "dense-fused-int8", "dense-openvino-fp32", "pruned-openvino-fp32"} <= set(b["models"])
+    assert "dense-openvino-bf16" not in b["models"] and "pruned-openvino-bf16" not in b["models"]
+    assert b["models"]["dense-fused-int8"]["runtime"] == "ort-cpu" and b["models"]["dense-fused-int8"]["precision"] == "int8"
+    assert b["models"]["dense"]["runtime"] == "openvino-cpu-bf16" and b["fastest_dense"] in b["models"]
