@@ -820,10 +820,14 @@ def openvino_alternatives(exports: dict, notes: list, own: str = "ort-cpu") -> d
 
 
 def _run_with(bench: dict) -> dict | None:
+    """How to open the deliverable as the build timed it: onnxruntime session settings or OpenVINO compile settings."""
+    from .runtimes.openvino import compile_settings
     from .runtimes.ort import session_settings
 
     desc = bench["models"]["pruned"].get("runtime") or {}
-    return session_settings(desc) if isinstance(desc, dict) else None
+    if not isinstance(desc, dict):
+        return None
+    return session_settings(desc) or compile_settings(desc)
 
 
 def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:

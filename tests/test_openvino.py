@@ -125,6 +125,23 @@ def test_bench_runtimes_bad_input(bundles):
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in proc.stderr
 
 
+def test_compile_snippet_runs_and_matches_the_runtime(bundles):
+    """The recipe an OpenVINO bundle's report prints compiles the file and gives the runtime's outputs."""
+    from optin_deploy.runtimes.openvino import compile_settings, compile_snippet
+
+    f = bundles["pruned"] / "model.fp32.onnx"
+    rt = get_runtime("openvino-cpu", threads=1).load(f)
+    settings = compile_settings(rt.describe())
+    assert settings["config"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1}
+    assert compile_settings({"backend": "onnxruntime"}) is None
+    ns: dict = {}
+    exec(compile(compile_snippet(settings, str(f)), "snippet", "exec"), ns)  # noqa: S102 - our own generated recipe
+    x = {k: v.numpy() for k, v in text_inputs(batch=2, seq=12, seed=4).items()}
+    feed = {i.get_any_name(): x[i.get_any_name()] for i in ns["compiled"].inputs}
+    out = ns["request"].infer(feed)[ns["compiled"].output(0)]
+    assert np.abs(np.asarray(out) - rt.run(x)).max() < 1e-5
+
+
 def test_openvino_profile():
     from optin_deploy.profiles import load_profile
 
@@ -155,3 +172,5 @@ def test_build_on_the_openvino_profile(tiny_text_task, tmp_path):
     assert "dense-openvino-bf16" not in b["models"] and "pruned-openvino-bf16" not in b["models"]
     assert b["models"]["dense-fused-int8"]["runtime"] == "ort-cpu" and b["models"]["dense-fused-int8"]["precision"] == "int8"
     assert b["models"]["dense"]["runtime"] == "openvino-cpu-bf16" and b["fastest_dense"] in b["models"]
+    assert r["run_with"]["backend"] == "openvino" and r["run_with"]["config"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert "core.compile_model(" in (out / "report.md").read_text()

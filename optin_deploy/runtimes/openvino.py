@@ -82,6 +82,24 @@ def openvino_file(manifest: dict) -> tuple[Path, str | None]:
     raise OptinError(f"{err}; this bundle has no fp32 graph OpenVINO reads: run it on ort-cpu")
 
 
+def compile_settings(desc: dict) -> dict | None:
+    """The ``Core.compile_model`` settings of an OpenVINO runtime from its ``describe()`` (None for other backends):
+    what a server sets to run an artefact as the build measured it."""
+    if desc.get("backend") != "openvino":
+        return None
+    config = {"PERFORMANCE_HINT": desc.get("performance_hint") or "LATENCY", "INFERENCE_PRECISION_HINT": desc.get("inference_precision") or "f32"}
+    if desc.get("threads"):
+        config["INFERENCE_NUM_THREADS"] = int(desc["threads"])
+    return {"backend": "openvino", "device": "CPU", "config": config}
+
+
+def compile_snippet(settings: dict, model_file: str) -> str:
+    """Python that compiles ``model_file`` with ``settings`` (:func:`compile_settings`): the bundle report's recipe."""
+    return "\n".join(["import openvino as ov", "", "core = ov.Core()",
+                      f"compiled = core.compile_model({model_file!r}, {settings.get('device', 'CPU')!r}, {dict(settings['config'])!r})",
+                      "request = compiled.create_infer_request()  # request.infer({'input_ids': ..., 'attention_mask': ...})"])
+
+
 def bf16_supported() -> bool:
     """Whether OpenVINO offers bf16 inference on this CPU (``openvino-cpu-bf16``: AVX512-BF16 or AMX)."""
     try:
