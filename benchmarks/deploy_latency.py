@@ -13,7 +13,8 @@ Given a bundle written by ``optin-deploy build`` (default profile: fused graph, 
    same process (all runs of dense, then all of pruned);
 2. **times what users would otherwise ship** with the same weights, all in one interleaved-blocks
    run per shape: onnxruntime on the plain dynamo export (fp32), on the fused graph (fp32), on the
-   fused graph in int8, and PyTorch eager, dense and pruned each, with test accuracy measured
+   fused graph in int8, OpenVINO on the fused fp32 graph (fp32, and bf16 where the CPU has it; when installed), and
+   PyTorch eager, dense and pruned each, with test accuracy measured
    through each artefact (``--no-accuracy`` skips it);
 3. writes ``results/deploy_latency.json`` and ``results/deploy_latency.md`` (the two tables).
 
@@ -119,6 +120,7 @@ def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args,
 
 
 AOTI_WAY = "PyTorch AOTInductor package (fp32)"
+OV_WAYS = {"openvino-cpu": "OpenVINO, fused graph (fp32)", "openvino-cpu-bf16": "OpenVINO, fused graph (bf16 inference)"}
 KEPT_WAY = "standalone, onnxruntime's default session (denormals kept)"
 NOT_WAYS = ("standalone_repeats", "reported_repeats", "reported_over_standalone", "standalone_kept_repeats")
 
@@ -197,6 +199,19 @@ def main() -> None:
         # the PyTorch artefact (AOTInductor package, fp32) when the bundle has one (optin-deploy export --format aoti)
         aoti = {l: bundle / "aoti" / l for l in ("dense", "pruned")}
         aoti = aoti if all((d / "export.json").exists() for d in aoti.values()) else None
+        # OpenVINO on the fused fp32 graphs, when installed: fp32, and bf16 where the CPU has it (on AMX the fastest way)
+        ov_ways = {}
+        fused = arts.get("onnxruntime, fused graph (fp32)")
+        if fused is not None:
+            from optin_deploy.runtimes.openvino import bf16_supported
+
+            try:
+                get_runtime("openvino-cpu")
+                ov_ways[OV_WAYS["openvino-cpu"]] = ("openvino-cpu", fused)
+                if bf16_supported():
+                    ov_ways[OV_WAYS["openvino-cpu-bf16"]] = ("openvino-cpu-bf16", fused)
+            except Exception:  # noqa: BLE001 - OpenVINO not installed: onnxruntime and PyTorch ways only
+                ov_ways = {}
 
         accuracy = {}
         if not args.no_accuracy:
@@ -212,6 +227,9 @@ def main() -> None:
             if aoti:
                 for l, d in aoti.items():
                     rts[f"{AOTI_WAY} | {l}"] = (get_runtime("torch-aoti-cpu", threads=args.threads), d)
+            for way, (name, (d, p)) in ov_ways.items():
+                rts[f"{way} | dense"] = (get_runtime(name, threads=args.threads), d)
+                rts[f"{way} | pruned"] = (get_runtime(name, threads=args.threads), p)
             ev = evaluate(task, rts, split="test", baseline=next(iter(rts)))
             metric = "accuracy" if "accuracy" in next(iter(ev["models"].values())) else "spearman"
             accuracy = {k: 100 * v[metric] for k, v in ev["models"].items()}
@@ -232,6 +250,9 @@ def main() -> None:
             if aoti:
                 for l, d in aoti.items():
                     targets[f"{AOTI_WAY} | {l}"] = (get_runtime("torch-aoti-cpu", threads=args.threads), d)
+            for way, (name, (d, p)) in ov_ways.items():
+                targets[f"{way} | dense"] = (get_runtime(name, threads=args.threads), d)
+                targets[f"{way} | pruned"] = (get_runtime(name, threads=args.threads), p)
             if dense_torch is not None:
                 targets["PyTorch eager (inference_mode) | dense"] = (get_runtime("torch-cpu", threads=args.threads), dense_torch)
                 targets["PyTorch eager (inference_mode) | pruned"] = (get_runtime("torch-cpu", threads=args.threads), pruned_model)
