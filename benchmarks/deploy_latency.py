@@ -105,10 +105,9 @@ def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args,
                         warmup=5, iters=iters, mode="blocks", block=10, baseline="dense", progress=False)
         for l in arts:
             reported[l].append(res["models"][l]["p50_ms"])
-        for l, a in (list(arts.items()) if r % 2 == 0 else list(arts.items())[::-1]):
-            alone[l].append(standalone(a, feed, threads, args.standalone_runs, 5, workdir, args.standalone_seconds))
-        for l, a in (list(arts.items()) if r % 2 == 0 else list(arts.items())[::-1]):
-            kept[l].append(standalone(a, feed, threads, args.standalone_runs, 5, workdir, args.standalone_seconds, flush=False))
+        for store, flush in ((alone, True), (kept, False)):
+            for l, a in (list(arts.items()) if r % 2 == 0 else list(arts.items())[::-1]):
+                store[l].append(standalone(a, feed, threads, args.standalone_runs, 5, workdir, args.standalone_seconds, flush=flush))
     out["blocks of 10 (reported)"] = {l: float(np.median(v)) for l, v in reported.items()}
     out["standalone (one process per model)"] = {l: float(np.median(v)) for l, v in alone.items()}
     out[KEPT_WAY] = {l: float(np.median(v)) for l, v in kept.items()}

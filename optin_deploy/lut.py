@@ -364,18 +364,18 @@ class LatencyTable:
             return 0.0, 0.0
         if len(t) == 2:
             return 0.0, float(t[1])
-        slope, intercept = np.polyfit(np.arange(1, len(t), dtype=float), np.asarray(t[1:], dtype=float), 1)
-        slope = max(float(slope), 0.0)
-        intercept = max(float(np.mean(t[1:])) - slope * (len(t) / 2.0), 0.0)  # refit the intercept under the clamped slope
+        slope = max(float(np.polyfit(np.arange(1, len(t), dtype=float), np.asarray(t[1:], dtype=float), 1)[0]), 0.0)
+        intercept = max(float(np.mean(t[1:])) - slope * (len(t) / 2.0), 0.0)  # the least-squares intercept under the clamped slope
         return intercept, slope
+
+    @staticmethod
+    def _on_line(line: tuple[float, float], H: int, h: int) -> float:
+        """Attention with ``h`` of ``H`` heads on a fitted ``line``: nothing without heads."""
+        return 0.0 if int(h) <= 0 or H <= 0 else line[0] + line[1] * min(int(h), H)
 
     def attn(self, h: int, layer: int | None = None) -> float:
         """A layer's attention with ``h`` heads: 0 without heads, else the fitted line (:meth:`attn_line`)."""
-        H = len(self._group(layer)["attn_ms"]) - 1
-        if int(h) <= 0 or H <= 0:
-            return 0.0
-        a, b = self.attn_line(layer)
-        return a + b * min(int(h), H)
+        return self._on_line(self.attn_line(layer), len(self._group(layer)["attn_ms"]) - 1, h)
 
     def mlp(self, f: int, layer: int | None = None) -> float:
         """Piecewise-linear interpolation of the MLP table (linear extrapolation past the ends)."""
@@ -408,9 +408,11 @@ class LatencyTable:
 
         L = self.num_layers
         fits = [self.linear_fit(l) for l in range(L)]
+        # each layer's attention line fitted once: the selection asks for attention costs hundreds of times a plan
+        lines = [(self.attn_line(l), len(self._group(l)["attn_ms"]) - 1) for l in range(L)]
 
         def attn(l: int, h: int) -> float:
-            return self.attn(h, l)
+            return self._on_line(*lines[l], h)
 
         fixed = self.empty_model_ms + sum(i for i, _ in fits)
         intercept, slope = fits[0]

@@ -201,16 +201,15 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         lines += frontier_markdown(fr, "plots/frontier.png")
     lines += [f"![{k}]({v})" for k, v in plots.items()]
     rw = report.get("run_with")
+    onnx_file = next((k for k in report.get("artifacts", {}) if k.startswith("onnx/pruned/") and k.endswith("model.onnx")), "onnx/pruned/model.onnx")
     if rw and rw.get("backend") == "openvino":
         from .runtimes.openvino import compile_snippet
 
-        onnx_file = next((k for k in report.get("artifacts", {}) if k.startswith("onnx/pruned/") and k.endswith("model.onnx")), "onnx/pruned/model.onnx")
         lines += ["", "## Running the deliverable", "", "The figures above were measured with these OpenVINO settings:", "",
                   "```python", compile_snippet(rw, onnx_file), "```", ""]
     elif rw:
         from .runtimes.ort import DENORMAL_AS_ZERO, session_snippet
 
-        onnx_file = next((k for k in report.get("artifacts", {}) if k.startswith("onnx/pruned/") and k.endswith("model.onnx")), "onnx/pruned/model.onnx")
         lines += ["", "## Running the deliverable", "", "The figures above were measured with these onnxruntime session settings:", "",
                   "```python", session_snippet(rw, onnx_file), "```", ""]
         if DENORMAL_AS_ZERO in (rw.get("session_config") or {}):
