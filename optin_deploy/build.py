@@ -225,10 +225,23 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
     from .int8 import check_quantization_options
 
-    check_quantization_options(opts.quantization, opts.int8_max_drop, target)
+    errors = []
+    for t in target.choices or (target,):  # a choosing profile: one candidate the options apply to is enough (the others are skipped)
+        try:
+            check_quantization_options(opts.quantization, opts.int8_max_drop, t)
+            break
+        except OptinError as exc:
+            errors.append(exc)
+    else:
+        raise errors[0]
     out = check_out(opts.out, force=opts.force, protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="bundle", checked=True, log=step) as staging:
-        check_target_available(target)
+        if target.choices:
+            from .choose import check_any_available
+
+            check_any_available(target)
+        else:
+            check_target_available(target)
         report = _build_into(staging, opts, target, budget)
         report["build_seconds"] = round(time.perf_counter() - t_start, 1)
         _write_reports(staging, report, opts, target)
@@ -457,7 +470,8 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
 
 
 # ------------------------------------------------------------------------------------------ stages
-# A build is load task + score (load_context) -> select, slice and reconstruct (select_stage) -> save
+# A build is load task + score (load_context) -> choose the target when the profile lists candidates
+# (choose.choose_stage) -> select, slice and reconstruct (select_stage) -> save
 # (save_stage) -> export (export_stage) -> validate (validate_stage) -> benchmark (benchmark_stage) ->
 # report and bundle (assemble_report, _write_reports). Each stage takes the BuildContext and the
 # typed outputs of the stages before it.
@@ -681,13 +695,18 @@ def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
 
 def _build_into(staging: Path, opts: BuildOptions, target: Target, budget: dict) -> dict:
     """The build: the stages in order, into ``staging``; returns the report."""
+    from .choose import choose_stage
+
     ctx = load_context(opts, target)
+    ctx, choice = choose_stage(ctx, staging)  # a choosing profile (the default x86-cpu): the target measured fastest here
     selected = select_stage(ctx, staging, budget)
     save_stage(ctx, selected, staging)
     exported = export_stage(ctx, selected, staging)
     validated = validate_stage(ctx, exported)
     benchmarked = benchmark_stage(ctx, exported)
-    return assemble_report(ctx, staging, budget, selected, exported, validated, benchmarked)
+    report = assemble_report(ctx, staging, budget, selected, exported, validated, benchmarked)
+    report["runtime_choice"] = choice.to_dict() if choice is not None else None
+    return report
 
 
 def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Selected, exported: Exported, validated: Validated,

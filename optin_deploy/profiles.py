@@ -30,6 +30,18 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
     # latency_ms = 12.5              # milliseconds on this target (needs a latency table)
     select_by = "macs"               # or "latency": a flops fraction weighs units by their measured latency here
 
+A profile may instead **choose its target by measurement**: it names candidate profiles (same batch, sequence
+length, image size and threads) and ``optin-deploy build`` exports the dense model for each one that can run here,
+times them interleaved and evaluates them on the validation split, then builds for the fastest whose metric is
+within ``equal_accuracy_points`` of the best (:mod:`optin_deploy.choose`)::
+
+    name = "x86-cpu"
+    description = "..."
+    choose_from = ["x86-cpu-ort", "x86-amx-openvino-bf16"]   # names, or .toml paths relative to this file
+    equal_accuracy_points = 0.5                               # optional (default 0.5)
+
+Other commands (``prune``, ``sweep``, ``lut``) take the first candidate.
+
 ``load_profile(name_or_path)`` validates everything and raises one-line :class:`OptinError`\\ s
 (unknown keys with a did-you-mean suggestion, wrong types, out-of-range values, min <= opt <= max).
 """
@@ -50,7 +62,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 from .errors import OptinError
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
-DEFAULT_PROFILE = "x86-cpu-ort"  # the target of build, sweep and prune when --profile is not given
+# the target of build, sweep and prune when --profile is not given: build measures onnxruntime int8 and OpenVINO bf16
+# here and builds for the faster (profiles/x86-cpu.toml); sweep and prune take its first candidate, x86-cpu-ort
+DEFAULT_PROFILE = "x86-cpu"
 
 #: profile runtime -> name in :mod:`optin_deploy.runtimes`
 RUNTIMES = {
@@ -100,6 +114,16 @@ _BUDGET: dict[str, tuple[type, Any, bool, str]] = {
     "latency_ms": (float, (0.0, 1e9), False, "target latency in milliseconds on this target"),
     "select_by": (str, ("macs", "latency"), False, "what a --flops fraction weighs units by: their MACs, or their latency measured on this target"),
 }
+# a profile that chooses its target among others by measurement (optin_deploy.choose)
+_CHOOSER: dict[str, tuple[type, Any, bool, str]] = {
+    "name": (str, None, True, "profile name (what --profile takes)"),
+    "description": (str, None, False, "one line about the target"),
+    "choose_from": (list, None, True, "candidate profiles (names, or .toml paths relative to this file): build measures the dense model "
+                                      "on each that can run here and builds for the fastest at equal accuracy"),
+    "equal_accuracy_points": (float, (0.0, 100.0), False, "candidates whose validation metric is within this many points of the best "
+                                                          "count as equally accurate (default 0.5)"),
+}
+DEFAULT_EQUAL_ACCURACY_POINTS = 0.5
 FIELDS = {"": _TOP, "shapes": _SHAPES, "budget": _BUDGET}
 
 
@@ -128,6 +152,14 @@ class Profile:
     int8_max_drop: float | None = None  # int8: the accuracy tolerance against the fp32 graph (None: not checked)
     budget_select_by: str = "macs"  # what a fraction budget weighs units by: "macs" or "latency" (the profile's measured table)
     path: str | None = field(default=None, compare=False)
+    # a choosing profile (``choose_from``): its candidates, the first of which gives the fields above
+    choose_from: tuple["Profile", ...] = field(default=(), compare=False)
+    equal_accuracy_points: float = DEFAULT_EQUAL_ACCURACY_POINTS
+
+    @property
+    def is_choice(self) -> bool:
+        """Whether this profile chooses its target among :attr:`choose_from` by measurement (``build``)."""
+        return bool(self.choose_from)
 
     @property
     def runtime_name(self) -> str:
@@ -148,7 +180,9 @@ class Profile:
                             self.min_seq, self.opt_seq or (self.seq_len or 128), self.max_seq or (self.seq_len or 512))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["choose_from"] = [p.name for p in self.choose_from]
+        return d
 
 
 def selection_kwargs(profile: Profile | None) -> dict:
@@ -198,7 +232,7 @@ def _check_table(table: dict, schema: dict, where: str, src: str) -> None:
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             ok = True
         if not ok:
-            tname = {str: "a string", int: "an integer", float: "a number", dict: "a table"}[typ]
+            tname = {str: "a string", int: "an integer", float: "a number", dict: "a table", list: "a list"}[typ]
             raise OptinError(f"{where}{key} in profile {src} must be {tname}, got {value!r} ({type(value).__name__})")
         if isinstance(allowed, tuple) and allowed and isinstance(allowed[0], str):
             if value not in allowed:
@@ -216,8 +250,38 @@ def _check_table(table: dict, schema: dict, where: str, src: str) -> None:
             raise OptinError(f"profile {src} lacks the required key {where}{key}")
 
 
-def parse_profile(data: dict, src: str = "<dict>") -> Profile:
+def _parse_choice(data: dict, src: str, stack: tuple[str, ...]) -> Profile:
+    """A profile that chooses among ``choose_from`` by measurement: the first candidate's fields, its own name."""
+    _check_table(data, _CHOOSER, "", src)
+    names = data["choose_from"]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise OptinError(f"choose_from in profile {src} must be a non-empty list of profile names or .toml paths, got {names!r}")
+    if len(set(names)) != len(names):
+        raise OptinError(f"choose_from in profile {src} names a profile twice: {names!r}")
+    here = Path(src).parent if src != "<dict>" else Path.cwd()
+    cands = []
+    for n in names:
+        spec = n if not (n.endswith(".toml") or "/" in n or os.sep in n) or Path(n).is_absolute() else str(here / n)
+        p = load_profile(spec, _stack=stack + ((str(Path(src).resolve()),) if src != "<dict>" else ()))
+        if p.is_choice:
+            raise OptinError(f"choose_from in profile {src} lists {n!r}, which chooses among profiles itself; list the profiles it chooses from")
+        cands.append(p)
+    first = cands[0]
+    for p in cands[1:]:
+        for key in ("batch_size", "seq_len", "image_size", "threads"):
+            if getattr(p, key) != getattr(first, key):
+                raise OptinError(f"the candidates of profile {src} must be timed at one shape: {first.name} has {key} = {getattr(first, key)}, "
+                                 f"{p.name} has {getattr(p, key)}; list profiles with the same batch_size, seq_len, image_size and threads")
+    from dataclasses import replace
+
+    return replace(first, name=data["name"], description=data.get("description", first.description), path=src, choose_from=tuple(cands),
+                   equal_accuracy_points=float(data.get("equal_accuracy_points", DEFAULT_EQUAL_ACCURACY_POINTS)))
+
+
+def parse_profile(data: dict, src: str = "<dict>", _stack: tuple[str, ...] = ()) -> Profile:
     """Validate a parsed TOML table and build the :class:`Profile`."""
+    if "choose_from" in data:
+        return _parse_choice(data, src, _stack)
     _check_table(data, _TOP, "", src)
     shapes = data.get("shapes", {})
     budget = data.get("budget", {})
@@ -270,11 +334,13 @@ def parse_profile(data: dict, src: str = "<dict>") -> Profile:
     )
 
 
-def load_profile(name_or_path: str | os.PathLike | Profile) -> Profile:
+def load_profile(name_or_path: str | os.PathLike | Profile, _stack: tuple[str, ...] = ()) -> Profile:
     """A built-in profile by name (``x86-cpu-ort``) or a profile file by path, validated."""
     if isinstance(name_or_path, Profile):
         return name_or_path
     path = _resolve(name_or_path)
+    if str(Path(path).resolve()) in _stack:
+        raise OptinError(f"profile {path} lists itself through choose_from ({' -> '.join(_stack)}); list profiles that run the model")
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -282,12 +348,16 @@ def load_profile(name_or_path: str | os.PathLike | Profile) -> Profile:
         raise OptinError(f"profile {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise OptinError(f"cannot read profile {path}: {exc.strerror or exc}") from None
-    return parse_profile(data, str(path))
+    return parse_profile(data, str(path), _stack)
 
 
 def explain(profile: Profile) -> list[tuple[str, str, str]]:
     """``(key, value, explanation)`` rows for every field (``optin-deploy profiles show``)."""
     rows = []
+    if profile.is_choice:
+        rows.append(("choose_from", ", ".join(p.name for p in profile.choose_from), _CHOOSER["choose_from"][3]
+                     + f"; the fields below are {profile.choose_from[0].name}'s, which prune, sweep and lut take"))
+        rows.append(("equal_accuracy_points", f"{profile.equal_accuracy_points:g}", _CHOOSER["equal_accuracy_points"][3]))
     for key, (_, _, _, doc) in _TOP.items():
         if key in ("shapes", "budget"):
             continue

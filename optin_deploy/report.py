@@ -78,10 +78,40 @@ def _faster_profile_hint(fastest: str, runtime: str | None) -> str:
         return ""
     from .profiles import list_profiles
 
-    names = [p.name for p in list_profiles() if p.runtime_name == runtime]
+    names = [p.name for p in list_profiles() if p.runtime_name == runtime and not p.is_choice]
     if not names:
         return f" It ran fastest on `{runtime}`, which no built-in profile targets: write a profile for it (`optin-deploy profiles show`)."
     return f" To ship the fastest way, build with `--profile {names[0]}` (runtime `{runtime}`)."
+
+
+def _choice_lines(choice: dict | None) -> list[str]:
+    """report.md: how a choosing profile (the default ``x86-cpu``) picked the target, candidate by candidate."""
+    if not choice:
+        return []
+    c = {x["profile"]: x for x in choice["candidates"]}
+    measured = [x for x in choice["candidates"] if x["p50_ms"] is not None]
+    head = f"Target chosen by measurement (profile `{choice['chooser']}`): **`{choice['chosen']}`** ({c[choice['chosen']]['runtime']}, {c[choice['chosen']]['precision']})"
+    if choice.get("runner_up"):
+        r = c[choice["runner_up"]]
+        head += f"; runner-up `{choice['runner_up']}` ({r['runtime']}, {r['precision']})"
+    if measured:
+        head += (f". The dense model was exported for each candidate, evaluated on the {choice['split']} split and timed interleaved; the fastest "
+                 f"within {choice['equal_accuracy_points']:g} points of the most accurate was kept ({choice['seconds']:.0f} s).")
+    else:
+        head += "."
+    lines = [head, ""]
+    if choice.get("note"):
+        lines += [f"Note: {choice['note']}.", ""]
+    if measured or any(x.get("skipped") for x in choice["candidates"]):
+        metric = choice.get("metric") or "metric"
+        lines += [f"| candidate | runtime | precision | dense p50 ms | {choice['split']} {metric} | equally accurate | |", "|---|---|---|---:|---:|---|---|"]
+        for x in choice["candidates"]:
+            mark = "chosen" if x["profile"] == choice["chosen"] else ("runner-up" if x["profile"] == choice.get("runner_up") else (x.get("skipped") or ""))
+            lines.append(f"| {x['profile']} | {x['runtime']} | {x['precision']} | " + (f"{x['p50_ms']:.2f}" if x["p50_ms"] is not None else "-")
+                         + " | " + (f"{x['metric']:.2f}" if x["metric"] is not None else "-") + " | "
+                         + ("-" if x.get("eligible") is None else ("yes" if x["eligible"] else "no")) + f" | {mark} |")
+        lines.append("")
+    return lines
 
 
 def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
@@ -115,6 +145,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
                       f"{f['p50_ms']:.2f} ms, {f[acc['metric']]:.2f}%), runner-up `{pr['runner_up']}` ({ru['runtime']}, {ru['precision']}, "
                       f"{ru['p50_ms']:.2f} ms, {ru[acc['metric']]:.2f}%); the deliverable runs as the profile says (`{report.get('runtime')}`)."
                       + _faster_profile_hint(pr["fastest"], f["runtime"]), ""]
+    lines += _choice_lines(report.get("runtime_choice"))
     lines += [
         f"- task: **{report['task']['name']}** ({report['task']['type']}, metric {acc['metric']}, {report['task']['eval_samples']} {report['task']['eval_split']} samples)",
         f"- target profile: **{report['profile']}**, runtime `{report['runtime']}`",

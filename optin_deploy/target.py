@@ -13,7 +13,7 @@ profile's ``shapes`` (:meth:`Target.shape`). Example inputs at that shape come f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -30,6 +30,10 @@ class Target:
     precision: str
     runtime: str  # the profile's runtime as the profile names it (onnxruntime-cpu, tensorrt, ...)
     runtime_name: str  # the :func:`optin_deploy.runtimes.base.get_runtime` name (ort-cpu, tensorrt, ...)
+    # resolved from a choosing profile (``choose_from``): the profile that chooses, and its candidates resolved as targets
+    # (this target is the first until ``build`` measures them all: :mod:`optin_deploy.choose`)
+    chooser: Profile | None = None
+    choices: tuple["Target", ...] = ()
 
     @property
     def name(self) -> str:
@@ -96,5 +100,12 @@ def resolve_target(spec: "Target | Profile | str | os.PathLike") -> Target:
     if isinstance(spec, Target):
         return spec
     p = load_profile(spec)
+    if p.is_choice:  # the first candidate, until build measures them all (optin_deploy.choose)
+        choices = tuple(_target(c) for c in p.choose_from)
+        return replace(choices[0], chooser=p, choices=choices)
+    return _target(p)
+
+
+def _target(p: Profile) -> Target:
     return Target(profile=p, batch=p.batch_size, seq_len=p.seq_len or p.opt_seq or 128, image_size=p.image_size, threads=p.threads,
                   precision=p.precision, runtime=p.runtime, runtime_name=p.runtime_name)

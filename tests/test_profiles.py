@@ -101,7 +101,7 @@ def test_missing_file_unknown_name_and_bad_toml(tmp_path):
     with pytest.raises(OptinError, match="does not exist"):
         load_profile(tmp_path / "nope.toml")
     with pytest.raises(OptinError, match="did you mean 'x86-cpu-ort'"):
-        load_profile("x86-cpu")
+        load_profile("x86-cpu-or")
     with pytest.raises(OptinError, match="not valid TOML"):
         load_profile(write(tmp_path, "name = [", "bad.toml"))
 

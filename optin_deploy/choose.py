@@ -1,0 +1,199 @@
+"""Choose the build's target by measurement: the profile whose runtime runs the dense model fastest here.
+
+A choosing profile (``choose_from = [...]``, e.g. the default ``x86-cpu``) names candidate profiles timed at one
+shape. Before selection, :func:`choose_stage` exports the dense model for every candidate that can run on this
+machine, evaluates each export on the validation split through its runtime (never the test split the report
+states) and times them interleaved in blocks at the benchmark shape, then keeps the fastest whose metric is within
+``equal_accuracy_points`` of the best candidate's; the next fastest is the runner-up the report names. The build then
+runs for that profile (its latency table, alignment and precision). What the choice rests on is the dense model: it is
+the figure a deployment engineer would ship without pruning, and the deliverable is measured against it afterwards.
+
+Sentence-embedding models have no labelled metric: a candidate counts as equally accurate when its embeddings'
+mean cosine to the first candidate's is at least ``1 - equal_accuracy_points / 100``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import OptinError
+from .progress import step
+
+
+CHOICE_ITERS = 100  # timed runs per candidate, at most
+
+
+@dataclass
+class Candidate:
+    """One candidate profile as measured (or why it was not)."""
+
+    profile: str
+    runtime: str
+    precision: str
+    p50_ms: float | None = None
+    metric: float | None = None  # validation metric in points (embeddings: mean cosine to the first candidate x 100)
+    skipped: str | None = None  # why it was not measured: cannot run here, or its export failed
+    eligible: bool | None = None  # within equal_accuracy_points of the best
+
+
+@dataclass
+class RuntimeChoice:
+    """What :func:`choose_stage` measured and chose (``report.json`` ``runtime_choice``)."""
+
+    chooser: str
+    chosen: str
+    runner_up: str | None
+    metric: str | None
+    split: str
+    equal_accuracy_points: float
+    candidates: list[Candidate] = field(default_factory=list)
+    seconds: float = 0.0
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "candidates": [asdict(c) for c in self.candidates]}
+
+    def summary(self) -> str:
+        """One line for the log and the report."""
+        by = {c.profile: c for c in self.candidates}
+        c = by[self.chosen]
+        line = f"{self.chosen} ({c.runtime}, {c.precision}" + (f", dense {c.p50_ms:.2f} ms" if c.p50_ms is not None else "") + ")"
+        if self.runner_up:
+            r = by[self.runner_up]
+            line += f"; runner-up {self.runner_up} ({r.runtime}, {r.precision}, dense {r.p50_ms:.2f} ms"
+            if r.metric is not None and c.metric is not None:
+                line += f", validation {r.metric:.2f} vs {c.metric:.2f}"
+            line += ")"
+        skipped = [f"{x.profile} ({x.skipped})" for x in self.candidates if x.skipped]
+        if skipped:
+            line += "; not measured: " + "; ".join(skipped)
+        return line
+
+
+def pick(candidates: list[Candidate], equal_accuracy_points: float) -> tuple[str, str | None]:
+    """The fastest measured candidate whose metric is within ``equal_accuracy_points`` of the best one's (every
+    measured candidate when none has a metric), and the runner-up: the fastest of the other measured candidates.
+    Sets each measured candidate's ``eligible``."""
+    measured = [c for c in candidates if c.skipped is None]
+    if not measured:
+        raise OptinError("no candidate profile could be measured here")
+    scored = [c.metric for c in measured if c.metric is not None]
+    best = max(scored) if scored else None
+    for c in measured:
+        c.eligible = best is None or (c.metric is not None and c.metric >= best - equal_accuracy_points - 1e-9)
+    chosen = min((c for c in measured if c.eligible), key=lambda c: c.p50_ms)
+    rest = sorted((c for c in measured if c is not chosen), key=lambda c: c.p50_ms)
+    return chosen.profile, (rest[0].profile if rest else None)
+
+
+def check_any_available(target) -> None:
+    """Fail before any expensive work when none of a choosing profile's candidates can run here."""
+    from .build import check_target_available
+
+    reasons = []
+    for t in target.choices:
+        try:
+            check_target_available(t)
+            return
+        except OptinError as exc:
+            reasons.append(f"{t.name}: {str(exc).splitlines()[0][:200]}")
+    raise OptinError(f"none of the candidates of profile {target.chooser.name} can run here ({'; '.join(reasons)}); pick a profile "
+                     f"that runs on this machine (optin-deploy profiles list)")
+
+
+def choose_stage(ctx, staging: Path):
+    """When the build's profile chooses among candidates: measure them and return ``(ctx for the chosen profile,
+    RuntimeChoice)``; otherwise ``(ctx, None)``. The candidates' exports are written under ``staging`` and removed."""
+    from .build import check_target_available
+    from .int8 import check_quantization_options
+
+    target, opts = ctx.target, ctx.opts
+    if not target.choices:
+        return ctx, None
+    chooser = target.chooser
+    t0 = time.perf_counter()
+    cands: list[Candidate] = []
+    ctxs = {}
+    for t in target.choices:
+        c = Candidate(t.name, t.runtime_name, t.precision)
+        cands.append(c)
+        try:
+            check_target_available(t)
+        except OptinError as exc:
+            c.skipped = f"cannot run here: {str(exc).splitlines()[0][:200]}"
+            continue
+        try:  # --quantization / --int8-max-drop ask for an int8 deliverable: the other candidates are not what was asked
+            check_quantization_options(opts.quantization, opts.int8_max_drop, t)
+        except OptinError as exc:
+            c.skipped = f"not what the options ask for: {str(exc).split(';')[0][:200]}"
+            continue
+        ctxs[t.name] = replace(ctx, target=t, sel_kwargs=t.selection_kwargs, _costs=None, cost_info={})
+    metric_name = None
+    split = "validation"
+    note = None
+    if opts.lut:  # a latency table belongs to one profile: build for the first candidate that can run
+        note = "--lut given: a latency table is measured for one runtime, so the first candidate that runs here was taken"
+        for c in [c for c in cands if c.skipped is None][1:]:
+            c.skipped = "--lut given"
+    runnable = [c for c in cands if c.skipped is None]
+    if not runnable:
+        raise OptinError(f"none of the candidates of profile {chooser.name} can run here: "
+                         + "; ".join(f"{c.profile}: {c.skipped}" for c in cands))
+    if len(runnable) > 1:
+        step(f"profile {chooser.name}: choosing among {', '.join(c.profile for c in runnable)} by measuring the dense model on each "
+             f"(validation split, then timed interleaved)")
+        root = staging / "runtime-choice"
+        try:
+            metric_name = _measure(ctx, ctxs, runnable, root, split)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+    chosen, runner_up = pick(cands, chooser.equal_accuracy_points)
+    choice = RuntimeChoice(chooser.name, chosen, runner_up, metric_name, split, chooser.equal_accuracy_points, cands,
+                           round(time.perf_counter() - t0, 1), note)
+    step(f"target chosen by measurement: {choice.summary()}")
+    return ctxs[chosen], choice
+
+
+def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str) -> str | None:
+    """Export, evaluate and time the dense model for every runnable candidate (in place); returns the metric's name."""
+    from .bench import benchmark, print_bench_table
+    from .evaluate import evaluate, headline_metric
+
+    exports = {}
+    for c in runnable:
+        cx = ctxs[c.profile]
+        try:
+            exports[c.profile] = cx.export(ctx.model, root / c.profile, f"dense ({c.profile})", parity=not cx.can_defer_parity)
+        except OptinError as exc:
+            c.skipped = f"export failed: {str(exc).splitlines()[0][:200]}"
+    live = [c for c in runnable if c.skipped is None]
+    if not live:
+        return None
+    metric_name = None
+    if ctx.embedding:
+        from .embedding_eval import evaluate_embeddings
+
+        ev = evaluate_embeddings(ctx.task, {c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, split=split,
+                                 baseline=live[0].profile)
+        metric_name = "cosine_to_first_x100"
+        for c in live:
+            c.metric = 100.0 if c is live[0] else 100.0 * float(ev["models"][c.profile]["cosine_mean"])
+    else:
+        metric = headline_metric(ctx.task.data.task_type)
+        ev = evaluate(ctx.task, {c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, split=split)
+        values = {c.profile: ev["models"][c.profile].get(metric) for c in live}
+        if all(v is not None for v in values.values()):  # an unlabelled validation split: chosen by time alone
+            metric_name = metric
+            for c in live:
+                c.metric = round(100.0 * float(values[c.profile]), 3)
+    o = ctx.opts
+    # the build's timing settings, at most CHOICE_ITERS runs each: the choice needs the order, the report's figures come later
+    bench = benchmark({c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, ctx.bench_np, warmup=min(o.bench_warmup, CHOICE_ITERS),
+                      iters=min(o.bench_iters, CHOICE_ITERS), baseline=live[0].profile, block=o.bench_block, min_seconds=o.bench_min_seconds)
+    print_bench_table(bench, title="the dense model on each candidate profile")
+    for c in live:
+        c.p50_ms = round(float(bench["models"][c.profile]["p50_ms"]), 3)
+    return metric_name
