@@ -647,6 +647,15 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                 continue
             if rt_name != "ort-cpu":
                 exports[label] = {**exports[label], "run_on": "ort-cpu"}
+        if rt_name != "ort-cpu" and any(prec == "int8" for _, _, prec in alternatives):
+            # the deliverable quantised for onnxruntime int8 too: what the pruned model gives on the runtime an OpenVINO
+            # profile was chosen over (the default x86-cpu's runner-up on an AMX host)
+            try:
+                exports["pruned-fused-int8"] = {**ctx.export(selected.model, staging / "baselines" / "pruned-fused-int8", "pruned, for onnxruntime int8",
+                                                             precision="int8", graph="fused", optimize=False, quantization="dynamic"),
+                                                "run_on": "ort-cpu"}
+            except OptinError as exc:
+                notes.append(f"pruned-fused-int8 skipped: {exc}")
         # the dense model and the deliverable on OpenVINO, when installed (but not the way the deliverable already runs)
         exports.update(openvino_alternatives(exports, notes, own=rt_name))
     return Exported(exports, rt_name, precision, notes)
@@ -772,7 +781,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "search": selected.search.to_dict() if selected.search is not None else None,
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
-        "precision": exported.precision,
+        "precision": exported.precision,  # the exported graph's (fp32 for OpenVINO bf16, which runs it in bf16)
+        "inference_precision": ctx.target.precision,  # what the deliverable computes in on its runtime
         # int8: how each model was quantised (dynamic / static; with auto or a tolerance, both ways' timings and accuracies and why one was kept)
         "quantization": {l: exports[l]["quantization"] for l in ("dense", "pruned") if exports[l].get("quantization")} or None,
         "baselines": baselines,
@@ -860,8 +870,10 @@ def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precisio
     rows = {}
     for l in exports:
         g = exports[l].get("graph") or {}
-        rows[l] = {"graph": g.get("kind"), "precision": exports[l].get("precision"), "p50_ms": round(p50[l], 3),
-                   "runtime": (bench["models"][l].get("runtime") or {}).get("runtime"),
+        runtime = (bench["models"][l].get("runtime") or {}).get("runtime")
+        # what the runtime computes in: OpenVINO bf16 runs the fp32 graph in bf16
+        rows[l] = {"graph": g.get("kind"), "precision": "bf16" if runtime == "openvino-cpu-bf16" else exports[l].get("precision"), "p50_ms": round(p50[l], 3),
+                   "runtime": runtime,
                    metric: round(100 * ev["models"][l][metric], 3), "fused_operators": g.get("fused_operators")}
     fastest = min(dense_labels, key=lambda l: p50[l])
     fp32 = [l for l in dense_labels if exports[l].get("precision") == "fp32"]

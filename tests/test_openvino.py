@@ -171,6 +171,10 @@ def test_build_on_the_openvino_profile(tiny_text_task, tmp_path):
     assert {"dense-dynamo-fp32", "dense-fused-fp32", "dense-fused-int8", "dense-openvino-fp32", "pruned-openvino-fp32"} <= set(b["models"])
     assert "dense-openvino-bf16" not in b["models"] and "pruned-openvino-bf16" not in b["models"]
     assert b["models"]["dense-fused-int8"]["runtime"] == "ort-cpu" and b["models"]["dense-fused-int8"]["precision"] == "int8"
+    # the deliverable quantised for onnxruntime int8 as well, ranked with the pruned model's other runtimes
+    assert b["models"]["pruned-fused-int8"]["runtime"] == "ort-cpu" and b["models"]["pruned-fused-int8"]["precision"] == "int8"
+    assert "pruned-fused-int8" in {x["label"] for x in b["pruned_runtimes"]["ranking"]} and b["fastest_dense"] != "pruned-fused-int8"
+    assert b["models"]["pruned"]["precision"] == "bf16" and r["inference_precision"] == "bf16"
     assert b["models"]["dense"]["runtime"] == "openvino-cpu-bf16" and b["fastest_dense"] in b["models"]
     assert r["run_with"]["backend"] == "openvino" and r["run_with"]["config"]["INFERENCE_PRECISION_HINT"] == "bf16"
     assert "core.compile_model(" in (out / "report.md").read_text()
