@@ -43,16 +43,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def standalone_main(artifact: str, npz: str, threads: int, runs: int, warmup: int, seconds: float = 0.0, flush: bool = True) -> None:
+def standalone_main(artifact: str, npz: str, threads: int, runs: int, warmup: int, seconds: float = 0.0, flush: bool = True,
+                    runtime: str = "ort-cpu") -> None:
     """Child process: load one model alone, warm it up, time consecutive runs, print the median (ms) as JSON.
 
     Warm-up and timing each last at least ``seconds`` as well as their run counts: a server runs
     continuously, and 35 runs of a 4 ms model (140 ms) end before the process is in its steady state
     (measured: a 1 x 128 standalone median 25-60% above the same model's blocks in the parent)."""
+    from optin_deploy.runtimes.base import get_runtime
     from optin_deploy.runtimes.ort import OrtRuntime
 
     # flush=False: onnxruntime's default session (denormal floats kept), what a server gets without the tool's settings
-    rt = OrtRuntime("ort-cpu", threads=threads, flush_denormals=flush).load(artifact)
+    rt = (OrtRuntime("ort-cpu", threads=threads, flush_denormals=flush) if runtime == "ort-cpu" else get_runtime(runtime, threads=threads)).load(artifact)
     feed = dict(np.load(npz))
     t_start, n = time.perf_counter(), 0
     while n < warmup or time.perf_counter() - t_start < seconds:
@@ -67,11 +69,12 @@ def standalone_main(artifact: str, npz: str, threads: int, runs: int, warmup: in
     print(json.dumps({"p50_ms": float(np.median(ms)), "min_ms": float(min(ms)), "runs": len(ms), "warmup_runs": n, "seconds": seconds}))
 
 
-def standalone(artifact: Path, feed: dict, threads: int, runs: int, warmup: int, workdir: Path, seconds: float = 0.0, flush: bool = True) -> float:
+def standalone(artifact: Path, feed: dict, threads: int, runs: int, warmup: int, workdir: Path, seconds: float = 0.0, flush: bool = True,
+               runtime: str = "ort-cpu") -> float:
     npz = workdir / "feed.npz"
     np.savez(npz, **feed)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, __file__, "--standalone", str(artifact), str(npz), str(threads), str(runs), str(warmup), str(seconds), "1" if flush else "0"],
+    out = subprocess.run([sys.executable, __file__, "--standalone", str(artifact), str(npz), str(threads), str(runs), str(warmup), str(seconds), "1" if flush else "0", runtime],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["p50_ms"]
 
@@ -82,17 +85,24 @@ def feeds_for(bundle: Path, batch: int, seq: int) -> dict:
     return bench_inputs(bundle / "onnx" / "dense", batch, seq)
 
 
-def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args, workdir: Path) -> dict:
+def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args, workdir: Path, runtime: str = "ort-cpu") -> dict:
     """The bundle's dense and pruned artefacts timed several ways. The reported way (blocks, as ``bench`` /
     ``build`` time) and the standalone processes alternate in time, ``--standalone-repeats`` times (blocks,
     dense alone, pruned alone; then the order of the two processes is swapped): a machine whose speed drifts
     over minutes (a shared host) then shifts both sides of the reported / standalone ratio alike. Each
-    repeat gives one ratio; the table shows the medians."""
+    repeat gives one ratio; the table shows the medians. ``runtime``: the deliverable's (an OpenVINO bundle is timed through
+    OpenVINO, blocks and standalone; the round-robin / spinning / default-session ways are onnxruntime's and left out)."""
     from optin_deploy.bench import benchmark
+    from optin_deploy.runtimes.base import get_runtime
     from optin_deploy.runtimes.ort import OrtRuntime
 
+    ort = runtime == "ort-cpu"
+
+    def rt():
+        return OrtRuntime("ort-cpu", threads=threads) if ort else get_runtime(runtime, threads=threads)
+
     out = {}
-    for way, mode, spinning in (("round-robin", "interleaved", True), ("round-robin, spinning off", "interleaved", False),
+    for way, mode, spinning in () if not ort else (("round-robin", "interleaved", True), ("round-robin, spinning off", "interleaved", False),
                                 ("one model at a time (same process)", "sequential", True)):
         res = benchmark({l: (OrtRuntime("ort-cpu", threads=threads, spinning=spinning), a) for l, a in arts.items()}, feed,
                         warmup=5, iters=iters, mode=mode, block=10, baseline="dense", progress=False)
@@ -101,16 +111,17 @@ def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args,
     alone = {l: [] for l in arts}
     kept = {l: [] for l in arts}  # standalone, onnxruntime's default session: denormals not flushed
     for r in range(args.standalone_repeats):
-        res = benchmark({l: (OrtRuntime("ort-cpu", threads=threads), a) for l, a in arts.items()}, feed,
+        res = benchmark({l: (rt(), a) for l, a in arts.items()}, feed,
                         warmup=5, iters=iters, mode="blocks", block=10, baseline="dense", progress=False)
         for l in arts:
             reported[l].append(res["models"][l]["p50_ms"])
-        for store, flush in ((alone, True), (kept, False)):
+        for store, flush in ((alone, True), (kept, False)) if ort else ((alone, True),):
             for l, a in (list(arts.items()) if r % 2 == 0 else list(arts.items())[::-1]):
-                store[l].append(standalone(a, feed, threads, args.standalone_runs, 5, workdir, args.standalone_seconds, flush=flush))
+                store[l].append(standalone(a, feed, threads, args.standalone_runs, 5, workdir, args.standalone_seconds, flush=flush, runtime=runtime))
     out["blocks of 10 (reported)"] = {l: float(np.median(v)) for l, v in reported.items()}
     out["standalone (one process per model)"] = {l: float(np.median(v)) for l, v in alone.items()}
-    out[KEPT_WAY] = {l: float(np.median(v)) for l, v in kept.items()}
+    if ort:
+        out[KEPT_WAY] = {l: float(np.median(v)) for l, v in kept.items()}
     out["standalone_repeats"] = alone
     out["standalone_kept_repeats"] = kept
     out["reported_repeats"] = reported
@@ -158,7 +169,7 @@ def main() -> None:
     report = json.loads((bundle / "report.json").read_text())
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     dense_dir, pruned_dir = bundle / "onnx" / "dense", bundle / "onnx" / "pruned"
-    result = {"bundle": str(bundle), "report_precision": report.get("precision"), "threads": args.threads, "shapes": {},
+    result = {"bundle": str(bundle), "report_precision": report.get("precision"), "runtime": report.get("runtime") or "ort-cpu", "threads": args.threads, "shapes": {},
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "machine": f"{os.cpu_count()}-core {platform.machine()}", "load_average_at_start": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "settings": {"iters": args.iters, "standalone_runs": args.standalone_runs, "standalone_repeats": args.standalone_repeats,
@@ -185,8 +196,9 @@ def main() -> None:
                                                 (pruned_dir / "model.fp32.onnx") if int8 else pruned_dir / "model.onnx"),
             "onnxruntime, fused graph + int8 (quantize_dynamic)": (Path(dm["artifact"]), Path(pm["artifact"])),
         }
-        if report.get("precision") != "int8":
-            arts["onnxruntime, fused graph + int8 (quantize_dynamic)"] = (bundle / "baselines" / "dense-fused-int8" / "model.onnx", None)
+        if report.get("precision") != "int8":  # the build quantised the deliverable for onnxruntime too when its runtime is OpenVINO
+            p8 = bundle / "baselines" / "pruned-fused-int8" / "model.onnx"
+            arts["onnxruntime, fused graph + int8 (quantize_dynamic)"] = (bundle / "baselines" / "dense-fused-int8" / "model.onnx", p8 if p8.exists() else None)
         arts = {k: v for k, v in arts.items() if v[0] is not None and v[0].exists() and (v[1] is None or v[1].exists())}
         dense_torch = None
         src = (read_manifest(dense_dir) or {}).get("source")
@@ -240,7 +252,8 @@ def main() -> None:
             key = f"{B}x{T}"
             entry = {}
             if not args.skip_ways:
-                entry["ways"] = time_ways({"dense": Path(dm["artifact"]), "pruned": Path(pm["artifact"])}, feed, args.threads, args.iters, args, tmp)
+                entry["ways"] = time_ways({"dense": Path(dm["artifact"]), "pruned": Path(pm["artifact"])}, feed, args.threads, args.iters, args, tmp,
+                                          runtime=result["runtime"])
             targets = {}
             for way, (d, p) in arts.items():
                 targets[f"{way} | dense"] = (OrtRuntime("ort-cpu", threads=args.threads), d)
@@ -267,8 +280,8 @@ def main() -> None:
 
 
 def render(result: dict, report: dict) -> str:
-    lines = [f"Bundle `{result['bundle']}` ({report.get('precision')} deliverable, budget {report.get('budget')}), "
-             f"onnxruntime CPU, {result['threads']} threads, medians; OpenMP wait policy {result.get('omp_wait_policy', 'default')}; "
+    lines = [f"Bundle `{result['bundle']}` ({report.get('inference_precision') or report.get('precision')} deliverable, budget {report.get('budget')}), "
+             f"true latencies through `{result.get('runtime', 'ort-cpu')}`, {result['threads']} threads, medians; OpenMP wait policy {result.get('omp_wait_policy', 'default')}; "
              f"{result['machine']}"
              + (f", load average {result['load_average_at_start']:.1f} at the start" if "load_average_at_start" in result else "") + ".", ""]
     shapes = list(result["shapes"])
@@ -320,6 +333,6 @@ def render(result: dict, report: dict) -> str:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--standalone":
         standalone_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), float(sys.argv[7]) if len(sys.argv) > 7 else 0.0,
-                        sys.argv[8] != "0" if len(sys.argv) > 8 else True)
+                        sys.argv[8] != "0" if len(sys.argv) > 8 else True, sys.argv[9] if len(sys.argv) > 9 else "ort-cpu")
     else:
         main()
