@@ -31,6 +31,10 @@ def list_cmd() -> None:
     for col in ("name", "runtime", "device", "precision", "batch x seq", "threads", "head/neuron multiple", "budget"):
         t.add_column(col, no_wrap=col in ("name", "runtime"))
     for p in list_profiles():
+        if p.is_choice:  # chooses among other profiles by measurement (build)
+            t.add_row(p.name, "fastest of: " + ", ".join(c.name for c in p.choose_from), p.device, "/".join(dict.fromkeys(c.precision for c in p.choose_from)),
+                      f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads), f"{p.head_multiple} / {p.neuron_multiple}", _budget(p))
+            continue
         t.add_row(p.name, p.runtime, p.device, p.precision, f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads),
                   f"{p.head_multiple} / {p.neuron_multiple}", _budget(p))
     Console().print(t)
