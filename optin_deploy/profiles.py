@@ -266,6 +266,9 @@ def _parse_choice(data: dict, src: str, stack: tuple[str, ...]) -> Profile:
         if p.is_choice:
             raise OptinError(f"choose_from in profile {src} lists {n!r}, which chooses among profiles itself; list the profiles it chooses from")
         cands.append(p)
+    dup = [p.name for i, p in enumerate(cands) if p.name in [q.name for q in cands[:i]]]
+    if dup:
+        raise OptinError(f"choose_from in profile {src} lists two profiles named {dup[0]!r}; give each candidate its own name")
     first = cands[0]
     for p in cands[1:]:
         for key in ("batch_size", "seq_len", "image_size", "threads"):

@@ -85,6 +85,13 @@ def test_a_bad_choosing_profile_is_refused_in_one_line(tmp_path, body, message):
     assert "\n" not in str(exc.value)
 
 
+def test_two_candidates_of_one_name_are_refused(tmp_path):
+    write(tmp_path, "a.toml", CUDA_AT_CPU_SHAPE)
+    write(tmp_path, "b.toml", CUDA_AT_CPU_SHAPE)
+    with pytest.raises(OptinError, match="two profiles named 'cuda-small'"):
+        load_profile(write(tmp_path, "c.toml", 'name = "c"\nchoose_from = ["a.toml", "b.toml"]\n'))
+
+
 def test_candidates_are_found_by_name_or_by_a_path_relative_to_the_choosing_profile(tmp_path):
     (tmp_path / "sub").mkdir()
     write(tmp_path / "sub", "cuda.toml", CUDA_AT_CPU_SHAPE)
