@@ -910,7 +910,9 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Targ
         "command": " ".join(opts.command),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
         "inputs": {"model": report["model"], "task": report["task"]["name"]},
-        "profile": target.profile.to_dict(),
+        # the profile the bundle was built for: a choosing profile's chosen candidate (report.json runtime_choice says how)
+        "profile": next((t for t in target.choices if t.name == report["profile"]), target).profile.to_dict(),
+        "chosen_by": target.chooser.name if target.chooser is not None else None,
         "versions": _versions(),
         "files": {},
     }

@@ -137,6 +137,8 @@ def test_a_build_measures_the_candidates_and_builds_for_the_fastest_equally_accu
     assert ch["chosen"] == fastest["profile"] and ch["runner_up"] == next(c["profile"] for c in ran if c is not fastest)
     # the build then ran for the chosen profile: its precision, its runtime, its name in the report
     assert report["profile"] == ch["chosen"] and report["precision"] == fastest["precision"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["profile"]["name"] == ch["chosen"] and manifest["chosen_by"] == "cpu-choice"
     assert (out / "onnx/pruned/model.onnx").is_file() and not (out / "runtime-choice").exists()
     assert not any("runtime-choice" in a for a in report["artifacts"])
     md = (out / "report.md").read_text()
