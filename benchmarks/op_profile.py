@@ -1,4 +1,8 @@
-"""Where the time goes: onnxruntime's own per-node profiler on a bundle's dense and pruned artefacts.
+"""Where the time goes: the runtime's own per-node profiler on a bundle's dense and pruned artefacts.
+
+onnxruntime bundles are profiled with onnxruntime's profiler; a bundle whose deliverable runs on OpenVINO (the
+default profile on an AMX host) with OpenVINO's performance counters (``PERF_COUNT``) at the bundle's inference
+precision (:func:`profile_openvino`; OpenVINO renames fused nodes, so its nodes are classed by type and order).
 
 For each artefact (the bundle's dense and pruned ``model.onnx``, and their fp32 graphs when the
 bundle is int8) the session runs ``--runs`` times with ``enable_profiling``; every node's kernel
@@ -89,6 +93,63 @@ def profile(path: Path, feed: dict, threads: int, runs: int, warmup: int) -> dic
             "by_op_ms_per_run": {k: v / n for k, v in sorted(nodes.items(), key=lambda t: -t[1])}}
 
 
+def ov_category(node: str, op: str, following: list[str]) -> str:
+    """The category of one OpenVINO CPU node: by name where OpenVINO kept the ONNX one (``/layers.N/o/``, ``/fc2/``),
+    else by type, and a FullyConnected by what follows it (a Split: the fused Q/K/V projection; else the MLP's first)."""
+    if op == "FullyConnected":
+        if "/pooler/" in node or "classifier" in node or "/head_" in node:
+            return "classifier head"
+        if "/o/" in node:
+            return "heads"
+        if "/fc1/" in node or "/fc2/" in node:
+            return "neurons"
+        nxt = next((f for f in following if f not in ("Reorder", "Convert")), "")
+        return "heads" if nxt in ("Split", "Transpose", "Subgraph", "Reshape") else "neurons"
+    if op in ("Subgraph", "Split", "Transpose", "Softmax", "ScaledDotProductAttention", "MatMul"):
+        return "heads"
+    if op in ("MVN", "Add", "MulAdd", "Multiply", "Eltwise"):
+        return "residual + LayerNorm"
+    if op in ("Gather", "Range", "ReduceSum", "Broadcast", "GreaterEqual", "Convert", "PowerStatic", "Select", "ShapeOf"):
+        return "embeddings + mask"
+    if op == "Tanh":
+        return "classifier head"
+    return "other"
+
+
+def profile_openvino(path: Path, feed: dict, threads: int, runs: int, warmup: int, precision: str) -> dict:
+    """OpenVINO's CPU performance counters per run (``PERF_COUNT``), the same compile settings as the tool's runtime."""
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
+                                                      "PERFORMANCE_HINT": "LATENCY"})
+    req = compiled.create_infer_request()
+    names = {i.get_any_name() for i in compiled.inputs}
+    feed = {k: v for k, v in feed.items() if k in names}
+    import time
+
+    for _ in range(warmup):
+        req.infer(feed)
+    runs_cat, totals = [], []
+    nodes = defaultdict(float)
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        req.infer(feed)
+        totals.append((time.perf_counter() - t0) * 1e3)
+        info = [p for p in req.get_profiling_info() if p.status == p.Status.EXECUTED]
+        cats = defaultdict(float)
+        for i, p in enumerate(info):
+            c = ov_category(p.node_name, p.node_type, [q.node_type for q in info[i + 1:i + 4]])
+            ms = p.real_time.total_seconds() * 1e3
+            cats[c] += ms
+            nodes[f"{p.node_type}: {c}"] += ms
+        runs_cat.append(dict(cats))
+    cats = sorted({c for r in runs_cat for c in r})
+    med = {c: float(np.median([r.get(c, 0.0) for r in runs_cat])) for c in cats}
+    return {"categories_ms": med, "kernel_total_ms": float(sum(med.values())), "run_ms_p50": float(np.median(totals)),
+            "by_op_ms_per_run": {k: v / runs for k, v in sorted(nodes.items(), key=lambda t: -t[1])}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bundle", type=Path, default=Path("optin-build"))
@@ -107,18 +168,22 @@ def main() -> None:
     feed = bench_inputs(bundle / "onnx" / "dense", B, T)
     ratio = report["macs"]["ratio"]
     arts = {}
+    openvino = str(report.get("runtime", "")).startswith("openvino")
+    prec = report.get("inference_precision") or report.get("precision")
     for label in ("dense", "pruned"):
         folder = bundle / "onnx" / label
-        arts[f"{label} ({report.get('precision')})"] = folder / "model.onnx"
+        arts[f"{label} ({prec})"] = folder / "model.onnx"
         if (folder / "model.fp32.onnx").exists():
             arts[f"{label} (fp32)"] = folder / "model.fp32.onnx"
     out = {"bundle": str(bundle), "shape": args.shape, "mac_ratio": ratio, "threads": args.threads, "runs": args.runs,
            "machine": "2-core x86-64, shared with other jobs while measured", "models": {}}
     for _ in range(1):
         for label, path in arts.items():
-            out["models"][label] = profile(path, feed, args.threads, args.runs, args.warmup)
+            out["models"][label] = (profile_openvino(path, feed, args.threads, args.runs, args.warmup, prec) if openvino
+                                    else profile(path, feed, args.threads, args.runs, args.warmup))
             print(label, json.dumps(out["models"][label]["categories_ms"]), flush=True)
-    lines = [f"onnxruntime profiler, {args.shape}, {args.threads} threads, {args.runs} runs (median per category, ms per run); "
+    out["profiler"] = f"OpenVINO performance counters ({report.get('runtime')})" if openvino else "onnxruntime profiler"
+    lines = [f"{out['profiler']}, {args.shape}, {args.threads} threads, {args.runs} runs (median per category, ms per run); "
              f"bundle MAC ratio {ratio:.3f}; {out['machine']}.", ""]
     cats = sorted({c for m in out["models"].values() for c in m["categories_ms"]}, key=lambda c: (c not in PRUNABLE, c))
     lines += ["| category | " + " | ".join(out["models"]) + " |", "|---|" + "---:|" * len(out["models"])]
