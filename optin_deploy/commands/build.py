@@ -74,6 +74,9 @@ def register(app: typer.Typer) -> None:
         lead = ""
         if b.get("fastest_dense"):
             lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
+        ch = report.get("runtime_choice")
+        if ch and ch.get("runner_up"):
+            console.print(f"[bold]target[/] {ch['chosen']}, chosen by measurement over {ch['runner_up']} (profile {ch['chooser']}; report.md lists both)")
         srch = report.get("search")
         if srch:
             fs = srch["search"]
@@ -90,7 +93,7 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(
                 f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
-                f"({report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+                f"({report.get('inference_precision') or report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
                 f"({-a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
                 + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
             )
