@@ -9,7 +9,8 @@ runs for that profile (its latency table, alignment and precision). What the cho
 the figure a deployment engineer would ship without pruning, and the deliverable is measured against it afterwards.
 
 Sentence-embedding models have no labelled metric: a candidate counts as equally accurate when its embeddings'
-mean cosine to the first candidate's is at least ``1 - equal_accuracy_points / 100``.
+mean cosine to the first measured candidate's is at least ``1 - equal_accuracy_points / 100``. A candidate whose export,
+runtime or evaluation fails on this model (a runtime that cannot read its graph) is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def pick(candidates: list[Candidate], equal_accuracy_points: float) -> tuple[str
     Sets each measured candidate's ``eligible``."""
     measured = [c for c in candidates if c.skipped is None]
     if not measured:
-        raise OptinError("no candidate profile could be measured here")
+        raise OptinError("no candidate profile could be measured here: " + "; ".join(f"{c.profile}: {c.skipped}" for c in candidates))
     scored = [c.metric for c in measured if c.metric is not None]
     best = max(scored) if scored else None
     for c in measured:
@@ -157,43 +158,70 @@ def choose_stage(ctx, staging: Path):
     return ctxs[chosen], choice
 
 
+def _why(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str) -> str | None:
-    """Export, evaluate and time the dense model for every runnable candidate (in place); returns the metric's name."""
+    """Export, evaluate and time the dense model for every runnable candidate (in place); returns the metric's name.
+    A candidate whose export, runtime or evaluation fails (a runtime that cannot read or run this family's graph) is
+    skipped with the reason; the others are still measured."""
     from .bench import benchmark, print_bench_table
     from .evaluate import evaluate, headline_metric
 
-    exports = {}
+    loaded = {}
     for c in runnable:
         cx = ctxs[c.profile]
         try:
-            exports[c.profile] = cx.export(ctx.model, root / c.profile, f"dense ({c.profile})", parity=not cx.can_defer_parity)
+            export = cx.export(ctx.model, root / c.profile, f"dense ({c.profile})", parity=not cx.can_defer_parity)
         except OptinError as exc:
-            c.skipped = f"export failed: {str(exc).splitlines()[0][:200]}"
-    live = [c for c in runnable if c.skipped is None]
-    if not live:
-        return None
+            c.skipped = f"export failed: {_why(exc)}"
+            continue
+        rt, artifact = cx.runtime(export)
+        try:  # load it and run it once at the benchmark shape
+            rt.load(artifact)
+            rt.run(ctx.bench_np)
+        except Exception as exc:  # noqa: BLE001 - any runtime's failure to read or run the graph skips this candidate only
+            c.skipped = f"{c.runtime} cannot run the dense model: {_why(exc)}"
+            continue
+        loaded[c.profile] = rt
     metric_name = None
     if ctx.embedding:
-        from .embedding_eval import evaluate_embeddings
+        from .embedding_eval import cosine_rows, embed
 
-        ev = evaluate_embeddings(ctx.task, {c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, split=split,
-                                 baseline=live[0].profile)
-        metric_name = "cosine_to_first_x100"
-        for c in live:
-            c.metric = 100.0 if c is live[0] else 100.0 * float(ev["models"][c.profile]["cosine_mean"])
+        texts = list(getattr(ctx.task.data, split).inputs)
+        embs = {}
+        for c in [c for c in runnable if c.profile in loaded]:
+            try:
+                embs[c.profile] = embed(ctx.task, loaded[c.profile], texts)
+            except Exception as exc:  # noqa: BLE001
+                c.skipped, _ = f"evaluation failed: {_why(exc)}", loaded.pop(c.profile)
+        if embs:
+            metric_name = "cosine_to_first_x100"
+            first = embs[next(iter(embs))]
+            for c in runnable:
+                if c.profile in embs:
+                    c.metric = round(100.0 * float(cosine_rows(embs[c.profile], first).mean()), 4)
     else:
         metric = headline_metric(ctx.task.data.task_type)
-        ev = evaluate(ctx.task, {c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, split=split)
-        values = {c.profile: ev["models"][c.profile].get(metric) for c in live}
-        if all(v is not None for v in values.values()):  # an unlabelled validation split: chosen by time alone
+        values = {}
+        for c in [c for c in runnable if c.profile in loaded]:
+            try:
+                values[c.profile] = evaluate(ctx.task, {c.profile: (loaded[c.profile], None)}, split=split)["models"][c.profile].get(metric)
+            except Exception as exc:  # noqa: BLE001
+                c.skipped, _ = f"evaluation failed: {_why(exc)}", loaded.pop(c.profile)
+        if values and all(v is not None for v in values.values()):  # an unlabelled validation split: chosen by time alone
             metric_name = metric
-            for c in live:
-                c.metric = round(100.0 * float(values[c.profile]), 3)
+            for c in runnable:
+                if c.profile in values:
+                    c.metric = round(100.0 * float(values[c.profile]), 3)
+    if not loaded:
+        return metric_name
     o = ctx.opts
     # the build's timing settings, at most CHOICE_ITERS runs each: the choice needs the order, the report's figures come later
-    bench = benchmark({c.profile: ctxs[c.profile].runtime(exports[c.profile]) for c in live}, ctx.bench_np, warmup=min(o.bench_warmup, CHOICE_ITERS),
-                      iters=min(o.bench_iters, CHOICE_ITERS), baseline=live[0].profile, block=o.bench_block, min_seconds=o.bench_min_seconds)
+    bench = benchmark({name: (rt, None) for name, rt in loaded.items()}, ctx.bench_np, warmup=min(o.bench_warmup, CHOICE_ITERS),
+                      iters=min(o.bench_iters, CHOICE_ITERS), baseline=next(iter(loaded)), block=o.bench_block, min_seconds=o.bench_min_seconds)
     print_bench_table(bench, title="the dense model on each candidate profile")
-    for c in live:
-        c.p50_ms = round(float(bench["models"][c.profile]["p50_ms"]), 3)
+    for name in loaded:
+        next(c for c in runnable if c.profile == name).p50_ms = round(float(bench["models"][name]["p50_ms"]), 3)
     return metric_name

@@ -172,6 +172,32 @@ def test_a_candidate_less_accurate_than_the_tolerance_is_not_chosen_however_fast
     assert json.loads((out / "report.json").read_text())["precision"] == "fp32"
 
 
+@pytest.mark.slow  # a whole build
+def test_a_candidate_whose_runtime_cannot_run_the_model_is_skipped_and_the_build_goes_on(tiny_text_task, tmp_path, monkeypatch):
+    """A runtime that cannot read or run a family's graph (OpenVINO with an operator it lacks, say) must not stop the
+    build: that candidate is skipped with the runtime's reason and the others are measured."""
+    from optin_deploy.runtimes.ort import OrtRuntime
+
+    real = OrtRuntime.load
+
+    def load(self, artifact):
+        if "x86-cpu-ort-fp32" in str(artifact):  # the candidate's export folder is named after it
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for FancyOp(1)")
+        return real(self, artifact)
+
+    monkeypatch.setattr(OrtRuntime, "load", load)
+    prof = write(tmp_path, "c.toml", 'name = "cpu-choice"\nchoose_from = ["x86-cpu-ort-fp32", "x86-cpu-ort"]\n')
+    out = tmp_path / "bundle"
+    run_cli("build", "--profile", prof, "--model", tiny_text_task / "model", "--data", tiny_text_task / "data.csv", "--flops", "0.6",
+            "--select-by", "macs", "--calib-samples", "16", "--scoring", "exact", "--bench-iters", "3", "--no-baselines", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    by = {c["profile"]: c for c in report["runtime_choice"]["candidates"]}
+    assert by["x86-cpu-ort-fp32"]["skipped"].startswith("ort-cpu cannot run the dense model: [ONNXRuntimeError]")
+    assert by["x86-cpu-ort-fp32"]["p50_ms"] is None and by["x86-cpu-ort"]["p50_ms"] > 0
+    assert report["runtime_choice"]["chosen"] == "x86-cpu-ort" and report["runtime_choice"]["runner_up"] is None
+    assert report["profile"] == "x86-cpu-ort" and report["precision"] == "int8"
+
+
 def test_every_builtin_choosing_profile_lists_builtins_that_exist():
     for path in PROFILES_DIR.glob("*.toml"):
         p = load_profile(path)
