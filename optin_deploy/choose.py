@@ -135,10 +135,18 @@ def choose_stage(ctx, staging: Path):
     metric_name = None
     split = "validation"
     note = None
-    if opts.lut:  # a latency table belongs to one profile: build for the first candidate that can run
-        note = "--lut given: a latency table is measured for one runtime, so the first candidate that runs here was taken"
-        for c in [c for c in cands if c.skipped is None][1:]:
-            c.skipped = "--lut given"
+    if opts.lut:  # a latency table belongs to one profile: build for the candidate it was measured for (else the first that runs)
+        from .lut import read_lut
+
+        measured_for = read_lut(opts.lut).profile.get("name")
+        ok = [c for c in cands if c.skipped is None]
+        keep = next((c for c in ok if c.profile == measured_for), ok[0] if ok else None)
+        note = (f"--lut given: the table was measured for {measured_for!r}, so that candidate was taken without measuring the others"
+                if keep is not None and keep.profile == measured_for else
+                f"--lut given (measured for {measured_for!r}, not a candidate that runs here): the first candidate that runs here was taken")
+        for c in ok:
+            if c is not keep:
+                c.skipped = "--lut given"
     runnable = [c for c in cands if c.skipped is None]
     if not runnable:
         raise OptinError(f"none of the candidates of profile {chooser.name} can run here: "

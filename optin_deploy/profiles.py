@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,8 +275,6 @@ def _parse_choice(data: dict, src: str, stack: tuple[str, ...]) -> Profile:
             if getattr(p, key) != getattr(first, key):
                 raise OptinError(f"the candidates of profile {src} must be timed at one shape: {first.name} has {key} = {getattr(first, key)}, "
                                  f"{p.name} has {getattr(p, key)}; list profiles with the same batch_size, seq_len, image_size and threads")
-    from dataclasses import replace
-
     return replace(first, name=data["name"], description=data.get("description", first.description), path=src, choose_from=tuple(cands),
                    equal_accuracy_points=float(data.get("equal_accuracy_points", DEFAULT_EQUAL_ACCURACY_POINTS)))
 

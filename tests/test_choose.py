@@ -198,6 +198,22 @@ def test_a_candidate_whose_runtime_cannot_run_the_model_is_skipped_and_the_build
     assert report["profile"] == "x86-cpu-ort" and report["precision"] == "int8"
 
 
+@pytest.mark.slow  # a latency table and a whole build
+def test_a_latency_table_given_with_lut_picks_the_candidate_it_was_measured_for(tiny_text_task, tmp_path):
+    lut = tmp_path / "lut.json"
+    run_cli("lut", "--profile", "x86-cpu-ort", "--model", tiny_text_task / "model", "--out", lut, "--rounds", "2", "--iters", "2")
+    prof = write(tmp_path, "c.toml", 'name = "cpu-choice"\nchoose_from = ["x86-cpu-ort-fp32", "x86-cpu-ort"]\n')
+    out = tmp_path / "bundle"
+    run_cli("build", "--profile", prof, "--model", tiny_text_task / "model", "--data", tiny_text_task / "data.csv", "--flops", "0.6",
+            "--lut", lut, "--select-by", "latency", "--calib-samples", "16", "--scoring", "exact", "--bench-iters", "3", "--no-baselines",
+            "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    ch = report["runtime_choice"]
+    by = {c["profile"]: c for c in ch["candidates"]}
+    assert ch["chosen"] == "x86-cpu-ort" and by["x86-cpu-ort-fp32"]["skipped"] == "--lut given" and "measured for 'x86-cpu-ort'" in ch["note"]
+    assert report["profile"] == "x86-cpu-ort" and report["precision"] == "int8"
+
+
 def test_every_builtin_choosing_profile_lists_builtins_that_exist():
     for path in PROFILES_DIR.glob("*.toml"):
         p = load_profile(path)
