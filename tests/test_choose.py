@@ -214,6 +214,50 @@ def test_a_latency_table_given_with_lut_picks_the_candidate_it_was_measured_for(
     assert report["profile"] == "x86-cpu-ort" and report["precision"] == "int8"
 
 
+@pytest.mark.slow  # a whole build
+def test_the_default_build_measures_onnxruntime_int8_and_openvino_bf16_where_it_can(tiny_text_task, tmp_path):
+    """The real default path: int8 is always measured; OpenVINO bf16 is measured where OpenVINO is installed and the CPU
+    has bf16, else skipped with the reason; the bundle is built for the candidate the measurements favour."""
+    from optin_deploy.runtimes.openvino import bf16_supported
+
+    out = tmp_path / "bundle"
+    run_cli("build", "--model", tiny_text_task / "model", "--data", tiny_text_task / "data.csv", "--flops", "0.6", "--select-by", "macs",
+            "--calib-samples", "16", "--scoring", "exact", "--bench-iters", "3", "--no-baselines", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    ch = report["runtime_choice"]
+    by = {c["profile"]: c for c in ch["candidates"]}
+    assert ch["chooser"] == "x86-cpu" and list(by) == ["x86-cpu-ort", "x86-amx-openvino-bf16"]
+    assert by["x86-cpu-ort"]["skipped"] is None and by["x86-cpu-ort"]["precision"] == "int8"
+    ov = by["x86-amx-openvino-bf16"]
+    if bf16_supported():
+        assert ov["skipped"] is None and ov["p50_ms"] > 0 and by["x86-cpu-ort"]["p50_ms"] > 0
+        eligible = [c for c in by.values() if c["eligible"]]
+        assert ch["chosen"] == min(eligible, key=lambda c: c["p50_ms"])["profile"] and ch["runner_up"] in by
+    else:
+        assert ov["skipped"].startswith("cannot run here") and ch["chosen"] == "x86-cpu-ort" and ch["runner_up"] is None
+    assert report["profile"] == ch["chosen"] and report["inference_precision"] == by[ch["chosen"]]["precision"]
+
+
+@pytest.mark.slow  # a whole build
+def test_without_openvino_the_default_builds_for_onnxruntime_int8_and_says_why(tiny_text_task, tmp_path, monkeypatch):
+    import optin_deploy.runtimes.openvino as ovrt
+    from optin_deploy.errors import MissingRuntimeError
+
+    def missing(*a, **k):
+        raise MissingRuntimeError("OpenVINO is not installed: pip install \"optin-deploy[openvino]\"")
+
+    monkeypatch.setattr(ovrt, "import_openvino", missing)
+    out = tmp_path / "bundle"
+    run_cli("build", "--model", tiny_text_task / "model", "--data", tiny_text_task / "data.csv", "--flops", "0.6", "--select-by", "macs",
+            "--calib-samples", "16", "--scoring", "exact", "--bench-iters", "3", "--no-baselines", "--out", out)
+    report = json.loads((out / "report.json").read_text())
+    ch = report["runtime_choice"]
+    ov = next(c for c in ch["candidates"] if c["profile"] == "x86-amx-openvino-bf16")
+    assert ov["skipped"].startswith("cannot run here") and "pip install" in ov["skipped"]
+    assert ch["chosen"] == "x86-cpu-ort" and ch["runner_up"] is None and report["precision"] == "int8"
+    assert "cannot run here" in (out / "report.md").read_text()
+
+
 def test_every_builtin_choosing_profile_lists_builtins_that_exist():
     for path in PROFILES_DIR.glob("*.toml"):
         p = load_profile(path)
