@@ -304,8 +304,10 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
            "sequential": "sequential"}.get(result.get("mode") or ("interleaved" if result["interleaved"] else "sequential"))
     t = Table(title=title or f"ms per batch (baseline {result['baseline']}, {how})",
               box=box.SIMPLE_HEAD, pad_edge=False)
+    widest = min(max([len(str(label)) for label in result["models"]] + [5]), 40)
     for col in ("model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up"):
-        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True)
+        # a narrow terminal shortens the other columns, never the model's name
+        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True, min_width=widest if col == "model" else None)
     for label, r in result["models"].items():
         rt = r["runtime"]
         where = rt.get("runtime", "?") + (f"/{rt['threads']}t" if rt.get("threads") else "")

@@ -634,6 +634,14 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
             for label, m in (("dense", model), ("pruned", selected.model)):
                 exports[label] = settle_int8(ctx, exports[label], m, label, ctx.quantization, ctx.int8_max_drop, metric)
     rt_name = ctx.runtime_name(exports["pruned"])
+    if fmt == "onnx" and rt_name != exports["pruned"].get("runtime"):
+        # the ONNX file runs on another runtime than onnxruntime (OpenVINO bf16): export.json says so, so that
+        # `optin-deploy bench / eval OUT/onnx/dense OUT/onnx/pruned` time and evaluate the bundle the way it was built
+        from .exporters.export_folder import write_export_files
+
+        for label in ("dense", "pruned"):
+            exports[label] = {**exports[label], "runtime": rt_name}
+            write_export_files(Path(exports[label]["artifact"]).parent, exports[label])
     notes: list[str] = []
     if not ctx.embedding and opts.baselines and fmt == "onnx" and rt_name in CPU_RUNTIMES:
         # on an OpenVINO profile every onnxruntime way is another runtime: none of them is the dense model's own way

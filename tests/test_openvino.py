@@ -177,4 +177,11 @@ def test_build_on_the_openvino_profile(tiny_text_task, tmp_path):
     assert b["models"]["pruned"]["precision"] == "bf16" and r["inference_precision"] == "bf16"
     assert b["models"]["dense"]["runtime"] == "openvino-cpu-bf16" and b["fastest_dense"] in b["models"]
     assert r["run_with"]["backend"] == "openvino" and r["run_with"]["config"]["INFERENCE_PRECISION_HINT"] == "bf16"
+    # the bundle's export folders say which runtime they were built for: bench / eval of them run it that way
+    from optin_deploy.runtimes.base import resolve_artifact
+
+    for label in ("dense", "pruned"):
+        assert resolve_artifact(out / "onnx" / label)[0] == "openvino-cpu-bf16"
+    proc = run_cli("bench", out / "onnx" / "dense", out / "onnx" / "pruned", "--iters", "3", "--json", out.parent / "bench.json")
+    assert {m["runtime"]["runtime"] for m in json.loads((out.parent / "bench.json").read_text())["models"].values()} == {"openvino-cpu-bf16"}
     assert "core.compile_model(" in (out / "report.md").read_text()
