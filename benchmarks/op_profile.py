@@ -86,10 +86,15 @@ def profile(path: Path, feed: dict, threads: int, runs: int, warmup: int) -> dic
             per_run[args.get("run_id", 0)][c] += e["dur"] / 1e3
             nodes[f"{args.get('op_name')}: {c}"] += e["dur"] / 1e3
     runs_cat = [dict(v) for k, v in sorted(per_run.items())][-runs:]
+    return summarise(runs_cat, totals[-runs:], nodes)
+
+
+def summarise(runs_cat: list[dict], totals: list[float], nodes: dict) -> dict:
+    """Per-category medians over the runs (ms per run), their sum, the median run time and each operator's mean per run."""
     cats = sorted({c for r in runs_cat for c in r})
     med = {c: float(np.median([r.get(c, 0.0) for r in runs_cat])) for c in cats}
     n = max(len(runs_cat), 1)
-    return {"categories_ms": med, "kernel_total_ms": float(sum(med.values())), "run_ms_p50": float(np.median(totals[-runs:])) if totals else None,
+    return {"categories_ms": med, "kernel_total_ms": float(sum(med.values())), "run_ms_p50": float(np.median(totals)) if totals else None,
             "by_op_ms_per_run": {k: v / n for k, v in sorted(nodes.items(), key=lambda t: -t[1])}}
 
 
@@ -144,10 +149,7 @@ def profile_openvino(path: Path, feed: dict, threads: int, runs: int, warmup: in
             cats[c] += ms
             nodes[f"{p.node_type}: {c}"] += ms
         runs_cat.append(dict(cats))
-    cats = sorted({c for r in runs_cat for c in r})
-    med = {c: float(np.median([r.get(c, 0.0) for r in runs_cat])) for c in cats}
-    return {"categories_ms": med, "kernel_total_ms": float(sum(med.values())), "run_ms_p50": float(np.median(totals)),
-            "by_op_ms_per_run": {k: v / runs for k, v in sorted(nodes.items(), key=lambda t: -t[1])}}
+    return summarise(runs_cat, totals, nodes)
 
 
 def main() -> None:

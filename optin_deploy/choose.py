@@ -100,7 +100,7 @@ def check_any_available(target) -> None:
             check_target_available(t)
             return
         except OptinError as exc:
-            reasons.append(f"{t.name}: {str(exc).splitlines()[0][:200]}")
+            reasons.append(f"{t.name}: {_why(exc)}")
     raise OptinError(f"none of the candidates of profile {target.chooser.name} can run here ({'; '.join(reasons)}); pick a profile "
                      f"that runs on this machine (optin-deploy profiles list)")
 
@@ -124,7 +124,7 @@ def choose_stage(ctx, staging: Path):
         try:
             check_target_available(t)
         except OptinError as exc:
-            c.skipped = f"cannot run here: {str(exc).splitlines()[0][:200]}"
+            c.skipped = f"cannot run here: {_why(exc)}"
             continue
         try:  # --quantization / --int8-max-drop ask for an int8 deliverable: the other candidates are not what was asked
             check_quantization_options(opts.quantization, opts.int8_max_drop, t)
@@ -203,7 +203,8 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str)
             try:
                 embs[c.profile] = embed(ctx.task, loaded[c.profile], texts)
             except Exception as exc:  # noqa: BLE001
-                c.skipped, _ = f"evaluation failed: {_why(exc)}", loaded.pop(c.profile)
+                c.skipped = f"evaluation failed: {_why(exc)}"
+                del loaded[c.profile]
         if embs:
             metric_name = "cosine_to_first_x100"
             first = embs[next(iter(embs))]
@@ -217,7 +218,8 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str)
             try:
                 values[c.profile] = evaluate(ctx.task, {c.profile: (loaded[c.profile], None)}, split=split)["models"][c.profile].get(metric)
             except Exception as exc:  # noqa: BLE001
-                c.skipped, _ = f"evaluation failed: {_why(exc)}", loaded.pop(c.profile)
+                c.skipped = f"evaluation failed: {_why(exc)}"
+                del loaded[c.profile]
         if values and all(v is not None for v in values.values()):  # an unlabelled validation split: chosen by time alone
             metric_name = metric
             for c in runnable:
@@ -230,6 +232,7 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str)
     bench = benchmark({name: (rt, None) for name, rt in loaded.items()}, ctx.bench_np, warmup=min(o.bench_warmup, CHOICE_ITERS),
                       iters=min(o.bench_iters, CHOICE_ITERS), baseline=next(iter(loaded)), block=o.bench_block, min_seconds=o.bench_min_seconds)
     print_bench_table(bench, title="the dense model on each candidate profile")
-    for name in loaded:
-        next(c for c in runnable if c.profile == name).p50_ms = round(float(bench["models"][name]["p50_ms"]), 3)
+    for c in runnable:
+        if c.profile in loaded:
+            c.p50_ms = round(float(bench["models"][c.profile]["p50_ms"]), 3)
     return metric_name
