@@ -24,6 +24,7 @@ report, and the profiled kernel totals). Writes ``results/op_profile.json`` / ``
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import re
@@ -73,20 +74,24 @@ def profile(path: Path, feed: dict, threads: int, runs: int, warmup: int) -> dic
         for _ in range(runs):
             s.run(None, feed)
         events = json.load(open(s.end_profiling()))
-    per_run = defaultdict(lambda: defaultdict(float))  # run -> category -> us
-    run_idx, totals = -1, []
+    # each kernel event belongs to the model_run whose time window holds it (onnxruntime 1.2x-1.3x records no run_id on
+    # node events: reading a missing run_id as 0 summed every run, warm-up included, into one)
+    windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = [w[0] for w in windows]
+    keep = set(range(len(windows))[-runs:])  # the warm-up runs are dropped
+    per_run = defaultdict(lambda: defaultdict(float))  # run -> category -> ms
     nodes = defaultdict(float)
     for e in events:
-        if e.get("cat") == "Session" and e.get("name") == "model_run":
-            totals.append(e["dur"] / 1e3)
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            run = bisect.bisect_right(starts, e["ts"]) - 1
+            if run not in keep or e["ts"] > windows[run][1]:
+                continue
             args = e.get("args", {})
-            name = e["name"][: -len("_kernel_time")]
-            c = category(name, args.get("op_name", ""))
-            per_run[args.get("run_id", 0)][c] += e["dur"] / 1e3
+            c = category(e["name"][: -len("_kernel_time")], args.get("op_name", ""))
+            per_run[run][c] += e["dur"] / 1e3
             nodes[f"{args.get('op_name')}: {c}"] += e["dur"] / 1e3
-    runs_cat = [dict(v) for k, v in sorted(per_run.items())][-runs:]
-    return summarise(runs_cat, totals[-runs:], nodes)
+    runs_cat = [dict(per_run[r]) for r in sorted(keep)]
+    return summarise(runs_cat, [(b - a) / 1e3 for a, b in windows][-runs:], nodes)
 
 
 def summarise(runs_cat: list[dict], totals: list[float], nodes: dict) -> dict:
