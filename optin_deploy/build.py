@@ -289,6 +289,9 @@ class BuildContext:
     teacher_cache: dict = field(default_factory=dict)  # the dense model's reconstruction captures on the calibration batch, shared by every candidate
     _costs: object = None  # the selection's cost model, made once (a latency table may be measured for it)
     cost_info: dict = field(default_factory=dict)  # how fractions are weighed, recorded in the report
+    # the dense model's export for this target when already made (a choosing profile measured it; the bundle's
+    # ``<format>/dense``): the later stages take it instead of exporting again
+    dense_export: dict | None = None
 
     @property
     def select_by(self) -> str:
@@ -400,9 +403,10 @@ class BuildContext:
         fmt = self.fmt
         precision = precision or self.precision
         root = staging_root(Path(folder).resolve())
-        # the dense export runs on the user's model; a pruned one on the bundle's pruned/ folder (recorded relative)
+        # a dense export (the dense model, its alternatives, a candidate profile's) comes from the user's model; a
+        # pruned one from the bundle's pruned/ folder (recorded relative)
         source = _spec(self.task.model_source) or None
-        if label != "dense" and root != Path(folder).resolve():
+        if not label.startswith("dense") and root != Path(folder).resolve():
             source = root / "pruned"
         backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'})"
@@ -620,6 +624,8 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
     if search is not None:
         exports["dense"] = search.dense_export  # exported once, at the start of the search
         exports["pruned"] = search.pruned_export  # the chosen candidate's export, measured during the search
+    elif ctx.dense_export is not None:
+        exports["dense"] = ctx.dense_export  # exported (and parity-checked) while the target was chosen
     for label, m in (("dense", model), ("pruned", selected.model)):
         if label not in exports:
             exports[label] = ctx.export(m, staging / fmt / label, label)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import OptinError
+from .exporters.export_folder import move_export
 from .progress import step
 
 
@@ -53,9 +54,11 @@ class RuntimeChoice:
     candidates: list[Candidate] = field(default_factory=list)
     seconds: float = 0.0
     note: str | None = None
+    # the chosen candidate's dense export, moved to ``staging/<format>/dense`` (its manifest): the build does not export it again
+    dense_export: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "candidates": [asdict(c) for c in self.candidates]}
+        return {**{k: v for k, v in asdict(self).items() if k != "dense_export"}, "candidates": [asdict(c) for c in self.candidates]}
 
     def summary(self) -> str:
         """One line for the log and the report."""
@@ -151,27 +154,35 @@ def choose_stage(ctx, staging: Path):
     if not runnable:
         raise OptinError(f"none of the candidates of profile {chooser.name} can run here: "
                          + "; ".join(f"{c.profile}: {c.skipped}" for c in cands))
-    if len(runnable) > 1:
-        step(f"profile {chooser.name}: choosing among {', '.join(c.profile for c in runnable)} by measuring the dense model on each "
-             f"(validation split, then timed interleaved)")
-        root = staging / "runtime-choice"
-        try:
-            metric_name = _measure(ctx, ctxs, runnable, root, split)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-    chosen, runner_up = pick(cands, chooser.equal_accuracy_points)
+    root = staging / "runtime-choice"
+    exports: dict[str, dict] = {}
+    try:
+        if len(runnable) > 1:
+            step(f"profile {chooser.name}: choosing among {', '.join(c.profile for c in runnable)} by measuring the dense model on each "
+                 f"(validation split, then timed interleaved)")
+            metric_name = _measure(ctx, ctxs, runnable, root, split, exports)
+        chosen, runner_up = pick(cands, chooser.equal_accuracy_points)
+        dense_export = None
+        if chosen in exports:  # the chosen candidate's dense export is the bundle's: moved there, not exported again
+            cx = ctxs[chosen]
+            dense_export = move_export(root / chosen, staging / cx.fmt / "dense")
+            if dense_export.get("parity_deferred"):
+                dense_export = cx.check_parity(ctx.model, staging / cx.fmt / "dense", dense_export)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     choice = RuntimeChoice(chooser.name, chosen, runner_up, metric_name, split, chooser.equal_accuracy_points, cands,
-                           round(time.perf_counter() - t0, 1), note)
+                           round(time.perf_counter() - t0, 1), note, dense_export)
     step(f"target chosen by measurement: {choice.summary()}")
-    return ctxs[chosen], choice
+    return (replace(ctxs[chosen], dense_export=dense_export) if dense_export is not None else ctxs[chosen]), choice
 
 
 def _why(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str) -> str | None:
-    """Export, evaluate and time the dense model for every runnable candidate (in place); returns the metric's name.
+def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str, exports: dict) -> str | None:
+    """Export, evaluate and time the dense model for every runnable candidate (in place; each measured export's
+    manifest into ``exports``); returns the metric's name.
     A candidate whose export, runtime or evaluation fails (a runtime that cannot read or run this family's graph) is
     skipped with the reason; the others are still measured."""
     from .bench import benchmark, print_bench_table
@@ -193,6 +204,7 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str)
             c.skipped = f"{c.runtime} cannot run the dense model: {_why(exc)}"
             continue
         loaded[c.profile] = rt
+        exports[c.profile] = export
     metric_name = None
     if ctx.embedding:
         from .embedding_eval import cosine_rows, embed

@@ -708,14 +708,9 @@ class CandidateLab:
     def adopt(self, c: Candidate, folder: Path) -> dict:
         """Move candidate ``c``'s export folder to ``folder`` (no second export); returns its manifest
         with the paths updated."""
-        src = self.workdir / f"cand-{c.id}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(folder))
-        text = (folder / "export.json").read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(folder))[1:-1])
-        (folder / "export.json").write_text(text)
-        from .runtimes.base import read_manifest
+        from .exporters.export_folder import move_export
 
-        manifest = read_manifest(folder)  # paths inside export.json are relative to it: read back as absolute
+        manifest = move_export(self.workdir / f"cand-{c.id}", folder)
         if manifest.get("parity_deferred"):
             manifest = self.ctx.check_parity(self.models[c.id], folder, manifest)
         self.exports[c.id] = manifest
@@ -753,7 +748,7 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
 
     settings.check()
     t0 = time.perf_counter()
-    dense_export = ctx.export(ctx.model, staging / ctx.fmt / "dense", "dense")
+    dense_export = ctx.dense_export or ctx.export(ctx.model, staging / ctx.fmt / "dense", "dense")
     lab = CandidateLab(ctx, staging / ".search", settings, dense_export=dense_export, defer_parity=ctx.can_defer_parity)
     step(f"searching the budget for {objective.describe()}: candidates on {len(lab.subset_idx)} of {lab.val_total} validation samples "
          f"({lab.sized}), {settings.rounds} interleaved rounds each")

@@ -118,7 +118,17 @@ def test_a_choice_among_profiles_none_of_which_runs_here_fails_before_loading_an
 
 
 @pytest.mark.slow  # a whole build of a tiny model, three candidates
-def test_a_build_measures_the_candidates_and_builds_for_the_fastest_equally_accurate_one(tiny_text_task, tmp_path):
+def test_a_build_measures_the_candidates_and_builds_for_the_fastest_equally_accurate_one(tiny_text_task, tmp_path, monkeypatch):
+    from optin_deploy import build
+
+    labels = []
+    real_export = build.BuildContext.export
+
+    def export(self, m, folder, label="pruned", **kw):
+        labels.append(label)
+        return real_export(self, m, folder, label, **kw)
+
+    monkeypatch.setattr(build.BuildContext, "export", export)
     write(tmp_path, "cuda.toml", CUDA_AT_CPU_SHAPE)
     prof = write(tmp_path, "c.toml", 'name = "cpu-choice"\nchoose_from = ["x86-cpu-ort-fp32", "x86-cpu-ort", "cuda.toml"]\n'
                                      "equal_accuracy_points = 100\n")
@@ -141,6 +151,14 @@ def test_a_build_measures_the_candidates_and_builds_for_the_fastest_equally_accu
     assert manifest["profile"]["name"] == ch["chosen"] and manifest["chosen_by"] == "cpu-choice"
     assert (out / "onnx/pruned/model.onnx").is_file() and not (out / "runtime-choice").exists()
     assert not any("runtime-choice" in a for a in report["artifacts"])
+    # the chosen candidate's dense export is the bundle's: exported once, parity checked, from the user's model
+    assert labels.count("dense") == 0 and sorted(x for x in labels if x.startswith("dense (")) == [
+        "dense (x86-cpu-ort)", "dense (x86-cpu-ort-fp32)"]
+    dense = json.loads((out / "onnx/dense/export.json").read_text())
+    assert "parity_deferred" not in dense and dense["parity"]["model.onnx"]["passed"] is True
+    assert dense["artifacts"]["onnx"]["precision"] == fastest["precision"]
+    assert Path(dense["source"]).resolve() == (tiny_text_task / "model").resolve()
+    assert all(".tmp-" not in json.dumps(v) for v in dense.values())
     md = (out / "report.md").read_text()
     assert f"Target chosen by measurement (profile `cpu-choice`): **`{ch['chosen']}`**" in md and "runner-up" in md and "cannot run here" in md
 
@@ -153,8 +171,8 @@ def test_a_candidate_less_accurate_than_the_tolerance_is_not_chosen_however_fast
 
     real = choose._measure
 
-    def measure_then_lower_int8(ctx, ctxs, runnable, root, split):
-        name = real(ctx, ctxs, runnable, root, split)
+    def measure_then_lower_int8(ctx, ctxs, runnable, root, split, exports):
+        name = real(ctx, ctxs, runnable, root, split, exports)
         for c in runnable:
             if c.profile == "x86-cpu-ort":
                 c.p50_ms, c.metric = 0.001, c.metric - 10.0  # the fastest by far, and 10 points worse

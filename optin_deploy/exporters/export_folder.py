@@ -222,6 +222,22 @@ def write_export_files(out_dir: str | os.PathLike, manifest: dict) -> None:
     _write_json(out_dir / "export.json", _relative(manifest, folder))
 
 
+def move_export(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
+    """Move the export folder ``src`` to ``dst`` (within one build's staging folder: no second export); returns its
+    manifest read back from ``dst`` (absolute paths)."""
+    import json
+    import shutil
+
+    from ..runtimes.base import read_manifest
+
+    src, dst = Path(src).resolve(), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))
+    f = dst / "export.json"  # paths inside it are relative to it; any absolute one under src is redirected too
+    f.write_text(f.read_text().replace(json.dumps(str(src))[1:-1], json.dumps(str(dst.resolve()))[1:-1]))
+    return read_manifest(dst)
+
+
 MIN_OPSET = 18  # torch.onnx.export(dynamo=True) writes opset 18 and newer
 
 
