@@ -101,6 +101,9 @@ def test_build_end_to_end(tiny_text_task, tmp_path, monkeypatch):
     assert b["reference_fp32"] == "dense-dynamo-fp32" and b["fastest_dense"] in b["models"] and b["fastest_dense"] != "pruned"
     assert b["speedup_vs_fastest_dense"] <= b["speedup_vs_same_way"] + 1e-9 or b["fastest_dense"] == "dense"
     assert (out / "onnx/pruned/model.fp32.onnx").is_file() and (out / "baselines/dense-dynamo-fp32/model.onnx").is_file()
+    # each export names what it was made from: a dense alternative the user's model, the pruned export the bundle's pruned/
+    src = {k: json.loads((out / k / "export.json").read_text())["source"] for k in ("baselines/dense-dynamo-fp32", "onnx/dense", "onnx/pruned")}
+    assert src["baselines/dense-dynamo-fp32"] == src["onnx/dense"] and "pruned" not in src["onnx/dense"] and src["onnx/pruned"] == "../../pruned"
     assert report["bench"]["mode"] == "blocks"
     # the kept units were refitted (on by default) and the fit never got worse than plain surgery
     rec = report["reconstruction"]
