@@ -44,8 +44,9 @@ def main() -> None:
     p.add_argument("--tasks", default=",".join(compare.TASKS))
     p.add_argument("--budgets", default="0.5,0.6,0.7")
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--fits", default="scales:0.1,weights:0.1,weights:1.0", help="FIT:DAMP pairs")
-    p.add_argument("--heldout", type=int, default=4000, help="held-out training samples (outside the calibration draw)")
+    p.add_argument("--fits", default="scales:0.1,weights:0.1,weights:1.0",
+                   help="FIT:DAMP pairs; FIT:DAMP@N refits on N calibration samples (the calibration draw's first N) instead of the scoring batch")
+    p.add_argument("--heldout", type=int, default=4000, help="held-out training samples (outside the largest calibration draw)")
     p.add_argument("--calib-samples", type=int, default=128)
     p.add_argument("--neuron-multiple", type=int, default=8, help="as the CPU profile does")
     p.add_argument("--out", default=str(ROOT / "results"))
@@ -70,8 +71,10 @@ def main() -> None:
             costs = mac_cost_model(model, compare.seq_len_for(task, adapter, calib))
             sc = compare.scores_for(task, "optin", cargs, adapter, calib, labels)
             perm = torch.randperm(len(task.data.train), generator=torch.Generator().manual_seed(seed))  # the calibration draw's order
-            held = compare.take(task.data.train, perm[args.calib_samples:args.calib_samples + args.heldout].sort().values)
+            first = max([args.calib_samples] + [int(f.partition("@")[2]) for f in damps if "@" in f])  # outside every refit batch
+            held = compare.take(task.data.train, perm[first:first + args.heldout].sort().values)
             dense_pred = {k: compare.predict(task, model, sp) for k, sp in (("val", val), ("held", held))}
+            refit_batches: dict[int, dict] = {}
             for b in budgets:
                 sel = select(sc.heads, sc.neurons, costs, b * costs.dense(), neuron_multiple=args.neuron_multiple)
                 plain = apply_plan(model, sel.plan)
@@ -79,9 +82,11 @@ def main() -> None:
                        "plain": measure(task, plain, val, test, held, dense_pred), "refit": {}}
                 for fd in damps:
                     fit, d = fd.split(":")
+                    d, _, n_fit = d.partition("@")  # FIT:DAMP@N: the refit on N calibration samples (the same draw's first N)
+                    fit_batch = refit_batches.setdefault(int(n_fit), compare.calibration(task, int(n_fit), seed)[0]) if n_fit else calib
                     student = apply_plan(model, sel.plan)
                     t0 = time.perf_counter()
-                    rep = reconstruct(model, student, calib, fit=fit, damp=float(d))
+                    rep = reconstruct(model, student, fit_batch, fit=fit, damp=float(d))
                     secs = time.perf_counter() - t0
                     row["refit"][fd] = {**measure(task, student, val, test, held, dense_pred), "seconds": secs, "mean_error_ratio": statistics.mean(
                         r["error_after"] / max(r["error_before"], 1e-30) for r in rep.layers) if rep.layers else 1.0}

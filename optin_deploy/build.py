@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .adapters import get_adapter
 from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
+from .pruning import REFIT_SAMPLES
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError
 from .progress import console, step
@@ -86,6 +87,7 @@ class BuildOptions:
     reconstruct: bool = True
     reconstruct_fit: str = DEFAULT_FIT
     reconstruct_damp: float = DEFAULT_DAMP
+    refit_samples: int = REFIT_SAMPLES  # training samples the refit fits on (a superset of the scoring batch; 0: that batch)
     baselines: bool = True
     quantization: str | None = None  # int8: dynamic | static | auto (None: the profile's)
     int8_max_drop: float | None = None  # int8: accuracy points allowed against the fp32 graph (None: the profile's)
@@ -196,7 +198,7 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .pruning import check_reconstruct
+    from .pruning import check_reconstruct, check_refit_samples
 
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
@@ -215,6 +217,7 @@ def run_build(opts: BuildOptions) -> dict:
             raise OptinError(f"unknown --task {opts.task!r}; choose one of {', '.join(TASKS)}")
     if opts.reconstruct:
         check_reconstruct(opts.reconstruct_fit, opts.reconstruct_damp)
+        check_refit_samples(opts.refit_samples)
     if opts.probes < 1:
         raise OptinError(f"--probes must be at least 1, got {opts.probes}")
     if opts.bench_iters < 1:
@@ -292,6 +295,11 @@ class BuildContext:
     # the dense model's export for this target when already made (a choosing profile measured it; the bundle's
     # ``<format>/dense``): the later stages take it instead of exporting again
     dense_export: dict | None = None
+    refit: dict | None = None  # the refit's calibration batch (pruning.refit_batch; None: the scoring batch)
+
+    @property
+    def refit_batch(self) -> dict:
+        return self.calib if self.refit is None else self.refit
 
     @property
     def select_by(self) -> str:
@@ -372,7 +380,7 @@ class BuildContext:
         o = self.opts
         return prune(self.model, self.calib, costs=costs, budget=self.fraction_budget(fraction), scores=scores or self.scores,
                      reconstruct=bool(o.reconstruct and reconstruct_units), fit=o.reconstruct_fit, damp=o.reconstruct_damp,
-                     teacher_cache=self.teacher_cache, **self.sel_kwargs)
+                     teacher_cache=self.teacher_cache, refit_calib=self.refit_batch, **self.sel_kwargs)
 
     def shape(self):
         """The exported graph's shape range: the profile's, within the model's usable positions."""
@@ -460,6 +468,12 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
     if calib_len is not None:
         task.max_length = calib_len
     calib = task.calibration(opts.calib_samples, seed=opts.seed)
+    refit = None
+    if opts.reconstruct:
+        from .pruning import refit_batch
+
+        refit = refit_batch(task, model, calib, opts.refit_samples, opts.seed)
+        refit = None if refit is calib else refit
     task.max_length = eval_len
     bench_np = _bench_inputs(task, target)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
@@ -470,7 +484,7 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
         mc, kw = mac_cost_model(model, seq), target.selection_kwargs
         check_keeps_something(mc, opts.flops * mc.dense(), f"--flops {opts.flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
-    return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len)
+    return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len, refit=refit)
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -597,7 +611,7 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
                                         "measured_speedup": ref_ms / ls.measured_ms}
         selected = Selected(ls.model.eval(), ls.predicted_ms, list(scores.notes), None, latency_budget=latency_info)
     if selected.search is None and opts.reconstruct:
-        selected.reconstruction = reconstruct_kept_units(model, selected.model, ctx.calib, opts.reconstruct_fit, opts.reconstruct_damp)
+        selected.reconstruction = reconstruct_kept_units(model, selected.model, ctx.refit_batch, opts.reconstruct_fit, opts.reconstruct_damp)
     print_layer_table(model, selected.model)
     report_emptied(model, selected.model)
     return selected

@@ -65,6 +65,36 @@ def check_reconstruct(fit: str, damp: float) -> None:
         raise OptinError(f"--reconstruct-damp must be positive, got {damp}")
 
 
+REFIT_SAMPLES = 512  # training samples the refit fits on by default (a superset of the scoring batch; benchmarks/reconstruct.py)
+# what the dense model's per-layer captures of the refit batch may take (4 tensors of hidden-size rows per real token
+# and layer, fp32; a budget search keeps them for every layer): a wider or deeper model, or longer inputs, fit on fewer
+REFIT_MEMORY = 2 * 2 ** 30
+
+
+def check_refit_samples(n: int) -> None:
+    if n < 0:
+        raise OptinError(f"--refit-samples must be 0 or more (0: the scoring batch), got {n}")
+
+
+def refit_batch(task, model: nn.Module, calib: dict[str, torch.Tensor], refit_samples: int, seed: int = 0, *,
+                memory: float = REFIT_MEMORY) -> dict[str, torch.Tensor]:
+    """The batch the refit fits on: the scoring batch's seeded draw extended to ``refit_samples`` training samples
+    (the same order, so it holds the scoring batch), fewer when the training split is smaller or the dense model's
+    captures would take more than ``memory`` bytes; the scoring batch itself when that leaves no more samples.
+    A least-squares fit of a few thousand columns over a few thousand rows overfits the batch; more rows fit the
+    units' outputs on more of the data (on MiniLM sentiment: README, "Refitting the kept units")."""
+    n_cal = int(next(iter(calib.values())).shape[0])
+    if refit_samples <= n_cal:
+        return calib
+    a = get_adapter(model)
+    try:
+        per_sample = 16.0 * sum(int(a.layer_token_mask(calib, l).sum()) * a.layer_hidden_size(l) for l in range(a.num_layers)) / n_cal
+    except Exception:  # noqa: BLE001 - a family without a per-layer token mask from inputs alone: the scoring batch
+        return calib
+    n = min(refit_samples, len(task.data.train), int(memory // max(per_sample, 1.0)))
+    return task.calibration(n, seed=seed) if n > n_cal else calib
+
+
 def check_budget(flops: float) -> None:
     if not (0.0 < flops <= 1.0):
         raise OptinError(f"--flops must be in (0, 1] (the fraction of the dense encoder's MACs to keep), got {flops}")
@@ -161,9 +191,11 @@ def compute_scores(model: nn.Module, calib: dict[str, torch.Tensor], *, scoring:
 def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | None = 0.6, costs: CostModel | None = None, budget: float | None = None,
           scoring: str = "auto", scorer: str = "optin", settings: ScoreSettings | None = None, probes: int = 64,
           head_multiple: int = 1, neuron_multiple: int = 1, scores=None, reconstruct: bool = False,
-          fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP, teacher_cache: dict | None = None) -> PruneResult:
+          fit: str = DEFAULT_FIT, damp: float = DEFAULT_DAMP, teacher_cache: dict | None = None,
+          refit_calib: dict[str, torch.Tensor] | None = None) -> PruneResult:
     """Score (or reuse ``scores``), select under the budget, slice, and optionally reconstruct the kept units
-    (:mod:`optin_deploy.core.reconstruct`). ``model`` is not modified."""
+    (:mod:`optin_deploy.core.reconstruct`) on ``refit_calib`` (default: the scoring batch ``calib``). ``model`` is
+    not modified."""
     a = get_adapter(model)
     # MACs are reported at the length the given cost model counts them at (else the calibration's)
     seq = (costs.info.get("seq_len") if costs is not None else None) or a.seq_len(calib)
@@ -182,7 +214,8 @@ def prune(model: nn.Module, calib: dict[str, torch.Tensor], *, flops: float | No
     except ValueError as exc:
         raise OptinError(f"budget too small: {exc}; raise the budget") from None
     pruned = apply_plan(model, sel.plan).eval()
-    rec = reconstruct_kept_units(model, pruned, calib, fit, damp, teacher_cache=teacher_cache) if reconstruct else None
+    rec = (reconstruct_kept_units(model, pruned, calib if refit_calib is None else refit_calib, fit, damp, teacher_cache=teacher_cache)
+           if reconstruct else None)
     pa = get_adapter(pruned)
     return PruneResult(pruned, sel, raw, method, secs, costs, a.encoder_macs(seq), pa.encoder_macs(seq), notes, rec)
 
@@ -192,10 +225,11 @@ def reconstruct_kept_units(dense: nn.Module, pruned: nn.Module, calib: dict[str,
     """Reconstruction: a least-squares refit of the kept units' output weights of ``pruned`` (in place) on the
     calibration batch, so each pruned sublayer adds what the dense one added (:mod:`optin_deploy.core.reconstruct`)."""
     check_reconstruct(fit, damp)
-    step(f"reconstructing the kept units: least-squares fit of their output {fit}, layer by layer on the calibration batch (damping {damp})")
+    n = int(next(iter(calib.values())).shape[0])
+    step(f"reconstructing the kept units: least-squares fit of their output {fit}, layer by layer on {n} calibration samples (damping {damp})")
     with progress_bar("reconstruct") as update:
         rep = reconstruct(dense, pruned, calib, fit=fit, damp=damp, progress=update, teacher_cache=teacher_cache)
-    out = rep.to_dict()
+    out = {**rep.to_dict(), "samples": n}
     if rep.layers:
         before = sum(r["error_before"] for r in rep.layers) / len(rep.layers)
         after = sum(r["error_after"] for r in rep.layers) / len(rep.layers)
@@ -228,7 +262,7 @@ def print_layer_table(dense: nn.Module, pruned: nn.Module) -> None:
 def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.6, calib_samples: int = 128, calib_length: int = 64,
                     scoring: str = "auto", scorer: str = "optin", probes: int = 64, reconstruct: bool = True, fit: str = DEFAULT_FIT,
                     damp: float = DEFAULT_DAMP, seed: int = 0, text_column: str = "text", label_column: str = "label",
-                    force: bool = False, profile=DEFAULT_PROFILE) -> dict:
+                    force: bool = False, profile=DEFAULT_PROFILE, refit_samples: int = REFIT_SAMPLES) -> dict:
     """``optin-deploy prune``: load the task, score, select under ``flops`` of the dense encoder MACs, slice,
     reconstruct, and save the pruned model to ``out`` (atomically). Bad input fails before any work. Returns
     the summary. The MACs are counted at ``budget.seq_len`` (recorded): with a ``profile`` (a name, a file or a
@@ -243,6 +277,7 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     target = resolve_target(profile) if profile is not None else None  # a bad profile fails before any work
     check_budget(flops)
     check_reconstruct(fit, damp)
+    check_refit_samples(refit_samples)
     if calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
     if probes < 1:
@@ -255,11 +290,12 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     if task.max_length is not None:
         task.max_length = calib_length
     calib = task.calibration(calib_samples, seed=seed)
+    refit = refit_batch(task, task.model, calib, refit_samples, seed) if reconstruct else None
     seq = target.mac_seq_len(task.model) if target is not None else get_adapter(task.model).seq_len(calib)
     costs, kw = mac_cost_model(task.model, seq), (target.selection_kwargs if target is not None else {})
     check_keeps_something(costs, flops * costs.dense(), f"--flops {flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     result = prune(task.model, calib, costs=costs, budget=flops * costs.dense(), scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed),
-                   probes=probes, reconstruct=reconstruct, fit=fit, damp=damp, **kw)
+                   probes=probes, reconstruct=reconstruct, fit=fit, damp=damp, refit_calib=refit, **kw)
     print_layer_table(task.model, result.model)
     report_emptied(task.model, result.model)
     budget = {"flops": flops, "seq_len": seq, **({"profile": target.name} if target is not None else {})}

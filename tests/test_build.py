@@ -206,6 +206,7 @@ def test_regression_build_reports_spearman_under_its_name(tiny_text_task, tmp_pa
     (["--scoring", "bogus"], "unknown --scoring"),
     (["--reconstruct-damp", "0"], "--reconstruct-damp must be positive"),
     (["--reconstruct-fit", "bogus"], "unknown --reconstruct-fit"),
+    (["--refit-samples", "-1"], "--refit-samples must be 0 or more"),
 ])
 def test_build_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "b"

@@ -11,6 +11,7 @@ from optin_deploy.core.surgery import PrunePlan, apply_plan, random_plan
 from optin_deploy.pruned_io import load_pruned, save_pruned
 
 from conftest import FAMILIES, family_params, make_tiny_timm
+from test_build import tiny_text_task  # noqa: F401 (the fixture: a tiny random BERT with the MiniLM tokenizer and a labelled CSV)
 
 
 def _logits(model, inputs):
@@ -169,7 +170,37 @@ def test_cli_defaults_match_the_core():
     from optin_deploy.commands import options
     from optin_deploy.core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 
+    from optin_deploy.pruning import REFIT_SAMPLES
+
     assert (options.RECONSTRUCT.default, options.RECONSTRUCT_FIT.default, options.RECONSTRUCT_DAMP.default) == (True, DEFAULT_FIT, DEFAULT_DAMP)
+    assert options.REFIT_SAMPLES.default == REFIT_SAMPLES
+
+
+def test_the_refit_batch_extends_the_scoring_draw_within_the_split_and_the_memory_cap(tiny_text_task):
+    """The refit fits on more samples than the scores are computed on: the same seeded draw, extended (so every
+    scoring sample is in it), never more than the training split holds, fewer when the dense model's captures
+    would pass the memory cap, and the scoring batch itself when no more is asked or allowed."""
+    from optin_deploy.adapters import get_adapter
+    from optin_deploy.pruning import refit_batch
+    from optin_deploy.zoo import load_task
+
+    task = load_task(str(tiny_text_task / "model"), str(tiny_text_task / "data.csv"), max_length=None)
+    task.max_length = 32
+    calib = task.calibration(16, seed=3)
+    n_train = len(task.data.train)
+
+    def rows(batch):
+        return {tuple(r.tolist()) for r in batch["input_ids"]}
+
+    assert refit_batch(task, task.model, calib, 0, 3) is calib and refit_batch(task, task.model, calib, 16, 3) is calib
+    big = refit_batch(task, task.model, calib, 64, 3)
+    assert big["input_ids"].shape[0] == 64 and rows(calib) <= rows(big)
+    assert refit_batch(task, task.model, calib, 10 ** 6, 3)["input_ids"].shape[0] == n_train  # the whole training split
+    a = get_adapter(task.model)
+    per_sample = 16 * sum(int(a.layer_token_mask(calib, l).sum()) * a.layer_hidden_size(l) for l in range(a.num_layers)) / 16
+    capped = refit_batch(task, task.model, calib, 64, 3, memory=40 * per_sample)
+    assert 38 <= capped["input_ids"].shape[0] <= 40 and rows(calib) <= rows(capped)
+    assert refit_batch(task, task.model, calib, 64, 3, memory=8 * per_sample) is calib  # the cap leaves no more than the scoring batch
 
 
 @pytest.mark.parametrize("name", ["bert", "timm_vit"])

@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
         reconstruct_damp: float = options.RECONSTRUCT_DAMP,
+        refit_samples: int = options.REFIT_SAMPLES,
         seed: int = typer.Option(0, "--seed"),
         text_column: str = typer.Option("text", "--text-column"),
         label_column: str = typer.Option("label", "--label-column"),
@@ -68,7 +69,7 @@ def register(app: typer.Typer) -> None:
                             search_range=options.parse_range(search_range, "--search-range"), search_start=search_start,
                             search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
                             baselines=baselines, optimize=optimize, quantization=quantization, int8_max_drop=int8_max_drop,
-                            reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, seed=seed, text_column=text_column, label_column=label_column, force=force)
+                            reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, refit_samples=refit_samples, seed=seed, text_column=text_column, label_column=label_column, force=force)
         report = run_build(opts)
         a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}
         lead = ""

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
         reconstruct_damp: float = options.RECONSTRUCT_DAMP,
+        refit_samples: int = options.REFIT_SAMPLES,
         seed: int = typer.Option(0, "--seed"),
         json_out: Optional[str] = options.JSON_OUT,
         force: bool = options.FORCE,
@@ -40,6 +41,6 @@ def register(app: typer.Typer) -> None:
         data = options.alias("--data", data, "--calib", calib)
         calib_length = options.alias("--calib-length", calib_length, "--max-length", max_length, default=64)
         summary = prune_to_folder(model, data, out, flops=flops, calib_samples=calib_samples, calib_length=calib_length, scoring=scoring,
-                                  scorer=scorer, probes=probes, reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp,
+                                  scorer=scorer, probes=probes, reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp, refit_samples=refit_samples,
                                   seed=seed, text_column=text_column, label_column=label_column, force=force, profile=profile)
         options.emit_json(json_out, summary)

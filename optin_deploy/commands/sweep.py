@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
         reconstruct_damp: float = options.RECONSTRUCT_DAMP,
+        refit_samples: int = options.REFIT_SAMPLES,
         search_samples: int = options.SEARCH_SAMPLES,
         search_rounds: int = options.SEARCH_ROUNDS,
         seed: int = typer.Option(0, "--seed"),
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
         scorers = [s.strip() for s in scorer.split(",") if s.strip()]
         opts = BuildOptions(model=model, data=data, profile=profile, out=out, calib_samples=calib_samples, calib_length=calib_length,
                             scoring=scoring, scorer=scorers[0] if scorers else "optin", probes=probes, reconstruct=reconstruct,
-                            reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, search_samples=search_samples,
+                            reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, refit_samples=refit_samples, search_samples=search_samples,
                             search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column)
         fr, folder = run_sweep(opts, bs, scorers)
         console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
