@@ -87,7 +87,7 @@ class BuildOptions:
     reconstruct: bool = True
     reconstruct_fit: str = DEFAULT_FIT
     reconstruct_damp: float = DEFAULT_DAMP
-    refit_samples: int = REFIT_SAMPLES  # training samples the refit fits on (a superset of the scoring batch; 0: that batch)
+    refit_samples: int = REFIT_SAMPLES  # training samples the refit fits on (a superset of the scoring batch; 0, the default: that batch)
     baselines: bool = True
     quantization: str | None = None  # int8: dynamic | static | auto (None: the profile's)
     int8_max_drop: float | None = None  # int8: accuracy points allowed against the fp32 graph (None: the profile's)
