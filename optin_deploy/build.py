@@ -226,6 +226,14 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
     if opts.calib_length < 1:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
+    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**32:
+        raise OptinError(f"--seed must be an integer from 0 to {2**32 - 1}, got {opts.seed}")
+    if opts.search_start is not None:
+        start, (lo, hi) = opts.search_start, opts.search_range
+        if not (math.isfinite(start) and 0 < start <= 1):  # refused like --search-reference, not clamped and misrecorded
+            raise OptinError(f"--search-start takes a fraction of the dense MACs in (0, 1] such as 0.6, got {start}")
+        if not lo <= start <= hi:
+            raise OptinError(f"--search-start {start} is outside the search range {lo}:{hi}; pass a start within it (or widen --search-range)")
     from .int8 import check_quantization_options
 
     errors = []
@@ -937,7 +945,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Targ
         "created_by": f"optin-deploy {__version__}",
         "command": " ".join(opts.command),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
-        "inputs": {"model": report["model"], "task": report["task"]["name"]},
+        "inputs": {"model": report["model"], "task": report["task"]["name"], **_data_inputs(opts.data, report["task"].get("source") or {})},
         # the profile the bundle was built for: a choosing profile's chosen candidate (report.json runtime_choice says how)
         "profile": next((t for t in target.choices if t.name == report["profile"]), target).profile.to_dict(),
         "chosen_by": target.chooser.name if target.chooser is not None else None,
@@ -948,6 +956,21 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Targ
         if p.is_file() and p.name != "manifest.json":
             manifest["files"][str(p.relative_to(staging))] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
     write_json(staging / "manifest.json", _relative_to(manifest, staging.resolve()))
+
+
+def _data_inputs(data: str | None, source: dict) -> dict:
+    """The data a bundle was built from, for manifest.json: the spec, the absolute path of a local
+    file or folder and a file's sha256 (a built-in data set: its asset's recorded sha256)."""
+    out: dict = {"data": data}
+    path = source.get("path") or source.get("file")
+    if path:
+        p = Path(str(path)).expanduser().resolve()
+        out["data_path"] = str(p)
+        if p.is_file():
+            out["data_sha256"] = sha256_file(p)
+    if "data_sha256" not in out and source.get("sha256"):
+        out["data_sha256"] = source["sha256"]
+    return out
 
 
 def _check_task_options(opts: BuildOptions, embedding: bool) -> None:

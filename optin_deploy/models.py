@@ -54,6 +54,25 @@ def quiet_transformers():
             tlog.enable_progress_bar()
 
 
+def short_reason(exc: BaseException | str, limit: int = 200) -> str:
+    """The first informative line of an error, at most ``limit`` characters, cut at a word boundary.
+
+    torch's "Weights only load failed ... Re-running torch.load with weights_only set to False"
+    preamble is dropped (that advice runs code from the file): the line saying what it met is kept."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if any("weights only load failed" in ln.lower() for ln in lines):
+        lines = [ln.split("WeightsUnpickler error:", 1)[-1].strip() for ln in lines
+                 if "weights_only" not in ln.lower() and "weights only" not in ln.lower()
+                 and not ln.lower().startswith(("check the documentation", "please file an issue"))] or ["weights-only loading failed"]
+        lines = [ln for ln in lines if ln] or ["weights-only loading failed"]
+    line = lines[0] if lines else ""
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(")
+    return (cut or line[:limit]) + "..."
+
+
 def _finish(model: torch.nn.Module) -> torch.nn.Module:
     return model.float().eval()
 
@@ -164,6 +183,29 @@ def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: 
     return _load_transformers(s, s, num_labels, head, local=False)
 
 
+def _refuse_unknown_model_type(config_file: Path, spec: str) -> None:
+    """A config.json that transformers cannot read because of its ``model_type`` (a family it does
+    not know, or none at all): refused with the one line naming the supported model_types."""
+    try:
+        raw = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(raw, dict):
+        return
+    from types import SimpleNamespace
+
+    from .adapters import adapter_for_config, supported_model_types
+
+    kind = raw.get("model_type")
+    if not kind:
+        raise OptinError(f"{config_file} has no model_type, so its model family is unknown; set \"model_type\" to the model's "
+                         f"family (optin-deploy supports {', '.join(supported_model_types())})")
+    if not isinstance(kind, str):
+        kind = repr(kind)
+    if kind not in supported_model_types():
+        adapter_for_config(SimpleNamespace(model_type=kind), f"model {spec!r}")  # raises the line naming the supported model_types
+
+
 def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool, *, local: bool, local_files_only: bool = False) -> torch.nn.Module:
     import transformers
     from transformers import AutoConfig
@@ -172,9 +214,11 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
     try:
         config = AutoConfig.from_pretrained(where, **kw)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
+        if local:
+            _refuse_unknown_model_type(Path(where) / "config.json", spec)
         if not local:
-            raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({str(exc).splitlines()[0]})") from None
-        raise OptinError(f"{where}/config.json is not a valid transformers config ({str(exc).splitlines()[0][:200]}); fix or replace it") from None
+            raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({short_reason(exc)})") from None
+        raise OptinError(f"{where}/config.json is not a valid transformers config ({short_reason(exc)}); fix or replace it") from None
     from .adapters import adapter_for_config
 
     adapter_for_config(config, f"model {spec!r}")  # an unsupported family is refused here, before any weights load
@@ -197,16 +241,16 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
                              f"from the file, so optin-deploy does not load them; " + PICKLE_HINT) from None
         if "Unrecognized configuration class" in str(exc) or "does not support" in str(exc):
             raise OptinError(f"model {spec!r} ({type(config).__name__}) has no {cls.__name__.replace('Auto', '')} class in transformers; use a classification model") from None
-        raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({str(exc).splitlines()[0][:200]}); the file may be corrupt") from None
+        raise OptinError(f"cannot load the weights {_weights_file(Path(where))} ({short_reason(exc)}); the file may be corrupt") from None
     except (OSError, RuntimeError, EOFError, Exception) as exc:  # noqa: BLE001 - safetensors/pickle errors vary
-        if needs_pickle(exc) or needs_pickle(exc.__cause__ or exc):
+        if needs_pickle(exc):
             raise OptinError(f"the weights {_weights_file(Path(where)) if local else spec} need Python pickle to load, which can run code "
                              f"from the file, so optin-deploy does not load them; " + PICKLE_HINT) from None
         if not local and isinstance(exc, OSError):
-            raise OptinError(f"model {spec!r}: cannot download it from the Hugging Face hub ({str(exc).splitlines()[0][:200]}); pass a local path") from None
+            raise OptinError(f"model {spec!r}: cannot download it from the Hugging Face hub ({short_reason(exc)}); pass a local path") from None
         raise OptinError(
             f"cannot load the weights {_weights_file(Path(where)) if local else spec} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else 'unreadable'}); the file may be corrupt or truncated"
+            f"({type(exc).__name__}: {short_reason(exc) or 'unreadable'}); the file may be corrupt or truncated"
         ) from None
     archs = getattr(config, "architectures", None) or []
     if head and archs and not any(a.endswith(("Classification", "ForImageClassificationWithTeacher")) for a in archs):
@@ -243,7 +287,7 @@ def _load_timm(name: str, num_labels: int | None) -> torch.nn.Module:
     try:
         return _finish(timm.create_model(name, pretrained=True, **kw))
     except Exception as exc:  # noqa: BLE001
-        raise OptinError(f"cannot load pretrained timm model {name!r} ({str(exc).splitlines()[0][:200]}); pass timm:{name}@CHECKPOINT_FILE") from None
+        raise OptinError(f"cannot load pretrained timm model {name!r} ({short_reason(exc)}); pass timm:{name}@CHECKPOINT_FILE") from None
 
 
 PICKLE_HINT = ("load it yourself in trusted Python and save the weights with safetensors "
@@ -251,10 +295,22 @@ PICKLE_HINT = ("load it yourself in trusted Python and save the weights with saf
                "or a transformers folder saved with save_pretrained(safe_serialization=True)")
 
 
-def needs_pickle(exc: BaseException) -> bool:
-    """Whether a ``torch.load(weights_only=True)`` failure means the file holds pickled code/objects."""
-    text = f"{type(exc).__name__} {exc}"
-    return any(k in text for k in ("Unsupported global", "not an allowed global", "Unsupported class", "non-allowlisted"))
+PICKLE_MARKERS = ("unsupported global", "not an allowed global", "unsupported class", "non-allowlisted", "add_safe_globals",
+                  "safe_globals", "is blocked", "whose module")
+
+
+def needs_pickle(exc: BaseException | None) -> bool:
+    """Whether a ``torch.load(weights_only=True)`` failure means the file holds pickled code/objects
+    (a whole model, custom classes, a call such as ``os.system``): matched case-insensitively on the
+    error and its causes, since torch words it differently across versions ("Unsupported global:
+    GLOBAL x was not an allowed global", "unsupported GLOBAL posix.system whose module posix is blocked")."""
+    seen = 0
+    while exc is not None and seen < 5:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(k in text for k in PICKLE_MARKERS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _read_state(path: Path) -> Any:
@@ -293,7 +349,7 @@ def _load_timm_file(path: Path, arch: str | None, num_labels: int | None) -> tor
     try:
         model.load_state_dict(state, strict=num_labels is None)
     except RuntimeError as exc:
-        raise OptinError(f"the weights in {path} do not fit timm's {arch!r} ({str(exc).splitlines()[0][:160]}); check the architecture name") from None
+        raise OptinError(f"the weights in {path} do not fit timm's {arch!r} ({short_reason(exc, 160)}); check the architecture name") from None
     return _finish(model)
 
 
@@ -336,21 +392,66 @@ def _model_modality(model: torch.nn.Module) -> str:
         return "image" if hasattr(getattr(model, "config", None), "image_size") else "text"
 
 
+# files a tokenizer is read from (wordpiece / BPE vocabularies, fast tokenizers, sentencepiece models)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spm.model", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def has_tokenizer_files(folder: str | os.PathLike) -> bool:
+    """Whether a folder holds a tokenizer's vocabulary (not just a config naming its class)."""
+    p = Path(str(folder)).expanduser()
+    return any((p / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _no_tokenizer(spec, why: str) -> OptinError:
+    return OptinError(f"no tokenizer found with model {str(spec)!r} ({why}); save the tokenizer in the model folder "
+                      f"(tokenizer.save_pretrained(FOLDER), from the tokenizer the model was trained with)")
+
+
+def _check_vocabulary(tok, spec) -> None:
+    """Refuse a tokenizer that holds nothing but special tokens: transformers builds such an empty
+    tokenizer from a bare config, and every word then becomes [UNK], so all figures would be garbage."""
+    try:
+        vocab = tok.get_vocab()
+    except Exception:  # noqa: BLE001 - a tokenizer without get_vocab: nothing to check
+        return
+    special = set(getattr(tok, "all_special_tokens", []) or [])
+    if vocab is not None and not (set(vocab) - special):
+        raise _no_tokenizer(spec, f"the tokenizer found holds only its {len(vocab)} special tokens, so every word would be unknown")
+
+
 def load_tokenizer(spec: str | os.PathLike):
-    """The tokenizer saved with a model (its folder or hub name)."""
+    """The tokenizer saved with a model (its folder or hub name; a pruned-model folder without one
+    falls back to the folder it was pruned from). A local folder without tokenizer files, or a
+    tokenizer holding only special tokens, is refused in one line: transformers 5 would otherwise
+    hand back an empty tokenizer that turns every word into [UNK]."""
     from transformers import AutoTokenizer
 
     p = Path(str(spec)).expanduser()
     local = p.is_dir()
-    if local and (p / "optin_structure.json").exists():
-        try:
-            return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-        except Exception:  # noqa: BLE001
-            pass
+    if local and not has_tokenizer_files(p) and (p / "optin_structure.json").exists():
+        src = _pruned_source_dir(p)
+        if src is not None and has_tokenizer_files(src):
+            p = src
+    if local and not has_tokenizer_files(p):
+        raise _no_tokenizer(spec, "the folder has no tokenizer.json, vocab.txt or other tokenizer file")
     try:
-        return AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable())
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable())
     except Exception as exc:  # noqa: BLE001
-        raise OptinError(f"no tokenizer found with model {str(spec)!r} ({type(exc).__name__}); save the tokenizer in the model folder (tokenizer.save_pretrained)") from None
+        raise _no_tokenizer(spec, type(exc).__name__) from None
+    _check_vocabulary(tok, spec)
+    return tok
+
+
+def _pruned_source_dir(folder: Path) -> Path | None:
+    """The model folder a pruned model was made from, as its ``optin_structure.json`` records it."""
+    try:
+        extra = json.loads((folder / "optin_structure.json").read_text()).get("extra") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    src = extra.get("source_dir") if isinstance(extra, dict) else None
+    return Path(src).expanduser() if isinstance(src, str) and src and Path(src).expanduser().is_dir() else None
 
 
 def example_inputs_for_model(model: torch.nn.Module, batch: int = 8, seq_len: int = 128,

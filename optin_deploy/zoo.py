@@ -800,6 +800,36 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
     return load_data(data, **flags)
 
 
+def _model_label_names(model: torch.nn.Module, n: int) -> list[str]:
+    """The model's class names in id order (its ``id2label``), or ``0..n-1`` as strings."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    try:
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        names = []
+    return names if len(names) == n else [str(i) for i in range(n)]
+
+
+def _fit_class_ids(model: torch.nn.Module, td: TaskData, n: int, model_spec: str, data_spec: str) -> TaskData:
+    """Integer labels are the model's class ids: any subset of ``0..n-1`` may occur in a split (a
+    test set without the last class is still the model's task); an id outside that range is an error
+    naming it and the range. The data then carries the model's ``n`` classes and names."""
+    ids: set[int] = set()
+    for split in ("train", "validation", "test"):
+        labels = getattr(td, split).labels
+        if labels is not None and len(labels):
+            ids |= {int(v) for v in torch.unique(labels).tolist()}
+    out = sorted(i for i in ids if i < 0 or i >= n)
+    if out:
+        shown = ", ".join(map(str, out[:8])) + (", ..." if len(out) > 8 else "")
+        raise OptinError(
+            f"data {data_spec!r} has class id{'s' if len(out) > 1 else ''} {shown} outside the range of model {model_spec!r}, "
+            f"which predicts {n} classes (ids 0..{n - 1}); fix those labels (or drop those rows) or use a model trained on these classes"
+        )
+    td.label_names = _model_label_names(model, n)
+    return td
+
+
 def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
     names = [str(v) for v in (getattr(getattr(model, "config", None), "id2label", None) or {}).values()]
     if names and not _generic(names):  # named classes: unknown labels are named first, with both sets
@@ -808,6 +838,8 @@ def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec:
     kind = model_task_type(model)
     if kind is not None and td.train.labels is not None and td.task_type != kind:
         raise OptinError(f"model {model_spec!r} is a {kind} model but data {data_spec!r} has {td.task_type} labels; pass matching data")
+    if n is not None and td.train.labels is not None and td.task_type == "classification" and td.source.get("label_kind") == "int":
+        td = _fit_class_ids(model, td, n, model_spec, data_spec)
     if n is not None and td.train.labels is not None and td.task_type == "classification" and td.num_labels != n:
         raise OptinError(
             f"model {model_spec!r} predicts {n} classes but data {data_spec!r} has {td.num_labels} labels "

@@ -164,6 +164,7 @@ class _Labels:
         if len(vals) < len(values):
             raise OptinError(f"{where}: {len(values) - len(vals)} rows have an empty label; fill them in or drop them")
         self.where = where
+        self.for_classifier = task_type == "classification"  # a classifier's own ids: its class range is checked against the model
         if task_type == "regression":
             bad = [v for v in vals if not _is_number(v) or not math.isfinite(float(str(v).strip()))]
             if bad:
@@ -195,8 +196,14 @@ class _Labels:
             except (TypeError, ValueError):
                 raise OptinError(f"{where}: the {split} labels are not all numbers, unlike the training labels") from None
         if self.kind == "int":
-            bad = [v for v in values if not _is_int(v) or int(float(v)) not in self.seen]
+            # for a classifier every split may hold any subset of its class ids (zoo._check_fit checks them against
+            # the model's range); without a model a split's ids must have been seen in training
+            bad = [v for v in values if not _is_int(v) or int(float(v)) < 0 or (not self.for_classifier and int(float(v)) not in self.seen)]
             ids = None if bad else [int(float(v)) for v in values]
+            if bad and self.for_classifier:
+                shown = ", ".join(repr(b) for b in list(dict.fromkeys(map(str, bad)))[:5])
+                raise OptinError(f"{where}: the {split} split has labels that are not class ids ({shown}) while the training "
+                                 f"labels are; use integer class ids 0, 1, ... (or class names) throughout")
         else:
             bad = [v for v in values if str(v).strip() not in self.ids]
             ids = None if bad else [self.ids[str(v).strip()] for v in values]
@@ -241,7 +248,7 @@ def _from_rows(
         return ["" if v is None else str(v) for v in _column(rows, text_column)]
 
     labeler = _Labels(_column(train_rows, label_column), train_where, task_type) if have_labels else None
-    source = {"path": origin, "text_column": text_column, "label_column": label_column if have_labels else None,
+    source = {"path": str(Path(origin).resolve()), "text_column": text_column, "label_column": label_column if have_labels else None,
               "label_kind": labeler.kind if labeler else None}
     if not have_labels:
         source["missing_label_column"] = label_column
@@ -277,6 +284,13 @@ def _fill_splits(parts: dict[str, Split], stratify: bool, seed: int, origin: str
             raise OptinError(f"{origin} has only {len(s)} rows; it needs at least 3 to make train/validation/test splits")
         labels = s.labels.numpy() if (stratify and s.labels is not None) else None
         tr, va, te = stratified_split(labels, len(s), seed=seed)
+        empty = [k for k, idx in (("train", tr), ("validation", va), ("test", te)) if len(idx) == 0]
+        if empty:
+            need = "at least 10 rows of one class (the split is drawn class by class)" if labels is not None else "at least 10 rows"
+            raise OptinError(
+                f"{origin} has only {len(s)} rows, too few for the 80/10/10 train/validation/test split: the {' and '.join(empty)} "
+                f"split{'s' if len(empty) > 1 else ''} would be empty; pass {need}, or a folder with train/validation/test files"
+            )
         return {"train": _subset(s, tr), "validation": _subset(s, va), "test": _subset(s, te)}, "80/10/10 seeded" + (" stratified" if labels is not None else "")
     out = dict(parts)
     missing = [k for k in ("validation", "test") if k not in out]
@@ -391,7 +405,7 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
         x = images_to_tensor(files, image_size, image_mean, image_std, num_channels)
         parts[split] = Split(x, torch.tensor([ids[l] for l in labels], dtype=torch.long))
     parts, how = _fill_splits(parts, True, seed, str(origin))
-    source = {"path": str(origin), "split": how, "seed": seed, "label_kind": "folder", "image_size": list(_size(image_size)),
+    source = {"path": str(origin.resolve()), "split": how, "seed": seed, "label_kind": "folder", "image_size": list(_size(image_size)),
               "image_mean": np.ravel(_norm_vec(image_mean, num_channels, "mean")).tolist(),
               "image_std": np.ravel(_norm_vec(image_std, num_channels, "std")).tolist()}
     return TaskData(origin.name, "image", "classification", names, parts["train"], parts["validation"], parts["test"], source)
@@ -424,8 +438,10 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
     image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
     if text_column not in cols and image_col is not None:
         names = None
+        label_kind = "int" if label_column in cols else None  # integer labels are class ids
         if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
             names = list(features[label_column].names)
+            label_kind = "classlabel"
         parts = {}
         for k, d in splits.items():
             x = images_to_tensor(list(d[image_col]), image_size, image_mean, image_std, num_channels, str(path))
@@ -436,7 +452,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
             names = [str(i) for i in range(int(y_all.max()) + 1)]
         parts, how = _fill_splits(parts, label_column in cols, seed, str(path))
         return TaskData(path.name, "image", "classification", names or [], parts["train"], parts["validation"], parts["test"],
-                        {"path": str(path), "split": how, "seed": seed, "image_column": image_col})
+                        {"path": str(path.resolve()), "split": how, "seed": seed, "image_column": image_col, "label_kind": label_kind})
     rows_parts = {}
     for k, d in splits.items():
         rows = d.select_columns([c for c in (text_column, label_column) if c in d.column_names]).to_list()

@@ -84,7 +84,7 @@ def _pairs_file(path: Path, rows: list[dict], seed: int) -> TextData:
         p = Pairs([s1[i] for i in idx], [s2[i] for i in idx], scores[idx])
         pairs[name] = p
         splits[name] = Split(list(dict.fromkeys(p.first + p.second)), None)
-    source = {"file": str(path), "pairs": len(s1), "split": f"pairs split 80/10/10 at random (seed {seed})"}
+    source = {"file": str(path.resolve()), "pairs": len(s1), "split": f"pairs split 80/10/10 at random (seed {seed})"}
     return TextData(path.stem, "text", "embedding", [], splits["train"], splits["validation"], splits["test"], source, pairs)
 
 
