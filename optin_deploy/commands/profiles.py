@@ -22,22 +22,39 @@ def _budget(p) -> str:
 @profiles_app.command("list")
 def list_cmd() -> None:
     """List the built-in profiles."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from ..profiles import PROFILES_DIR, list_profiles
 
-    t = Table(title=f"Hardware profiles ({PROFILES_DIR})")
-    for col in ("name", "runtime", "device", "precision", "batch x seq", "threads", "head/neuron multiple", "budget"):
-        t.add_column(col, no_wrap=col in ("name", "runtime"))
+    cols = ("name", "runtime", "device", "precision", "batch x seq", "threads", "head/neuron multiple", "budget")
+    rows = []
     for p in list_profiles():
         if p.is_choice:  # chooses among other profiles by measurement (build)
-            t.add_row(p.name, "fastest of: " + ", ".join(c.name for c in p.choose_from), p.device, "/".join(dict.fromkeys(c.precision for c in p.choose_from)),
-                      f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads), f"{p.head_multiple} / {p.neuron_multiple}", _budget(p))
-            continue
-        t.add_row(p.name, p.runtime, p.device, p.precision, f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads),
-                  f"{p.head_multiple} / {p.neuron_multiple}", _budget(p))
-    Console().print(t)
+            rt, prec = "fastest of: " + ", ".join(c.name for c in p.choose_from), "/".join(dict.fromkeys(c.precision for c in p.choose_from))
+        else:
+            rt, prec = p.runtime, p.precision
+        rows.append((p.name, rt, p.device, prec, f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads),
+                     f"{p.head_multiple} / {p.neuron_multiple}", _budget(p)))
+    console = Console()
+    title = f"Hardware profiles ({PROFILES_DIR})"
+    t = Table(title=title)
+    for col in cols:
+        t.add_column(col, no_wrap=True)
+    for r in rows:
+        t.add_row(*r)
+    if console.measure(t, options=console.options.update_width(10_000)).maximum <= console.width:  # its natural width fits
+        console.print(t)
+        return
+    # narrower than the table (80 columns, a pipe): one row per profile, its name and then every field named,
+    # wrapped in a second column, so no field is squeezed to nothing
+    t = Table(title=title, box=box.SIMPLE_HEAD, show_lines=False, pad_edge=False, title_justify="left")
+    t.add_column("name", no_wrap=True)
+    t.add_column("runtime, device, precision, batch x seq, threads, head/neuron multiple, budget", overflow="fold")
+    for name, rt, dev, prec, shape, threads, mult, budget in rows:
+        t.add_row(name, f"{rt}; {dev}, {prec}; batch {shape}; threads {threads}; multiples {mult}; budget {budget}")
+    console.print(t)
 
 
 @profiles_app.command("show")
