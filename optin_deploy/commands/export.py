@@ -12,7 +12,7 @@ def export_cmd(
     model_dir: str = typer.Argument(..., help="A pruned-model folder, a transformers folder, a hub name or timm:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx / model.engine / model.pt2, parity.json, export.json)."),
     fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt, or aoti (PyTorch AOTInductor package model.pt2 for the CPU, run with --runtime torch-aoti-cpu; compiling needs g++ and takes minutes)."),
-    backend: str = typer.Option("tensorrt", "--backend", help="For --format tensorrt: tensorrt (engine from ONNX) or torch-tensorrt."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Only with --format tensorrt: tensorrt (engine from ONNX, the default) or torch-tensorrt."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT only; bf16 needs an Ampere+ GPU)."),
     batch: int = typer.Option(8, "--batch", help="Optimal (opt) batch size; also the example batch."),
     seq_len: int = typer.Option(128, "--seq-len", help="Optimal (opt) sequence length for text models."),
@@ -30,6 +30,11 @@ def export_cmd(
     """Export MODEL_DIR and check it against PyTorch on real inputs at two shapes."""
     from ..exporters.export_folder import export_model_dir
 
+    if backend is not None and fmt != "tensorrt":  # it would be ignored: say so instead of exporting something else than asked
+        from ..errors import OptinError
+
+        raise OptinError(f"--backend {backend} applies to --format tensorrt only; drop --backend, or pass --format tensorrt")
+    backend = backend or "tensorrt"
     m = export_model_dir(
         model_dir, out, fmt=fmt, backend=backend, precision=precision, batch=batch, seq_len=seq_len,
         min_batch=min_batch, max_batch=max_batch, min_seq_len=min_seq_len, max_seq_len=max_seq_len,
