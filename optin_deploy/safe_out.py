@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -72,6 +73,26 @@ def _resolve(p: str | os.PathLike) -> Path:
     return Path(os.path.abspath(Path(p).expanduser()))
 
 
+def _real_parent(p: Path) -> Path:
+    """``p`` with the symbolic links of its parent folders resolved (``p`` itself, when a link, is kept:
+    replacing ``p`` replaces the link, not what it points to)."""
+    return Path(os.path.realpath(p.parent)) / p.name
+
+
+def _input_path(p) -> Path | None:
+    """The local path of a command input (``timm:ARCH@FILE``: the file), or None when it names nothing
+    on disk here (a zoo or hub name, a built-in data set)."""
+    if not p:
+        return None
+    s = str(p)
+    if s.startswith("timm:"):
+        if "@" not in s:
+            return None
+        s = s.split("@", 1)[1]
+    pp = _resolve(s)
+    return pp if pp.exists() else None
+
+
 def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike | None] = (),
               flag: str = "--out") -> Path:
     """Refuse an output path that would destroy something the user owns; returns it resolved.
@@ -84,21 +105,19 @@ def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[
     home = _resolve(Path.home())
     cwd = _resolve(Path.cwd())
     never = [(Path(o.anchor), "the file-system root"), (home, "your home folder")]
+    o_real = _real_parent(o)
     for where, what in never:
-        if o == where:
+        if o == where or o_real == where or o_real == Path(os.path.realpath(where)):
             raise OptinError(f"{flag} {out} is {what}; refusing to replace it, even with --force; pass a new folder")
-    if _within(cwd, o):
+    if _within(cwd, o) or _within(Path(os.path.realpath(cwd)), o_real):
         raise OptinError(f"{flag} {out} is the current folder or contains it; refusing to replace it, even with --force; pass a new folder")
     for p in protect:
-        if not p:
+        pp = _input_path(p)
+        if pp is None:
             continue
-        s = str(p)
-        if s.startswith("timm:") and "@" in s:
-            s = s.split("@", 1)[1]
-        pp = _resolve(s)
-        if not pp.exists():
-            continue
-        if _within(pp, o):
+        # an input reached through a symbolic link (``--data link.csv`` -> ``OUT/mydata.csv``, ``--model current``
+        # -> ``OUT/pruned``) is inside --out all the same: compare the link's own path and its target
+        if _within(pp, o) or _within(pp, o_real) or _within(Path(os.path.realpath(pp)), o_real):
             raise OptinError(f"{flag} {out} holds this command's input {p}; refusing to replace it, even with --force; pass a new folder")
     if not o.exists() and not o.is_symlink():
         return o
@@ -135,6 +154,87 @@ def check_out_file(out: str | os.PathLike, *, force: bool = False, ours=None, fl
     if mine:
         return o
     raise OptinError(f"{flag} {out} is an existing file that optin-deploy did not write; pass a new file name, or --force to replace it")
+
+
+# ------------------------------------------------------------------ --json PATH
+# What ``--json PATH`` writes carries one top-level key, ``JSON_MARK_KEY: JSON_MARK`` (when the result is a
+# dict, which every command's result is), so that the next run may replace the file without ``--force``. A
+# latency table (``lut``'s result) identifies itself by its ``format`` instead and is written unmarked
+# (``--json`` and ``--out`` of ``lut`` hold the same table).
+JSON_MARK_KEY = "written_by"
+JSON_MARK = "optin-deploy --json"
+_LUT_FORMAT = "optin-deploy-lut"  # optin_deploy.lut.LUT_FORMAT (not imported: it pulls in torch; a test checks they agree)
+
+
+def json_is_ours(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JSON file a previous ``--json`` (or ``lut``) wrote: a JSON object holding
+    ``JSON_MARK_KEY: JSON_MARK``, or a latency table (``format: optin-deploy-lut``)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1)
+            if head.strip() not in (b"{", b""):  # cheap: not a JSON object
+                return False
+            obj = json.loads(head + f.read())
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and (obj.get(JSON_MARK_KEY) == JSON_MARK or obj.get("format") == _LUT_FORMAT)
+
+
+def mark_json(result):
+    """``result`` as ``--json PATH`` writes it: a dict gets ``JSON_MARK_KEY: JSON_MARK`` (see :func:`json_is_ours`)."""
+    if isinstance(result, dict) and result.get("format") != _LUT_FORMAT:
+        return {**result, JSON_MARK_KEY: JSON_MARK}
+    return result
+
+
+def check_json_out(path: str | None, *, force: bool | None = None, protect: Iterable = (), outs: Iterable = (),
+                   flag: str = "--json") -> Path | None:
+    """Check ``--json PATH`` before any work; returns it resolved (None for no ``--json`` or ``-``, stdout).
+
+    Refused, with one line: a path whose folder does not exist (no folders are created), a folder, an
+    existing file that is not a regular file (a FIFO, a device: the atomic rename would replace the node),
+    and, even with ``--force``, one of the command's inputs or a file inside one (``protect``: the model
+    folder, the data, the artifacts; symbolic links resolved) or inside an output folder of the same
+    command (``outs``: ``--out``). An existing regular file is replaced only when a previous ``--json``
+    wrote it (:func:`json_is_ours`), else only with ``--force``; ``force=None`` means the command has no
+    ``--force``: such a file is refused.
+    """
+    if path is None or str(path) == "-":
+        return None
+    p = _resolve(path)
+    real = Path(os.path.realpath(p))
+    if p.is_dir():
+        raise OptinError(f"{flag} {path} is a folder; pass a file name (e.g. {Path(path) / 'result.json'}), or - for stdout")
+    if (p.exists() or p.is_symlink()) and not p.is_file():
+        if not p.exists():
+            raise OptinError(f"{flag} {path} is a broken symbolic link; pass another file name")
+        raise OptinError(f"{flag} {path} is not a regular file (a pipe, socket or device); pass a file name, or - for stdout")
+    for q in protect:
+        qq = _input_path(q)
+        if qq is None:
+            continue
+        if _within(p, qq) or _within(real, Path(os.path.realpath(qq))):
+            raise OptinError(f"{flag} {path} is this command's input {q}, or inside it; refusing to overwrite it"
+                             + (", even with --force" if force is not None else "") + "; pass another file name")
+    for q in outs:
+        if not q:
+            continue
+        qq = _resolve(q)
+        if _within(p, qq) or _within(real, _real_parent(qq)) or _within(real, Path(os.path.realpath(qq))):
+            raise OptinError(f"{flag} {path} is inside this command's output folder {q}, which is replaced as a whole; "
+                             f"pass a file name outside it")
+    if not p.parent.is_dir():
+        raise OptinError(f"{flag} {path}: the folder {p.parent} does not exist; create it first or pass another file name")
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise StorageError(f"{flag} {path}: the folder {p.parent} is not writable; pass another file name")
+    if not p.exists():
+        return p
+    if json_is_ours(p):
+        return p
+    if force:
+        return p
+    raise OptinError(f"{flag} {path} is an existing file that optin-deploy did not write; pass a new file name"
+                     + (", or --force to replace it" if force is not None else ""))
 
 
 def clean_stale(out: Path) -> list[str]:
@@ -213,6 +313,7 @@ def staged_output(out: str | os.PathLike, *, kind: str, force: bool = False, pro
         yield staging
         with interrupts.deferred():  # a stop signal now waits until the bundle is in place (or put back)
             write_marker(staging, kind)
+            publish_modes(staging)
             replace_atomically(staging, o)
     except OSError as exc:
         with interrupts.deferred():
@@ -238,6 +339,28 @@ def write_json(path: str | os.PathLike, obj, **kw) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def publish_modes(folder: str | os.PathLike) -> None:
+    """Give every file and folder under ``folder`` that a writer made private (``mkstemp``, ``mkdtemp``,
+    safetensors' ``save_model`` create mode 0600/0700) the mode the umask gives a new file (0666 & ~umask,
+    0777 & ~umask for folders and executables), so another user or service account can read the result as
+    it reads any other file of the user's. Files with group or other bits already set are left as they are."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode) or st.st_mode & 0o077:
+                continue
+            full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o100 else 0o666
+            want = (st.st_mode & 0o7777) | (full & ~mask)
+            if want != st.st_mode & 0o7777:
+                with contextlib.suppress(OSError):
+                    os.chmod(p, want)
 
 
 def _umask() -> int:

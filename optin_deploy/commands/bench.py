@@ -11,7 +11,7 @@ from . import options
 
 
 def bench_cmd(
-    models: List[str] = typer.Argument(..., help="Dense first, then pruned: bundle folders, artifact files (.onnx/.engine) or model folders."),
+    models: List[str] = typer.Argument(..., help="Dense first, then pruned: export folders (BUNDLE/onnx/dense BUNDLE/onnx/pruned), artifact files (.onnx/.engine) or model folders; or one build folder (BUNDLE: its dense and pruned exports)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, openvino-cpu, torch-aoti-cpu (default: each bundle's own)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads."),
     batch: int = typer.Option(8, "--batch"),
@@ -31,25 +31,34 @@ def bench_cmd(
     """Benchmark models (the first is the baseline) and print p50/p90/p99 latency, throughput and speed-up."""
     from ..bench import bench_artifacts, print_bench_table
 
+    if json_out is not None and markdown is not None and str(json_out) != "-" and Path(json_out).resolve() == Path(markdown).resolve():
+        from ..errors import OptinError
+
+        raise OptinError(f"--json {json_out} and --markdown {markdown} are the same file; pass two file names")
+    options.check_json(json_out, protect=[*models, markdown])  # bench has no --force
+    human = options.human_console(json_out)  # stderr with --json -: stdout holds only the JSON
     if runtimes is not None:
         from ..bench_runtimes import compare_runtimes, print_side_by_side
 
-        result = compare_runtimes(models, runtimes, runtime=runtime, labels=labels.split(",") if labels else None, batch=batch, seq_len=seq_len,
-                                  threads=threads, warmup=warmup, iters=None if seconds else iters, seconds=seconds, block=block, mode=mode,
-                                  markdown_path=markdown)
-        print_side_by_side(result)
+        with options.human_stdout(json_out):  # --json -: progress and the table on stderr, stdout holds only the JSON
+            result = compare_runtimes(models, runtimes, runtime=runtime, labels=labels.split(",") if labels else None, batch=batch, seq_len=seq_len,
+                                      threads=threads, warmup=warmup, iters=None if seconds else iters, seconds=seconds, block=block, mode=mode,
+                                      markdown_path=markdown)
+            print_side_by_side(result, console=human)
         options.emit_json(json_out, result)
         if markdown:
-            typer.echo(f"wrote {markdown}")
+            options.echo(f"wrote {markdown}", json_out)
         return
     if markdown is not None:
         from ..errors import OptinError
 
         raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
-    result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
-                             seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
-                             labels=labels.split(",") if labels else None)
-    print_bench_table(result)
+    models = options.expand_bundle(models, runtime)
+    with options.human_stdout(json_out):
+        result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
+                                 seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
+                                 labels=labels.split(",") if labels else None)
+        print_bench_table(result, console=human)
     options.emit_json(json_out, result)
 
 

@@ -57,11 +57,17 @@ def register(app: typer.Typer) -> None:
         force: bool = options.FORCE,
     ):
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
+        options.check_split(eval_split)
+        if bench_block < 1:  # checked here, before the model loads (the benchmark would refuse it only after scoring)
+            from ..errors import OptinError
+
+            raise OptinError(f"--bench-block must be at least 1 run, got {bench_block}")
+        options.check_json(json_out, force=force, protect=[model, data, lut], outs=[out])
+
         from ..build import BuildOptions, check_gate, run_build
         from ..progress import console
         from ..report import metric_block
 
-        options.check_split(eval_split)
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
                             calib_samples=calib_samples, calib_length=calib_length, scoring=scoring, scorer=scorer, probes=probes,
                             max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup, min_cosine=min_cosine, min_recall=min_recall, task=task, search_samples=search_samples,

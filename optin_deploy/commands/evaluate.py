@@ -10,7 +10,7 @@ from . import options
 
 
 def eval_cmd(
-    models: List[str] = typer.Argument(..., help="Dense first, then pruned: bundle folders, artifact files or model folders."),
+    models: List[str] = typer.Argument(..., help="Dense first, then pruned: export folders (BUNDLE/onnx/dense BUNDLE/onnx/pruned), artifact files or model folders; or one build folder (BUNDLE: its dense and pruned exports)."),
     data: Optional[str] = typer.Option(None, "--data", help="Data set (default: the one the model records)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder/zoo name giving the tokenizer and data (default: the first argument's source)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="Runtime for all models (default: each bundle's own; torch-cpu for model folders)."),
@@ -25,9 +25,12 @@ def eval_cmd(
     from ..evaluate import evaluate_artifacts, print_eval_table
 
     split = options.alias("--eval-split", eval_split, "--split", split, default="test", check=options.check_split)
-    result = evaluate_artifacts(models, data=data, model=model, runtime=runtime, threads=threads, split=split, batch_size=batch_size,
-                                labels=labels.split(",") if labels else None)
-    print_eval_table(result)
+    options.check_json(json_out, protect=[*models, data, model])  # eval has no --force
+    models = options.expand_bundle(models, runtime)
+    with options.human_stdout(json_out):  # --json -: progress and the table on stderr, stdout holds only the JSON
+        result = evaluate_artifacts(models, data=data, model=model, runtime=runtime, threads=threads, split=split, batch_size=batch_size,
+                                    labels=labels.split(",") if labels else None)
+        print_eval_table(result, console=options.human_console(json_out))
     options.emit_json(json_out, result)
 
 

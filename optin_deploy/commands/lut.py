@@ -26,18 +26,21 @@ def lut_cmd(
     can be copied to the build host and passed to ``build --latency-ms X --lut FILE``."""
     from ..lut import write_lut
 
-    table, out = write_lut(profile, model, out, mlp_step=mlp_step, rounds=rounds, iters=iters, force=force,
-                           progress=lambda s: typer.echo(s, err=True))
+    options.check_json(json_out, force=force, protect=[model, profile if str(profile).endswith(".toml") else None])
+    echo = lambda message: options.echo(message, json_out)  # noqa: E731 - human lines on stderr with --json -
+    with options.human_stdout(json_out):  # --json -: stdout holds only the JSON
+        table, out = write_lut(profile, model, out, mlp_step=mlp_step, rounds=rounds, iters=iters, force=force,
+                               progress=lambda s: typer.echo(s, err=True))
     intercept, slope = table.linear_fit()
-    typer.echo(f"profile {table.profile['name']} on {table.environment['device']['cpu']}"
-               + (f" / {table.environment['device']['gpu']}" if table.environment['device'].get('gpu') else "")
-               + f", batch {table.shapes['batch']} x {table.shapes['tokens']} tokens")
-    typer.echo(f"dense model {table.dense_model_ms:.3f} ms; not prunable {table.empty_model_ms:.3f} ms; "
-               f"calibration scale {table.scale:.3f}")
-    typer.echo("attention ms by heads: " + ", ".join(f"{h}:{v:.3f}" for h, v in enumerate(table.attn_ms)))
-    typer.echo("MLP ms by width: " + ", ".join(f"{w}:{v:.3f}" for w, v in zip(table.mlp_widths, table.mlp_ms))
-               + f" (fit {intercept:.4f} + {slope * 1e3:.4f} us/neuron)")
-    typer.echo(f"wrote {out}")
+    echo(f"profile {table.profile['name']} on {table.environment['device']['cpu']}"
+         + (f" / {table.environment['device']['gpu']}" if table.environment['device'].get('gpu') else "")
+         + f", batch {table.shapes['batch']} x {table.shapes['tokens']} tokens")
+    echo(f"dense model {table.dense_model_ms:.3f} ms; not prunable {table.empty_model_ms:.3f} ms; "
+         f"calibration scale {table.scale:.3f}")
+    echo("attention ms by heads: " + ", ".join(f"{h}:{v:.3f}" for h, v in enumerate(table.attn_ms)))
+    echo("MLP ms by width: " + ", ".join(f"{w}:{v:.3f}" for w, v in zip(table.mlp_widths, table.mlp_ms))
+         + f" (fit {intercept:.4f} + {slope * 1e3:.4f} us/neuron)")
+    echo(f"wrote {out}")
     options.emit_json(json_out, table.to_dict())
 
 

@@ -90,22 +90,105 @@ def check_split(split: str, flag: str = "--eval-split") -> str:
     return split
 
 
+def check_json(path: str | None, *, force: bool | None = None, protect=(), outs=()) -> None:
+    """``--json PATH`` checked at the start of a command, before any expensive work (see
+    :func:`optin_deploy.safe_out.check_json_out`): ``-`` is stdout; the folder must exist; no folder, pipe
+    or device; an existing file only when a previous ``--json`` wrote it (else ``--force``, where the
+    command has it: ``force=None`` when it has not); never one of the command's inputs (``protect``)
+    or a file inside its ``--out`` (``outs``)."""
+    from ..safe_out import check_json_out
+
+    check_json_out(path, force=force, protect=protect, outs=outs)
+
+
+def human_console(json_out: str | None):
+    """The console for a command's human output: stderr with ``--json -`` (stdout then holds only the
+    JSON, so it can be piped into a JSON reader), else stdout."""
+    from rich.console import Console
+
+    return Console(stderr=json_out is not None and str(json_out) == "-")
+
+
+def human_stdout(json_out: str | None):
+    """Context manager: with ``--json -``, what the work prints on ``sys.stdout`` (progress bars, tables of
+    the library functions) goes to stderr, so that stdout holds only the JSON printed after it."""
+    import contextlib
+    import sys
+
+    if json_out is not None and str(json_out) == "-":
+        return contextlib.redirect_stdout(sys.stderr)
+    return contextlib.nullcontext()
+
+
+def echo(message: str, json_out: str | None) -> None:
+    """``typer.echo`` for a human line: on stderr with ``--json -``."""
+    typer.echo(message, err=json_out is not None and str(json_out) == "-")
+
+
 def emit_json(path: str | None, result) -> None:
-    """``--json PATH``: write ``result`` (strict JSON, NaN/inf as null) to PATH, or to stdout for ``-``."""
+    """``--json PATH``: write ``result`` (strict JSON, NaN/inf as null) to PATH, or to stdout for ``-``.
+
+    A file gets one more top-level key when ``result`` is a dict, ``"written_by": "optin-deploy --json"``
+    (:func:`optin_deploy.safe_out.mark_json`), by which :func:`check_json` recognises it as replaceable on
+    the next run. PATH was checked by :func:`check_json` at the start of the command; no folder is created."""
     if path is None:
         return
     import json
     from pathlib import Path
 
-    from ..safe_out import finite, write_json
+    from ..safe_out import finite, mark_json, write_json
 
     if str(path) == "-":
         typer.echo(json.dumps(finite(result), indent=1, default=float, allow_nan=False))
         return
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    write_json(p, result, indent=2)
+    write_json(p, mark_json(result), indent=2)
     typer.echo(f"wrote {p}")
+
+
+BUNDLE_FORMATS = ("onnx", "tensorrt", "aoti")  # what ``build`` (and ``export --format aoti`` into a bundle) writes: ROOT/FMT/{dense,pruned}
+
+
+def _fmt_of_runtime(name: str | None) -> str | None:
+    if not name:
+        return None
+    return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
+
+
+def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
+    """``eval`` / ``bench`` with one build folder (``optin-deploy build --out B``, or its ``B/onnx``): its
+    dense and pruned exports, ``B/FMT/dense`` and ``B/FMT/pruned``. FMT: the one ``--runtime`` reads
+    (tensorrt, aoti for torch-aoti-cpu, else onnx) when the bundle has it, else the build's own (its
+    report.json's runtime), else the first of onnx, tensorrt, aoti present. Anything else is returned as given."""
+    from pathlib import Path
+
+    if len(models) != 1:
+        return list(models)
+    root = Path(models[0])
+
+    def pair(folder: Path) -> list[str] | None:
+        d, q = folder / "dense", folder / "pruned"
+        if (d / "export.json").is_file() and (q / "export.json").is_file():
+            return [str(d), str(q)]
+        return None
+
+    if not root.is_dir():
+        return list(models)
+    if root.name in BUNDLE_FORMATS and (found := pair(root)):
+        return found
+    if not ((root / "manifest.json").is_file() or (root / "report.json").is_file()):
+        return list(models)
+    own = None
+    try:
+        import json
+
+        own = _fmt_of_runtime(json.loads((root / "report.json").read_text()).get("runtime"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    for fmt in dict.fromkeys([f for f in (_fmt_of_runtime(runtime), own) if f] + list(BUNDLE_FORMATS)):
+        if found := pair(root / fmt):
+            return found
+    return list(models)
 
 
 def bare_json_flag(args: list[str]) -> list[str]:

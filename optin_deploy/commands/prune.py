@@ -36,11 +36,13 @@ def register(app: typer.Typer) -> None:
         max_length: Optional[int] = options.OLD_MAX_LENGTH,
     ):
         """Prune MODEL to a MAC budget with OPTIN and save the physically smaller model."""
-        from ..pruning import prune_to_folder
-
         data = options.alias("--data", data, "--calib", calib)
         calib_length = options.alias("--calib-length", calib_length, "--max-length", max_length, default=64)
-        summary = prune_to_folder(model, data, out, flops=flops, calib_samples=calib_samples, calib_length=calib_length, scoring=scoring,
-                                  scorer=scorer, probes=probes, reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp, refit_samples=refit_samples,
-                                  seed=seed, text_column=text_column, label_column=label_column, force=force, profile=profile)
+        options.check_json(json_out, force=force, protect=[model, data], outs=[out])
+        from ..pruning import prune_to_folder
+
+        with options.human_stdout(json_out):  # --json -: stdout holds only the JSON
+            summary = prune_to_folder(model, data, out, flops=flops, calib_samples=calib_samples, calib_length=calib_length, scoring=scoring,
+                                      scorer=scorer, probes=probes, reconstruct=reconstruct, fit=reconstruct_fit, damp=reconstruct_damp, refit_samples=refit_samples,
+                                      seed=seed, text_column=text_column, label_column=label_column, force=force, profile=profile)
         options.emit_json(json_out, summary)

@@ -35,17 +35,19 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[str] = options.JSON_OUT,
     ):
         """Measure validation accuracy and speed-up for each budget (and scorer); write the frontier, choose nothing."""
+        bs = options.parse_budgets(budgets, "--budgets")
+        options.check_json(json_out, force=None, protect=[model, data], outs=[out])  # sweep has no --force
         from ..build import BuildOptions
         from ..progress import console
         from ..search import run_sweep
 
-        bs = options.parse_budgets(budgets, "--budgets")
         scorers = [s.strip() for s in scorer.split(",") if s.strip()]
         opts = BuildOptions(model=model, data=data, profile=profile, out=out, calib_samples=calib_samples, calib_length=calib_length,
                             scoring=scoring, scorer=scorers[0] if scorers else "optin", probes=probes, reconstruct=reconstruct,
                             reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, refit_samples=refit_samples, search_samples=search_samples,
                             search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column)
-        fr, folder = run_sweep(opts, bs, scorers)
+        with options.human_stdout(json_out):  # --json -: stdout holds only the JSON
+            fr, folder = run_sweep(opts, bs, scorers)
         console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
                       f"plot {folder}/frontier.png, table {folder}/frontier.md")
         options.emit_json(json_out, fr.to_dict())
