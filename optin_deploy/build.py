@@ -198,7 +198,7 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .pruning import check_reconstruct, check_refit_samples
+    from .pruning import check_reconstruct, check_refit_samples, check_seed
 
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
@@ -226,8 +226,7 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
     if opts.calib_length < 1:
         raise OptinError(f"--calib-length must be at least 1, got {opts.calib_length}")
-    if isinstance(opts.seed, bool) or not isinstance(opts.seed, int) or not 0 <= opts.seed < 2**32:
-        raise OptinError(f"--seed must be an integer from 0 to {2**32 - 1}, got {opts.seed}")
+    check_seed(opts.seed)
     if opts.search_start is not None:
         start, (lo, hi) = opts.search_start, opts.search_range
         if not (math.isfinite(start) and 0 < start <= 1):  # refused like --search-reference, not clamped and misrecorded

@@ -64,11 +64,17 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
         (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
         if task_hint:
             (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))
-        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json", "preprocessor_config.json"):
+        for name in TOKENIZER_FILES:
             src = (extra or {}).get("source_dir")
             if src and (Path(src) / name).is_file():
                 shutil.copy2(Path(src) / name, tmp / name)
     return Path(out_dir)
+
+
+# what a pruned folder copies from the model it came from so that it loads on its own: every tokenizer file format
+# transformers reads (WordPiece, byte-level BPE, SentencePiece) and an image processor's settings
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "spm.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json")
 
 
 def task_hint(task, data: str | None, text_column: str, label_column: str | None, max_length: int | None) -> dict | None:

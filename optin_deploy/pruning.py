@@ -71,6 +71,12 @@ REFIT_SAMPLES = 0  # training samples the refit fits on (a superset of the scori
 REFIT_MEMORY = 2 * 2 ** 30
 
 
+def check_seed(seed) -> None:
+    """Seeds seed torch's and numpy's generators: an integer from 0 to 2**32 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise OptinError(f"--seed must be an integer from 0 to {2**32 - 1}, got {seed}")
+
+
 def check_refit_samples(n: int) -> None:
     if n < 0:
         raise OptinError(f"--refit-samples must be 0 or more (0: the scoring batch), got {n}")
@@ -278,6 +284,7 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     check_budget(flops)
     check_reconstruct(fit, damp)
     check_refit_samples(refit_samples)
+    check_seed(seed)
     if calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")
     if probes < 1:

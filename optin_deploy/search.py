@@ -869,6 +869,9 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
             raise OptinError(f"unknown --scorer {s!r}; choose from {', '.join(SCORERS)} (comma-separated for several)")
     if not budgets:
         raise OptinError("--budgets is empty; pass fractions of the dense MACs such as 0.5,0.6,0.7")
+    from .pruning import check_seed
+
+    check_seed(opts.seed)
     settings = search_settings(opts)
     settings.check()
     target = resolve_target(opts.profile)  # the one place the profile is read

@@ -258,6 +258,8 @@ def test_prune_cli(tiny_text_task, tmp_path):
     (["--flops", "-0.2"], "--flops must be in (0, 1]"),
     (["--calib-samples", "5000"], "calibration samples"),
     (["--reconstruct-damp", "-1"], "--reconstruct-damp must be positive"),
+    (["--seed", "-1"], "--seed must be an integer from 0"),
+    (["--refit-samples", "-3"], "--refit-samples must be 0 or more"),
 ])
 def test_prune_cli_bad_input(tiny_text_task, tmp_path, args, message):
     out = tmp_path / "pruned"
@@ -357,3 +359,30 @@ def test_build_selects_by_latency_at_a_fraction(tiny_text_task, tmp_path):
     assert sb["select_by"] == "latency" and sb["table"] == str(lut)
     assert sb["predicted_ms"] <= cm.fixed + 0.5 * (cm.dense() - cm.fixed) + 1e-6
     assert report["budget"] == {"flops": 0.5, "seq_len": 128}
+
+
+def test_sweep_refuses_a_negative_seed_before_any_work(tiny_text_task, tmp_path):
+    out = tmp_path / "sw"
+    proc = run_cli("sweep", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--budgets", "0.5",
+                   "--seed", "-1", "--out", str(out), check=False)
+    assert_one_line_error(proc, "--seed must be an integer from 0")
+    assert not out.exists()
+
+
+def test_a_pruned_folder_keeps_every_tokenizer_file_format(tmp_path):
+    """WordPiece, byte-level BPE (RoBERTa: vocab.json + merges.txt) and SentencePiece (DeBERTa-v2: spm.model) files
+    are copied into the pruned folder, so that it loads on its own."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from optin_deploy.pruned_io import TOKENIZER_FILES, save_pruned
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("vocab.json", "merges.txt", "spm.model", "tokenizer_config.json"):
+        (src / name).write_text(name)
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
+    out = save_pruned(m, tmp_path / "p", extra={"source_dir": str(src)})
+    assert {"vocab.json", "merges.txt", "spm.model", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    assert {"vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.json"} <= set(TOKENIZER_FILES)

@@ -68,7 +68,7 @@ def task_dir(tmp_path_factory):
     model.mkdir()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
     (model / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(model / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab=str(model / "vocab.txt"), do_lower_case=True)  # transformers 5 ignores vocab_file=
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                      max_position_embeddings=64, num_labels=2, id2label=MODEL_LABELS, label2id={v: k for k, v in MODEL_LABELS.items()})
