@@ -21,6 +21,7 @@ from torch import nn
 from . import __version__
 from .adapters import adapter_class, get_adapter
 from .errors import OptinError
+from .models import TOKENIZER_FILES
 
 STRUCTURE_FILE = "optin_structure.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,17 +65,17 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
         (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
         if task_hint:
             (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))
-        for name in TOKENIZER_FILES:
+        for name in COPIED_FILES:
             src = (extra or {}).get("source_dir")
             if src and (Path(src) / name).is_file():
                 shutil.copy2(Path(src) / name, tmp / name)
     return Path(out_dir)
 
 
-# what a pruned folder copies from the model it came from so that it loads on its own: every tokenizer file format
-# transformers reads (WordPiece, byte-level BPE, SentencePiece) and an image processor's settings
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "spm.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "preprocessor_config.json")
+# what a pruned folder copies from the model it came from so that it loads on its own: the vocabulary in every format
+# transformers reads (models.TOKENIZER_FILES: WordPiece, byte-level BPE, SentencePiece), the tokenizer's settings and
+# an image processor's
+COPIED_FILES = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json")
 
 
 def task_hint(task, data: str | None, text_column: str, label_column: str | None, max_length: int | None) -> dict | None:

@@ -375,7 +375,7 @@ def test_a_pruned_folder_keeps_every_tokenizer_file_format(tmp_path):
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from optin_deploy.pruned_io import TOKENIZER_FILES, save_pruned
+    from optin_deploy.pruned_io import COPIED_FILES, save_pruned
 
     src = tmp_path / "src"
     src.mkdir()
@@ -385,4 +385,4 @@ def test_a_pruned_folder_keeps_every_tokenizer_file_format(tmp_path):
     m = BertForSequenceClassification(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
     out = save_pruned(m, tmp_path / "p", extra={"source_dir": str(src)})
     assert {"vocab.json", "merges.txt", "spm.model", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
-    assert {"vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.json"} <= set(TOKENIZER_FILES)
+    assert {"vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model", "vocab.txt", "tokenizer.json"} <= set(COPIED_FILES)
