@@ -36,6 +36,13 @@ def _private_cache(tmp_path_factory):
         os.environ["OPTIN_DEPLOY_CACHE"] = old
 
 
+def copy_tokenizer(src, dst) -> None:
+    """Copy a saved WordPiece tokenizer's files (e.g. the MiniLM asset's) from folder ``src`` into model folder ``dst``."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(src) / name).is_file():
+            shutil.copy2(Path(src) / name, Path(dst) / name)
+
+
 def run_cli(*args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """``optin-deploy ARGS`` in this process (``optin_deploy.cli.main``), quiet, with stdout, stderr and
     the exit code captured as a :class:`subprocess.CompletedProcess` (what a subprocess would give,

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, run_cli_subprocess
+from conftest import copy_tokenizer, run_cli, run_cli_subprocess
 
 from optin_deploy.build import REPORT_KEYS, check_gate
 from optin_deploy.errors import QualityGateError
@@ -33,9 +33,7 @@ def tiny_text_task(tmp_path_factory):
                      max_position_embeddings=128, num_labels=2, id2label={0: "rotten", 1: "fresh"}, label2id={"rotten": 0, "fresh": 1})
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(root / "model")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (Path(tok) / name).is_file():
-            shutil.copy2(Path(tok) / name, root / "model" / name)
+    copy_tokenizer(tok, root / "model")
     import random
 
     rng = random.Random(0)

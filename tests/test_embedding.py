@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from optin_deploy.adapters import get_adapter
 from optin_deploy.adapters.embedding import PoolingSpec, SentenceEmbedder, pool, read_pooling
 from optin_deploy.errors import OptinError
 
-from conftest import run_cli, text_inputs
+from conftest import copy_tokenizer, run_cli, text_inputs
 
 MODES = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
 
@@ -132,9 +131,7 @@ def st_folder(tmp_path_factory):
     enc = tiny_encoder(vocab=30522, layers=2)
     enc.save_pretrained(root)
     tok = Path(assets.minilm().path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tok / name).is_file():
-            shutil.copy2(tok / name, root / name)
+    copy_tokenizer(tok, root)
     _write_st_files(root, {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}, normalize=True)
     return root
 

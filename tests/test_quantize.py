@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_bert, run_cli, text_inputs
+from conftest import copy_tokenizer, make_tiny_bert, run_cli, text_inputs
 
 from optin_deploy.errors import OptinError
 from optin_deploy.exporters import ShapeProfile, export_to_folder
@@ -155,9 +154,7 @@ def teacher_task(tmp_path_factory):
         pred = model(**enc).logits.argmax(-1).tolist()
     assert len(set(pred)) == 3
     model.save_pretrained(root / "model")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (Path(tok_dir) / name).is_file():
-            shutil.copy2(Path(tok_dir) / name, root / "model" / name)
+    copy_tokenizer(tok_dir, root / "model")
     with open(root / "data.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])

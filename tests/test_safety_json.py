@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import copy_tokenizer, run_cli
 
 from optin_deploy.errors import OptinError
 
@@ -240,7 +240,6 @@ def test_bench_block_checked_up_front(inputs):
 def bundle(tmp_path_factory):
     """A tiny random BERT (MiniLM tokenizer), a labelled CSV and one build of them (as test_build's tiny task)."""
     import csv
-    import shutil
 
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -254,9 +253,7 @@ def bundle(tmp_path_factory):
                      max_position_embeddings=128, num_labels=2, id2label={0: "rotten", 1: "fresh"}, label2id={"rotten": 0, "fresh": 1})
     BertForSequenceClassification(cfg).eval().save_pretrained(root / "model")
     tok = assets.minilm().path
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (Path(tok) / name).is_file():
-            shutil.copy2(Path(tok) / name, root / "model" / name)
+    copy_tokenizer(tok, root / "model")
     with open(root / "data.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])

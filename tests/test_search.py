@@ -11,11 +11,12 @@ import csv
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import copy_tokenizer
 
 from optin_deploy.errors import OptinError
 from optin_deploy.search import (FRONTIER_FORMAT, Candidate, Objective, SearchSettings, best_effort, paired_drop_se, plan_next, ranked,
@@ -192,9 +193,7 @@ def self_labelled_task(tmp_path_factory):
         pred = model(**enc).logits.argmax(-1).tolist()
     model.config.id2label, model.config.label2id = {0: "neg", 1: "pos"}, {"neg": 0, "pos": 1}  # string labels are matched by name
     model.save_pretrained(root / "model")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (Path(tok_dir) / name).is_file():
-            shutil.copy2(Path(tok_dir) / name, root / "model" / name)
+    copy_tokenizer(tok_dir, root / "model")
     assert 0.2 < sum(pred) / len(pred) < 0.8, "the fixture needs both classes"
     with open(root / "data.csv", "w", newline="") as f:
         w = csv.writer(f)
