@@ -183,27 +183,16 @@ def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: 
     return _load_transformers(s, s, num_labels, head, local=False)
 
 
-def _refuse_unknown_model_type(config_file: Path, spec: str) -> None:
-    """A config.json that transformers cannot read because of its ``model_type`` (a family it does
-    not know, or none at all): refused with the one line naming the supported model_types."""
+def _refuse_unknown_family(config_file: Path, spec: str) -> None:
+    """A config.json transformers cannot read because of its family: the registry's one line naming the supported ones."""
     try:
         raw = json.loads(config_file.read_text())
     except (OSError, ValueError):
         return
-    if not isinstance(raw, dict):
-        return
-    from types import SimpleNamespace
+    if isinstance(raw, dict):
+        from .adapters.registry import refuse_unknown_family
 
-    from .adapters import adapter_for_config, supported_model_types
-
-    kind = raw.get("model_type")
-    if not kind:
-        raise OptinError(f"{config_file} has no model_type, so its model family is unknown; set \"model_type\" to the model's "
-                         f"family (optin-deploy supports {', '.join(supported_model_types())})")
-    if not isinstance(kind, str):
-        kind = repr(kind)
-    if kind not in supported_model_types():
-        adapter_for_config(SimpleNamespace(model_type=kind), f"model {spec!r}")  # raises the line naming the supported model_types
+        refuse_unknown_family(raw, str(config_file), f"model {spec!r}")
 
 
 def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool, *, local: bool, local_files_only: bool = False) -> torch.nn.Module:
@@ -215,7 +204,7 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
         config = AutoConfig.from_pretrained(where, **kw)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
         if local:
-            _refuse_unknown_model_type(Path(where) / "config.json", spec)
+            _refuse_unknown_family(Path(where) / "config.json", spec)
         if not local:
             raise OptinError(f"model {spec!r}: not found on the Hugging Face hub or not a transformers model ({short_reason(exc)})") from None
         raise OptinError(f"{where}/config.json is not a valid transformers config ({short_reason(exc)}); fix or replace it") from None

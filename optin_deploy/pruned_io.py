@@ -59,9 +59,9 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
             if "No space left" in msg or "os error 28" in msg:
                 raise OSError(errno.ENOSPC, "No space left on device") from None
             raise
-        from .safe_out import _umask
+        from .safe_out import current_umask
 
-        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~_umask())  # safetensors writes 0600; the deliverable gets the umask's mode like every other file
+        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~current_umask())  # safetensors writes 0600; the deliverable gets the umask's mode like every other file
         (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
         if task_hint:
             (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))

@@ -268,7 +268,7 @@ def make_staging(out: Path) -> Path:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the published folder gets the usual mode
         return staging
     except OSError as exc:
         raise OptinError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None
@@ -331,7 +331,7 @@ def write_json(path: str | os.PathLike, obj, **kw) -> None:
     text = json.dumps(finite(obj), allow_nan=False, **{"indent": 1, "default": _default, **kw})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
@@ -346,7 +346,7 @@ def publish_modes(folder: str | os.PathLike) -> None:
     safetensors' ``save_model`` create mode 0600/0700) the mode the umask gives a new file (0666 & ~umask,
     0777 & ~umask for folders and executables), so another user or service account can read the result as
     it reads any other file of the user's. Files with group or other bits already set are left as they are."""
-    mask = _umask()
+    mask = current_umask()
     for root, dirs, files in os.walk(folder):
         for name in dirs + files:
             p = os.path.join(root, name)
@@ -363,7 +363,8 @@ def publish_modes(folder: str | os.PathLike) -> None:
                     os.chmod(p, want)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -43,6 +43,17 @@ def copy_tokenizer(src, dst) -> None:
             shutil.copy2(Path(src) / name, Path(dst) / name)
 
 
+def save_word_tokenizer(folder, vocab_size: int = 120) -> None:
+    """Save a WordPiece tokenizer of ``vocab_size`` entries (5 special tokens, then made-up words) into a tiny
+    model's folder, so that it loads as a text model (a folder without a tokenizer is refused)."""
+    from transformers import BertTokenizerFast
+
+    folder = Path(folder)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(vocab_size - 5))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+
+
 def run_cli(*args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """``optin-deploy ARGS`` in this process (``optin_deploy.cli.main``), quiet, with stdout, stderr and
     the exit code captured as a :class:`subprocess.CompletedProcess` (what a subprocess would give,

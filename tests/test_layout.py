@@ -145,13 +145,14 @@ def test_a_profile_is_read_only_where_the_commands_enter_the_library():
 def test_prune_reads_its_profile_once(monkeypatch, tmp_path):
     """At run time too: one ``prune`` loads the profile file once, at its entry, however many stages use the target."""
     import optin_deploy.target as target_mod
-    from conftest import make_tiny_bert, run_cli
+    from conftest import make_tiny_bert, run_cli, save_word_tokenizer
 
     calls = []
     real = target_mod.load_profile
     monkeypatch.setattr(target_mod, "load_profile", lambda spec: calls.append(spec) or real(spec))
     model_dir = tmp_path / "m"
     make_tiny_bert(num_labels=2, layers=2).save_pretrained(model_dir)
+    save_word_tokenizer(model_dir, 120)
     run_cli("prune", model_dir, "--data", "rotten-tomatoes", "--calib-samples", "4", "--scoring", "exact", "--flops", "0.7",
             "--no-reconstruct", "--profile", "x86-cpu-ort-fp32", "--out", tmp_path / "p")
     assert calls == ["x86-cpu-ort-fp32"]

@@ -187,7 +187,7 @@ def test_save_pruned_weights_mode(tmp_path):
 
 
 def test_expand_bundle(tmp_path):
-    from optin_deploy.commands.options import expand_bundle
+    from optin_deploy.runtimes.base import expand_bundle
 
     b = tmp_path / "b"
     for fmt in ("onnx", "aoti"):

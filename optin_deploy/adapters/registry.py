@@ -60,6 +60,19 @@ def adapter_for_config(config: Any, what: str = "model"):
                      f"{', '.join(supported_model_types())}" + (f", and {'; '.join(others)}" if others else ""))
 
 
+def refuse_unknown_family(raw_config: dict, where: str, what: str = "model") -> None:
+    """A ``config.json`` (as a dict, ``where`` its path) that transformers could not read: when the cause is its family
+    (no ``model_type``, or one no adapter supports), refuse it in the one line naming the supported ones."""
+    from types import SimpleNamespace
+
+    kind = raw_config.get("model_type")
+    if not kind:
+        raise OptinError(f"{where} has no model_type, so its model family is unknown; set \"model_type\" to the model's "
+                         f"family (optin-deploy supports {', '.join(supported_model_types())})")
+    if not isinstance(kind, str) or kind not in supported_model_types():
+        adapter_for_config(SimpleNamespace(model_type=kind if isinstance(kind, str) else repr(kind)), what)
+
+
 def adapter_for_inputs(names) -> type | None:
     """The first family whose inputs are exactly ``names`` (for artifacts without a model at hand)."""
     names = list(names)

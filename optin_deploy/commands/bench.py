@@ -53,7 +53,9 @@ def bench_cmd(
         from ..errors import OptinError
 
         raise OptinError("--markdown writes the side-by-side table: it needs --runtimes")
-    models = options.expand_bundle(models, runtime)
+    from ..runtimes.base import expand_bundle
+
+    models = expand_bundle(models, runtime)
     with options.human_stdout(json_out):
         result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
                                  seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,

@@ -26,7 +26,9 @@ def eval_cmd(
 
     split = options.alias("--eval-split", eval_split, "--split", split, default="test", check=options.check_split)
     options.check_json(json_out, protect=[*models, data, model])  # eval has no --force
-    models = options.expand_bundle(models, runtime)
+    from ..runtimes.base import expand_bundle
+
+    models = expand_bundle(models, runtime)
     with options.human_stdout(json_out):  # --json -: progress and the table on stderr, stdout holds only the JSON
         result = evaluate_artifacts(models, data=data, model=model, runtime=runtime, threads=threads, split=split, batch_size=batch_size,
                                     labels=labels.split(",") if labels else None)

@@ -146,51 +146,6 @@ def emit_json(path: str | None, result) -> None:
     typer.echo(f"wrote {p}")
 
 
-BUNDLE_FORMATS = ("onnx", "tensorrt", "aoti")  # what ``build`` (and ``export --format aoti`` into a bundle) writes: ROOT/FMT/{dense,pruned}
-
-
-def _fmt_of_runtime(name: str | None) -> str | None:
-    if not name:
-        return None
-    return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
-
-
-def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
-    """``eval`` / ``bench`` with one build folder (``optin-deploy build --out B``, or its ``B/onnx``): its
-    dense and pruned exports, ``B/FMT/dense`` and ``B/FMT/pruned``. FMT: the one ``--runtime`` reads
-    (tensorrt, aoti for torch-aoti-cpu, else onnx) when the bundle has it, else the build's own (its
-    report.json's runtime), else the first of onnx, tensorrt, aoti present. Anything else is returned as given."""
-    from pathlib import Path
-
-    if len(models) != 1:
-        return list(models)
-    root = Path(models[0])
-
-    def pair(folder: Path) -> list[str] | None:
-        d, q = folder / "dense", folder / "pruned"
-        if (d / "export.json").is_file() and (q / "export.json").is_file():
-            return [str(d), str(q)]
-        return None
-
-    if not root.is_dir():
-        return list(models)
-    if root.name in BUNDLE_FORMATS and (found := pair(root)):
-        return found
-    if not ((root / "manifest.json").is_file() or (root / "report.json").is_file()):
-        return list(models)
-    own = None
-    try:
-        import json
-
-        own = _fmt_of_runtime(json.loads((root / "report.json").read_text()).get("runtime"))
-    except (OSError, ValueError, AttributeError):
-        pass
-    for fmt in dict.fromkeys([f for f in (_fmt_of_runtime(runtime), own) if f] + list(BUNDLE_FORMATS)):
-        if found := pair(root / fmt):
-            return found
-    return list(models)
-
-
 def bare_json_flag(args: list[str]) -> list[str]:
     """Compatibility: ``--json`` used to be a bare flag of build and prune (print on stdout); a
     ``--json`` with no value (last, or followed by another option) still means ``--json -``."""
