@@ -13,7 +13,7 @@ profiles_app = typer.Typer(
 
 def _budget(p) -> str:
     if p.budget_flops is not None:
-        return f"{p.budget_flops:g} of MACs"
+        return f"{p.budget_flops:g} of {'latency (measured here)' if getattr(p, 'budget_select_by', 'macs') == 'latency' else 'MACs'}"
     if p.budget_latency_ms is not None:
         return f"{p.budget_latency_ms:g} ms"
     return "-"
