@@ -222,6 +222,8 @@ def run_build(opts: BuildOptions) -> dict:
         raise OptinError(f"--probes must be at least 1, got {opts.probes}")
     if opts.bench_iters < 1:
         raise OptinError(f"--bench-iters must be at least 1, got {opts.bench_iters}")
+    if opts.bench_block < 1:  # the benchmark would refuse it only after scoring
+        raise OptinError(f"--bench-block must be at least 1 run, got {opts.bench_block}")
     if opts.bench_warmup < 0:
         raise OptinError(f"--bench-warmup must be at least 0, got {opts.bench_warmup}")
     if opts.calib_length < 1:

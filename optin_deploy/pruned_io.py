@@ -59,14 +59,12 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
             if "No space left" in msg or "os error 28" in msg:
                 raise OSError(errno.ENOSPC, "No space left on device") from None
             raise
-        from .safe_out import current_umask
-
-        os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~current_umask())  # safetensors writes 0600; the deliverable gets the umask's mode like every other file
+        # safetensors writes the weights 0600: staged_output gives them the umask's mode when it publishes the folder
         (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
         if task_hint:
             (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))
+        src = (extra or {}).get("source_dir")
         for name in COPIED_FILES:
-            src = (extra or {}).get("source_dir")
             if src and (Path(src) / name).is_file():
                 shutil.copy2(Path(src) / name, tmp / name)
     return Path(out_dir)

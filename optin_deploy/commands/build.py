@@ -58,10 +58,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Prune, export, evaluate and benchmark; write a deployment bundle with its evidence."""
         options.check_split(eval_split)
-        if bench_block < 1:  # checked here, before the model loads (the benchmark would refuse it only after scoring)
-            from ..errors import OptinError
-
-            raise OptinError(f"--bench-block must be at least 1 run, got {bench_block}")
         options.check_json(json_out, force=force, protect=[model, data, lut], outs=[out])
 
         from ..build import BuildOptions, check_gate, run_build

@@ -101,12 +101,16 @@ def check_json(path: str | None, *, force: bool | None = None, protect=(), outs=
     check_json_out(path, force=force, protect=protect, outs=outs)
 
 
+def _json_on_stdout(json_out: str | None) -> bool:
+    return json_out is not None and str(json_out) == "-"
+
+
 def human_console(json_out: str | None):
     """The console for a command's human output: stderr with ``--json -`` (stdout then holds only the
     JSON, so it can be piped into a JSON reader), else stdout."""
     from rich.console import Console
 
-    return Console(stderr=json_out is not None and str(json_out) == "-")
+    return Console(stderr=_json_on_stdout(json_out))
 
 
 def human_stdout(json_out: str | None):
@@ -115,14 +119,14 @@ def human_stdout(json_out: str | None):
     import contextlib
     import sys
 
-    if json_out is not None and str(json_out) == "-":
+    if _json_on_stdout(json_out):
         return contextlib.redirect_stdout(sys.stderr)
     return contextlib.nullcontext()
 
 
 def echo(message: str, json_out: str | None) -> None:
     """``typer.echo`` for a human line: on stderr with ``--json -``."""
-    typer.echo(message, err=json_out is not None and str(json_out) == "-")
+    typer.echo(message, err=_json_on_stdout(json_out))
 
 
 def emit_json(path: str | None, result) -> None:
