@@ -177,7 +177,10 @@ def choose_stage(ctx, staging: Path):
 
 
 def _why(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    """A skip reason: the error's first line (models.short_reason: at most 200 characters, cut at a word), else its type."""
+    from .models import short_reason
+
+    return short_reason(exc) or type(exc).__name__
 
 
 def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str, exports: dict) -> str | None:
