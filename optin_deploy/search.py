@@ -554,11 +554,11 @@ class CandidateLab:
         batch), and the order used."""
         import torch
 
-        from .data.types import Split
+        from .data.types import Split, text_size
 
         idx = np.asarray(idx)
         if isinstance(val.inputs, (list, tuple)):
-            idx = idx[np.argsort([len(val.inputs[int(i)]) for i in idx], kind="stable")]
+            idx = idx[np.argsort([text_size(val.inputs[int(i)]) for i in idx], kind="stable")]
             inputs = [val.inputs[int(i)] for i in idx]
         else:
             inputs = val.inputs[torch.as_tensor(idx)]

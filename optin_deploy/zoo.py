@@ -44,7 +44,8 @@ import numpy as np
 import torch
 
 from .data import assets
-from .data.types import Split, Task, TaskData
+from .adapters.base import mark_text_pair
+from .data.types import Split, Task, TaskData, text_size
 from .errors import OptinError
 
 DEFAULT_TASK = "minilm-sentiment"
@@ -180,7 +181,7 @@ def predict(task: Task, split: str | Split = "test", batch_size: int = 64) -> to
         out = [task.model(pixel_values=s.inputs[i:i + batch_size]).logits.argmax(-1) for i in range(0, len(s), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
     texts = list(s.inputs)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: text_size(texts[i]))
     preds = torch.empty(len(texts), dtype=torch.long)
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
@@ -679,6 +680,8 @@ def load_task(
         if data is not None and data != ZOO[model].data:
             flags["task_type"] = model_task_type(zt.model)
             zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
+            if zt.data.text_pair:
+                mark_text_pair(zt.model)
         return zt
     set_threads()
     m = load_model(model, task=task)
@@ -709,6 +712,8 @@ def load_task(
     if td.modality != pre["modality"]:
         raise OptinError(f"model {model!r} takes {pre['modality']} but data {data!r} is {td.modality}; pass matching data")
     td = _check_fit(m, td, model, data)
+    if td.text_pair:
+        mark_text_pair(m)
     tok = load_tokenizer(model) if td.modality == "text" else None
     return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
 

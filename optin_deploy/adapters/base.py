@@ -86,7 +86,16 @@ def _set_child(root: nn.Module, child: nn.Module, new: nn.Module) -> None:
     raise KeyError("module not found under root")
 
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the tokenizer conventions text families draw from
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_PAIR_FLAG = "optin_text_pair"  # set in a model's config when its task is sentence pairs (saved with a pruned model)
+
+
+def mark_text_pair(model) -> None:
+    """Record in ``model.config`` that its inputs are sentence pairs, so that the segment ids become a
+    model input (exported, fed, saved with the pruned model's config)."""
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        setattr(cfg, TEXT_PAIR_FLAG, True)  # the tokenizer conventions text families draw from
 
 # what example inputs are tokenised from when a model has a tokenizer but no task (exports and benchmarks of bare folders)
 SAMPLE_TEXTS = [
@@ -502,8 +511,18 @@ class Adapter:
 
     # ----- inputs: names, lengths, example batches ---------------------------------------------
     def input_names(self) -> list[str]:
-        """The model's inputs in the order exporters and runtimes use."""
-        return ["input_ids", "attention_mask"] if self.modality == "text" else ["pixel_values"]
+        """The model's inputs in the order exporters and runtimes use (``token_type_ids`` too for a
+        sentence-pair task on a model with segment embeddings: :meth:`uses_token_types`)."""
+        if self.modality != "text":
+            return ["pixel_values"]
+        return ["input_ids", "attention_mask", *(["token_type_ids"] if self.uses_token_types() else [])]
+
+    def uses_token_types(self) -> bool:
+        """Whether the segment ids are a model input: the model was marked for sentence pairs
+        (:func:`mark_text_pair`, recorded in its config) and has more than one token type to embed.
+        A single-text task feeds all-zero segment ids, which the graph then holds as a constant."""
+        cfg = getattr(self.model, "config", None)
+        return bool(getattr(cfg, TEXT_PAIR_FLAG, False)) and int(getattr(cfg, "type_vocab_size", 0) or 0) > 1
 
     def max_positions(self) -> int | None:
         """The longest sequence the model takes (text), or None when unbounded / not text."""
@@ -525,8 +544,10 @@ class Adapter:
         length = pad_to or max_length
         if limit is not None and length is not None:
             length = min(length, limit)
-        enc = tokenizer(list(texts), padding="max_length" if pad_to else "longest", truncation=True,
-                        max_length=length, return_tensors="pt")
+        texts = list(texts)
+        pairs = bool(texts) and not isinstance(texts[0], str)
+        enc = tokenizer(*([[t[0] for t in texts], [t[1] for t in texts]] if pairs else [texts]),
+                        padding="max_length" if pad_to else "longest", truncation=True, max_length=length, return_tensors="pt")
         return {n: (enc[n] if n in enc else torch.zeros_like(enc["input_ids"])).long() for n in self.input_names()}
 
     @classmethod

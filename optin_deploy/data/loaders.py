@@ -7,6 +7,8 @@
 * A folder holding ``train.*`` (and optionally ``validation.*``/``val.*``/``dev.*`` and ``test.*``)
   files uses those splits; a missing validation or test split is carved from train.
 * A folder saved with ``datasets``' ``save_to_disk`` is read with ``datasets.load_from_disk``.
+* Text is one column (``text_column``), or two for sentence-pair tasks (``"premise,hypothesis"``): each
+  input is then a ``(first, second)`` tuple, tokenised as a pair.
 * A folder with one sub-folder of images per class is an image data set (optionally under
   ``train/``, ``validation/``, ``test/``). Images are resized to the model's image size and
   normalised with its mean and std.
@@ -216,6 +218,18 @@ class _Labels:
         return torch.tensor(ids, dtype=torch.long)
 
 
+def text_columns(text_column: str, available: Sequence[str] = ()) -> tuple[str, ...]:
+    """The text column, or the two columns of a sentence-pair task: ``--text-column premise,hypothesis``
+    (a column whose own name holds the comma is taken as it is)."""
+    if text_column in available or "," not in text_column:
+        return (text_column,)
+    names = tuple(n.strip() for n in text_column.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise OptinError(f"--text-column {text_column!r}: give one column, or two different columns separated by a comma "
+                         f"for sentence pairs (e.g. premise,hypothesis)")
+    return names
+
+
 def _column(rows: list[dict], col: str) -> list:
     return [r.get(col) for r in rows]
 
@@ -230,11 +244,14 @@ def _from_rows(
     task_type: str | None = None,
 ) -> TaskData:
     """Build TaskData from tabular rows: ``parts`` maps split name ('all', 'train', ...) to rows."""
+    columns = text_columns(text_column, [c for _, cols, _ in parts.values() for c in cols])
     for split, (rows, cols, where) in parts.items():
-        if text_column not in cols:
-            raise OptinError(
-                f"{where} has no text column {text_column!r}; columns are: {', '.join(cols) or '(none)'}; pass --text-column"
-            )
+        for col in columns:
+            if col not in cols:
+                raise OptinError(
+                    f"{where} has no text column {col!r}; columns are: {', '.join(cols) or '(none)'}; pass --text-column "
+                    f"(two names for sentence pairs: --text-column premise,hypothesis)"
+                )
     have_labels = label_column is not None and all(label_column in cols for rows, cols, _ in parts.values())
     if label_column is not None and not have_labels and any(label_column in cols for _, cols, _ in parts.values()):
         missing = [w for _, c, w in parts.values() if label_column not in c]
@@ -244,11 +261,13 @@ def _from_rows(
         raise OptinError(f"{origin}: found {', '.join(parts)} splits but no training split; add a train file")
     train_where = parts.get("all", parts.get("train"))[2]
 
-    def texts_of(rows: list[dict]) -> list[str]:
-        return ["" if v is None else str(v) for v in _column(rows, text_column)]
+    def texts_of(rows: list[dict]) -> list:
+        cols = [["" if v is None else str(v) for v in _column(rows, c)] for c in columns]
+        return cols[0] if len(cols) == 1 else list(zip(*cols))
 
     labeler = _Labels(_column(train_rows, label_column), train_where, task_type) if have_labels else None
-    source = {"path": str(Path(origin).resolve()), "text_column": text_column, "label_column": label_column if have_labels else None,
+    source = {"path": str(Path(origin).resolve()), "text_column": text_column, **({"text_pair": list(columns)} if len(columns) == 2 else {}),
+              "label_column": label_column if have_labels else None,
               "label_kind": labeler.kind if labeler else None}
     if not have_labels:
         source["missing_label_column"] = label_column
@@ -455,7 +474,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
                         {"path": str(path.resolve()), "split": how, "seed": seed, "image_column": image_col, "label_kind": label_kind})
     rows_parts = {}
     for k, d in splits.items():
-        rows = d.select_columns([c for c in (text_column, label_column) if c in d.column_names]).to_list()
+        rows = d.select_columns([c for c in (*text_columns(text_column, cols), label_column) if c in d.column_names]).to_list()
         if not rows:
             raise OptinError(f"{path}: the {k} split is empty")
         rows_parts[k] = (rows, list(d.column_names), f"{path} ({k})")

@@ -105,6 +105,10 @@ def load_texts(spec: str, *, text_column: str = "text", seed: int = SEED) -> Tex
     from .loaders import load_data
 
     td = load_data(s, text_column=text_column, label_column=None, seed=seed)
+    if td.text_pair:
+        raise OptinError(f"--text-column {text_column!r} names two columns (sentence pairs), but an embedding model embeds one "
+                         f"text at a time; pass one column (a pairs file with sentence1,sentence2,score columns is read for the "
+                         f"pairs metric)")
     if td.modality != "text":
         raise OptinError(f"data {s!r} is {td.modality}, not text; an embedding model needs texts")
     return TextData(td.name, "text", "embedding", [], _texts_only(td.train), _texts_only(td.validation), _texts_only(td.test),

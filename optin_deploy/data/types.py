@@ -24,11 +24,16 @@ Modality = Literal["text", "image"]
 TaskType = Literal["classification", "regression", "embedding"]
 
 
+def text_size(item) -> int:
+    """Characters in a text input, or in both texts of a sentence pair (to order batches by length)."""
+    return len(item) if isinstance(item, str) else sum(len(t) for t in item)
+
+
 @dataclass
 class Split:
     """One split of a labelled data set, before preprocessing.
 
-    ``inputs`` is a list of strings (text) or a float tensor ``N x C x H x W`` (images, already in
+    ``inputs`` is a list of strings (text), of ``(first, second)`` string tuples (sentence pairs), or a float tensor ``N x C x H x W`` (images, already in
     the model's input normalisation). ``labels`` may be None for unlabelled (calibration-only) data.
     """
 
@@ -51,6 +56,11 @@ class TaskData:
     validation: Split
     test: Split
     source: dict = field(default_factory=dict)  # where it came from: asset name, version, sha256, ...
+
+    @property
+    def text_pair(self) -> bool:
+        """Sentence pairs: every input is a ``(first, second)`` tuple, tokenised as a pair."""
+        return self.modality == "text" and len(self.source.get("text_pair") or ()) == 2
 
     @property
     def num_labels(self) -> int:
