@@ -32,7 +32,7 @@ from .adapters import get_adapter
 from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .pruning import REFIT_SAMPLES
 from .data.assets import sha256_file
-from .errors import OptinError, QualityGateError
+from .errors import OptinError, QualityGateError, short_reason
 from .progress import console, step
 from .pruning import Scores
 from .safe_out import check_out, staged_output, write_json
@@ -337,7 +337,7 @@ class BuildContext:
                 except (OptinError, RuntimeError, ValueError) as exc:  # the family's graph cannot be timed per width here
                     if self.opts.select_by == "latency":
                         raise
-                    failed = str(exc).splitlines()[0]
+                    failed = short_reason(exc, 300)
                     step(f"could not measure a latency table ({failed[:200]}); weighing units by their MACs instead")
         if table is not None:
             from .lut import load_lut

@@ -177,8 +177,8 @@ def choose_stage(ctx, staging: Path):
 
 
 def _why(exc: BaseException) -> str:
-    """A skip reason: the error's first line (models.short_reason: at most 200 characters, cut at a word), else its type."""
-    from .models import short_reason
+    """A skip reason: the error's first line (errors.short_reason: at most 200 characters, cut at a word), else its type."""
+    from .errors import short_reason
 
     return short_reason(exc) or type(exc).__name__
 

@@ -14,7 +14,7 @@ import sys
 import typer
 
 from . import interrupts
-from .errors import EXIT_INTERNAL, EXIT_IO, EXIT_USAGE, OptinError
+from .errors import EXIT_INTERNAL, EXIT_IO, EXIT_USAGE, OptinError, short_reason
 
 DEBUG_ENV = "OPTIN_DEPLOY_DEBUG"
 
@@ -144,7 +144,7 @@ def _run(args: list[str], debug: bool) -> None:
     except Exception as exc:  # a bug: one line, the traceback only on request
         if debug:
             raise
-        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        first = short_reason(exc, 300)
         _fail(f"internal error {type(exc).__name__}: {first} (a bug in optin-deploy; rerun with --debug or {DEBUG_ENV}=1 for the traceback)", EXIT_INTERNAL)
 
 

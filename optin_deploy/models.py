@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .errors import OptinError
+from .errors import OptinError, short_reason
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}
@@ -52,25 +52,6 @@ def quiet_transformers():
         tlog.set_verbosity(level)
         if bars:
             tlog.enable_progress_bar()
-
-
-def short_reason(exc: BaseException | str, limit: int = 200) -> str:
-    """The first informative line of an error, at most ``limit`` characters, cut at a word boundary.
-
-    torch's "Weights only load failed ... Re-running torch.load with weights_only set to False"
-    preamble is dropped (that advice runs code from the file): the line saying what it met is kept."""
-    text = str(exc)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if any("weights only load failed" in ln.lower() for ln in lines):
-        lines = [ln.split("WeightsUnpickler error:", 1)[-1].strip() for ln in lines
-                 if "weights_only" not in ln.lower() and "weights only" not in ln.lower()
-                 and not ln.lower().startswith(("check the documentation", "please file an issue"))] or ["weights-only loading failed"]
-        lines = [ln for ln in lines if ln] or ["weights-only loading failed"]
-    line = lines[0] if lines else ""
-    if len(line) <= limit:
-        return line
-    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:(")
-    return (cut or line[:limit]) + "..."
 
 
 def _finish(model: torch.nn.Module) -> torch.nn.Module:

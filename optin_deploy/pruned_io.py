@@ -20,7 +20,7 @@ from torch import nn
 
 from . import __version__
 from .adapters import adapter_class, get_adapter
-from .errors import OptinError
+from .errors import OptinError, short_reason
 from .models import TOKENIZER_FILES
 
 STRUCTURE_FILE = "optin_structure.json"
@@ -138,5 +138,5 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     try:
         load_model(model, str(weights), strict=True)
     except Exception as exc:  # corrupt file, size mismatch
-        raise OptinError(f"cannot load weights {weights}: {str(exc).splitlines()[0]}") from None
+        raise OptinError(f"cannot load weights {weights}: {short_reason(exc, 300)}") from None
     return model.eval()

@@ -141,7 +141,8 @@ def test_os_system_pickle_gets_the_pickle_line(tmp_path, model3, route):
 
 
 def test_needs_pickle_matches_every_torch_wording():
-    from optin_deploy.models import needs_pickle, short_reason
+    from optin_deploy.errors import short_reason
+    from optin_deploy.models import needs_pickle
 
     import pickle
 
@@ -244,7 +245,7 @@ def test_unknown_model_type_names_the_supported_ones(tmp_path, model3):
 
 
 def test_short_reason_cuts_at_a_word():
-    from optin_deploy.models import short_reason
+    from optin_deploy.errors import short_reason
 
     text = "because your version of Transformers is out of date " * 10
     r = short_reason(text, 60)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_adapter
+from ..errors import short_reason
 from .scoring import RawScores, ScoreSettings, exact_scores, reference_scores
 
 METHODS = ("exact", "fast", "reference")
@@ -92,7 +93,7 @@ def _read_cached(path: Path, adapter) -> tuple[RawScores | None, str | None]:
             raise ValueError("it holds non-finite scores")
         return raw, None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'}"
+        reason = f"{type(exc).__name__}: {short_reason(exc, 120) or 'unreadable'}"
         try:
             path.unlink()
         except OSError:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import torch
 
-from ..errors import OptinError
+from ..errors import OptinError, short_reason
 from ..runtimes.base import import_torch_tensorrt, require_cuda
 from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, output_name_for
 from .parity import check_parity, parity_inputs
@@ -66,7 +66,7 @@ class TorchTensorRTExporter(Exporter):
         try:
             trt_gm = tt.compile(wrapped, **kwargs)
         except Exception as exc:
-            raise OptinError(f"torch-tensorrt compile failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+            raise OptinError(f"torch-tensorrt compile failed: {type(exc).__name__}: {short_reason(exc, 300)}") from None
 
         opt_inputs = [
             (torch.randint(0, 2, shapes[n]["opt"], dtype=inputs[n].dtype) if not inputs[n].is_floating_point()
@@ -90,7 +90,7 @@ class TorchTensorRTExporter(Exporter):
             try:
                 tt.save(trt_gm, str(tmp), **save_kw)
             except Exception as exc:
-                raise OptinError(f"torch-tensorrt save failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
+                raise OptinError(f"torch-tensorrt save failed: {type(exc).__name__}: {short_reason(exc, 300)}") from None
             side = out_path.with_suffix(".json")
             side.write_text(json.dumps({"input_names": names, "precision": precision, "profile": meta["profile"]}, indent=2))
             if parity:

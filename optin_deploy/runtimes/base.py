@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import MissingRuntimeError, OptinError
+from ..errors import MissingRuntimeError, OptinError, short_reason
 
 TENSORRT_INSTALL = 'pip install "optin-deploy[tensorrt]" --extra-index-url https://pypi.nvidia.com'
 
@@ -85,7 +85,7 @@ def import_tensorrt():
         return importlib.import_module("tensorrt")
     except Exception as exc:  # ImportError, or a broken install failing to load libnvinfer
         raise MissingRuntimeError(
-            f"TensorRT Python package is not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not installed'}); "
+            f"TensorRT Python package is not available ({type(exc).__name__}: {short_reason(exc) or 'not installed'}); "
             f"install it on a CUDA host with: {TENSORRT_INSTALL}"
         ) from None
 
@@ -95,7 +95,7 @@ def import_torch_tensorrt():
         return importlib.import_module("torch_tensorrt")
     except Exception as exc:
         raise MissingRuntimeError(
-            f"torch-tensorrt is not available ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not installed'}); "
+            f"torch-tensorrt is not available ({type(exc).__name__}: {short_reason(exc) or 'not installed'}); "
             f"install it on a CUDA host with: {TENSORRT_INSTALL}"
         ) from None
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import MissingRuntimeError, OptinError
+from ..errors import MissingRuntimeError, OptinError, short_reason
 from .base import Runtime, numpy_feed
 
 OPENVINO_INSTALL = 'pip install "optin-deploy[openvino]" (or: pip install openvino)'
@@ -36,7 +36,7 @@ def import_openvino():
     try:
         return importlib.import_module("openvino")
     except Exception as exc:  # ImportError, or a broken install failing to load its libraries
-        first = str(exc).splitlines()[0] if str(exc) else "not installed"
+        first = short_reason(exc) or "not installed"
         raise MissingRuntimeError(f"OpenVINO is not available ({type(exc).__name__}: {first}); install it with: {OPENVINO_INSTALL}") from None
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import MissingRuntimeError, OptinError
+from ..errors import MissingRuntimeError, OptinError, short_reason
 from .base import Runtime, numpy_feed
 
 PROVIDERS = {
@@ -159,7 +159,7 @@ class OrtRuntime(Runtime):
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers,
                                                 disabled_optimizers=list(self.disabled_optimizers))
         except Exception as exc:
-            raise OptinError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0][:300]}") from None
+            raise OptinError(f"onnxruntime cannot load {self.path}: {short_reason(exc, 300)}") from None
         used = self.session.get_providers()
         if not used or used[0] != self.provider:
             raise MissingRuntimeError(
