@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         scoring: str = typer.Option("auto", "--scoring", help="exact | fast | auto (fast when exact would take over 5 minutes)."),
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher (baselines use the same selection and surgery)."),
         probes: int = typer.Option(64, "--probes", help="Hutchinson probes for --scoring fast."),
-        text_column: str = typer.Option("text", "--text-column"),
+        text_column: str = typer.Option("text", "--text-column", help="The text column of CSV/JSONL data; two, comma-separated, for sentence pairs (premise,hypothesis)."),
         label_column: str = typer.Option("label", "--label-column"),
         reconstruct: bool = options.RECONSTRUCT,
         reconstruct_fit: str = options.RECONSTRUCT_FIT,

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         search_samples: int = options.SEARCH_SAMPLES,
         search_rounds: int = options.SEARCH_ROUNDS,
         seed: int = typer.Option(0, "--seed"),
-        text_column: str = typer.Option("text", "--text-column"),
+        text_column: str = typer.Option("text", "--text-column", help="The text column of CSV/JSONL data; two, comma-separated, for sentence pairs (premise,hypothesis)."),
         label_column: str = typer.Option("label", "--label-column"),
         json_out: Optional[str] = options.JSON_OUT,
     ):
