@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import os
 import socket
 import sys
@@ -202,9 +203,12 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
                 config.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
                 config.label2id = {v: k for k, v in config.id2label.items()}
             kw["ignore_mismatched_sizes"] = True
+    archs = getattr(config, "architectures", None) or []
+    if head and num_labels is None:
+        _refuse_other_head(archs, spec, vision=_is_vision(config))
     try:
         with quiet_transformers():
-            model = cls.from_pretrained(where, config=config, **kw)
+            model, info = cls.from_pretrained(where, config=config, output_loading_info=True, **kw)
     except ValueError as exc:
         if needs_pickle(exc):
             raise OptinError(f"the weights {_weights_file(Path(where)) if local else spec} need Python pickle to load, which can run code "
@@ -222,11 +226,33 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
             f"cannot load the weights {_weights_file(Path(where)) if local else spec} "
             f"({type(exc).__name__}: {short_reason(exc) or 'unreadable'}); the file may be corrupt or truncated"
         ) from None
-    archs = getattr(config, "architectures", None) or []
-    if head and archs and not any(a.endswith(("Classification", "ForImageClassificationWithTeacher")) for a in archs):
-        print(f"[optin-deploy] warning: {spec} has no classification head ({', '.join(archs)}); a new, untrained "
-              f"head with {model.config.num_labels} labels was added", file=sys.stderr)
+    missing = [k for k in (info or {}).get("missing_keys", []) if not k.endswith("position_ids")]
+    if head and num_labels is None and missing:
+        shown = ", ".join(sorted(missing)[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise OptinError(f"model {spec!r} has no trained {cls.__name__.replace('AutoModelFor', '').replace('Auto', '')} weights for "
+                         f"{', '.join(archs) or type(config).__name__} ({shown} missing from its checkpoint), so its predictions "
+                         f"would come from random weights; pass a checkpoint fine-tuned for your task" +
+                         ("" if _is_vision(config) else ", or --task embedding for a sentence encoder")) from None
     return _finish(model)
+
+
+#: the task heads ``build`` / ``eval`` can measure: one label per input (text or image)
+CLASSIFIER_ARCHITECTURES = ("ForSequenceClassification", "ForImageClassification", "ForImageClassificationWithTeacher")
+
+
+def _refuse_other_head(archs: list[str], spec: str, *, vision: bool = False) -> None:
+    """A checkpoint saved with another task head (token classification, question answering, masked LM, ...):
+    loading it as a sequence classifier would put a random head on it. A bare encoder (``BertModel``) is
+    refused the same way, pointing at ``--task embedding``."""
+    if not archs or any(a.endswith(CLASSIFIER_ARCHITECTURES) for a in archs):
+        return
+    bare = not vision and all(not re.search(r"For[A-Z]|LMHead|WithLMHead", a) for a in archs)
+    raise OptinError(
+        f"model {spec!r} is a {', '.join(archs)} checkpoint, not a classifier; optin-deploy measures sequence and image "
+        f"classifiers (...ForSequenceClassification, ...ForImageClassification), fine-tuned for your task" +
+        ("; a sentence encoder takes --task embedding" if bare else
+         "; other task heads (token classification, question answering, language modelling) are not supported")
+    )
 
 
 def _timm():
