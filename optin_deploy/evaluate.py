@@ -197,9 +197,11 @@ def artifact_labels(models: Sequence[str], labels: Sequence[str] | None) -> list
 
 
 def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model: str | None = None, runtime: str | None = None,
-                       threads: int | None = None, split: str = "test", batch_size: int = 64, labels: Sequence[str] | None = None) -> dict:
+                       threads: int | None = None, split: str = "test", batch_size: int = 64, labels: Sequence[str] | None = None,
+                       text_column: str | None = None, label_column: str | None = None) -> dict:
     """``optin-deploy eval``: the task metric of each artifact (bundle folder, exported file or model
-    folder; the first is the baseline) through its runtime, on the data its source records (or ``data``)."""
+    folder; the first is the baseline) through its runtime, on the data its source records (or ``data``,
+    read with ``text_column`` / ``label_column``: by default the recorded ones, else text / label)."""
     from .runtimes.base import get_runtime, resolve_artifact
     from .zoo import load_task
 
@@ -218,5 +220,5 @@ def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model:
         source = recorded[0] if recorded else next((s for s in sources if s), None)
     if source is None:
         raise OptinError("cannot tell which model/data these bundles come from; pass --model MODEL_DIR")
-    task = load_task(source, data, max_length=None)
+    task = load_task(source, data, max_length=None, text_column=text_column or "text", label_column=label_column or "label")
     return evaluate(task, targets, split=split, batch_size=batch_size, baseline=names[0])

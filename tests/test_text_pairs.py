@@ -154,3 +154,10 @@ def test_pair_build_exports_segment_ids(pair_model, tmp_path):
     got = json.loads(ev.stdout)["models"]
     assert 100 * got["dense"]["accuracy"] == pytest.approx(report["accuracy"]["dense"], abs=1e-3)
     assert 100 * got["pruned"]["accuracy"] == pytest.approx(report["accuracy"]["pruned"], abs=1e-3)
+    # the same rows under other column names: eval takes --text-column / --label-column with --data
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(data.read_text().replace("premise,hypothesis,label", "p,h,y", 1))
+    proc = run_cli("eval", out, "--data", renamed, check=False)
+    assert_one_line(proc, 2, "no text column 'text'", "--text-column")
+    ev2 = json.loads(run_cli("eval", out, "--data", renamed, "--text-column", "p,h", "--label-column", "y", "--json", "-").stdout)["models"]
+    assert ev2["pruned"]["accuracy"] == got["pruned"]["accuracy"] and ev2["dense"]["n"] == got["dense"]["n"]

@@ -17,6 +17,8 @@ def eval_cmd(
     threads: Optional[int] = typer.Option(None, "--threads"),
     eval_split: str = options.EVAL_SPLIT,
     batch_size: int = typer.Option(64, "--batch-size"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="With --data: its text column (two, comma-separated, for sentence pairs); default: the one the model records, else text."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="With --data: its label column; default: the one the model records, else label."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[str] = options.JSON_OUT,
     split: Optional[str] = options.OLD_SPLIT,
@@ -31,7 +33,7 @@ def eval_cmd(
     models = expand_bundle(models, runtime)
     with options.human_stdout(json_out):  # --json -: progress and the table on stderr, stdout holds only the JSON
         result = evaluate_artifacts(models, data=data, model=model, runtime=runtime, threads=threads, split=split, batch_size=batch_size,
-                                    labels=labels.split(",") if labels else None)
+                                    labels=labels.split(",") if labels else None, text_column=text_column, label_column=label_column)
         print_eval_table(result, console=options.human_console(json_out))
     options.emit_json(json_out, result)
 
