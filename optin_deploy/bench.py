@@ -302,22 +302,47 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
     console = console or Console()
     how = {"blocks": f"blocks of {result.get('block')} runs per model, interleaved", "interleaved": "round-robin",
            "sequential": "sequential"}.get(result.get("mode") or ("interleaved" if result["interleaved"] else "sequential"))
-    t = Table(title=title or f"ms per batch (baseline {result['baseline']}, {how})",
-              box=box.SIMPLE_HEAD, pad_edge=False)
-    widest = min(max([len(str(label)) for label in result["models"]] + [5]), 40)
-    for col in ("model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up"):
-        # a narrow terminal shortens the other columns, never the model's name
-        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True, min_width=widest if col == "model" else None)
+    cols = ["model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up"]
+    rows = []
     for label, r in result["models"].items():
         rt = r["runtime"]
         where = rt.get("runtime", "?") + (f"/{rt['threads']}t" if rt.get("threads") else "")
-        t.add_row(
-            label, where, str(r["batch_size"]),
+        rows.append([
+            str(label), where, str(r["batch_size"]),
             f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
             f"{r['throughput_samples_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}",
             "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x",
-        )
-    console.print(t)
+        ])
+    title = title or f"ms per batch (baseline {result['baseline']}, {how})"
+
+    def needed(names: list[str]) -> int:
+        return sum(max([len(n)] + [len(row[cols.index(n)]) for row in rows]) + 2 for n in names)
+
+    shown = list(cols)
+    if needed(shown) > console.width:  # a narrow console (80 columns, a pipe, a CI log): what every row shares goes to the title
+        for col in ("runtime", "batch"):
+            values = {row[cols.index(col)] for row in rows}
+            if len(values) == 1:
+                shown.remove(col)
+                title += f"; {col} {values.pop()}"
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in shown:
+        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True)
+    for row in rows:
+        t.add_row(*(row[cols.index(c)] for c in shown))
+    # never an elided figure: a table wider than the console is printed at its own width
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=10_000), t).maximum
+    if natural <= console.width:
+        console.print(t)
+        return
+    saved = console.__dict__.get("_width")  # the width the console was given (None: detected)
+    console.width = natural
+    try:
+        console.print(t)
+    finally:
+        console._width = saved
 
 
 def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, seed: int = 0) -> dict[str, np.ndarray]:

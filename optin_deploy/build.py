@@ -150,13 +150,17 @@ def search_settings(opts: BuildOptions):
                           samples=opts.search_samples, rounds=opts.search_rounds, reference=list(opts.search_reference))
 
 
+def check_select_by(select_by: str | None) -> None:
+    if select_by is not None and select_by not in ("macs", "latency"):
+        raise OptinError(f"--select-by must be macs or latency, got {select_by!r}")
+
+
 def _budget(opts: BuildOptions, target: Target) -> dict:
     """The budget the options (or the profile's default) ask for: ``{"flops": F}``, ``{"latency_ms": X}``,
     ``{"speedup": S}`` or ``{"search": objective}``; checked before any work. The report records it
     with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
     profile = target.profile
-    if opts.select_by is not None and opts.select_by not in ("macs", "latency"):
-        raise OptinError(f"--select-by must be macs or latency, got {opts.select_by!r}")
+    check_select_by(opts.select_by)
     if opts.select_by is not None and opts.lut is not None and opts.select_by == "macs" and opts.flops is not None:
         raise OptinError("--lut is a latency table: with --flops it needs --select-by latency (or drop --lut)")
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]

@@ -67,6 +67,11 @@ def _interrupted(exc: BaseException) -> None:
     interrupts.mark_handled()
     signum = getattr(exc, "signum", signal.SIGINT)
     name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+    done = interrupts.published()
+    if done:  # the stop came after the output was put in place: it is complete, only what followed was cut
+        typer.secho(f"error: interrupted by {name} after {', '.join(done)} was written in full (complete and usable); "
+                    f"what follows it (the summary, --json) may be missing", err=True, fg=typer.colors.RED)
+        sys.exit(128 + int(signum))
     typer.secho(f"error: interrupted by {name}; stopped, no staging or half-written output left behind", err=True, fg=typer.colors.RED)
     sys.exit(128 + int(signum))
 
@@ -98,7 +103,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _run(args, debug)
     finally:
-        interrupts.restore(previous)
+        if argv is None:  # the console script: this process ends now, and a late signal must not change its outcome
+            interrupts.ignore_until_exit()
+        else:  # called in-process (tests, a caller's script): give the caller its handlers back
+            interrupts.restore(previous)
 
 
 def _run(args: list[str], debug: bool) -> None:

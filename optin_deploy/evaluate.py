@@ -70,6 +70,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(_ranks(np.ravel(a)), _ranks(np.ravel(b)))
 
 
+#: what the numbers in an evaluation mean (``eval --json``); a build's report.json states accuracy and agreement in percent
+EVAL_UNITS = {"accuracy": "fraction of samples classified right, 0 to 1 (report.json: percent)",
+              "macro_f1": "unweighted mean of per-class F1, 0 to 1",
+              "agreement_vs_baseline": "fraction of samples where the model predicts the baseline's class, 0 to 1 (report.json: percent)",
+              "spearman": "rank correlation with the labels, -1 to 1", "pearson": "correlation with the labels, -1 to 1",
+              "spearman_vs_baseline": "rank correlation with the baseline's outputs, -1 to 1"}
+
 HEADLINE_METRICS = {"classification": "accuracy", "regression": "spearman", "embedding": "cosine_to_dense"}
 
 
@@ -151,7 +158,7 @@ def evaluate(
         raise OptinError(f"baseline {baseline!r} is not one of {labels}")
     task_type, num_labels = task.data.task_type, task.data.num_labels
     out: dict[str, Any] = {"task": task.name, "data": task.data.name, "split": split, "task_type": task_type,
-                           "num_labels": num_labels, "baseline": baseline, "models": {}}
+                           "num_labels": num_labels, "baseline": baseline, "units": dict(EVAL_UNITS), "models": {}}
     all_logits = {}
     for l in labels:
         rt, artifact = runtimes_and_models[l]

@@ -47,6 +47,30 @@ class _State:
         self.handled = False  # the CLI caught the stop and is exiting
         self.deferring = 0  # depth of deferred() sections
         self.watchdog: threading.Thread | None = None
+        self.published: list[str] = []  # outputs this run put in place, complete
+
+
+def note_published(path) -> None:
+    """An output (a bundle, an export, a pruned model) is in place, complete: a stop after this point
+    does not undo it, and the CLI's stop line says so."""
+    _state.published.append(str(path))
+
+
+def published() -> list[str]:
+    """What this run published before it was stopped (see :func:`note_published`)."""
+    return list(_state.published)
+
+
+def ignore_until_exit() -> None:
+    """The command is over (its output published, its exit code set): a stop signal in the second or so the
+    interpreter takes to shut down must not turn a finished run into an "interrupted" one. Only for the
+    console script's own process, never for a caller of :func:`optin_deploy.cli.main` in-process."""
+    _state.handled = True
+    for sig in STOP_SIGNALS:
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):
+            pass
 
 
 _state = _State()

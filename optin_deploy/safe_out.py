@@ -315,6 +315,7 @@ def staged_output(out: str | os.PathLike, *, kind: str, force: bool = False, pro
             write_marker(staging, kind)
             publish_modes(staging)
             replace_atomically(staging, o)
+            interrupts.note_published(o)
     except OSError as exc:
         with interrupts.deferred():
             shutil.rmtree(staging, ignore_errors=True)

@@ -859,7 +859,7 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     """``optin-deploy sweep``: load and score like a build, measure every (scorer, budget), write
     ``frontier.json``, ``frontier.png`` and ``frontier.md`` into ``opts.out`` (assembled beside it and
     moved into place when complete; an existing folder is replaced only when it holds a previous sweep)."""
-    from .build import check_target_available, search_settings, load_context
+    from .build import check_select_by, check_target_available, load_context, search_settings
     from .progress import step
     from .pruning import SCORERS
     from .target import resolve_target
@@ -868,10 +868,11 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
         if s not in SCORERS:
             raise OptinError(f"unknown --scorer {s!r}; choose from {', '.join(SCORERS)} (comma-separated for several)")
     if not budgets:
-        raise OptinError("--budgets is empty; pass fractions of the dense MACs such as 0.5,0.6,0.7")
+        raise OptinError("--budgets is empty; pass fractions of the dense model's cost such as 0.5,0.6,0.7")
     from .pruning import check_seed
 
     check_seed(opts.seed)
+    check_select_by(getattr(opts, "select_by", None))
     settings = search_settings(opts)
     settings.check()
     target = resolve_target(opts.profile)  # the one place the profile is read

@@ -92,7 +92,7 @@ def test_every_json_command_checks_up_front(inputs, tmp_path):
     for args in cases:
         proc = run_cli(*args, "--json", notes, check=False)
         assert_one_line_error(proc, "did not write")
-        if args[0] in ("eval", "bench", "sweep"):  # no --force there: the message does not offer it
+        if args[0] in ("eval", "bench"):  # no --force there: the message does not offer it
             assert "--force" not in proc.stderr.splitlines()[-1]
         assert notes.read_text() == "my notes\n"
     # the artifacts being evaluated are inputs

@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", help="A zoo name, a local model folder, a hub name or timm:NAME. Default: the built-in MiniLM sentiment model."),
         data: Optional[str] = typer.Option(None, "--data", help="Labelled data (its validation split is used). Default: the model's own."),
         profile: str = options.PROFILE,
-        budgets: str = typer.Option("0.5,0.6,0.7,0.8,0.9", "--budgets", help="Fractions of the dense encoder MACs, comma-separated."),
+        budgets: str = typer.Option("0.5,0.6,0.7,0.8,0.9", "--budgets", help="Budgets, comma-separated, each a fraction of the dense model's cost: its encoder MACs, or (--select-by latency, the default CPU profiles' choice) its prunable latency in the profile's latency table; frontier.json records which."),
+        select_by: Optional[str] = typer.Option(None, "--select-by", help="What a budget fraction weighs units by: macs or latency. Default: the profile's budget.select_by."),
         scorer: str = typer.Option("optin", "--scorer", help="optin | random | magnitude | fisher; comma-separated to overlay several."),
         out: Path = typer.Option(Path("optin-sweep"), "--out", help="Folder for frontier.json, frontier.png, frontier.md."),
         calib_samples: int = typer.Option(128, "--calib-samples"),
@@ -33,10 +34,11 @@ def register(app: typer.Typer) -> None:
         text_column: str = typer.Option("text", "--text-column", help="The text column of CSV/JSONL data; two, comma-separated, for sentence pairs (premise,hypothesis)."),
         label_column: str = typer.Option("label", "--label-column"),
         json_out: Optional[str] = options.JSON_OUT,
+        force: bool = options.FORCE,
     ):
         """Measure validation accuracy and speed-up for each budget (and scorer); write the frontier, choose nothing."""
         bs = options.parse_budgets(budgets, "--budgets")
-        options.check_json(json_out, force=None, protect=[model, data], outs=[out])  # sweep has no --force
+        options.check_json(json_out, force=force, protect=[model, data], outs=[out])
         from ..build import BuildOptions
         from ..progress import console
         from ..search import run_sweep
@@ -45,7 +47,7 @@ def register(app: typer.Typer) -> None:
         opts = BuildOptions(model=model, data=data, profile=profile, out=out, calib_samples=calib_samples, calib_length=calib_length,
                             scoring=scoring, scorer=scorers[0] if scorers else "optin", probes=probes, reconstruct=reconstruct,
                             reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, refit_samples=refit_samples, search_samples=search_samples,
-                            search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column)
+                            search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column, select_by=select_by, force=force)
         with options.human_stdout(json_out):  # --json -: stdout holds only the JSON
             fr, folder = run_sweep(opts, bs, scorers)
         console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "

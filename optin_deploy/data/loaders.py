@@ -23,6 +23,7 @@ absent (calibration-only data): labels are then None and evaluation says so.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -95,7 +96,9 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     rows: list[dict]
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
+        # the csv module splits records itself: a quoted field may hold newlines, and U+2028 or form feeds are text
+        # (str.splitlines would cut records there)
+        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
         cols = [c for c in (reader.fieldnames or []) if c is not None]
         try:
             rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k is not None)]
@@ -110,7 +113,7 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
                 raise OptinError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
         else:
             rows = []
-            for i, line in enumerate(raw.splitlines(), 1):
+            for i, line in enumerate(raw.split("\n"), 1):  # JSON Lines are split at \n only (U+2028 may occur raw in a string)
                 if not line.strip():
                     continue
                 try:
@@ -128,7 +131,7 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
 def csv_delimiter(raw: str) -> str:
     """The separator of a ``.csv`` file: a comma, unless its header row has none and has semicolons
     (what spreadsheets write in locales with a decimal comma), tabs or pipes."""
-    header = next((line for line in raw.splitlines() if line.strip()), "")
+    header = next((line for line in raw.split("\n") if line.strip()), "")
     if "," in header:
         return ","
     counts = {d: header.count(d) for d in (";", "\t", "|")}
@@ -261,11 +264,21 @@ def _from_rows(
         raise OptinError(f"{origin}: found {', '.join(parts)} splits but no training split; add a train file")
     train_where = parts.get("all", parts.get("train"))[2]
 
-    def texts_of(rows: list[dict]) -> list:
+    def texts_of(rows: list[dict], where: str) -> list:
+        for c in columns:
+            odd = [v for v in _column(rows, c) if isinstance(v, (dict, list)) or (v is None and not where.lower().endswith((".csv", ".tsv")))]
+            if odd:
+                kind = "null" if odd[0] is None else type(odd[0]).__name__
+                raise OptinError(f"{where}: {len(odd)} rows have no text in {c!r} (e.g. a {kind} value), which would be fed to "
+                                 f"the model as {'an empty string' if odd[0] is None else 'its Python repr'}; give every row a "
+                                 f"string (or drop those rows)")
         cols = [["" if v is None else str(v) for v in _column(rows, c)] for c in columns]
         return cols[0] if len(cols) == 1 else list(zip(*cols))
 
-    labeler = _Labels(_column(train_rows, label_column), train_where, task_type) if have_labels else None
+    # a classifier's class names are matched to the model's own labels later, so a class may be missing from training
+    # (its ids come from the model); without a model the classes are the training split's
+    fit_rows = [r for rows, _, _ in parts.values() for r in rows] if task_type == "classification" else train_rows
+    labeler = _Labels(_column(fit_rows, label_column), train_where if fit_rows is train_rows else origin, task_type) if have_labels else None
     source = {"path": str(Path(origin).resolve()), "text_column": text_column, **({"text_pair": list(columns)} if len(columns) == 2 else {}),
               "label_column": label_column if have_labels else None,
               "label_kind": labeler.kind if labeler else None}
@@ -276,7 +289,7 @@ def _from_rows(
     encoded: dict[str, Split] = {}
     for split, (rows, _, where) in parts.items():
         labels = labeler.encode(_column(rows, label_column), split if split != "all" else "data", where) if labeler else None
-        encoded[split] = Split(texts_of(rows), labels)
+        encoded[split] = Split(texts_of(rows, where), labels)
     encoded, how = _fill_splits(encoded, labeler is not None and labeler.task_type == "classification", seed, origin)
     source["split"] = how
     source["seed"] = seed
@@ -380,6 +393,26 @@ def _size(image_size) -> tuple[int, int]:
     return (int(h), int(w))
 
 
+def _to_8bit(img):
+    """16- and 32-bit integer / float grey images (scanners, microscopy, depth maps) scaled to 8 bits: PIL's
+    ``convert("RGB")`` would clip their values at 255 and turn most of the picture white."""
+    if img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return img
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    top = 65535.0 if img.mode.startswith("I;16") else (float(a.max()) if a.size and a.max() > 255 else 255.0)
+    if img.mode == "F" and a.size and float(a.max()) <= 1.0:
+        top = 1.0  # float images in [0, 1]
+    return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    """A file or folder under ``root`` whose name, or a parent's, starts with a dot (``._x.png`` AppleDouble forks,
+    ``.ipynb_checkpoints``): not data."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
 def images_to_tensor(images: list, image_size, image_mean, image_std, num_channels: int, where: str = "") -> torch.Tensor:
     """PIL images (or paths) to a normalised ``N x C x H x W`` float tensor."""
     from PIL import Image, UnidentifiedImageError
@@ -390,7 +423,7 @@ def images_to_tensor(images: list, image_size, image_mean, image_std, num_channe
     for i, im in enumerate(images):
         try:
             img = Image.open(im) if isinstance(im, (str, Path)) else im
-            img = img.convert("L" if num_channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            img = _to_8bit(img).convert("L" if num_channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
         except (UnidentifiedImageError, OSError) as exc:
             raise OptinError(f"cannot read image {im if isinstance(im, (str, Path)) else where} ({exc}); remove or fix it") from None
         a = np.asarray(img, dtype=np.float32) / 255.0
@@ -405,7 +438,7 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
         files, labels = [], []
         for cls in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
             for f in sorted(cls.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, cls):
                     files.append(f)
                     labels.append(cls.name)
         if not files:

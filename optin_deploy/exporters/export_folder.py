@@ -238,7 +238,8 @@ def move_export(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
     return read_manifest(dst)
 
 
-MIN_OPSET = 18  # torch.onnx.export(dynamo=True) writes opset 18 and newer
+MIN_OPSET = 17  # the fused graph (TorchScript exporter) is written at 17 by default; torch.onnx.export(dynamo=True) writes 18
+# and newer (a lower --opset for a family exported that way is refused after the export, naming the opset written)
 
 
 def check_opset(opset: int | None) -> None:
