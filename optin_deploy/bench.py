@@ -400,15 +400,17 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
     return {n: g.standard_normal((batch, *shape[1:])).astype(np.float32)}
 
 
-def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, threads: int | None = None, batch: int = 8, seq_len: int = 128,
+def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, threads: int | None = None, batch: int | None = None, seq_len: int | None = None,
                     warmup: int = 10, iters: int = 50, seconds: float | None = None, interleave: bool = True, mode: str | None = None,
                     block: int = 10, compile: bool = False, labels: Sequence[str] | None = None) -> dict:
     """``optin-deploy bench``: time artifacts (bundle folders, exported files or model folders; the
-    first is the baseline) on their runtimes with inputs of ``batch`` x ``seq_len``. Bad numbers fail
+    first is the baseline) on their runtimes with inputs of ``batch`` x ``seq_len`` on ``threads`` (those not
+    given: what the bundle was measured with, else 8 x 128 and the runtime's default). Bad numbers fail
     before any model is loaded."""
     from .evaluate import artifact_labels
-    from .runtimes.base import get_runtime, resolve_artifact
+    from .runtimes.base import bench_settings, get_runtime, resolve_artifact
 
+    batch, seq_len, threads, settings_from = bench_settings(models, batch, seq_len, threads)
     check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
     names = artifact_labels(models, labels)
     targets, inputs = {}, {}
@@ -416,8 +418,11 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         rt_name, artifact, _ = resolve_artifact(spec, runtime)
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
         inputs[label] = bench_inputs(spec, batch, seq_len)
-    return benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
-                     interleave=interleave, baseline=names[0], mode=mode, block=block)
+    result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
+                       interleave=interleave, baseline=names[0], mode=mode, block=block)
+    if settings_from:
+        result["settings_from"] = settings_from  # batch / sequence / threads not given: the build's own
+    return result
 
 
 def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None) -> None:

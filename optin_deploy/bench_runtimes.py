@@ -293,13 +293,15 @@ def print_side_by_side(result: dict, console=None) -> None:
 
 
 def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | None = None, labels: Sequence[str] | None = None,
-                     batch: int = 8, seq_len: int = 128, threads: int | None = None, warmup: int = 10, iters: int | None = 50,
+                     batch: int | None = None, seq_len: int | None = None, threads: int | None = None, warmup: int = 10, iters: int | None = 50,
                      seconds: float | None = None, block: int = 10, mode: str | None = None, markdown_path: str | Path | None = None) -> dict:
     """``optin-deploy bench --runtimes``: the models (a build folder, or dense and pruned) on every runtime of
     ``runtimes`` (comma-separated, or ``all``) side by side; optionally the table as Markdown in ``markdown_path``.
     Bad input fails before any model is loaded."""
     from .bench import check_bench_numbers
+    from .runtimes.base import bench_settings
 
+    batch, seq_len, threads, _ = bench_settings(models, batch, seq_len, threads)  # not given: the bundle's own
     check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters or 1, warmup=warmup, seconds=seconds, threads=threads)
     if runtime is not None:
         raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")

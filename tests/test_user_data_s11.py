@@ -227,3 +227,24 @@ def test_a_stop_after_publication_says_the_output_is_complete(capsys):
         assert "after /x/bundle was written in full" in err and "no staging" not in err
     finally:
         interrupts.restore({})
+
+
+def test_bench_defaults_to_what_the_build_measured_with(tmp_path):
+    """``bench BUNDLE`` times at the bundle profile's batch, length and threads (the build's report figures), not at
+    8 x 128 on every core; what is given on the command line wins; models of two bundles get the plain defaults."""
+    from optin_deploy.runtimes.base import bench_settings
+
+    def bundle(name, **profile):
+        root = tmp_path / name
+        (root / "onnx" / "dense").mkdir(parents=True)
+        (root / "onnx" / "pruned").mkdir(parents=True)
+        (root / ".optin-deploy").write_text("")
+        (root / "manifest.json").write_text(json.dumps({"profile": {"name": name, **profile}}))
+        return root
+
+    b = bundle("b1", batch_size=1, seq_len=64, threads=4)
+    assert bench_settings([str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")], None, None, None) == (1, 64, 4, "the bundle's profile b1")
+    assert bench_settings([str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")], 16, None, 2)[:3] == (16, 64, 2)
+    other = bundle("b2", batch_size=2, seq_len=32, threads=1)
+    assert bench_settings([str(b / "onnx" / "dense"), str(other / "onnx" / "pruned")], None, None, None) == (8, 128, None, None)
+    assert bench_settings([str(tmp_path / "loose.onnx")], None, None, None) == (8, 128, None, None)

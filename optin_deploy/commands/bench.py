@@ -13,9 +13,9 @@ from . import options
 def bench_cmd(
     models: List[str] = typer.Argument(..., help="Dense first, then pruned: export folders (BUNDLE/onnx/dense BUNDLE/onnx/pruned), artifact files (.onnx/.engine) or model folders; or one build folder (BUNDLE: its dense and pruned exports)."),
     runtime: Optional[str] = typer.Option(None, "--runtime", "-r", help="torch-cpu, torch-cuda, ort-cpu, ort-cuda, ort-tensorrt, tensorrt, openvino-cpu, torch-aoti-cpu (default: each bundle's own)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads."),
-    batch: int = typer.Option(8, "--batch"),
-    seq_len: int = typer.Option(128, "--seq-len", help="Tokens per sequence (text models)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: a bundle's own, as its build measured; else the runtime's default)."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: a bundle's own; else 8)."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence, text models (default: a bundle's own; else 128)."),
     warmup: int = typer.Option(10, "--warmup"),
     iters: int = typer.Option(50, "--iters", help="Timed runs per model (ignored with --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget instead of --iters."),

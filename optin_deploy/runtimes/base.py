@@ -241,6 +241,32 @@ def _fmt_of_runtime(name: str | None) -> str | None:
     return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
 
 
+def bench_settings(models, batch: int | None, seq_len: int | None, threads: int | None) -> tuple[int, int, int | None, str | None]:
+    """``bench``'s batch, sequence length and threads: what was given, else what the build measured with (its
+    profile in the bundle's manifest.json, when every model given lies in that one bundle), else 8 x 128 and the
+    runtime's default threads. Returns them and where the defaults came from (None: nothing taken from a bundle)."""
+    import json
+    from pathlib import Path
+
+    roots = set()
+    for spec in models:
+        p = Path(str(spec)).expanduser().resolve()
+        root = next((q for q in [p, *p.parents][:4] if (q / "manifest.json").is_file() and (q / ".optin-deploy").exists()), None)
+        roots.add(root)
+    profile = None
+    if len(roots) == 1 and None not in roots:
+        try:
+            profile = json.loads((roots.pop() / "manifest.json").read_text()).get("profile")
+        except (OSError, ValueError):
+            profile = None
+    if not isinstance(profile, dict) or (batch is not None and seq_len is not None and threads is not None):
+        return (8 if batch is None else batch, 128 if seq_len is None else seq_len, threads, None)
+    got = (profile.get("batch_size") if batch is None else batch, profile.get("seq_len") if seq_len is None else seq_len,
+           profile.get("threads") if threads is None else threads)
+    b, s, t = (int(v) if isinstance(v, int) and v > 0 else None for v in got)
+    return (b or 8, s or 128, t, f"the bundle's profile {profile.get('name', '?')}")
+
+
 def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
     """``eval`` / ``bench`` with one build folder (``optin-deploy build --out B``, or its ``B/onnx``): its
     dense and pruned exports, ``B/FMT/dense`` and ``B/FMT/pruned``. FMT: the one ``--runtime`` reads
