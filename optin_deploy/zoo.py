@@ -725,8 +725,14 @@ def model_max_length(model: torch.nn.Module, cap: int = 512) -> int:
 
 
 def model_task_type(model: torch.nn.Module) -> str | None:
-    """``regression`` for a one-output regression head, ``classification`` for a classifier, else None."""
+    """``regression`` for a one-output regression head, ``classification`` for a classifier, else None.
+    A multi-label classifier (independent sigmoids, ``problem_type = "multi_label_classification"``) is refused:
+    its figures (argmax accuracy) would be wrong."""
     cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "problem_type", None) == "multi_label_classification":
+        raise OptinError(f"the model is a multi-label classifier ({type(model).__name__}, problem_type multi_label_classification: one "
+                         f"sigmoid per label), which optin-deploy cannot evaluate (it measures single-label classifiers by accuracy "
+                         f"and regression models by Spearman); use a single-label or regression checkpoint")
     if cfg is not None and getattr(cfg, "problem_type", None) == "regression":
         return "regression"
     n = _model_classes(model)

@@ -77,3 +77,15 @@ def test_bare_vision_encoder_refused_without_embedding_hint(tmp_path):
 
 def test_classifiers_still_load(tmp_path):
     assert type(load_model(save_bert(tmp_path / "m"))).__name__ == "BertForSequenceClassification"
+
+
+def test_multi_label_classifier_is_refused(tmp_path):
+    """Independent sigmoids per label: argmax accuracy would be a wrong figure, so the build stops in one line."""
+    model = save_bert(tmp_path / "m")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["problem_type"] = "multi_label_classification"
+    (model / "config.json").write_text(json.dumps(cfg))
+    proc = run_cli("build", "--model", model, "--data", write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"]), "--out", tmp_path / "b",
+                   *FAST, check=False)
+    assert_one_line(proc, 2, "multi-label classifier")
+    assert not (tmp_path / "b").exists()
