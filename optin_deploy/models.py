@@ -355,13 +355,21 @@ def _load_timm_file(path: Path, arch: str | None, num_labels: int | None) -> tor
 def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None) -> dict:
     """How to prepare inputs for ``model``: ``{"modality", "image_size", "image_mean", "image_std",
     "num_channels"}`` for images (from the folder's image processor, the model config or timm's
-    pretrained config), ``{"modality": "text"}`` for text."""
+    pretrained config: a pruned timm model gets the one its structure saved back on load), ``{"modality": "text"}``
+    for text."""
     cfg = getattr(model, "config", None)
     pcfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if pcfg:  # timm
         c, h, w = pcfg.get("input_size", (3, 224, 224))
         return {"modality": "image", "image_size": (h, w), "image_mean": list(pcfg.get("mean", (0.5,) * c)),
                 "image_std": list(pcfg.get("std", (0.5,) * c)), "num_channels": c}
+    if cfg is None and _model_modality(model) == "image":
+        # an image model with neither a config nor timm's pretrained_cfg (a timm VisionTransformer built
+        # directly): its own input shape, and timm's VisionTransformer default mean and std (0.5)
+        from .adapters import get_adapter
+
+        c, h, w = get_adapter(model).image_shape()
+        return {"modality": "image", "image_size": (h, w), "image_mean": [0.5] * c, "image_std": [0.5] * c, "num_channels": c}
     if cfg is not None and _model_modality(model) == "image":
         out = {"modality": "image", "image_size": getattr(cfg, "image_size", 224), "num_channels": getattr(cfg, "num_channels", 3),
                "image_mean": 0.5, "image_std": 0.5}

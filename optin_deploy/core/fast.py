@@ -59,6 +59,8 @@ def hutchinson_neuron_scores(adapter: Adapter, teacher, settings: ScoreSettings,
                     p = F.softmax(teacher.logits / settings.temperature, dim=-1)
                     d = zs - teacher.logits
                     r_kl = (p / 2).sqrt() * (d - (p * d).sum(-1, keepdim=True))
+            if not live:  # every MLP emptied (an already-pruned model): no neuron to score, nothing depends on a leaf
+                r_md = r_kl = None
             total = probes + (kl_probes if r_kl is not None else 0)
             done = 0
             for residual, count, acc in ((r_md, probes, md_acc), (r_kl, kl_probes, kl_acc)):

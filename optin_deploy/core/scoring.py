@@ -293,17 +293,22 @@ def neuron_shortcut(adapter: Adapter, teacher: Teacher, layer: int, neurons: lis
     LayerNorm) runs as usual.
     """
     parts = adapter.layer_parts(layer)
+    if parts is None or parts.fc2 is None or not neurons:
+        raise ValueError(f"layer {layer} has no MLP neurons to score")  # an emptied MLP has no units: callers never ask
     copies = len(neurons)
     idx = torch.tensor(neurons)
     act = teacher.fc2_in[layer][..., idx]  # B x T x G
     col = parts.fc2.weight[:, idx]  # d x G
     corr = act.permute(2, 0, 1).unsqueeze(-1) * col.t()[:, None, None, :]  # G x B x T x d
     fc2_out = (teacher.fc2_out[layer].unsqueeze(0) - corr).reshape(-1, *teacher.fc2_out[layer].shape[1:])
-    attn_out = _rep(teacher.attn_out[layer], copies)
-    saved = {m: m.forward for m in (parts.attn, parts.fc1, parts.fc2)}
     first = [m for m in (parts.fc1, parts.up) if m is not None]
-    saved.update({m: m.forward for m in first})
-    parts.attn.forward = lambda *a, **k: attn_out
+    saved = {m: m.forward for m in (*first, parts.fc2)}
+    if parts.attn is not None:
+        # an attention reduced to its bias (a layer pruned to no heads earlier) is None here: it is cheap, and no
+        # neuron mask changes it, so it simply runs on the stacked copies
+        attn_out = _rep(teacher.attn_out[layer], copies)
+        saved[parts.attn] = parts.attn.forward
+        parts.attn.forward = lambda *a, **k: attn_out
     for m in first:
         m.forward = lambda x: x[..., :2]  # two columns: a fused gated MLP (ModernBERT's Wi) still splits into input and gate
     parts.fc2.forward = lambda x: fc2_out
