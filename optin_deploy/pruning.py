@@ -121,13 +121,18 @@ def check_keeps_something(costs: CostModel, budget: float, what: str, head_multi
 
 
 def report_emptied(dense: nn.Module, pruned: nn.Module) -> None:
-    """Refuse a pruned model with no unit left; warn, one line, when a layer's attention or MLP is emptied."""
-    p = get_adapter(pruned)
+    """Refuse a pruned model with no unit left; warn, one line, when this budget empties a layer's attention or
+    MLP (a part the input model had already lost, re-pruning a pruned model, is not news)."""
+    p, d = get_adapter(pruned), get_adapter(dense)
     heads, neurons = p.heads_per_layer(), p.neurons_per_layer()
+    had_heads, had_neurons = d.heads_per_layer(), d.neurons_per_layer()
     if sum(heads) == 0 and sum(neurons) == 0:
         raise OptinError("the budget removes every head and neuron of the model; raise the budget")
-    emptied = [f"{l} ({'attention' if h == 0 else ''}{' and ' if h == 0 and f == 0 else ''}{'MLP' if f == 0 else ''})"
-               for l, (h, f) in enumerate(zip(heads, neurons)) if h == 0 or f == 0]
+    emptied = []
+    for l, (h, f) in enumerate(zip(heads, neurons)):
+        parts = [name for name, now, before in (("attention", h, had_heads[l]), ("MLP", f, had_neurons[l])) if now == 0 and before > 0]
+        if parts:
+            emptied.append(f"{l} ({' and '.join(parts)})")
     if emptied:
         warn(f"the budget empties layer {', '.join(emptied)}: only the bias of those parts is left; accuracy may suffer, consider a larger budget")
 

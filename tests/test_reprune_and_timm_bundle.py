@@ -280,6 +280,13 @@ def test_cli_reprune_a_folder_with_an_emptied_attention(tmp_path):
     assert all(f2 <= f1 for f1, f2 in zip(p1.neurons_per_layer(), p2.neurons_per_layer()))
     assert sum(p2.neurons_per_layer()) < sum(p1.neurons_per_layer())
     assert "internal error" not in r.stderr
+    # the warning names only what this budget emptied, not the parts p1 had already lost
+    before = {l for l, h in enumerate(p1.heads_per_layer()) if h == 0}
+    newly = [l for l, h in enumerate(p2.heads_per_layer()) if h == 0 and l not in before]
+    warned = [ln for ln in r.stderr.splitlines() if "empties layer" in ln]
+    assert bool(warned) == bool(newly or [l for l, f in enumerate(p2.neurons_per_layer()) if f == 0 and p1.neurons_per_layer()[l] > 0]), r.stderr
+    for l in before:
+        assert not any(f"layer {l} (attention" in w or f", {l} (attention" in w for w in warned), warned
     run_cli("eval", tmp_path / "p2")
 
 
