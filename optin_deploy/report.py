@@ -233,16 +233,17 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
     lines += [f"![{k}]({v})" for k, v in plots.items()]
     rw = report.get("run_with")
     onnx_file = next((k for k in report.get("artifacts", {}) if k.startswith("onnx/pruned/") and k.endswith("model.onnx")), "onnx/pruned/model.onnx")
+    inputs = list((report.get("bench") or {}).get("inputs") or {}) or ["input_ids", "attention_mask"]  # the graph's inputs, as benchmarked
     if rw and rw.get("backend") == "openvino":
         from .runtimes.openvino import compile_snippet
 
         lines += ["", "## Running the deliverable", "", "The figures above were measured with these OpenVINO settings:", "",
-                  "```python", compile_snippet(rw, onnx_file), "```", ""]
+                  "```python", compile_snippet(rw, onnx_file, inputs), "```", ""]
     elif rw:
         from .runtimes.ort import DENORMAL_AS_ZERO, session_snippet
 
         lines += ["", "## Running the deliverable", "", "The figures above were measured with these onnxruntime session settings:", "",
-                  "```python", session_snippet(rw, onnx_file), "```", ""]
+                  "```python", session_snippet(rw, onnx_file, inputs), "```", ""]
         if DENORMAL_AS_ZERO in (rw.get("session_config") or {}):
             lines.append("Flushing denormal floats to zero is what makes the CPU run at these latencies on real inputs (only values below "
                          "about 1e-38 become 0; measured on the default model: identical logits). onnxruntime applies it to its worker threads and, once per process, to the thread that creates the "

@@ -147,6 +147,8 @@ def test_pair_build_exports_segment_ids(pair_model, tmp_path):
         if label == "dense":
             got = sess.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
             np.testing.assert_allclose(got, ref, atol=1e-3)
+    # the bundle's recipe names the three inputs the graphs take
+    assert "{'input_ids': ..., 'attention_mask': ..., 'token_type_ids': ...}" in (out / "report.md").read_text()
     hint = json.loads((out / "pruned" / "optin_task.json").read_text())
     assert hint["text_column"] == "premise,hypothesis"
     report = json.loads((out / "report.json").read_text())

@@ -93,11 +93,13 @@ def compile_settings(desc: dict) -> dict | None:
     return {"backend": "openvino", "device": "CPU", "config": config}
 
 
-def compile_snippet(settings: dict, model_file: str) -> str:
-    """Python that compiles ``model_file`` with ``settings`` (:func:`compile_settings`): the bundle report's recipe."""
+def compile_snippet(settings: dict, model_file: str, input_names=("input_ids", "attention_mask")) -> str:
+    """Python that compiles ``model_file`` with ``settings`` (:func:`compile_settings`): the bundle report's recipe;
+    ``input_names``: the graph's inputs, shown in the call."""
+    feed = ", ".join(f"{n!r}: ..." for n in input_names)
     return "\n".join(["import openvino as ov", "", "core = ov.Core()",
                       f"compiled = core.compile_model({model_file!r}, {settings.get('device', 'CPU')!r}, {dict(settings['config'])!r})",
-                      "request = compiled.create_infer_request()  # request.infer({'input_ids': ..., 'attention_mask': ...})"])
+                      f"request = compiled.create_infer_request()  # request.infer({{{feed}}})"])
 
 
 def bf16_supported() -> bool:

@@ -80,8 +80,9 @@ def session_settings(desc: Mapping[str, Any]) -> dict | None:
     return d
 
 
-def session_snippet(settings: Mapping[str, Any], model_file: str = "onnx/pruned/model.onnx") -> str:
-    """Python that opens a session with ``settings`` (:func:`session_settings`): the bundle report's recipe."""
+def session_snippet(settings: Mapping[str, Any], model_file: str = "onnx/pruned/model.onnx", input_names=()) -> str:
+    """Python that opens a session with ``settings`` (:func:`session_settings`): the bundle report's recipe;
+    ``input_names``: the graph's inputs, shown in a ``session.run`` comment."""
     lines = ["import onnxruntime as ort", "", "so = ort.SessionOptions()"]
     if settings.get("intra_op_num_threads"):
         lines += [f"so.intra_op_num_threads = {settings['intra_op_num_threads']}", f"so.inter_op_num_threads = {settings.get('inter_op_num_threads', 1)}"]
@@ -89,6 +90,8 @@ def session_snippet(settings: Mapping[str, Any], model_file: str = "onnx/pruned/
         lines.append(f"so.add_session_config_entry({k!r}, {v!r})  # flush denormals to zero (see the note below)")
     extra = f", disabled_optimizers={list(settings['disabled_optimizers'])!r}" if settings.get("disabled_optimizers") else ""
     lines.append(f"session = ort.InferenceSession({model_file!r}, so, providers={list(settings['providers'])!r}{extra})")
+    if input_names:
+        lines.append(f"# logits = session.run(None, {{{', '.join(f'{n!r}: ...' for n in input_names)}}})[0]")
     return "\n".join(lines)
 
 
