@@ -314,29 +314,30 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
             "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x",
         ])
     title = title or f"ms per batch (baseline {result['baseline']}, {how})"
+    from rich.measure import Measurement
 
-    def needed(names: list[str]) -> int:
-        return sum(max([len(n)] + [len(row[cols.index(n)]) for row in rows]) + 2 for n in names)
+    def table(shown: list[str], title: str) -> tuple[Table, int]:
+        """The table of the ``shown`` columns and its natural width (no cell wrapped or cut)."""
+        t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in shown:
+            t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True)
+        for row in rows:
+            t.add_row(*(row[cols.index(c)] for c in shown))
+        return t, Measurement.get(console, console.options.update(width=10_000), t).maximum
 
-    shown = list(cols)
-    if needed(shown) > console.width:  # a narrow console (80 columns, a pipe, a CI log): what every row shares goes to the title
+    t, natural = table(cols, title)
+    if natural > console.width:  # a narrow console (80 columns, a pipe, a CI log): what every row shares goes to the title
+        shown = list(cols)
         for col in ("runtime", "batch"):
             values = {row[cols.index(col)] for row in rows}
             if len(values) == 1:
                 shown.remove(col)
                 title += f"; {col} {values.pop()}"
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in shown:
-        t.add_column(col, justify="left" if col in ("model", "runtime") else "right", no_wrap=True)
-    for row in rows:
-        t.add_row(*(row[cols.index(c)] for c in shown))
-    # never an elided figure: a table wider than the console is printed at its own width
-    from rich.measure import Measurement
-
-    natural = Measurement.get(console, console.options.update(width=10_000), t).maximum
+        t, natural = table(shown, title)
     if natural <= console.width:
         console.print(t)
         return
+    # never an elided figure: a table still wider than the console is printed at its own width
     saved = console.__dict__.get("_width")  # the width the console was given (None: detected)
     console.width = natural
     try:

@@ -680,8 +680,6 @@ def load_task(
         if data is not None and data != ZOO[model].data:
             flags["task_type"] = model_task_type(zt.model)
             zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
-            if zt.data.text_pair:
-                mark_text_pair(zt.model)
         return zt
     set_threads()
     m = load_model(model, task=task)
@@ -712,8 +710,6 @@ def load_task(
     if td.modality != pre["modality"]:
         raise OptinError(f"model {model!r} takes {pre['modality']} but data {data!r} is {td.modality}; pass matching data")
     td = _check_fit(m, td, model, data)
-    if td.text_pair:
-        mark_text_pair(m)
     tok = load_tokenizer(model) if td.modality == "text" else None
     return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
 
@@ -857,4 +853,6 @@ def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec:
             f"({', '.join(td.label_names[:6])}); use data with the model's classes or a fine-tuned model"
         )
     td = match_labels(model, td, model_spec, data_spec)
+    if td.text_pair:  # the segment ids become a model input (where the family embeds them)
+        mark_text_pair(model)
     return td

@@ -86,7 +86,7 @@ def _set_child(root: nn.Module, child: nn.Module, new: nn.Module) -> None:
     raise KeyError("module not found under root")
 
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # the tokenizer conventions text families draw from
 TEXT_PAIR_FLAG = "optin_text_pair"  # set in a model's config when its task is sentence pairs (saved with a pruned model)
 
 
@@ -95,7 +95,7 @@ def mark_text_pair(model) -> None:
     model input (exported, fed, saved with the pruned model's config)."""
     cfg = getattr(model, "config", None)
     if cfg is not None:
-        setattr(cfg, TEXT_PAIR_FLAG, True)  # the tokenizer conventions text families draw from
+        setattr(cfg, TEXT_PAIR_FLAG, True)
 
 # what example inputs are tokenised from when a model has a tokenizer but no task (exports and benchmarks of bare folders)
 SAMPLE_TEXTS = [

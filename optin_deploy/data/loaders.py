@@ -98,7 +98,8 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
     if suffix in (".csv", ".tsv"):
         # the csv module splits records itself: a quoted field may hold newlines, and U+2028 or form feeds are text
         # (str.splitlines would cut records there)
-        reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
+        # restval: a row with fewer fields than the header reads its missing ones as empty strings
+        reader = csv.DictReader(io.StringIO(raw, newline=""), restval="", delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
         cols = [c for c in (reader.fieldnames or []) if c is not None]
         try:
             rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k is not None)]
@@ -266,13 +267,13 @@ def _from_rows(
 
     def texts_of(rows: list[dict], where: str) -> list:
         for c in columns:
-            odd = [v for v in _column(rows, c) if isinstance(v, (dict, list)) or (v is None and not where.lower().endswith((".csv", ".tsv")))]
+            odd = [v for v in _column(rows, c) if v is None or isinstance(v, (dict, list))]  # JSON null / objects / lists
             if odd:
                 kind = "null" if odd[0] is None else type(odd[0]).__name__
                 raise OptinError(f"{where}: {len(odd)} rows have no text in {c!r} (e.g. a {kind} value), which would be fed to "
                                  f"the model as {'an empty string' if odd[0] is None else 'its Python repr'}; give every row a "
                                  f"string (or drop those rows)")
-        cols = [["" if v is None else str(v) for v in _column(rows, c)] for c in columns]
+        cols = [[str(v) for v in _column(rows, c)] for c in columns]
         return cols[0] if len(cols) == 1 else list(zip(*cols))
 
     # a classifier's class names are matched to the model's own labels later, so a class may be missing from training

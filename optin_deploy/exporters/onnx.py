@@ -89,11 +89,10 @@ def _published(meta, staged: Path, final: Path):
     """``meta`` with every path inside the staging folder ``staged`` (the files parity checks ran on)
     rewritten to the published folder ``final``, where those files now are."""
     if isinstance(meta, dict):
-        for k, v in meta.items():
-            meta[k] = _published(v, staged, final)
-    elif isinstance(meta, list):
+        return {k: _published(v, staged, final) for k, v in meta.items()}
+    if isinstance(meta, list):
         return [_published(v, staged, final) for v in meta]
-    elif isinstance(meta, str) and meta.startswith(str(staged) + os.sep):
+    if isinstance(meta, str) and meta.startswith(str(staged) + os.sep):
         return str(final / Path(meta).relative_to(staged))
     return meta
 
@@ -300,7 +299,7 @@ class OnnxExporter(Exporter):
             elif optimize:
                 meta["optimized"] = {"kept": False, "reason": f"optimisation is only done for fp32 exports (precision {precision})"}
         meta["path"] = str(out_path)
-        _published(meta, tmp_dir, out_path.parent)  # parity ran on the staged files: name the ones published
+        meta = _published(meta, tmp_dir, out_path.parent)  # parity ran on the staged files: name the ones published
         if precision == "int8":
             meta["fp32_path"] = str(out_path.parent / meta["fp32_file"])
         if meta.get("optimized", {}).get("kept"):

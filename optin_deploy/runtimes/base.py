@@ -245,14 +245,12 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
     """``bench``'s batch, sequence length and threads: what was given, else what the build measured with (its
     profile in the bundle's manifest.json, when every model given lies in that one bundle), else 8 x 128 and the
     runtime's default threads. Returns them and where the defaults came from (None: nothing taken from a bundle)."""
-    import json
-    from pathlib import Path
+    from ..safe_out import is_ours
 
     roots = set()
     for spec in models:
         p = Path(str(spec)).expanduser().resolve()
-        root = next((q for q in [p, *p.parents][:4] if (q / "manifest.json").is_file() and (q / ".optin-deploy").exists()), None)
-        roots.add(root)
+        roots.add(next((q for q in [p, *p.parents][:4] if (q / "manifest.json").is_file() and is_ours(q)), None))
     profile = None
     if len(roots) == 1 and None not in roots:
         try:
@@ -272,8 +270,6 @@ def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
     dense and pruned exports, ``B/FMT/dense`` and ``B/FMT/pruned``. FMT: the one ``--runtime`` reads
     (tensorrt, aoti for torch-aoti-cpu, else onnx) when the bundle has it, else the build's own (its
     report.json's runtime), else the first of onnx, tensorrt, aoti present. Anything else is returned as given."""
-    from pathlib import Path
-
     if len(models) != 1:
         return list(models)
     root = Path(models[0])
@@ -292,8 +288,6 @@ def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
         return list(models)
     own = None
     try:
-        import json
-
         own = _fmt_of_runtime(json.loads((root / "report.json").read_text()).get("runtime"))
     except (OSError, ValueError, AttributeError):
         pass
