@@ -112,7 +112,7 @@ def time_ways(arts: dict[str, Path], feed: dict, threads: int, iters: int, args,
     kept = {l: [] for l in arts}  # standalone, onnxruntime's default session: denormals not flushed
     for r in range(args.standalone_repeats):
         res = benchmark({l: (rt(), a) for l, a in arts.items()}, feed,
-                        warmup=5, iters=iters, mode="blocks", block=10, baseline="dense", progress=False)
+                        warmup=5, iters=iters, mode="blocks", block=10, baseline="dense", progress=False, settle_seconds=args.settle_ms / 1e3)
         for l in arts:
             reported[l].append(res["models"][l]["p50_ms"])
         for store, flush in ((alone, True), (kept, False)) if ort else ((alone, True),):
@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--standalone-repeats", type=int, default=2)
     ap.add_argument("--standalone-seconds", type=float, default=2.0,
                     help="the standalone process warms up for at least this long, then times for at least this long")
+    ap.add_argument("--settle-ms", type=float, default=None,
+                    help="untimed runs before each block of the reported (blocks) timing, in ms (default: what bench and build use)")
     ap.add_argument("--no-accuracy", action="store_true")
     ap.add_argument("--skip-ways", action="store_true", help="only the baselines table")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "deploy_latency")
@@ -152,6 +154,10 @@ def main() -> None:
                     help="OMP_WAIT_POLICY=PASSIVE (set before torch is imported): PyTorch's idle OpenMP threads sleep instead of "
                          "spinning, so they do not steal the cores from the onnxruntime model timed next in the same process")
     args = ap.parse_args()
+    if args.settle_ms is None:
+        from optin_deploy.bench import DEFAULT_SETTLE_S
+
+        args.settle_ms = DEFAULT_SETTLE_S * 1e3
     if args.omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
@@ -173,7 +179,7 @@ def main() -> None:
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
               "machine": f"{os.cpu_count()}-core {platform.machine()}", "load_average_at_start": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "settings": {"iters": args.iters, "standalone_runs": args.standalone_runs, "standalone_repeats": args.standalone_repeats,
-                           "standalone_seconds": args.standalone_seconds}}
+                           "standalone_seconds": args.standalone_seconds, "settle_ms": args.settle_ms}}
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -268,7 +274,8 @@ def main() -> None:
             if dense_torch is not None:
                 targets["PyTorch eager (inference_mode) | dense"] = (get_runtime("torch-cpu", threads=args.threads), dense_torch)
                 targets["PyTorch eager (inference_mode) | pruned"] = (get_runtime("torch-cpu", threads=args.threads), pruned_model)
-            res = benchmark(targets, feed, warmup=5, iters=args.iters, mode="blocks", block=10, baseline=next(iter(targets)), progress=False)
+            res = benchmark(targets, feed, warmup=5, iters=args.iters, mode="blocks", block=10, baseline=next(iter(targets)), progress=False,
+                            settle_seconds=args.settle_ms / 1e3)
             entry["baselines"] = {k: res["models"][k]["p50_ms"] for k in targets}
             result["shapes"][key] = entry
             print(f"{key}: done", flush=True)
@@ -281,7 +288,8 @@ def main() -> None:
 
 def render(result: dict, report: dict) -> str:
     lines = [f"Bundle `{result['bundle']}` ({report.get('inference_precision') or report.get('precision')} deliverable, budget {report.get('budget')}), "
-             f"true latencies through `{result.get('runtime', 'ort-cpu')}`, {result['threads']} threads, medians; OpenMP wait policy {result.get('omp_wait_policy', 'default')}; "
+             f"true latencies through `{result.get('runtime', 'ort-cpu')}`, {result['threads']} threads, medians; "
+             f"each block after {result.get('settings', {}).get('settle_ms', 0):g} ms of untimed runs; OpenMP wait policy {result.get('omp_wait_policy', 'default')}; "
              f"{result['machine']}"
              + (f", load average {result['load_average_at_start']:.1f} at the start" if "load_average_at_start" in result else "") + ".", ""]
     shapes = list(result["shapes"])

@@ -1,12 +1,17 @@
 """Latency / throughput benchmarks of several models on their target runtimes.
 
 :func:`benchmark` loads each ``(runtime, artifact)``, warms it up, then times it the way a server
-runs it: in **blocks** of consecutive runs of one model (``block`` runs, default 10, after one
-untimed run that lets the runtime's threads settle), the models' blocks interleaved (dense block,
+runs it: in **blocks** of consecutive runs of one model (``block`` runs, default 10, after untimed
+runs lasting ``settle_seconds``, default 50 ms, at least one), the models' blocks interleaved (dense block,
 pruned block, pruned block, dense block, ...) so that a noisy machine slows every model alike and
 ratios survive. Timing single runs round-robin (``mode="interleaved"``) misreports: each
 onnxruntime session keeps its own intra-op threads spinning after a run and steals the cores from
-the next model (measured here at 1 x 128: 89 ms round-robin against 24 ms in steady state).
+the next model (measured here at 1 x 128: 89 ms round-robin against 24 ms in steady state). A
+model also needs a while to come back to speed after another model (or an idle pause) held the
+cores: measured with OpenVINO bf16 at 1 x 128 after a 30 ms pause, the first runs took 5.5, 4.8,
+4.5, 4.3, 4.0 ms and the sixth reached the steady 3.8 ms. One untimed run per block was not enough
+there (blocks read the dense model 4-14% slower than a process running it alone); untimed runs
+for 50 ms before each block bring blocks and a standalone process within 1%.
 Per model: latency p50/p90/p99/mean (ms per batch), throughput (samples/s), peak memory, and the
 p50 speed-up against a baseline. The result is a JSON-able dict; :func:`print_bench_table` renders
 it with rich.
@@ -95,6 +100,8 @@ class MemoryProbe:
 
 MODES = ("blocks", "interleaved", "sequential")
 DEFAULT_BLOCK = 10
+#: seconds of untimed runs before each block (at least one run): the model comes back to speed after another held the cores
+DEFAULT_SETTLE_S = 0.05
 
 
 def _batch_size(inputs: Mapping[str, Any]) -> int:
@@ -142,6 +149,7 @@ def benchmark(
     mode: str | None = None,
     block: int = DEFAULT_BLOCK,
     min_seconds: float | None = None,
+    settle_seconds: float = DEFAULT_SETTLE_S,
 ) -> dict:
     """Benchmark each labelled ``(runtime, artifact)`` on ``inputs``.
 
@@ -152,7 +160,8 @@ def benchmark(
     ``baseline p50 / label p50``.
 
     ``mode``: ``"blocks"`` (the default: ``block`` consecutive timed runs per model after one
-    untimed run, models' blocks alternating; ``iters`` is the number of timed runs per model),
+    untimed runs lasting ``settle_seconds`` (at least one), models' blocks alternating; ``iters`` is
+    the number of timed runs per model),
     ``"interleaved"`` (one run per model per round, round-robin: what a server never does; kept
     to show the difference) or ``"sequential"`` (all of one model, then the next; ``interleave=False``).
 
@@ -166,6 +175,8 @@ def benchmark(
         raise OptinError(f"unknown timing mode {mode!r}; choose one of {', '.join(MODES)}")
     if block < 1:
         raise OptinError(f"block must be at least 1 run, got {block}")
+    if not settle_seconds >= 0:
+        raise OptinError(f"settle_seconds must be at least 0, got {settle_seconds}")
     labels = list(runtimes_and_models)
     if not labels:
         raise OptinError("nothing to benchmark")
@@ -231,7 +242,10 @@ def benchmark(
                     n = block if iters is None or extend else min(block, iters - per_model[l])
                     if n <= 0:
                         continue
-                    rt.run(feeds[l])  # untimed: the previous model's threads settle, this one's wake up
+                    settle_until = time.perf_counter() + settle_seconds
+                    rt.run(feeds[l])  # untimed: the previous model's threads settle, this one comes back to speed
+                    while time.perf_counter() < settle_until:
+                        rt.run(feeds[l])
                     for _ in range(n):
                         t0 = time.perf_counter()
                         rt.run(feeds[l])
@@ -280,6 +294,7 @@ def benchmark(
         "interleaved": mode != "sequential",
         "mode": mode,
         "block": block if mode == "blocks" else None,
+        "settle_seconds": settle_seconds if mode == "blocks" else None,
         "warmup": warmup,
         "iters": iters,
         "seconds": seconds,

@@ -829,7 +829,7 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "baselines": baselines,
         "gate": gate,
         "bench": {"iters": opts.bench_iters, "min_seconds": opts.bench_min_seconds, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
-                  "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
+                  "settle_seconds": bench.get("settle_seconds"), "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
         "artifacts": artifacts,
     }
 

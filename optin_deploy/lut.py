@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .bench import DEFAULT_SETTLE_S
 from .errors import OptinError
 from .target import Target, resolve_target
 
@@ -149,10 +150,12 @@ def _feed(rt, inputs: Mapping[str, Any]) -> dict:
 
 
 def time_interleaved(runners: Mapping[str, Callable[[], Any]], *, rounds: int = 7, iters: int = 5, warmup: int = 3,
-                     max_seconds: float | None = None) -> dict[str, dict]:
+                     max_seconds: float | None = None, settle_seconds: float = DEFAULT_SETTLE_S) -> dict[str, dict]:
     """Median milliseconds of each runner, timed in interleaved rounds (``rounds`` x ``iters`` runs each).
 
-    Interleaving spreads slow phases of a shared machine over every entry instead of one. Returns
+    Interleaving spreads slow phases of a shared machine over every entry instead of one. Before each
+    runner's ``iters`` timed runs, untimed runs for ``settle_seconds`` (at least one) let it come back
+    to speed after the previous runner held the cores (:mod:`optin_deploy.bench`). Returns
     ``{name: {"median_ms", "min_ms", "n"}}``. With ``max_seconds`` fewer rounds are run (at least 2).
     """
     samples: dict[str, list[float]] = {k: [] for k in runners}
@@ -162,6 +165,10 @@ def time_interleaved(runners: Mapping[str, Callable[[], Any]], *, rounds: int = 
     t_start = time.perf_counter()
     for r in range(rounds):
         for name, fn in runners.items():
+            settle_until = time.perf_counter() + settle_seconds
+            fn()
+            while time.perf_counter() < settle_until:
+                fn()
             for _ in range(iters):
                 t0 = time.perf_counter()
                 fn()
@@ -672,7 +679,7 @@ def measure_lut(model: nn.Module, target: Target | str, *, mlp_step: int | None 
              "groups_uncalibrated": None if single else [{k: t[k] for k in ("layers", "attn_raw", "mlp_raw")} for t in tables],
              "dense_predicted_uncalibrated_ms": empty_ms + dense_raw, "method": "in-context: whole model, uniform per-layer counts"
              + ("" if single else " within each group of equal layers, the other groups dense")},
-        timing={"rounds": rounds, "iters": iters, "warmup": warmup, "statistic": "median", "interleaved": True,
+        timing={"rounds": rounds, "iters": iters, "warmup": warmup, "settle_seconds": DEFAULT_SETTLE_S, "statistic": "median", "interleaved": True,
                 "seconds": round(time.perf_counter() - t0, 1), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
         groups=group_list,
     )

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import make_tiny_bert, text_inputs
 
 from optin_deploy.bench import benchmark, print_bench_table
+from optin_deploy.errors import OptinError
 from optin_deploy.evaluate import accuracy, agreement, evaluate, macro_f1, pearson, spearman, task_metrics
 from optin_deploy.exporters import ShapeProfile, export_to_folder
 from optin_deploy.runtimes import get_runtime
@@ -108,13 +109,42 @@ def test_benchmark_min_seconds_keeps_whole_rounds_going(mode):
     feed = {"x": np.zeros((2, 3), np.float32)}
     t0 = _time.perf_counter()
     res = benchmark({"a": (_InstantRuntime(), None), "b": (_InstantRuntime(), None), "c": (_InstantRuntime(), None)}, feed,
-                    warmup=0, iters=4, block=2, mode=mode, min_seconds=0.2, progress=False)
+                    warmup=0, iters=4, block=2, mode=mode, min_seconds=0.2, progress=False, settle_seconds=0)
     assert _time.perf_counter() - t0 >= 0.2
     n = {k: m["iters"] for k, m in res["models"].items()}
     assert len(set(n.values())) == 1 and n["a"] > 4 and res["min_seconds"] == 0.2
     res = benchmark({"a": (_InstantRuntime(), None), "b": (_InstantRuntime(), None)}, feed, warmup=0, iters=4, block=3, mode=mode,
                     progress=False)
     assert all(m["iters"] == 4 for m in res["models"].values())  # without it: exactly the count
+
+
+class _CountingRuntime(_InstantRuntime):
+    def __init__(self):
+        self.calls = 0
+
+    def run(self, feed):
+        self.calls += 1
+        return super().run(feed)
+
+
+def test_blocks_settle_before_timing():
+    """Each block starts with untimed runs lasting settle_seconds (at least one): a model comes back to
+    speed after another held the cores, and those runs are not timed."""
+    import time as _time
+
+    feed = {"x": np.zeros((2, 3), np.float32)}
+    a, b = _CountingRuntime(), _CountingRuntime()
+    t0 = _time.perf_counter()
+    res = benchmark({"a": (a, None), "b": (b, None)}, feed, warmup=1, iters=6, block=3, settle_seconds=0.03, progress=False)
+    assert _time.perf_counter() - t0 >= 4 * 0.03  # 2 blocks per model, each after 30 ms of settling
+    assert res["settle_seconds"] == 0.03 and all(m["iters"] == 6 for m in res["models"].values())
+    assert a.calls > 1 + 6 + 2 * 10 and b.calls > 1 + 6 + 2 * 10  # warm-up, timed runs, and many settling runs
+    a, b = _CountingRuntime(), _CountingRuntime()
+    res = benchmark({"a": (a, None), "b": (b, None)}, feed, warmup=1, iters=6, block=3, settle_seconds=0, progress=False)
+    assert a.calls == b.calls == 1 + 6 + 2  # no settling time: still one untimed run per block
+    assert benchmark({"a": (a, None)}, feed, iters=2, mode="interleaved", progress=False)["settle_seconds"] is None
+    with pytest.raises(OptinError, match="settle_seconds"):
+        benchmark({"a": (a, None)}, feed, iters=2, settle_seconds=-1, progress=False)
 
 
 def test_metrics_hand_made():

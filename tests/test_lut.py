@@ -391,3 +391,21 @@ def test_cached_lut_measures_once_and_keys_on_structure(tmp_path, monkeypatch):
     _, _, measured3 = cached_lut(model, prof)
     assert measured3 and len(calls) == 2
 
+
+
+def test_time_interleaved_settles_each_runner_before_timing():
+    """Each runner gets untimed runs lasting settle_seconds (at least one) before its timed runs of a round."""
+    from optin_deploy.lut import time_interleaved
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+        return run
+
+    res = time_interleaved({"a": runner("a"), "b": runner("b")}, rounds=2, iters=3, warmup=1, settle_seconds=0)
+    assert calls == {"a": 1 + 2 * (1 + 3), "b": 1 + 2 * (1 + 3)} and res["a"]["n"] == 6
+    calls.update(a=0, b=0)
+    res = time_interleaved({"a": runner("a"), "b": runner("b")}, rounds=2, iters=3, warmup=1, settle_seconds=0.02)
+    assert min(calls.values()) > 1 + 2 * (1 + 3) + 10 and res["b"]["n"] == 6  # settling runs, untimed
