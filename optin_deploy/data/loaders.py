@@ -467,27 +467,63 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
 # ----------------------------------------------------------------------------------- HF datasets
 
 
+def _skipped_note(skipped: list[str]) -> str:
+    return f"; left out split {', '.join(skipped)}" if skipped else ""
+
+
+def _drop_hidden_labels(path: Path, splits: dict, given: dict[str, str], label_column: str, features, skipped: list[str]) -> None:
+    """Integer label -1 is ``datasets``' "no label" (GLUE's hidden test labels, IMDB's unsupervised split).
+    A split labelled -1 throughout is left out (so it is carved from train when needed), noted in ``skipped``;
+    a split with some -1 rows, or a training split without labels, is refused: its figures would count
+    unlabelled rows as wrong."""
+    if label_column not in features:
+        return
+    f = features[label_column]
+    if not (type(f).__name__ == "ClassLabel" or str(getattr(f, "dtype", "")).startswith(("int", "uint"))):
+        return
+    for k, d in list(splits.items()):
+        y = np.asarray(d[label_column])
+        hidden = int((y == -1).sum())
+        if hidden == 0:
+            continue
+        name = given.get(k, k)
+        if hidden == len(y) and k in ("validation", "test"):
+            del splits[k]
+            skipped.append(f"{name!r} (every label is -1: no labels, as in GLUE's test splits)")
+            continue
+        raise OptinError(f"{path} ({name}): {hidden} of {len(y)} rows have label -1 (no label); drop those rows "
+                         f"(ds.filter(lambda r: r[{label_column!r}] != -1)) and save the data set again")
+
+
 def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
     try:
         import datasets  # noqa: F401
     except ImportError:
-        raise OptinError(f"{path} is a saved Hugging Face data set, which needs the 'datasets' package: pip install datasets") from None
+        raise OptinError(f"{path} is a saved Hugging Face data set, which needs the 'datasets' package: pip install datasets (or: pip install 'optin-deploy[hf-datasets]')") from None
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
         raise OptinError(f"cannot load the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    skipped: list[str] = []  # splits left out, with why: said in the data's split description
+    given: dict[str, str] = {}  # our split name -> the data set's
     if isinstance(ds, datasets.DatasetDict):
         splits = {}
         for k in ds:
             sk = _split_name(k)
-            if sk is None:
-                raise OptinError(f"{path}: unknown split {k!r}; name the splits train, validation and test")
-            splits[sk] = ds[k]
+            if sk is None:  # IMDB's "unsupervised", a "train_extra": not one of the three
+                skipped.append(f"{k!r} (not a train, validation or test split)")
+                continue
+            if sk in splits:
+                raise OptinError(f"{path}: two splits are the {sk} split ({given[sk]!r} and {k!r}); keep one")
+            splits[sk], given[sk] = ds[k], k
+        if not splits:
+            raise OptinError(f"{path}: no split is train, validation or test (splits: {', '.join(map(repr, ds))}); name the splits train, validation and test")
     else:
         splits = {"all": ds}
     any_ds = next(iter(splits.values()))
     cols = list(any_ds.column_names)
     features = any_ds.features
+    _drop_hidden_labels(path, splits, given, label_column, features, skipped)
     image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
     if text_column not in cols and image_col is not None:
         names = None
@@ -505,7 +541,8 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
             names = [str(i) for i in range(int(y_all.max()) + 1)]
         parts, how = _fill_splits(parts, label_column in cols, seed, str(path))
         return TaskData(path.name, "image", "classification", names or [], parts["train"], parts["validation"], parts["test"],
-                        {"path": str(path.resolve()), "split": how, "seed": seed, "image_column": image_col, "label_kind": label_kind})
+                        {"path": str(path.resolve()), "split": how + _skipped_note(skipped), "seed": seed, "image_column": image_col,
+                         "label_kind": label_kind, **({} if label_column in cols else {"missing_label_column": label_column, "columns": cols})})
     rows_parts = {}
     for k, d in splits.items():
         rows = d.select_columns([c for c in (*text_columns(text_column, cols), label_column) if c in d.column_names]).to_list()
@@ -513,6 +550,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
             raise OptinError(f"{path}: the {k} split is empty")
         rows_parts[k] = (rows, list(d.column_names), f"{path} ({k})")
     td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
+    td.source["split"] = str(td.source.get("split", "")) + _skipped_note(skipped)
     if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
         td.label_names = list(features[label_column].names)
         td.source["label_kind"] = "classlabel"
