@@ -66,6 +66,12 @@ def test_some_hidden_labels_are_refused(tmp_path):
         load_data(tmp_path / "d")
 
 
+def test_unlabelled_training_split_refused_with_the_way_out(tmp_path):
+    datasets.DatasetDict({"train": _split(10, labels=[-1] * 10)}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(OptinError, match=r"\(train\): every label is -1 \(no labels\); for calibration-only data remove the column"):
+        load_data(tmp_path / "d")
+
+
 def test_split_names_none_of_ours_and_two_validation_splits_refused(tmp_path):
     datasets.DatasetDict({"fold0": _split(10), "fold1": _split(10)}).save_to_disk(str(tmp_path / "folds"))
     with pytest.raises(OptinError, match=r"no split is train, validation or test \(splits: 'fold0', 'fold1'\)"):

@@ -491,6 +491,9 @@ def _drop_hidden_labels(path: Path, splits: dict, given: dict[str, str], label_c
             del splits[k]
             skipped.append(f"{name!r} (every label is -1: no labels, as in GLUE's test splits)")
             continue
+        if hidden == len(y):  # the training data itself is unlabelled
+            raise OptinError(f"{path} ({name}): every label is -1 (no labels); for calibration-only data remove the column "
+                             f"(ds.remove_columns({label_column!r})) and save the data set again, or give labelled training data")
         raise OptinError(f"{path} ({name}): {hidden} of {len(y)} rows have label -1 (no label); drop those rows "
                          f"(ds.filter(lambda r: r[{label_column!r}] != -1)) and save the data set again")
 
