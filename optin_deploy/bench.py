@@ -418,7 +418,7 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
 
 def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, threads: int | None = None, batch: int | None = None, seq_len: int | None = None,
                     warmup: int = 10, iters: int = 50, seconds: float | None = None, interleave: bool = True, mode: str | None = None,
-                    block: int = 10, compile: bool = False, labels: Sequence[str] | None = None) -> dict:
+                    block: int = 10, compile: bool = False, labels: Sequence[str] | None = None, settle_seconds: float = DEFAULT_SETTLE_S) -> dict:
     """``optin-deploy bench``: time artifacts (bundle folders, exported files or model folders; the
     first is the baseline) on their runtimes with inputs of ``batch`` x ``seq_len`` on ``threads`` (those not
     given: what the bundle was measured with, else 8 x 128 and the runtime's default). Bad numbers fail
@@ -427,7 +427,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
     from .runtimes.base import bench_settings, get_runtime, resolve_artifact
 
     batch, seq_len, threads, settings_from = bench_settings(models, batch, seq_len, threads)
-    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads)
+    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads, settle_seconds=settle_seconds)
     names = artifact_labels(models, labels)
     targets, inputs = {}, {}
     for label, spec in zip(names, models):
@@ -435,13 +435,14 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
         inputs[label] = bench_inputs(spec, batch, seq_len)
     result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
-                       interleave=interleave, baseline=names[0], mode=mode, block=block)
+                       interleave=interleave, baseline=names[0], mode=mode, block=block, settle_seconds=settle_seconds)
     if settings_from:
         result["settings_from"] = settings_from  # batch / sequence / threads not given: the build's own
     return result
 
 
-def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None) -> None:
+def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None,
+                        settle_seconds: float = 0.0) -> None:
     """The benchmark's numbers, refused in one line before any model is loaded."""
     for flag, v, low in (("--batch", batch, 1), ("--seq-len", seq_len, 1), ("--iters", iters, 1), ("--warmup", warmup, 0)):
         if v < low:
@@ -450,3 +451,5 @@ def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, se
         raise OptinError(f"--seconds must be a positive, finite number, got {seconds}")
     if threads is not None and threads < 1:
         raise OptinError(f"--threads must be at least 1, got {threads}")
+    if not (0 <= settle_seconds < float("inf")):
+        raise OptinError(f"--settle-ms must be a finite number of at least 0, got {settle_seconds * 1e3:g}")

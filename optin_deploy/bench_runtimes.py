@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from .bench import DEFAULT_SETTLE_S
 from .errors import MissingRuntimeError, OptinError
 
 CPU_RUNTIMES = ("ort-cpu", "openvino-cpu", "openvino-cpu-bf16", "torch-aoti-cpu")
@@ -154,7 +155,7 @@ def _file_precision(path: Path) -> str:
 
 def side_by_side(models: Sequence[tuple[str, str]], runtimes: Sequence[str], *, batch: int = 8, seq_len: int = 128,
                  threads: int | None = None, warmup: int = 10, iters: int | None = 50, seconds: float | None = None,
-                 block: int = 10, mode: str | None = None, progress: bool = True) -> dict:
+                 block: int = 10, mode: str | None = None, progress: bool = True, settle_seconds: float = DEFAULT_SETTLE_S) -> dict:
     """Time every ``(model, runtime, precision)`` in one interleaved benchmark; returns the
     :func:`~optin_deploy.bench.benchmark` result with a ``side_by_side`` summary."""
     from .bench import bench_inputs, benchmark
@@ -177,7 +178,7 @@ def side_by_side(models: Sequence[tuple[str, str]], runtimes: Sequence[str], *, 
     if not targets:
         raise OptinError("nothing to time: " + "; ".join(notes))
     result = benchmark(targets, feeds, warmup=warmup, iters=iters, seconds=seconds, baseline=next(iter(targets)), mode=mode or "blocks",
-                       block=block, progress=progress)
+                       block=block, progress=progress, settle_seconds=settle_seconds)
     result["side_by_side"] = summarize(result, rows, [m for m, _ in models], list(runtimes), notes)
     return result
 
@@ -294,7 +295,8 @@ def print_side_by_side(result: dict, console=None) -> None:
 
 def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | None = None, labels: Sequence[str] | None = None,
                      batch: int | None = None, seq_len: int | None = None, threads: int | None = None, warmup: int = 10, iters: int | None = 50,
-                     seconds: float | None = None, block: int = 10, mode: str | None = None, markdown_path: str | Path | None = None) -> dict:
+                     seconds: float | None = None, block: int = 10, mode: str | None = None, markdown_path: str | Path | None = None,
+                     settle_seconds: float = DEFAULT_SETTLE_S) -> dict:
     """``optin-deploy bench --runtimes``: the models (a build folder, or dense and pruned) on every runtime of
     ``runtimes`` (comma-separated, or ``all``) side by side; optionally the table as Markdown in ``markdown_path``.
     Bad input fails before any model is loaded."""
@@ -302,7 +304,7 @@ def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | Non
     from .runtimes.base import bench_settings
 
     batch, seq_len, threads, _ = bench_settings(models, batch, seq_len, threads)  # not given: the bundle's own
-    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters or 1, warmup=warmup, seconds=seconds, threads=threads)
+    check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters or 1, warmup=warmup, seconds=seconds, threads=threads, settle_seconds=settle_seconds)
     if runtime is not None:
         raise OptinError("pass either --runtime (one runtime) or --runtimes (side by side), not both")
     names = parse_runtimes(runtimes)
@@ -310,7 +312,7 @@ def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | Non
         raise OptinError("--runtimes all: no CPU runtime can run here")
     pairs = expand_models(models, labels)
     result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
-                          block=block, mode=mode)
+                          block=block, mode=mode, settle_seconds=settle_seconds)
     if markdown_path is not None:
         Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
         Path(markdown_path).write_text(markdown(result))

@@ -281,3 +281,16 @@ def test_inputs_of_a_model_folder_and_of_its_export_come_from_one_place(tmp_path
         assert a[n].shape == (3, 12) and a[n].dtype == b[n].dtype == np.int64 and np.array_equal(a[n], b[n]), n
     tok = load_tokenizer(folder)
     assert np.array_equal(a["input_ids"][0], tok(SAMPLE_TEXTS[0], padding="max_length", truncation=True, max_length=12)["input_ids"])
+
+
+def test_bench_settle_option(tmp_path):
+    """bench --settle-ms: its default is the library's, and a negative value is refused before loading."""
+    import inspect
+
+    from optin_deploy.bench import DEFAULT_SETTLE_S
+    from optin_deploy.cli import app
+    from optin_deploy.commands.bench import bench_cmd
+
+    assert inspect.signature(bench_cmd).parameters["settle_ms"].default.default == DEFAULT_SETTLE_S * 1e3
+    r = CliRunner().invoke(app, ["bench", str(tmp_path / "missing-a.onnx"), str(tmp_path / "missing-b.onnx"), "--settle-ms", "-1"])
+    assert r.exit_code != 0 and "--settle-ms must be a finite number of at least 0, got -1" in (r.output + str(r.exception))

@@ -22,6 +22,7 @@ def bench_cmd(
     interleave: bool = typer.Option(True, "--interleave/--sequential", help="Alternate the models (default) or time one after the other."),
     mode: Optional[str] = typer.Option(None, "--mode", help="blocks (default: --block consecutive runs per model, models alternating), interleaved (one run each, round-robin) or sequential."),
     block: int = typer.Option(10, "--block", help="Consecutive timed runs per model per block (--mode blocks)."),
+    settle_ms: float = typer.Option(50.0, "--settle-ms", help="Untimed runs for this long (ms, at least one run) before each block: a model comes back to speed after another held the cores."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels (default: dense,pruned or the folder names)."),
     json_out: Optional[str] = options.JSON_OUT,
     compile: bool = typer.Option(False, "--compile", help="torch runtimes: use torch.compile."),
@@ -43,7 +44,7 @@ def bench_cmd(
         with options.human_stdout(json_out):  # --json -: progress and the table on stderr, stdout holds only the JSON
             result = compare_runtimes(models, runtimes, runtime=runtime, labels=labels.split(",") if labels else None, batch=batch, seq_len=seq_len,
                                       threads=threads, warmup=warmup, iters=None if seconds else iters, seconds=seconds, block=block, mode=mode,
-                                      markdown_path=markdown)
+                                      markdown_path=markdown, settle_seconds=settle_ms / 1e3)
             print_side_by_side(result, console=human)
         options.emit_json(json_out, result)
         if markdown:
@@ -59,7 +60,7 @@ def bench_cmd(
     with options.human_stdout(json_out):
         result = bench_artifacts(models, runtime=runtime, threads=threads, batch=batch, seq_len=seq_len, warmup=warmup, iters=iters,
                                  seconds=seconds, interleave=interleave, mode=mode, block=block, compile=compile,
-                                 labels=labels.split(",") if labels else None)
+                                 labels=labels.split(",") if labels else None, settle_seconds=settle_ms / 1e3)
         print_bench_table(result, console=human)
     options.emit_json(json_out, result)
 
