@@ -228,4 +228,11 @@ def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model:
     if source is None:
         raise OptinError("cannot tell which model/data these bundles come from; pass --model MODEL_DIR")
     task = load_task(source, data, max_length=None, text_column=text_column or "text", label_column=label_column or "label")
+    unlabelled = getattr(task.data, split, None) is not None and getattr(task.data, split).labels is None
+    if unlabelled and task.data.task_type != "embedding":
+        from .progress import warn
+
+        col, cols = task.data.source.get("missing_label_column"), task.data.source.get("columns")
+        why = f"no column {col!r}; columns are: {', '.join(cols)}" if col and cols else "no label column"
+        warn(f"data {task.data.name!r} has no labels ({why}): only the models' agreement is measured, not their accuracy; pass --label-column")
     return evaluate(task, targets, split=split, batch_size=batch_size, baseline=names[0])

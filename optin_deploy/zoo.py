@@ -837,7 +837,45 @@ def _fit_class_ids(model: torch.nn.Module, td: TaskData, n: int, model_spec: str
     return td
 
 
+def _class_label_ids(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    """Labels saved as a ``datasets`` ClassLabel carry both names and ids. When the model knows every name they are
+    matched by name (so another order of the same classes is right); when it knows none (``neg``/``pos`` on a
+    ``rotten``/``fresh`` model, or a model with generic labels) the data's own ids are the class ids, and a named
+    mismatch is said on stderr; some names known and some not is refused."""
+    if td.source.get("label_kind") != "classlabel" or td.task_type != "classification":
+        return td
+    declared = list(td.label_names)  # the ClassLabel's names, in id order
+    id2label = getattr(getattr(model, "config", None), "id2label", None) or {}
+    model_names = [str(id2label[k]) for k in sorted(id2label, key=int)] if id2label else []
+    named = bool(model_names) and not _generic(model_names)
+    if named:
+        lower = {m.strip().lower() for m in model_names}
+        known = [n for n in td.label_names if n.strip().lower() in lower]
+        if len(known) == len(td.label_names):
+            td.source = {**td.source, "label_kind": "str"}
+            return match_labels(model, td, model_spec, data_spec)
+        if known:
+            unknown = [n for n in td.label_names if n.strip().lower() not in lower]
+            raise OptinError(f"data {data_spec!r} names some of the model's classes and some others ({', '.join(map(repr, unknown[:6]))} "
+                             f"are not the model's; data classes: {', '.join(declared[:12])}; model labels: {', '.join(model_names[:12])}); "
+                             f"rename the data's classes to the model's")
+    n = _model_classes(model)
+    if n is not None and len(declared) != n:
+        raise OptinError(f"model {model_spec!r} predicts {n} classes but data {data_spec!r} declares {len(declared)} "
+                         f"({', '.join(declared[:6])}); use data with the model's classes or a fine-tuned model")
+    how = "by class id"
+    if named:
+        how += f" (the data's class names {', '.join(declared[:6])} are not the model's {', '.join(model_names[:6])})"
+        from .progress import warn
+
+        warn(f"data {data_spec!r}: its class names ({', '.join(declared[:6])}) are not the model's ({', '.join(model_names[:6])}); "
+             f"its class ids are taken as the model's (id 0 = {model_names[0]!r}); rename the classes if that is wrong")
+    td.source = {**td.source, "label_kind": "int", "labels_matched": how}
+    return td
+
+
 def _check_fit(model: torch.nn.Module, td: TaskData, model_spec: str, data_spec: str) -> TaskData:
+    td = _class_label_ids(model, td, model_spec, data_spec)
     names = [str(v) for v in (getattr(getattr(model, "config", None), "id2label", None) or {}).values()]
     if names and not _generic(names):  # named classes: unknown labels are named first, with both sets
         td = match_labels(model, td, model_spec, data_spec)

@@ -126,3 +126,136 @@ def test_null_texts_refused(tmp_path):
     datasets.Dataset.from_dict({"text": ["a", None] * 10, "label": [0, 1] * 10}).save_to_disk(str(tmp_path / "d"))
     with pytest.raises(OptinError, match="10 rows have no text in 'text'"):
         load_data(tmp_path / "d")
+
+
+# ------------------------------------------------------------------ labels matched to a model, images, odd folders
+
+def _model(names):
+    from conftest import make_tiny_bert
+
+    m = make_tiny_bert(num_labels=len(names), layers=1)
+    m.config.id2label = dict(enumerate(names))
+    m.config.label2id = {n: i for i, n in enumerate(names)}
+    return m
+
+
+def _saved_classlabel(tmp_path, names, name="d"):
+    """Texts whose true class is known: index i is class i % 2 of ``names``' meaning (0 = rotten, 1 = fresh)."""
+    meaning = ["rotten", "fresh"]
+    t = [f"text {i}" for i in range(40)]
+    true = [meaning[i % 2] for i in range(40)]
+    f = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+    ids = [names.index(c) if c in names else meaning.index(c) for c in true]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": t, "label": ids}, features=f)}).save_to_disk(str(tmp_path / name))
+    return tmp_path / name, dict(zip(t, true))
+
+
+def _labels_by_text(td, names):
+    return {x: names[int(y)] for s in (td.train, td.validation, td.test) for x, y in zip(s.inputs, s.labels)}
+
+
+def test_classlabel_in_another_order_is_matched_by_name(tmp_path):
+    """ClassLabel(['fresh', 'rotten']) on a model whose id 0 is 'rotten': ids must be remapped by name (they were
+    taken as the model's ids, giving 13% instead of 87% on a real model)."""
+    from optin_deploy.zoo import _check_fit
+
+    path, truth = _saved_classlabel(tmp_path, ["fresh", "rotten"])
+    td = _check_fit(_model(["rotten", "fresh"]), load_data(path), "m", str(path))
+    assert td.label_names == ["rotten", "fresh"] and _labels_by_text(td, td.label_names) == truth
+
+
+def test_classlabel_names_the_model_does_not_know_keep_their_ids_and_say_so(tmp_path, capsys):
+    """Hub rotten_tomatoes is ClassLabel(['neg', 'pos']); a model saying rotten/fresh: id 0 is id 0, with a warning."""
+    from optin_deploy.zoo import _check_fit
+
+    path, _ = _saved_classlabel(tmp_path, ["neg", "pos"])
+    d = load_data(path)
+    ids = d.train.labels.clone()
+    td = _check_fit(_model(["rotten", "fresh"]), d, "m", str(path))
+    assert td.train.labels.tolist() == ids.tolist() and td.label_names == ["rotten", "fresh"]
+    assert "its class names (neg, pos) are not the model's (rotten, fresh); its class ids are taken" in capsys.readouterr().err
+    assert td.source["labels_matched"].startswith("by class id")
+
+
+def test_classlabel_partly_the_models_names_or_another_count_refused(tmp_path):
+    from optin_deploy.zoo import _check_fit
+
+    path, _ = _saved_classlabel(tmp_path, ["rotten", "good"], "partly")
+    with pytest.raises(OptinError, match=r"names some of the model's classes and some others \('good' are not the model's"):
+        _check_fit(_model(["rotten", "fresh"]), load_data(path), "m", str(path))
+    f = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(30)], "label": [i % 2 for i in range(30)]}, features=f).save_to_disk(str(tmp_path / "three"))
+    with pytest.raises(OptinError, match=r"predicts 2 classes but data .* declares 3 \(a, b, c\)"):
+        _check_fit(_model(["x", "y"]), load_data(tmp_path / "three"), "m", "three")
+
+
+def _images(n, mode="RGB"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).convert(mode) for _ in range(n)]
+
+
+def test_image_labels_read_like_any_labels(tmp_path):
+    """Image data sets: class-name strings are names (they crashed), non-integer floats are not truncated to ids
+    (1.9 became class 1), images saved with decode=False are decoded (they crashed)."""
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    datasets.Dataset.from_dict({"image": _images(30), "label": ["cat", "dog", "bird"] * 10}, features=feats).save_to_disk(str(tmp_path / "str"))
+    d = load_data(tmp_path / "str", image_size=10)
+    assert d.label_names == ["bird", "cat", "dog"] and d.source["label_kind"] == "str"
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("float32")})
+    datasets.Dataset.from_dict({"image": _images(30), "label": [0.4, 1.6, 1.9] * 10}, features=feats).save_to_disk(str(tmp_path / "float"))
+    d = load_data(tmp_path / "float", image_size=10)
+    assert d.source["label_kind"] == "str" and len(d.label_names) == 3  # names, which no classifier's labels match
+    cl = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog", "bird"])})
+    ds = datasets.Dataset.from_dict({"image": _images(30), "label": [0, 1, 2] * 10}, features=cl).cast_column("image", datasets.Image(decode=False))
+    ds.save_to_disk(str(tmp_path / "nodecode"))
+    d = load_data(tmp_path / "nodecode", image_size=10)
+    assert d.label_names == ["cat", "dog", "bird"] and tuple(d.train.inputs.shape[1:]) == (3, 10, 10)
+
+
+def test_image_split_and_label_problems_refused_in_one_line(tmp_path):
+    cl = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    bare = datasets.Features({"image": datasets.Image()})
+    lab = lambda n: datasets.Dataset.from_dict({"image": _images(n), "label": [i % 2 for i in range(n)]}, features=cl)  # noqa: E731
+    datasets.DatasetDict({"validation": lab(6), "test": lab(6)}).save_to_disk(str(tmp_path / "notrain"))
+    with pytest.raises(OptinError, match="found validation, test splits but no training split"):
+        load_data(tmp_path / "notrain", image_size=10)
+    for order in (("train", "test"), ("test", "train")):  # the answer must not depend on which split comes first
+        parts = {"train": lab(10), "test": datasets.Dataset.from_dict({"image": _images(4)}, features=bare)}
+        datasets.DatasetDict({k: parts[k] for k in order}).save_to_disk(str(tmp_path / "-".join(order)))
+        with pytest.raises(OptinError, match=r"\(test\) has no label column 'label' while other splits do"):
+            load_data(tmp_path / "-".join(order), image_size=10)
+    multi = datasets.Features({"image": datasets.Image(), "label": datasets.Sequence(datasets.Value("int64"))})
+    datasets.Dataset.from_dict({"image": _images(6), "label": [[0], [0, 1], [1]] * 2}, features=multi).save_to_disk(str(tmp_path / "multi"))
+    with pytest.raises(OptinError, match="holds a list per row \\(multi-label data\\)"):
+        load_data(tmp_path / "multi", image_size=10)
+
+
+def test_damaged_arrow_file_refused_in_one_line(tmp_path):
+    _split(200).save_to_disk(str(tmp_path / "d"))
+    arrow = next((tmp_path / "d").glob("*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 400] = b"\xff" * 400
+    arrow.write_bytes(bytes(data))
+    with pytest.raises(OptinError, match=r"cannot (read|load) the saved data set"):
+        load_data(tmp_path / "d")
+
+
+def test_saved_data_sets_one_folder_down(tmp_path):
+    """A DatasetDict saved into a sub-folder is pointed at; train/ validation/ test/ each saved with
+    Dataset.save_to_disk are read as the splits (they were taken for an image folder)."""
+    datasets.DatasetDict({"train": _split(20)}).save_to_disk(str(tmp_path / "wrap" / "mydata"))
+    with pytest.raises(OptinError, match=r"holds the saved data set mydata; pass that folder as --data \(e.g. .*wrap/mydata\)"):
+        load_data(tmp_path / "wrap")
+    for name, (n, start) in {"train": (30, 0), "validation": (10, 30), "test": (8, 40)}.items():
+        _split(n, start).save_to_disk(str(tmp_path / "splits" / name))
+    d = load_data(tmp_path / "splits")
+    assert (len(d.train), len(d.validation), len(d.test)) == (30, 10, 8) and d.label_names == ["neg", "pos"]
+
+
+def test_eval_split_named_eval_is_validation(tmp_path):
+    datasets.DatasetDict({"train": _split(30), "eval": _split(12, 30), "test": _split(8, 42)}).save_to_disk(str(tmp_path / "d"))
+    d = load_data(tmp_path / "d")
+    assert len(d.validation) == 12 and "left out" not in d.source["split"]

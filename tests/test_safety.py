@@ -702,3 +702,15 @@ def test_report_json_is_strict_json(tmp_path):
     write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+@pytest.mark.slow  # uses the module's built bundle
+def test_eval_on_data_without_labels_says_so(capsys, bundle, tmp_path):
+    """Labels in another column than 'label': eval measures agreement only, and says why on stderr (it said nothing)."""
+    data = tmp_path / "d.csv"
+    data.write_text("text,sentiment\n" + "".join(f"a fine film {i},fresh\nan awful film {i},rotten\n" for i in range(10)))
+    r = run(capsys, "eval", bundle, "--data", data)
+    assert r.code == 0, r.err
+    assert "has no labels (no column 'label'; columns are: text, sentiment): only the models' agreement is measured" in r.err
+    r = run(capsys, "eval", bundle, "--data", data, "--label-column", "sentiment")
+    assert r.code == 0 and "has no labels" not in r.err and "accuracy" in r.out, r.err

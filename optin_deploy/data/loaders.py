@@ -6,7 +6,10 @@
 * A single file (``.csv``, ``.tsv``, ``.jsonl``, ``.json``) is split 80/10/10, stratified, seeded.
 * A folder holding ``train.*`` (and optionally ``validation.*``/``val.*``/``dev.*`` and ``test.*``)
   files uses those splits; a missing validation or test split is carved from train.
-* A folder saved with ``datasets``' ``save_to_disk`` is read with ``datasets.load_from_disk``.
+* A folder saved with ``datasets``' ``save_to_disk`` is read with ``datasets.load_from_disk`` (also ``train/``,
+  ``validation/``, ``test/`` sub-folders each saved as a Dataset). Splits other than the three are left out, a
+  split labelled -1 throughout (GLUE's hidden test labels) too, saying so; a ClassLabel keeps its names, which
+  :func:`optin_deploy.zoo._check_fit` matches to the model's labels (by id where the model knows none of them).
 * Text is one column (``text_column``), or two for sentence-pair tasks (``"premise,hypothesis"``): each
   input is then a ``(first, second)`` tuple, tokenised as a pair.
 * A folder with one sub-folder of images per class is an image data set (optionally under
@@ -39,9 +42,13 @@ from .types import Split, TaskData
 
 TEXT_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".ndjson"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+#: files save_to_disk writes into a saved Dataset's folder
+HF_MARKERS = ("dataset_info.json", "state.json")
+
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation",
+    "validation": "validation", "valid": "validation", "val": "validation", "dev": "validation", "eval": "validation",
+    "evaluation": "validation",
     "test": "test", "testing": "test",
 }
 
@@ -350,8 +357,14 @@ def _split_name(stem: str) -> str | None:
 
 
 def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
-    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists() or (path / "state.json").exists():
+    if any((path / f).exists() for f in ("dataset_dict.json", *HF_MARKERS)):
         return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
+    saved = _hf_split_folders(path)
+    if saved and all(_split_name(d.name) for d in saved):  # train/ validation/ test/, each written by Dataset.save_to_disk
+        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type, split_folders=saved)
+    if saved:
+        raise OptinError(f"{path} holds the saved data set{'s' if len(saved) > 1 else ''} {', '.join(d.name for d in saved)}; "
+                         f"pass {'that folder' if len(saved) == 1 else 'one of them'} as --data (e.g. {saved[0]})")
     files = {}
     for f in sorted(path.iterdir()):
         if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and _split_name(f.stem):
@@ -498,63 +511,108 @@ def _drop_hidden_labels(path: Path, splits: dict, given: dict[str, str], label_c
                          f"(ds.filter(lambda r: r[{label_column!r}] != -1)) and save the data set again")
 
 
-def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
+def _hf_splits(path: Path, datasets, loaded=None) -> tuple[dict, dict[str, str], list[str]]:
+    """``{our split: Dataset}``, ``{our split: the data set's name}`` and the splits left out (with why)."""
+    try:
+        ds = loaded if loaded is not None else datasets.load_from_disk(str(path))
+    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
+        raise OptinError(f"cannot load the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+    skipped: list[str] = []
+    given: dict[str, str] = {}
+    if not isinstance(ds, datasets.DatasetDict):
+        return {"all": ds}, {"all": path.name}, skipped
+    splits = {}
+    for k in ds:
+        sk = _split_name(k)
+        if sk is None:  # IMDB's "unsupervised", a "train_extra": not one of the three
+            skipped.append(f"{k!r} (not a train, validation or test split)")
+            continue
+        if sk in splits:
+            raise OptinError(f"{path}: two splits are the {sk} split ({given[sk]!r} and {k!r}); keep one")
+        splits[sk], given[sk] = ds[k], k
+    if not splits:
+        raise OptinError(f"{path}: no split is train, validation or test (splits: {', '.join(map(repr, ds))}); name the splits train, validation and test")
+    return splits, given, skipped
+
+
+def _hf_split_folders(path: Path) -> list[Path]:
+    """Sub-folders of ``path`` that ``save_to_disk`` wrote (a saved data set has state.json / dataset_info.json)."""
+    return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and any((d / f).exists() for f in ("dataset_dict.json", *HF_MARKERS)))
+
+
+def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None,
+             split_folders: list[Path] | None = None) -> TaskData:
+    """A folder written by ``save_to_disk`` (a DatasetDict or one Dataset), or (``split_folders``) one saved Dataset
+    per split in ``train/``, ``validation/``, ``test/`` sub-folders."""
     try:
         import datasets  # noqa: F401
     except ImportError:
         raise OptinError(f"{path} is a saved Hugging Face data set, which needs the 'datasets' package: pip install datasets (or: pip install 'optin-deploy[hf-datasets]')") from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # noqa: BLE001 - datasets raises many kinds
-        raise OptinError(f"cannot load the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
-    skipped: list[str] = []  # splits left out, with why: said in the data's split description
-    given: dict[str, str] = {}  # our split name -> the data set's
-    if isinstance(ds, datasets.DatasetDict):
-        splits = {}
-        for k in ds:
-            sk = _split_name(k)
-            if sk is None:  # IMDB's "unsupervised", a "train_extra": not one of the three
-                skipped.append(f"{k!r} (not a train, validation or test split)")
-                continue
-            if sk in splits:
-                raise OptinError(f"{path}: two splits are the {sk} split ({given[sk]!r} and {k!r}); keep one")
-            splits[sk], given[sk] = ds[k], k
-        if not splits:
-            raise OptinError(f"{path}: no split is train, validation or test (splits: {', '.join(map(repr, ds))}); name the splits train, validation and test")
+    if split_folders:
+        loaded = {}
+        for d in split_folders:
+            one = _hf_splits(d, datasets)[0]
+            if set(one) != {"all"}:
+                raise OptinError(f"{d} holds several splits itself; pass that folder as --data")
+            loaded[d.name] = one["all"]
+        splits, given, skipped = _hf_splits(path, datasets, datasets.DatasetDict(loaded))
     else:
-        splits = {"all": ds}
-    any_ds = next(iter(splits.values()))
+        splits, given, skipped = _hf_splits(path, datasets)
+    where = {k: f"{path} ({given.get(k, k)})" for k in splits}
+    if "train" not in splits and "all" not in splits:
+        raise OptinError(f"{path}: found {', '.join(given[k] for k in splits)} splits but no training split; add a train split")
+    with_label = [k for k, d in splits.items() if label_column in d.column_names]
+    if with_label and len(with_label) < len(splits):
+        missing = next(k for k in splits if k not in with_label)
+        raise OptinError(f"{where[missing]} has no label column {label_column!r} while other splits do; add it or drop it everywhere")
+    any_ds = splits.get("train", splits.get("all"))
     cols = list(any_ds.column_names)
     features = any_ds.features
+    has_labels = bool(with_label)
+    if has_labels and type(features[label_column]).__name__ in ("Sequence", "List", "LargeList"):
+        raise OptinError(f"{path}: the label column {label_column!r} holds a list per row (multi-label data); "
+                         f"optin-deploy evaluates single-label classifiers and regression: give one label per row")
     _drop_hidden_labels(path, splits, given, label_column, features, skipped)
+    classlabel = has_labels and type(features[label_column]).__name__ == "ClassLabel"
     image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
-    if text_column not in cols and image_col is not None:
-        names = None
-        label_kind = "int" if label_column in cols else None  # integer labels are class ids
-        if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
-            names = list(features[label_column].names)
-            label_kind = "classlabel"
-        parts = {}
-        for k, d in splits.items():
-            x = images_to_tensor(list(d[image_col]), image_size, image_mean, image_std, num_channels, str(path))
-            y = torch.tensor(d[label_column], dtype=torch.long) if label_column in cols else None
-            parts[k] = Split(x, y)
-        if names is None and parts.get("all", parts.get("train")).labels is not None:
-            y_all = parts.get("all", parts.get("train")).labels
-            names = [str(i) for i in range(int(y_all.max()) + 1)]
-        parts, how = _fill_splits(parts, label_column in cols, seed, str(path))
-        return TaskData(path.name, "image", "classification", names or [], parts["train"], parts["validation"], parts["test"],
-                        {"path": str(path.resolve()), "split": how + _skipped_note(skipped), "seed": seed, "image_column": image_col,
-                         "label_kind": label_kind, **({} if label_column in cols else {"missing_label_column": label_column, "columns": cols})})
-    rows_parts = {}
-    for k, d in splits.items():
-        rows = d.select_columns([c for c in (*text_columns(text_column, cols), label_column) if c in d.column_names]).to_list()
-        if not rows:
-            raise OptinError(f"{path}: the {k} split is empty")
-        rows_parts[k] = (rows, list(d.column_names), f"{path} ({k})")
-    td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
+    try:
+        if text_column not in cols and image_col is not None:
+            td = _hf_images(path, splits, where, image_col, label_column if has_labels else None, classlabel, image_size, image_mean,
+                            image_std, num_channels, seed, datasets)
+            if not has_labels:
+                td.source.update(missing_label_column=label_column, columns=cols)
+        else:
+            rows_parts = {}
+            for k, d in splits.items():
+                rows = d.select_columns([c for c in (*text_columns(text_column, cols), label_column) if c in d.column_names]).to_list()
+                if not rows:
+                    raise OptinError(f"{where[k]}: the split is empty")
+                rows_parts[k] = (rows, list(d.column_names), where[k])
+            td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
+    except OptinError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged arrow file fails only when its rows are read
+        raise OptinError(f"cannot read the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     td.source["split"] = str(td.source.get("split", "")) + _skipped_note(skipped)
-    if label_column in cols and type(features[label_column]).__name__ == "ClassLabel":
+    if classlabel:  # ids with names: zoo matches them to the model's labels by name, else by id
         td.label_names = list(features[label_column].names)
         td.source["label_kind"] = "classlabel"
     return td
+
+
+def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_column: str | None, classlabel: bool, image_size, image_mean,
+               image_std, num_channels, seed, datasets) -> TaskData:
+    """An image data set: the image column (decoded, whatever ``decode`` it was saved with) and, when given, labels read
+    like any other labels (integers are class ids, anything else class names; a ClassLabel's ids come with its names)."""
+    raw = {k: list(d[label_column]) for k, d in splits.items()} if label_column else {}
+    labeler = _Labels([v for vals in raw.values() for v in vals], str(path), "classification") if label_column else None
+    parts = {}
+    for k, d in splits.items():
+        if not getattr(d.features[image_col], "decode", True):
+            d = d.cast_column(image_col, datasets.Image(decode=True))
+        x = images_to_tensor(list(d[image_col]), image_size, image_mean, image_std, num_channels, where[k])
+        parts[k] = Split(x, labeler.encode(raw[k], k, where[k]) if labeler else None)
+    parts, how = _fill_splits(parts, labeler is not None, seed, str(path))
+    return TaskData(path.name, "image", "classification", labeler.names if labeler else [], parts["train"], parts["validation"], parts["test"],
+                    {"path": str(path.resolve()), "split": how, "seed": seed, "image_column": image_col,
+                     "label_kind": labeler.kind if labeler else None})
