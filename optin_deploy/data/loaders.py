@@ -536,7 +536,8 @@ def _hf_splits(path: Path, datasets, loaded=None) -> tuple[dict, dict[str, str],
 
 
 def _hf_split_folders(path: Path) -> list[Path]:
-    """Sub-folders of ``path`` that ``save_to_disk`` wrote (a saved data set has state.json / dataset_info.json)."""
+    """Sub-folders of ``path`` that ``save_to_disk`` wrote (a Dataset's folder has state.json / dataset_info.json, a
+    DatasetDict's dataset_dict.json)."""
     return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and any((d / f).exists() for f in ("dataset_dict.json", *HF_MARKERS)))
 
 
@@ -572,12 +573,12 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
     if has_labels and type(features[label_column]).__name__ in ("Sequence", "List", "LargeList"):
         raise OptinError(f"{path}: the label column {label_column!r} holds a list per row (multi-label data); "
                          f"optin-deploy evaluates single-label classifiers and regression: give one label per row")
-    _drop_hidden_labels(path, splits, given, label_column, features, skipped)
     classlabel = has_labels and type(features[label_column]).__name__ == "ClassLabel"
     image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
-    try:
+    try:  # a damaged arrow file loads (it is mapped lazily) and fails only when its rows are read
+        _drop_hidden_labels(path, splits, given, label_column, features, skipped)
         if text_column not in cols and image_col is not None:
-            td = _hf_images(path, splits, where, image_col, label_column if has_labels else None, classlabel, image_size, image_mean,
+            td = _hf_images(path, splits, where, image_col, label_column if has_labels else None, image_size, image_mean,
                             image_std, num_channels, seed, datasets)
             if not has_labels:
                 td.source.update(missing_label_column=label_column, columns=cols)
@@ -591,7 +592,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
             td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
     except OptinError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a damaged arrow file fails only when its rows are read
+    except Exception as exc:  # noqa: BLE001 - pyarrow / datasets raise many kinds
         raise OptinError(f"cannot read the saved data set {path} ({type(exc).__name__}: {exc})".splitlines()[0]) from None
     td.source["split"] = str(td.source.get("split", "")) + _skipped_note(skipped)
     if classlabel:  # ids with names: zoo matches them to the model's labels by name, else by id
@@ -600,7 +601,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
     return td
 
 
-def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_column: str | None, classlabel: bool, image_size, image_mean,
+def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_column: str | None, image_size, image_mean,
                image_std, num_channels, seed, datasets) -> TaskData:
     """An image data set: the image column (decoded, whatever ``decode`` it was saved with) and, when given, labels read
     like any other labels (integers are class ids, anything else class names; a ClassLabel's ids come with its names)."""
