@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import OptinError
+from .errors import OptinError, short_reason
 from .runtimes.base import Runtime
 
 # ---------------------------------------------------------------- memory
@@ -204,7 +204,16 @@ def benchmark(
                 if artifact is not None:
                     rt.load(artifact)
                 load_s = time.perf_counter() - t0
-                for _ in range(max(warmup, 1)):
+                try:
+                    out = rt.run(feeds[l])
+                except (OptinError, KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the runtime refused these inputs: the user's model or options
+                    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[l].items())
+                    raise OptinError(f"{l}: {getattr(rt, 'name', 'the runtime')} could not run it on {shapes}: {short_reason(exc, 240)}; "
+                                     f"a graph exported with fixed shapes or a maximum length runs only within them "
+                                     f"(pass --batch / --seq-len to match)") from None
+                for _ in range(max(warmup, 1) - 1):
                     out = rt.run(feeds[l])
             results[l].update({
                 "runtime": rt.describe(),
@@ -409,6 +418,8 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
                 tok = None
         made = family.inputs_for(names, batch, seq_len, min(int(vocab), 1000) if vocab else 100, tokenizer=tok, seed=seed, padded=False)
         return {n: t.numpy() for n, t in made.items()}
+    if not names:
+        raise OptinError(f"{spec} has no graph inputs (an empty or broken ONNX file?); export the model again")
     n = names[0]
     shape = shapes.get(n)
     if not shape or any(d is None for d in shape[1:]):

@@ -313,7 +313,8 @@ def compare_runtimes(models: Sequence[str], runtimes: str, *, runtime: str | Non
     pairs = expand_models(models, labels)
     result = side_by_side(pairs, names, batch=batch, seq_len=seq_len, threads=threads, warmup=warmup, iters=iters, seconds=seconds,
                           block=block, mode=mode, settle_seconds=settle_seconds)
-    if markdown_path is not None:
-        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(markdown_path).write_text(markdown(result))
+    if markdown_path is not None:  # checked by the command before any work (safe_out.check_json_out)
+        from .safe_out import MARKDOWN_MARK
+
+        Path(markdown_path).write_text(MARKDOWN_MARK + "\n" + markdown(result))
     return result

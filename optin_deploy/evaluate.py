@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import OptinError
+from .errors import OptinError, short_reason
 from .runtimes.base import Runtime
 
 # ---------------------------------------------------------------- metrics
@@ -128,11 +128,35 @@ def predict(task, runtime: Runtime, split: str = "test", batch_size: int = 64, p
                   disable=not progress, transient=True) as bar:
         t = bar.add_task(description, total=n)
         for inputs, y in task.batches(split, batch_size):
-            logits.append(np.asarray(runtime.run(inputs), dtype=np.float32))
+            try:
+                out = np.asarray(runtime.run(inputs), dtype=np.float32)
+            except (OptinError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the runtime refused the data's inputs: the user's model or data
+                shapes = ", ".join(f"{k} {list(np.shape(v))}" for k, v in inputs.items())
+                raise OptinError(f"{getattr(runtime, 'name', 'the runtime')} could not run {description.removeprefix('evaluating ')} on "
+                                 f"this data ({shapes}): {short_reason(exc, 240)}; is it the model this data and tokenizer are for?") from None
+            if out.ndim not in (1, 2):
+                raise OptinError(f"{description.removeprefix('evaluating ')}: its first output is {list(out.shape)} per batch, not one row "
+                                 f"of scores per sample; export the model with its task head (logits) as the first output")
+            logits.append(out)
             if y is not None:
                 labels.append(y.numpy())
             bar.advance(t, len(next(iter(inputs.values()))))
     return np.concatenate(logits), (np.concatenate(labels) if labels else None)
+
+
+def _check_outputs(label: str, logits: np.ndarray, task_type: str, num_labels: int) -> None:
+    """Outputs that cannot be this task's are refused, not scored: another class count, NaN or inf."""
+    if task_type == "classification":
+        width = logits.shape[1] if logits.ndim == 2 else 1
+        if width != num_labels:
+            raise OptinError(f"{label}: its output has {width} score{'s' if width != 1 else ''} per sample but the data has {num_labels} "
+                             f"classes; evaluate it on the data it was trained for (or export its classification head)")
+    bad = int((~np.isfinite(logits)).sum())
+    if bad:
+        raise OptinError(f"{label}: {bad} of its {logits.size} outputs are not finite (NaN or inf), so no figure can be computed; "
+                         f"check the artifact (an fp16 overflow? a broken export?)")
 
 
 def evaluate(
@@ -165,6 +189,7 @@ def evaluate(
         if artifact is not None:
             rt.load(artifact)
         logits, y = predict(task, rt, split, batch_size, progress, description=f"evaluating {l}")
+        _check_outputs(l, logits, task_type, num_labels)
         all_logits[l] = logits
         out["models"][l] = {**task_metrics(logits, y, task_type, num_labels), "runtime": rt.describe()}
     for l in labels:

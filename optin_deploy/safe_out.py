@@ -187,8 +187,21 @@ def mark_json(result):
     return result
 
 
+#: the first line of a Markdown table optin-deploy writes (bench --runtimes --markdown): such a file may be replaced
+MARKDOWN_MARK = "<!-- written by optin-deploy -->"
+
+
+def markdown_is_ours(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Markdown file a previous ``--markdown`` wrote (its first line is :data:`MARKDOWN_MARK`)."""
+    try:
+        with open(path, "rb") as f:
+            return f.readline().rstrip(b"\r\n") == MARKDOWN_MARK.encode()
+    except OSError:
+        return False
+
+
 def check_json_out(path: str | None, *, force: bool | None = None, protect: Iterable = (), outs: Iterable = (),
-                   flag: str = "--json") -> Path | None:
+                   flag: str = "--json", ours=None) -> Path | None:
     """Check ``--json PATH`` before any work; returns it resolved (None for no ``--json`` or ``-``, stdout).
 
     Refused, with one line: a path whose folder does not exist (no folders are created), a folder, an
@@ -196,8 +209,8 @@ def check_json_out(path: str | None, *, force: bool | None = None, protect: Iter
     and, even with ``--force``, one of the command's inputs or a file inside one (``protect``: the model
     folder, the data, the artifacts; symbolic links resolved) or inside an output folder of the same
     command (``outs``: ``--out``). An existing regular file is replaced only when a previous ``--json``
-    wrote it (:func:`json_is_ours`), else only with ``--force``; ``force=None`` means the command has no
-    ``--force``: such a file is refused.
+    wrote it (:func:`json_is_ours`, or ``ours(path)`` for another kind of file), else only with ``--force``;
+    ``force=None`` means the command has no ``--force``: such a file is refused.
     """
     if path is None or str(path) == "-":
         return None
@@ -229,7 +242,7 @@ def check_json_out(path: str | None, *, force: bool | None = None, protect: Iter
         raise StorageError(f"{flag} {path}: the folder {p.parent} is not writable; pass another file name")
     if not p.exists():
         return p
-    if json_is_ours(p):
+    if (ours or json_is_ours)(p):
         return p
     if force:
         return p

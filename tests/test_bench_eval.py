@@ -294,3 +294,46 @@ def test_bench_settle_option(tmp_path):
     assert inspect.signature(bench_cmd).parameters["settle_ms"].default.default == DEFAULT_SETTLE_S * 1e3
     r = CliRunner().invoke(app, ["bench", str(tmp_path / "missing-a.onnx"), str(tmp_path / "missing-b.onnx"), "--settle-ms", "-1"])
     assert r.exit_code != 0 and "--settle-ms must be a finite number of at least 0, got -1" in (r.output + str(r.exception))
+
+
+def test_outputs_that_cannot_be_the_task_are_refused():
+    """eval refuses outputs of another class count, or NaN, instead of scoring them (42% for a 1-column or NaN model)."""
+    from optin_deploy.evaluate import _check_outputs
+
+    _check_outputs("m", np.zeros((4, 2), np.float32), "classification", 2)
+    with pytest.raises(OptinError, match="its output has 1 score per sample but the data has 2 classes"):
+        _check_outputs("m", np.zeros((4, 1), np.float32), "classification", 2)
+    with pytest.raises(OptinError, match="its output has 3 scores per sample"):
+        _check_outputs("m", np.zeros((4, 3), np.float32), "classification", 2)
+    with pytest.raises(OptinError, match="8 of its 8 outputs are not finite"):
+        _check_outputs("m", np.full((4, 2), np.nan, np.float32), "classification", 2)
+
+
+class _RefusingRuntime(_InstantRuntime):
+    name = "fixed-shape"
+
+    def run(self, feed):
+        raise RuntimeError("Got invalid dimensions for input: input_ids")
+
+
+def test_a_runtime_refusing_the_inputs_is_one_line_not_an_internal_error():
+    with pytest.raises(OptinError, match=r"pruned: fixed-shape could not run it on x \[2, 3\]: Got invalid dimensions.*pass --batch / --seq-len"):
+        benchmark({"pruned": (_RefusingRuntime(), None)}, {"x": np.zeros((2, 3), np.float32)}, iters=2, progress=False)
+
+
+def test_bench_markdown_never_overwrites_a_users_file_or_an_input(tmp_path):
+    from optin_deploy.cli import app
+
+    user = tmp_path / "notes.md"
+    user.write_text("my notes\n")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not really onnx")
+    for target, msg in ((user, "is an existing file that optin-deploy did not write"), (model, "is this command's input")):
+        r = CliRunner().invoke(app, ["bench", str(model), str(model), "--runtimes", "ort-cpu", "--markdown", str(target)])
+        assert r.exit_code != 0 and msg in (r.output + str(r.exception)), r.output
+    assert user.read_text() == "my notes\n" and model.read_bytes() == b"not really onnx"
+    from optin_deploy.safe_out import MARKDOWN_MARK, markdown_is_ours
+
+    ours = tmp_path / "ours.md"
+    ours.write_text(MARKDOWN_MARK + "\n| a |\n")
+    assert markdown_is_ours(ours) and not markdown_is_ours(user)

@@ -245,6 +245,8 @@ def test_bench_defaults_to_what_the_build_measured_with(tmp_path):
     b = bundle("b1", batch_size=1, seq_len=64, threads=4)
     assert bench_settings([str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")], None, None, None) == (1, 64, 4, "the bundle's profile b1")
     assert bench_settings([str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")], 16, None, 2)[:3] == (16, 64, 2)
+    # a bad value given is kept, so that bench refuses it, not replaced by the profile's (--batch 0 timed 8 x 128)
+    assert bench_settings([str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")], 0, -1, None)[:3] == (0, -1, 4)
     other = bundle("b2", batch_size=2, seq_len=32, threads=1)
     assert bench_settings([str(b / "onnx" / "dense"), str(other / "onnx" / "pruned")], None, None, None) == (8, 128, None, None)
     assert bench_settings([str(tmp_path / "loose.onnx")], None, None, None) == (8, 128, None, None)

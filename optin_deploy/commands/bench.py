@@ -37,6 +37,10 @@ def bench_cmd(
 
         raise OptinError(f"--json {json_out} and --markdown {markdown} are the same file; pass two file names")
     options.check_json(json_out, protect=[*models, markdown])  # bench has no --force
+    if markdown is not None:  # the same rules as --json: never an input, never a file optin-deploy did not write
+        from ..safe_out import check_json_out, markdown_is_ours
+
+        check_json_out(str(markdown), protect=[*models, *([json_out] if json_out not in (None, "-") else [])], flag="--markdown", ours=markdown_is_ours)
     human = options.human_console(json_out)  # stderr with --json -: stdout holds only the JSON
     if runtimes is not None:
         from ..bench_runtimes import compare_runtimes, print_side_by_side

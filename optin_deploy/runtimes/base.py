@@ -259,10 +259,14 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
             profile = None
     if not isinstance(profile, dict) or (batch is not None and seq_len is not None and threads is not None):
         return (8 if batch is None else batch, 128 if seq_len is None else seq_len, threads, None)
-    got = (profile.get("batch_size") if batch is None else batch, profile.get("seq_len") if seq_len is None else seq_len,
-           profile.get("threads") if threads is None else threads)
-    b, s, t = (int(v) if isinstance(v, int) and v > 0 else None for v in got)
-    return (b or 8, s or 128, t, f"the bundle's profile {profile.get('name', '?')}")
+    def pick(given, key, default):  # a value given is kept as it is (bench_artifacts refuses a bad one); the profile's if sane
+        if given is not None:
+            return given
+        v = profile.get(key)
+        return int(v) if isinstance(v, int) and v > 0 else default
+
+    return (pick(batch, "batch_size", 8), pick(seq_len, "seq_len", 128), pick(threads, "threads", None),
+            f"the bundle's profile {profile.get('name', '?')}")
 
 
 def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
