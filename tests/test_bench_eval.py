@@ -337,3 +337,16 @@ def test_bench_markdown_never_overwrites_a_users_file_or_an_input(tmp_path):
     ours = tmp_path / "ours.md"
     ours.write_text(MARKDOWN_MARK + "\n| a |\n")
     assert markdown_is_ours(ours) and not markdown_is_ours(user)
+
+
+def test_token_type_ids_of_a_graph_exported_elsewhere_are_zeros_for_single_sentences():
+    """optimum / torch.onnx BERT graphs take token_type_ids; eval fed only input_ids and attention_mask and refused them."""
+    from optin_deploy.runtimes.base import numpy_feed
+
+    ids = np.array([[101, 7, 102], [101, 8, 102]])
+    feed = numpy_feed("m.onnx", {"input_ids": np.int64, "attention_mask": np.int64, "token_type_ids": np.int64},
+                      {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    assert feed["token_type_ids"].shape == (2, 3) and not feed["token_type_ids"].any()
+    assert numpy_feed("m.onnx", {"token_type_ids": np.int32}, {"input_ids": ids, "token_type_ids": np.ones_like(ids)})["token_type_ids"].all()
+    with pytest.raises(OptinError, match="m.onnx needs input 'pixel_values'"):
+        numpy_feed("m.onnx", {"pixel_values": np.float32}, {"input_ids": ids})

@@ -59,9 +59,14 @@ class Runtime(ABC):
 
 def numpy_feed(path, dtypes: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """``inputs`` (numpy arrays or tensors) as the contiguous arrays of the dtypes a loaded model's inputs
-    take (``{name: dtype}``); a missing input is a one-line error naming the file."""
+    take (``{name: dtype}``); a missing input is a one-line error naming the file, except ``token_type_ids``
+    beside ``input_ids``: a BERT graph exported elsewhere (optimum, torch.onnx) takes it even for single
+    sentences, whose segment ids are all zero (sentence pairs carry their own)."""
     feed = {}
     for n, dt in dtypes.items():
+        if n == "token_type_ids" and n not in inputs and "input_ids" in inputs:
+            feed[n] = np.zeros(np.shape(inputs["input_ids"]), dtype=dt)
+            continue
         if n not in inputs:
             raise OptinError(f"{path} needs input {n!r}; got {list(inputs)}")
         x = inputs[n]
