@@ -148,7 +148,7 @@ def predict(task, runtime: Runtime, split: str = "test", batch_size: int = 64, p
 
 def _check_outputs(label: str, logits: np.ndarray, task_type: str, num_labels: int) -> None:
     """Outputs that cannot be this task's are refused, not scored: another class count, NaN or inf."""
-    if task_type == "classification":
+    if task_type == "classification" and num_labels > 0:  # unlabelled data names no classes to compare with
         width = logits.shape[1] if logits.ndim == 2 else 1
         if width != num_labels:
             raise OptinError(f"{label}: its output has {width} score{'s' if width != 1 else ''} per sample but the data has {num_labels} "

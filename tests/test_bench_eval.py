@@ -301,6 +301,7 @@ def test_outputs_that_cannot_be_the_task_are_refused():
     from optin_deploy.evaluate import _check_outputs
 
     _check_outputs("m", np.zeros((4, 2), np.float32), "classification", 2)
+    _check_outputs("m", np.zeros((4, 2), np.float32), "classification", 0)  # unlabelled data: agreement only
     with pytest.raises(OptinError, match="its output has 1 score per sample but the data has 2 classes"):
         _check_outputs("m", np.zeros((4, 1), np.float32), "classification", 2)
     with pytest.raises(OptinError, match="its output has 3 scores per sample"):
