@@ -437,6 +437,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
     from .evaluate import artifact_labels
     from .runtimes.base import bench_settings, get_runtime, resolve_artifact
 
+    seq_given = seq_len is not None
     batch, seq_len, threads, settings_from = bench_settings(models, batch, seq_len, threads)
     check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads, settle_seconds=settle_seconds)
     names = artifact_labels(models, labels)
@@ -445,11 +446,46 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         rt_name, artifact, _ = resolve_artifact(spec, runtime)
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
         inputs[label] = bench_inputs(spec, batch, seq_len)
+        _check_length(label, inputs[label], seq_len, seq_given)
+    _warn_unrelated(inputs)
     result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
                        interleave=interleave, baseline=names[0], mode=mode, block=block, settle_seconds=settle_seconds)
     if settings_from:
         result["settings_from"] = settings_from  # batch / sequence / threads not given: the build's own
     return result
+
+
+def _check_length(label: str, feed: Mapping[str, np.ndarray], seq_len: int, given: bool) -> None:
+    """A model folder makes its inputs at most as long as its position embeddings: a --seq-len given beyond that is
+    refused (the figure would be of another shape than asked); a default beyond it is named."""
+    from .exporters.base import is_text_input
+
+    lengths = {a.shape[1] for n, a in feed.items() if is_text_input(n) and a.ndim == 2}
+    if lengths and max(lengths) < seq_len:
+        made = max(lengths)
+        if given:
+            raise OptinError(f"--seq-len {seq_len} is longer than {label} takes ({made} positions); pass --seq-len {made} or less")
+        from .progress import warn
+
+        warn(f"{label} takes at most {made} positions, so it is timed at {made} tokens, not {seq_len}")
+
+
+def _warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """A speed-up is a comparison of one model's work with another's: name models whose inputs differ (an image model
+    against a text model, another batch or length), so a ratio between unrelated models is not taken for a speed-up."""
+    from .progress import warn
+
+    def sig(feed):
+        return {n: tuple(a.shape) for n, a in feed.items() if n != "token_type_ids"}
+
+    (base, first), *rest = inputs.items()
+    for label, feed in rest:
+        a, b = sig(first), sig(feed)
+        if set(a) & set(b) and all(a[n] == b[n] for n in set(a) & set(b)):
+            continue
+        describe = lambda s: ", ".join(f"{n} {'x'.join(map(str, shp))}" for n, shp in s.items())  # noqa: E731
+        warn(f"{label} and {base} take different inputs ({describe(b)} against {describe(a)}); "
+             f"their time ratio is not a speed-up of one model over the other")
 
 
 def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None,

@@ -230,11 +230,30 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     if p.suffix in (".onnx", ".engine", ".ep"):
         if not p.is_file():
             raise OptinError(f"{spec} does not exist; pass an exported artifact or a bundle folder (optin-deploy export / build)")
+        if runtime in ("torch-cpu", "torch-cuda"):
+            raise OptinError(f"{spec} is an exported {p.suffix} file and {runtime} runs PyTorch model folders; omit --runtime "
+                             f"(it runs on {default_runtime_for(p)}) or pass the model folder it was exported from")
         return runtime or default_runtime_for(p), p, None
+    _refuse_exports_only_folder(p)
     name = runtime or "torch-cpu"
     if not name.startswith("torch-") or name in ("torch-tensorrt", "torch-aoti-cpu"):
         raise OptinError(f"{spec} is a model, not an exported artifact; export it first (optin-deploy export) to run it on {name}")
     return name, str(spec), None
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt", "*.safetensors.index.json")
+
+
+def _refuse_exports_only_folder(p: Path) -> None:
+    """A folder holding exported graphs (an optimum export, or a folder with a model.onnx dropped in) but no PyTorch
+    weights and no pruned-model structure: name the files to pass, instead of failing on the missing weights."""
+    if not p.is_dir() or (p / "optin_structure.json").exists() or any(any(p.glob(g)) for g in WEIGHT_FILES):
+        return
+    exported = sorted(f.name for f in p.iterdir() if f.suffix in (".onnx", ".engine", ".ep") and f.is_file())
+    if exported:
+        shown = ", ".join(exported[:3]) + (f" and {len(exported) - 3} more" if len(exported) > 3 else "")
+        raise OptinError(f"{p} holds exported models ({shown}) but no PyTorch weights; pass the file itself "
+                         f"(e.g. {p / exported[0]}), or an optin-deploy bundle folder")
 
 
 BUNDLE_FORMATS = ("onnx", "tensorrt", "aoti")  # what ``build`` (and ``export --format aoti`` into a bundle) writes: ROOT/FMT/{dense,pruned}
@@ -303,4 +322,10 @@ def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
     for fmt in dict.fromkeys([f for f in (_fmt_of_runtime(runtime), own) if f] + list(BUNDLE_FORMATS)):
         if found := pair(root / fmt):
             return found
+    for fmt in BUNDLE_FORMATS:  # a bundle with one half of a pair left: say which, not "a folder without config.json"
+        halves = {k: (root / fmt / k / "export.json").is_file() for k in ("dense", "pruned")}
+        if any(halves.values()):
+            gone = next(k for k, ok in halves.items() if not ok)
+            raise OptinError(f"bundle {root} is incomplete: {fmt}/{gone}/export.json is missing; rebuild the bundle "
+                             f"(optin-deploy build), or pass the export that remains ({root / fmt / next(k for k, ok in halves.items() if ok)})")
     return list(models)
