@@ -16,7 +16,7 @@ PROFILE = typer.Option(DEFAULT_PROFILE, "--profile", help="Target profile name o
                        "measure onnxruntime int8 and OpenVINO bf16 here and build for the faster (other commands take x86-cpu-ort).")
 
 RECONSTRUCT = typer.Option(True, "--reconstruct/--no-reconstruct", help="After surgery, reconstruct: refit the kept units' output weights by damped least squares on the calibration batch (no labels; structure and cost unchanged).")
-RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | scales (one scale per kept unit).")
+RECONSTRUCT_FIT = typer.Option("weights", "--reconstruct-fit", help="weights (the output projections' kept columns) | affine (those and the projections' biases) | scales (one scale per kept unit).")
 RECONSTRUCT_DAMP = typer.Option(1.0, "--reconstruct-damp", help="Ridge damping of the reconstruction, towards plain surgery (> 0).")
 REFIT_SAMPLES = typer.Option(0, "--refit-samples", help="Training samples the reconstruction fits on: the calibration draw extended to this many (fewer when the training split is smaller, or when the dense model's activations over them would take more than 2 GiB). 0 (default) or at most --calib-samples: the calibration batch (on MiniLM sentiment 512 measured no better).")
 

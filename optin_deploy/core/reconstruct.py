@@ -12,7 +12,9 @@ sublayer added, on the unlabelled calibration batch:
 * unknowns, ``fit="weights"`` (the default): the kept input columns ``W'`` of the output projection
   (attention output projection / second MLP linear), by ridge regression towards the original
   columns, ``min ||X W'^T - B||^2 + lam ||W' - W||^2`` (the least-squares weight update of
-  OBS/ZipLM-style structured pruning); ``fit="scales"``: one scale per kept unit (Kwon et al. 2022's
+  OBS/ZipLM-style structured pruning); ``fit="affine"``: the same with the projection's bias as one more unknown
+  (an input column of ones, damped towards the original bias), so a mean shift left by the removed units can be
+  absorbed where it arises; ``fit="scales"``: one scale per kept unit (Kwon et al. 2022's
   mask tuning), ``min ||sum_u m_u c_u - b||^2 + lam ||m - 1||^2``, whose neuron Gram matrix is
   ``(A^T A) * (W2^T W2)`` so no ``tokens x hidden x units`` tensor is built;
 * ``lam = damp * mean(diag(X^T X))``; both are solved in closed form from the normal equations over
@@ -34,7 +36,7 @@ from torch import nn
 
 from ..adapters import get_adapter
 
-FITS = ("weights", "scales")
+FITS = ("weights", "affine", "scales")
 DEFAULT_FIT, DEFAULT_DAMP = "weights", 1.0  # chosen on validation / held-out training data (benchmarks/reconstruct.py)
 
 
@@ -307,10 +309,24 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
                 row["drift"] = False
             else:
                 drift = T[res_key] - S[res_key]
-            if fit == "weights":
+            new_bias = None
+            if fit == "weights" or (fit == "affine" and lin.bias is None):  # no bias to fit (ModernBERT): the weights alone
                 B = T[out_key] - bias + _unscaled(drift, scale)
                 Wn, row["error_before"], row["error_after"], _ = _fit_weights(S[x_key], B, lin.weight.detach(), damp, scale)
                 new_weight = Wn.to(lin.weight.dtype)
+            elif fit == "affine":
+                # the intercept column at the units' RMS scale, so the damping (a fraction of the mean diagonal) and
+                # the pull towards the original bias weigh it like one more unit
+                Xs = S[x_key]
+                c = float((Xs.double() ** 2).mean().sqrt().clamp_min(1e-12))
+                X = torch.cat([Xs, torch.full((Xs.shape[0], 1), c, dtype=Xs.dtype)], dim=1)
+                Wb = torch.cat([lin.weight.detach(), lin.bias.detach()[:, None] / c], dim=1)
+                B = T[out_key] + _unscaled(drift, scale)
+                Wn, before, after, bb = _fit_weights(X, B, Wb, damp, scale)
+                # relative to the same energy as the weights fit's (the target without the bias), so the rows compare
+                bb_w = float((_scaled((B - bias).double(), None if scale is None else scale.double()) ** 2).sum()) or 1e-30
+                row["error_before"], row["error_after"] = before * bb / bb_w, after * bb / bb_w
+                new_weight, new_bias = Wn[:, :-1].to(lin.weight.dtype), (Wn[:, -1] * c).to(lin.bias.dtype)
             else:
                 m = _fit_scales(S[x_key], _scaled(T[out_key] - bias, scale) + drift, lin.weight.detach(), damp, scale,
                                 dh if part == "attn" else 1, row)
@@ -318,6 +334,8 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
             report.layers.append(row)
             with torch.no_grad():
                 lin.weight.copy_(new_weight)
+                if new_bias is not None:
+                    lin.bias.copy_(new_bias)
         if progress:
             progress(layer + 1, sa.num_layers)
     report.seconds = time.perf_counter() - t0
