@@ -161,8 +161,13 @@ def _budget(opts: BuildOptions, target: Target) -> dict:
     with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
     profile = target.profile
     check_select_by(opts.select_by)
-    if opts.select_by is not None and opts.lut is not None and opts.select_by == "macs" and opts.flops is not None:
-        raise OptinError("--lut is a latency table: with --flops it needs --select-by latency (or drop --lut)")
+    select_by = opts.select_by or getattr(profile, "budget_select_by", None) or "macs"
+    flops_budget = opts.flops is not None or (opts.latency_ms is None and opts.speedup is None and opts.max_accuracy_drop is None
+                                              and opts.min_speedup is None and profile.budget_latency_ms is None)
+    if opts.lut is not None and select_by == "macs" and flops_budget:
+        where = "" if opts.select_by else f" (profile {profile.name} selects by MACs)"
+        raise OptinError(f"--lut is a latency table: a --flops budget{where} uses it only with --select-by latency; "
+                         f"pass --select-by latency, or drop --lut")
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
     if len(given) > 1:
         raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
@@ -616,7 +621,10 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
             target_ms = budget["latency_ms"]
             measure = make_measure_fn(target, inputs_t)
             step(f"selecting for {target_ms} ms on {profile.name} (up to {opts.latency_rounds} measured rounds)")
-        ls = select_for_latency(model, (scores.heads, scores.neurons), target, lut, target_ms, measure, opts.latency_rounds, progress=step)
+        advice = ("lower --speedup" if "speedup" in budget else "raise --latency-ms" if opts.latency_ms is not None
+                  else f"raise budget.latency_ms in profile {profile.name}, or pass --latency-ms")
+        ls = select_for_latency(model, (scores.heads, scores.neurons), target, lut, target_ms, measure, opts.latency_rounds, progress=step,
+                                advice=advice)
         latency_info = ls.to_dict()
         latency_info.pop("plan", None)
         if "speedup" in budget:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,13 @@ def note_published(path) -> None:
     """An output (a bundle, an export, a pruned model) is in place, complete: a stop after this point
     does not undo it, and the CLI's stop line says so."""
     _state.published.append(str(path))
+
+
+def forget_published_under(folder) -> None:
+    """Outputs published inside ``folder`` (a pruned model written into a build's staging folder) are no one's
+    output once that folder is removed or renamed: only what is left in place is reported."""
+    root = os.path.join(os.path.abspath(str(folder)), "")
+    _state.published = [p for p in _state.published if not os.path.abspath(p).startswith(root)]
 
 
 def published() -> list[str]:

@@ -91,11 +91,13 @@ def select_for_latency(
     low: float = 0.9,
     lam: float = 10.0,
     progress: Callable[[str], None] | None = None,
+    advice: str = "raise --latency-ms",
 ) -> LatencySelection:
     """Prune ``model`` so that its latency measured by ``measure_fn`` is at most ``target_ms``.
 
     ``scores``: :class:`~optin_deploy.core.scoring.RawScores` (combined with ``lam``), a
     ``(head_scores, neuron_scores)`` pair of per-layer tensors, or ``{"heads": ..., "neurons": ...}``.
+    ``advice``: what the refusals tell the user to change (the flag the budget came from).
     ``lut``: a latency table path, :class:`~optin_deploy.lut.LatencyTable` or a ms
     :class:`~optin_deploy.core.costs.CostModel`. ``target`` (resolved once by the caller) gives the alignment multiples.
     ``measure_fn(pruned_model) -> ms`` measures on the target runtime (see
@@ -126,7 +128,7 @@ def select_for_latency(
     if target_ms <= floor:
         raise OptinError(
             f"target {target_ms:g} ms is below what pruning can reach on this table ({floor:.3g} ms with every head and "
-            f"neuron removed); raise --latency-ms"
+            f"neuron removed); {advice}"
         )
     if costs.dense() <= target_ms:  # the table says the dense model fits: measure it to be sure, then stop
         dense_ms = float(measure_fn(model))
@@ -153,7 +155,7 @@ def select_for_latency(
         try:
             sel = select(hs, ns, costs, budget, **kw)
         except ValueError:
-            raise OptinError(f"no plan fits a budget of {budget:.3g} ms on this latency table; raise --latency-ms") from None
+            raise OptinError(f"no plan fits a budget of {budget:.3g} ms on this latency table; {advice}") from None
         if tuple(map(list, sel.plan.counts())) == tuple(dense_counts):
             rounds.append({"round": r, "budget_ms": budget, "dense": True, "stopped": "the selection is the dense model"})
             log(f"round {r}: budget {budget:.3f} ms selects the dense model: stop")

@@ -6,9 +6,9 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
 
     name = "x86-cpu-ort"
     description = "..."
-    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | torch-cpu | torch-cuda | openvino-cpu | torch-aoti-cpu
+    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | openvino-cpu | torch-aoti-cpu
     device = "cpu"                   # cpu | gpu | jetson
-    precision = "int8"               # fp32 | int8 (onnxruntime CPU) | fp16 | bf16
+    precision = "int8"               # fp32 | int8 (onnxruntime CPU) | bf16 (OpenVINO CPU) | fp16 | bf16 (GPUs)
     quantization = "dynamic"         # int8 only: dynamic | static (calibration batch) | auto (both, the faster that passes)
     int8_max_drop = 1.0              # int8 only, optional: points of accuracy int8 may lose against the fp32 graph of the
                                      # same model (validation split); beyond it nodes are left in fp32, last first
@@ -49,6 +49,7 @@ Other commands (``prune``, ``sweep``, ``lut``) take the first candidate.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -72,8 +73,6 @@ RUNTIMES = {
     "onnxruntime-cuda": "ort-cuda",
     "onnxruntime-tensorrt": "ort-tensorrt",
     "tensorrt": "tensorrt",
-    "torch-cpu": "torch-cpu",
-    "torch-cuda": "torch-cuda",
     "openvino-cpu": "openvino-cpu",  # precision bf16: openvino-cpu-bf16 (see Profile.runtime_name)
     "torch-aoti-cpu": "torch-aoti-cpu",  # a PyTorch AOTInductor package (model.pt2), fp32
 }
@@ -241,7 +240,7 @@ def _check_table(table: dict, schema: dict, where: str, src: str) -> None:
                 raise OptinError(f"{where}{key} = {value!r} in profile {src} is not supported; {hint}choose one of {', '.join(allowed)}")
         elif isinstance(allowed, tuple):
             lo, hi = allowed
-            bad = (value <= lo if typ is float else value < lo) or value > hi
+            bad = (value <= lo if typ is float else value < lo) or value > hi or (typ is float and not math.isfinite(value))
             if bad:
                 rng = f"in ({lo:g}, {hi:g}]" if typ is float else f"in {lo}..{hi}"
                 raise OptinError(f"{where}{key} = {value!r} in profile {src} is out of range; it must be {rng}")
@@ -283,6 +282,9 @@ def parse_profile(data: dict, src: str = "<dict>", _stack: tuple[str, ...] = ())
     """Validate a parsed TOML table and build the :class:`Profile`."""
     if "choose_from" in data:
         return _parse_choice(data, src, _stack)
+    if data.get("runtime") in ("torch-cpu", "torch-cuda"):  # bench --runtime names, not deployment targets
+        raise OptinError(f"runtime = {data['runtime']!r} in profile {src} is not a deployment target (a build ships an exported "
+                         f"artefact); use torch-aoti-cpu for a PyTorch package on a CPU, or an onnxruntime / OpenVINO / TensorRT runtime")
     _check_table(data, _TOP, "", src)
     shapes = data.get("shapes", {})
     budget = data.get("budget", {})
@@ -301,6 +303,12 @@ def parse_profile(data: dict, src: str = "<dict>", _stack: tuple[str, ...] = ())
                 raise OptinError(f"{key} in profile {src} applies to precision int8 only (this profile is {data['precision']}); remove it")
     if "int8_max_drop" in data and not (0.0 <= float(data["int8_max_drop"]) <= 100.0):
         raise OptinError(f"int8_max_drop = {data['int8_max_drop']!r} in profile {src} is out of range; it must be in 0..100 (accuracy points)")
+    if runtime in ("onnxruntime-cuda", "onnxruntime-tensorrt") and data["precision"] != "fp32":
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime {runtime}: a build exports and times the "
+                         f"ONNX graph in fp32 there; use precision = \"fp32\", or runtime = \"tensorrt\" for fp16 / bf16 engines")
+    if runtime == "onnxruntime-cpu" and data["precision"] not in ("fp32", "int8"):
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime onnxruntime-cpu, which runs the exported graph "
+                         f"in fp32 or int8; use fp32 or int8 (bf16 on a CPU: runtime = \"openvino-cpu\")")
     if runtime == "openvino-cpu" and data["precision"] not in ("fp32", "bf16"):
         raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime openvino-cpu; use fp32 or bf16 (OpenVINO's inference precision)")
     if runtime == "torch-aoti-cpu" and data["precision"] != "fp32":
@@ -347,6 +355,8 @@ def load_profile(name_or_path: str | os.PathLike | Profile, _stack: tuple[str, .
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise OptinError(f"profile {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise OptinError(f"profile {path} is not UTF-8 text (TOML files are UTF-8); save it as UTF-8") from None
     except OSError as exc:
         raise OptinError(f"cannot read profile {path}: {exc.strerror or exc}") from None
     return parse_profile(data, str(path), _stack)

@@ -139,23 +139,6 @@ def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[
     raise OptinError(f"{flag} {out} is an existing file; pass a new folder, or --force to replace it")
 
 
-def check_out_file(out: str | os.PathLike, *, force: bool = False, ours=None, flag: str = "--out") -> Path:
-    """Like :func:`check_out` for a single output file: a new path, a file ``ours(path)`` recognises
-    as written by optin-deploy, or (with ``force``) any other file; never a folder."""
-    o = _resolve(out)
-    if o.is_dir():
-        raise OptinError(f"{flag} {out} is a folder; pass a file name (e.g. {Path(out) / 'lut.json'})")
-    if not o.exists() or force:
-        return o
-    try:
-        mine = bool(ours and ours(o))
-    except Exception:  # noqa: BLE001 - unreadable or not ours
-        mine = False
-    if mine:
-        return o
-    raise OptinError(f"{flag} {out} is an existing file that optin-deploy did not write; pass a new file name, or --force to replace it")
-
-
 # ------------------------------------------------------------------ --json PATH
 # What ``--json PATH`` writes carries one top-level key, ``JSON_MARK_KEY: JSON_MARK`` (when the result is a
 # dict, which every command's result is), so that the next run may replace the file without ``--force``. A
@@ -305,8 +288,33 @@ def replace_atomically(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
 
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT)
+
+
+def storage_error_in(exc: BaseException, what: str) -> OptinError | None:
+    """The one-line storage error for an exception that is, or wraps (a library re-raising it with its own type, as
+    torch.onnx.export does), a full disk or a refused write; None for any other failure."""
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return os_error(e, what)
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    m = re.search(r"\[Errno (\d+)\]", str(exc))
+    if m and int(m.group(1)) in STORAGE_ERRNOS:
+        return os_error(OSError(int(m.group(1)), os.strerror(int(m.group(1)))), what)
+    return None
+
+
+def published_name(path: str | os.PathLike) -> str:
+    """``path`` with staging folders (``.NAME.tmp-PID-xxxx``, :func:`make_staging`) read as the ``NAME`` they are
+    published as: what the user asked for, not a folder that is gone by the time they read the message."""
+    return re.sub(r"(^|/)\.([^/]+)\.tmp-\d+-[A-Za-z0-9_]+(?=/|$)", r"\1\2", str(path))
+
+
 def os_error(exc: OSError, what: str) -> OptinError:
     """A one-line error for an OSError while writing ``what``."""
+    what = published_name(what)
     if exc.errno == errno.ENOSPC:
         return StorageError(f"no space left on the device while writing {what}; nothing was written; free some space or pass another --out")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -328,14 +336,17 @@ def staged_output(out: str | os.PathLike, *, kind: str, force: bool = False, pro
             write_marker(staging, kind)
             publish_modes(staging)
             replace_atomically(staging, o)
+            interrupts.forget_published_under(staging)  # outputs written inside it are now part of this one
             interrupts.note_published(o)
     except OSError as exc:
         with interrupts.deferred():
             shutil.rmtree(staging, ignore_errors=True)
+            interrupts.forget_published_under(staging)
         raise os_error(exc, str(o)) from None
     except BaseException:
         with interrupts.deferred():  # a second Ctrl-C must not leave half a staging folder
             shutil.rmtree(staging, ignore_errors=True)
+            interrupts.forget_published_under(staging)
         raise
 
 

@@ -228,8 +228,11 @@ def test_select_for_latency_rejects_unreachable_target():
     from optin_deploy.latency_budget import select_for_latency
 
     model = make_tiny_bert()
-    with pytest.raises(OptinError, match="below what pruning can reach"):
+    with pytest.raises(OptinError, match="below what pruning can reach.*; raise --latency-ms$"):
         select_for_latency(model, scores(model), None, synthetic_table(), 0.5, lambda m: 1.0)
+    # a relative budget is told to change the flag it came from (it was told to raise a --latency-ms it never passed)
+    with pytest.raises(OptinError, match="below what pruning can reach.*; lower --speedup$"):
+        select_for_latency(model, scores(model), None, synthetic_table(), 0.5, lambda m: 1.0, advice="lower --speedup")
 
 
 def test_gpu_profile_without_provider_errors_clearly():

@@ -87,6 +87,17 @@ def test_load_by_path_and_budget(tmp_path):
         ("seq_len = 64", "seq_len = 512", "seq_len = 512 .* outside"),
         ('name = "t"', "", "lacks the required key name"),
         ("neuron_multiple = 8", "neuron_multiple = 8\n[x]\na = 1", "unknown key 'x'"),
+        # session 13: NaN passed every range check (a build then shipped the dense model as pruned, exit 0)
+        ("latency_ms = 12.5", "flops = nan", "budget.flops = nan .* out of range"),
+        ("latency_ms = 12.5", "latency_ms = nan", "budget.latency_ms = nan .* out of range"),
+        ("latency_ms = 12.5", "latency_ms = inf", "budget.latency_ms = inf .* out of range"),
+        # precisions the runtime would not run in (the build shipped fp32 and reported bf16)
+        ('precision = "fp32"', 'precision = "bf16"', "precision bf16 .* not for runtime onnxruntime-cpu.*openvino-cpu"),
+        ('precision = "fp32"', 'precision = "fp16"', "precision fp16 .* not for runtime onnxruntime-cpu"),
+        ('runtime = "onnxruntime-cpu"\ndevice = "cpu"\nprecision = "fp32"', 'runtime = "onnxruntime-cuda"\ndevice = "gpu"\nprecision = "fp16"',
+         "precision fp16 .* not for runtime onnxruntime-cuda.*runtime = \"tensorrt\""),
+        # bench's PyTorch runtimes are no deployment target (the build failed after scoring, on its own staging file)
+        ('runtime = "onnxruntime-cpu"', 'runtime = "torch-cpu"', "runtime = 'torch-cpu' .* not a deployment target.*torch-aoti-cpu"),
     ],
 )
 def test_validation_errors_are_one_line(tmp_path, old, new, message):
@@ -104,6 +115,17 @@ def test_missing_file_unknown_name_and_bad_toml(tmp_path):
         load_profile("x86-cpu-or")
     with pytest.raises(OptinError, match="not valid TOML"):
         load_profile(write(tmp_path, "name = [", "bad.toml"))
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(GOOD.replace('name = "t"', 'name = "t"\ndescription = "Caf\u00e9"').encode("latin-1"))
+    with pytest.raises(OptinError, match="is not UTF-8 text .* save it as UTF-8"):
+        load_profile(latin1)
+
+
+def test_a_chooser_with_a_nan_tolerance_is_refused_on_load(tmp_path):
+    """equal_accuracy_points = nan passed the range check and the build crashed after timing every candidate."""
+    path = write(tmp_path, 'name = "c"\nchoose_from = ["x86-cpu-ort", "x86-cpu-ort-fp32"]\nequal_accuracy_points = nan\n')
+    with pytest.raises(OptinError, match="equal_accuracy_points = nan .* out of range"):
+        load_profile(path)
 
 
 def test_selection_kwargs():

@@ -45,6 +45,7 @@ from typing import Iterator, Mapping
 import torch
 
 from ..errors import OptinError
+from ..safe_out import storage_error_in
 from .base import (
     TORCH_DTYPES,
     Exporter,
@@ -244,6 +245,9 @@ class OnnxExporter(Exporter):
             except OptinError:
                 raise
             except Exception as exc:
+                storage = storage_error_in(exc, str(out_path))
+                if storage is not None:  # a full disk or a write refused is the file system's failure (exit 5), not the model's
+                    raise storage from None
                 raise OptinError(
                     f"ONNX export failed at torch.onnx.export for {type(model).__name__}: {_first_line(exc)}"
                 ) from None

@@ -275,22 +275,40 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
     for spec in models:
         p = Path(str(spec)).expanduser().resolve()
         roots.add(next((q for q in [p, *p.parents][:4] if (q / "manifest.json").is_file() and is_ours(q)), None))
-    profile = None
+    profile, measured = None, {}
     if len(roots) == 1 and None not in roots:
+        root = roots.pop()
         try:
-            profile = json.loads((roots.pop() / "manifest.json").read_text()).get("profile")
+            profile = json.loads((root / "manifest.json").read_text()).get("profile")
         except (OSError, ValueError):
             profile = None
+        measured = _measured_shape(root)
     if not isinstance(profile, dict) or (batch is not None and seq_len is not None and threads is not None):
         return (8 if batch is None else batch, 128 if seq_len is None else seq_len, threads, None)
-    def pick(given, key, default):  # a value given is kept as it is (bench_artifacts refuses a bad one); the profile's if sane
-        if given is not None:
+    def pick(given, key, default):  # a value given is kept as it is (bench_artifacts refuses a bad one); else what the build
+        if given is not None:       # measured at (a model with fewer positions than the profile's length), else the profile's
             return given
-        v = profile.get(key)
+        v = measured.get(key, profile.get(key))
         return int(v) if isinstance(v, int) and v > 0 else default
 
     return (pick(batch, "batch_size", 8), pick(seq_len, "seq_len", 128), pick(threads, "threads", None),
             f"the bundle's profile {profile.get('name', '?')}")
+
+
+def _measured_shape(root: Path) -> dict:
+    """The batch and sequence length the build's benchmark ran at (report.json ``bench.inputs``): the profile's,
+    or less where the model has fewer positions than the profile's length."""
+    try:
+        inputs = json.loads((root / "report.json").read_text())["bench"]["inputs"]
+        shape = inputs.get("input_ids") or next(iter(inputs.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
+        return {}
+    if not (isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape)):
+        return {}
+    out = {"batch_size": shape[0]}
+    if "input_ids" in inputs and len(shape) == 2:
+        out["seq_len"] = shape[1]
+    return out
 
 
 def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:

@@ -147,7 +147,7 @@ class OrtRuntime(Runtime):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[self.graph_optimization]
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # fatal only: its errors come back as exceptions, which the caller words in one line
         if not self.spinning:  # idle intra-op threads sleep instead of spinning (several sessions in one process)
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.flush_denormals:
