@@ -155,19 +155,26 @@ def check_select_by(select_by: str | None) -> None:
         raise OptinError(f"--select-by must be macs or latency, got {select_by!r}")
 
 
+def select_by_of(opts: BuildOptions, profile) -> str:
+    """What a --flops fraction weighs units by: --select-by, else the profile's ``budget.select_by``, else MACs."""
+    return opts.select_by or getattr(profile, "budget_select_by", None) or "macs"
+
+
 def _budget(opts: BuildOptions, target: Target) -> dict:
     """The budget the options (or the profile's default) ask for: ``{"flops": F}``, ``{"latency_ms": X}``,
     ``{"speedup": S}`` or ``{"search": objective}``; checked before any work. The report records it
     with the sequence length its MACs / latencies are counted at (``budget.seq_len``)."""
-    profile = target.profile
     check_select_by(opts.select_by)
-    select_by = opts.select_by or getattr(profile, "budget_select_by", None) or "macs"
-    flops_budget = opts.flops is not None or (opts.latency_ms is None and opts.speedup is None and opts.max_accuracy_drop is None
-                                              and opts.min_speedup is None and profile.budget_latency_ms is None)
-    if opts.lut is not None and select_by == "macs" and flops_budget:
-        where = "" if opts.select_by else f" (profile {profile.name} selects by MACs)"
+    budget = _asked_budget(opts, target.profile)
+    if opts.lut is not None and "flops" in budget and select_by_of(opts, target.profile) == "macs":
+        where = "" if opts.select_by else f" (profile {target.profile.name} selects by MACs)"
         raise OptinError(f"--lut is a latency table: a --flops budget{where} uses it only with --select-by latency; "
                          f"pass --select-by latency, or drop --lut")
+    return budget
+
+
+def _asked_budget(opts: BuildOptions, profile) -> dict:
+    """The budget the options ask for, else the profile's default (see :func:`_budget`)."""
     given = [n for n, v in (("--flops", opts.flops), ("--latency-ms", opts.latency_ms), ("--speedup", opts.speedup)) if v is not None]
     if len(given) > 1:
         raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
@@ -321,7 +328,7 @@ class BuildContext:
 
     @property
     def select_by(self) -> str:
-        return self.opts.select_by or getattr(self.profile, "budget_select_by", "macs") or "macs"
+        return select_by_of(self.opts, self.profile)
 
     def selection_costs(self):
         """The cost model a fraction budget is taken of: the dense MACs at the benchmark length, or (``select_by =

@@ -685,23 +685,12 @@ def measure_lut(model: nn.Module, target: Target | str, *, mlp_step: int | None 
     )
 
 
-def _is_lut_file(path: Path) -> bool:
-    import json
-
-    try:
-        return json.loads(path.read_text()).get("format") == LUT_FORMAT
-    except Exception:  # noqa: BLE001 - unreadable, not JSON, not an object: not ours
-        return False
-
-
 def write_lut(profile: Target | str, model_spec: str, out: str | os.PathLike, *, mlp_step: int | None = None, rounds: int = 7,
               iters: int = 5, force: bool = False, progress: Callable[[str], None] | None = None) -> tuple[LatencyTable, Path]:
     """``optin-deploy lut``: measure the latency table of the dense model ``model_spec`` (a zoo name, a
     folder, a hub name or timm:NAME) for ``profile`` on this machine and write it to ``out`` (replacing
     only a table this tool wrote unless ``force``). Bad input fails before the model is loaded."""
-    import json
-
-    from .safe_out import check_json_out
+    from .safe_out import check_json_out, lut_is_ours
 
     target = resolve_target(profile)
     if rounds < 1 or iters < 1:
@@ -710,7 +699,7 @@ def write_lut(profile: Target | str, model_spec: str, out: str | os.PathLike, *,
         raise OptinError(f"--mlp-step must be at least 1, got {mlp_step}")
     profile_file = profile if isinstance(profile, (str, os.PathLike)) and str(profile).endswith(".toml") else None
     # like --json: a new file, a table this tool wrote, or (--force) another file; never the command's inputs, even with --force
-    out = check_json_out(out, force=force, protect=[model_spec, profile_file], flag="--out", ours=_is_lut_file)
+    out = check_json_out(out, force=force, protect=[model_spec, profile_file], flag="--out", ours=lut_is_ours)
     ort_runtime_for(target)  # a missing provider fails before the model is loaded
     table = measure_lut(_load_dense(model_spec), target, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model_spec,
                         progress=progress)

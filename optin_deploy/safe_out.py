@@ -149,18 +149,30 @@ JSON_MARK = "optin-deploy --json"
 _LUT_FORMAT = "optin-deploy-lut"  # optin_deploy.lut.LUT_FORMAT (not imported: it pulls in torch; a test checks they agree)
 
 
-def json_is_ours(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a JSON file a previous ``--json`` (or ``lut``) wrote: a JSON object holding
-    ``JSON_MARK_KEY: JSON_MARK``, or a latency table (``format: optin-deploy-lut``)."""
+def _json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``, or None when it is unreadable or not a JSON object."""
     try:
         with open(path, "rb") as f:
             head = f.read(1)
             if head.strip() not in (b"{", b""):  # cheap: not a JSON object
-                return False
+                return None
             obj = json.loads(head + f.read())
     except (OSError, ValueError):
-        return False
-    return isinstance(obj, dict) and (obj.get(JSON_MARK_KEY) == JSON_MARK or obj.get("format") == _LUT_FORMAT)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def json_is_ours(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a JSON file a previous ``--json`` (or ``lut``) wrote: a JSON object holding
+    ``JSON_MARK_KEY: JSON_MARK``, or a latency table (``format: optin-deploy-lut``)."""
+    obj = _json_object(path)
+    return obj is not None and (obj.get(JSON_MARK_KEY) == JSON_MARK or obj.get("format") == _LUT_FORMAT)
+
+
+def lut_is_ours(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a latency table optin-deploy wrote (what ``lut --out`` may replace without ``--force``)."""
+    obj = _json_object(path)
+    return obj is not None and obj.get("format") == _LUT_FORMAT
 
 
 def mark_json(result):

@@ -324,7 +324,7 @@ def reconstruct(teacher: nn.Module, student: nn.Module, inputs: dict[str, torch.
                 B = T[out_key] + _unscaled(drift, scale)
                 Wn, before, after, bb = _fit_weights(X, B, Wb, damp, scale)
                 # relative to the same energy as the weights fit's (the target without the bias), so the rows compare
-                bb_w = float((_scaled((B - bias).double(), None if scale is None else scale.double()) ** 2).sum()) or 1e-30
+                bb_w = float((_scaled((B - bias).double(), scale) ** 2).sum()) or 1e-30
                 row["error_before"], row["error_after"] = before * bb / bb_w, after * bb / bb_w
                 new_weight, new_bias = Wn[:, :-1].to(lin.weight.dtype), (Wn[:, -1] * c).to(lin.bias.dtype)
             else:

@@ -185,6 +185,9 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     return None
 
 
+EXPORTED_SUFFIXES = (".onnx", ".engine", ".ep")  # artefacts resolve_artifact runs as files (a .pt2 only inside its bundle)
+
+
 def default_runtime_for(artifact: str | os.PathLike) -> str:
     suffix = Path(artifact).suffix
     return {".onnx": "ort-cpu", ".engine": "tensorrt", ".ep": "torch-tensorrt", ".pt2": "torch-aoti-cpu"}.get(suffix, "torch-cpu")
@@ -227,7 +230,7 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     if p.suffix == ".pt2":  # runs native code when loaded: only inside the bundle that recorded its sha256
         raise OptinError(f"{spec}: pass the bundle folder holding it (its export.json records the package's sha256); "
                          f"torch-aoti-cpu loads only AOTInductor packages optin-deploy exported")
-    if p.suffix in (".onnx", ".engine", ".ep"):
+    if p.suffix in EXPORTED_SUFFIXES:
         if not p.is_file():
             raise OptinError(f"{spec} does not exist; pass an exported artifact or a bundle folder (optin-deploy export / build)")
         if runtime in ("torch-cpu", "torch-cuda"):
@@ -241,15 +244,17 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     return name, str(spec), None
 
 
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pth", "*.pt", "*.ckpt", "*.safetensors.index.json")
-
-
 def _refuse_exports_only_folder(p: Path) -> None:
     """A folder holding exported graphs (an optimum export, or a folder with a model.onnx dropped in) but no PyTorch
     weights and no pruned-model structure: name the files to pass, instead of failing on the missing weights."""
-    if not p.is_dir() or (p / "optin_structure.json").exists() or any(any(p.glob(g)) for g in WEIGHT_FILES):
+    from ..models import CHECKPOINT_SUFFIXES, WEIGHT_FILES
+
+    if not p.is_dir() or (p / "optin_structure.json").exists():
         return
-    exported = sorted(f.name for f in p.iterdir() if f.suffix in (".onnx", ".engine", ".ep") and f.is_file())
+    files = [f for f in p.iterdir() if f.is_file()]
+    if any(f.suffix in CHECKPOINT_SUFFIXES or f.name in WEIGHT_FILES for f in files):
+        return
+    exported = sorted(f.name for f in files if f.suffix in EXPORTED_SUFFIXES)
     if exported:
         shown = ", ".join(exported[:3]) + (f" and {len(exported) - 3} more" if len(exported) > 3 else "")
         raise OptinError(f"{p} holds exported models ({shown}) but no PyTorch weights; pass the file itself "
