@@ -27,7 +27,7 @@ from .errors import MissingRuntimeError, OptinError
 
 CPU_RUNTIMES = ("ort-cpu", "openvino-cpu", "openvino-cpu-bf16", "torch-aoti-cpu")
 #: the bundle formats a runtime runs (ONNX files, or an AOTInductor package)
-RUNTIME_FORMAT = {"torch-aoti-cpu": "aoti"}
+RUNTIME_FORMAT = {"torch-aoti-cpu": "aoti", "torch-aoti-cuda": "aoti"}
 
 
 def installed_cpu_runtimes() -> list[str]:

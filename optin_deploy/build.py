@@ -35,6 +35,7 @@ from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError, short_reason
 from .progress import console, step
 from .pruning import Scores
+from .runtimes.base import AOTI_RUNTIMES
 from .safe_out import check_out, staged_output, write_json
 from .target import Target, resolve_target
 
@@ -131,6 +132,10 @@ def check_target_available(target: Target) -> None:
 
         require_cuda(f"profile {profile.name!r}")
         import_tensorrt() if name == "tensorrt" else import_torch_tensorrt()
+    elif name in AOTI_RUNTIMES:
+        from .exporters.aoti import check_compiler
+
+        check_compiler()  # the package is compiled with the host's C++ compiler
     get_runtime(name, threads=profile.threads)
 
 
@@ -390,7 +395,7 @@ class BuildContext:
     @property
     def fmt(self) -> str:
         name = self.target.runtime_name
-        return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
+        return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name in AOTI_RUNTIMES else "onnx"
 
     def example(self) -> dict:
         return {k: torch.from_numpy(v) for k, v in self.bench_np.items()}
@@ -422,7 +427,7 @@ class BuildContext:
 
     @property
     def precision(self) -> str:
-        """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's)."""
+        """What the deliverable runs in: the profile's precision (ONNX: fp32 or int8; fp16/bf16 are TensorRT's and CUDA AOTInductor packages')."""
         p = self.target.precision
         return p if self.fmt != "onnx" or p == "int8" else "fp32"
 
@@ -447,7 +452,7 @@ class BuildContext:
         return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
                              profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
                              source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib,
-                             parity=parity)
+                             parity=parity, device="cuda" if self.target.runtime_name == "torch-aoti-cuda" else "cpu")
 
     @property
     def can_defer_parity(self) -> bool:

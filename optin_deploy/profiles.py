@@ -6,7 +6,7 @@ the alignment multiples kept heads / neurons are rounded to, and an optional def
 
     name = "x86-cpu-ort"
     description = "..."
-    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | openvino-cpu | torch-aoti-cpu
+    runtime = "onnxruntime-cpu"      # onnxruntime-cpu | onnxruntime-cuda | onnxruntime-tensorrt | tensorrt | openvino-cpu | torch-aoti-cpu | torch-aoti-cuda
     device = "cpu"                   # cpu | gpu | jetson
     precision = "int8"               # fp32 | int8 (onnxruntime CPU) | bf16 (OpenVINO CPU) | fp16 | bf16 (GPUs)
     quantization = "dynamic"         # int8 only: dynamic | static (calibration batch) | auto (both, the faster that passes)
@@ -75,6 +75,7 @@ RUNTIMES = {
     "tensorrt": "tensorrt",
     "openvino-cpu": "openvino-cpu",  # precision bf16: openvino-cpu-bf16 (see Profile.runtime_name)
     "torch-aoti-cpu": "torch-aoti-cpu",  # a PyTorch AOTInductor package (model.pt2), fp32
+    "torch-aoti-cuda": "torch-aoti-cuda",  # the same compiled for a CUDA GPU: fp32, fp16 or bf16
 }
 DEVICES = ("cpu", "gpu", "jetson")
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -284,7 +285,7 @@ def parse_profile(data: dict, src: str = "<dict>", _stack: tuple[str, ...] = ())
         return _parse_choice(data, src, _stack)
     if data.get("runtime") in ("torch-cpu", "torch-cuda"):  # bench --runtime names, not deployment targets
         raise OptinError(f"runtime = {data['runtime']!r} in profile {src} is not a deployment target (a build ships an exported "
-                         f"artefact); use torch-aoti-cpu for a PyTorch package on a CPU, or an onnxruntime / OpenVINO / TensorRT runtime")
+                         f"artefact); use torch-aoti-cpu / torch-aoti-cuda for a PyTorch package on a CPU / GPU, or an onnxruntime / OpenVINO / TensorRT runtime")
     _check_table(data, _TOP, "", src)
     shapes = data.get("shapes", {})
     budget = data.get("budget", {})
@@ -312,7 +313,10 @@ def parse_profile(data: dict, src: str = "<dict>", _stack: tuple[str, ...] = ())
     if runtime == "openvino-cpu" and data["precision"] not in ("fp32", "bf16"):
         raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime openvino-cpu; use fp32 or bf16 (OpenVINO's inference precision)")
     if runtime == "torch-aoti-cpu" and data["precision"] != "fp32":
-        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime torch-aoti-cpu; AOTInductor packages are fp32 here")
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime torch-aoti-cpu; AOTInductor packages are fp32 on a CPU "
+                         f"here (fp16 / bf16: runtime = \"torch-aoti-cuda\")")
+    if runtime == "torch-aoti-cuda" and data["precision"] not in ("fp32", "fp16", "bf16"):
+        raise OptinError(f"precision {data['precision']} in profile {src} is not for runtime torch-aoti-cuda; use fp32, fp16 or bf16")
     if not RUNTIMES[runtime].endswith("cpu") and device == "cpu":
         raise OptinError(f"runtime {runtime} in profile {src} needs a GPU but device = \"cpu\"; set device = \"gpu\" or \"jetson\"")
     bs = data["batch_size"]

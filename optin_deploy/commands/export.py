@@ -11,9 +11,10 @@ import typer
 def export_cmd(
     model_dir: str = typer.Argument(..., help="A pruned-model folder, a transformers folder, a hub name or timm:NAME."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (model.onnx / model.engine / model.pt2, parity.json, export.json)."),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt, or aoti (PyTorch AOTInductor package model.pt2 for the CPU, run with --runtime torch-aoti-cpu; compiling needs g++ and takes minutes)."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt, or aoti (PyTorch AOTInductor package model.pt2 for the CPU or, with --device cuda, a CUDA GPU; run with --runtime torch-aoti-cpu / torch-aoti-cuda; compiling needs g++ and takes minutes)."),
+    device: str = typer.Option("cpu", "--device", help="Only with --format aoti: cpu (fp32) or cuda (fp32, fp16 or bf16), the device the package is compiled for."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Only with --format tensorrt: tensorrt (engine from ONNX, the default) or torch-tensorrt."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT only; bf16 needs an Ampere+ GPU)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT, or --format aoti --device cuda; bf16 needs an Ampere+ GPU)."),
     batch: int = typer.Option(8, "--batch", help="Optimal (opt) batch size; also the example batch."),
     seq_len: int = typer.Option(128, "--seq-len", help="Optimal (opt) sequence length for text models."),
     min_batch: int = typer.Option(1, "--min-batch"),
@@ -38,7 +39,7 @@ def export_cmd(
     m = export_model_dir(
         model_dir, out, fmt=fmt, backend=backend, precision=precision, batch=batch, seq_len=seq_len,
         min_batch=min_batch, max_batch=max_batch, min_seq_len=min_seq_len, max_seq_len=max_seq_len,
-        optimize=optimize, opset=opset, data=data, workspace_gb=workspace_gb, timing_cache=timing_cache, force=force,
+        optimize=optimize, opset=opset, data=data, workspace_gb=workspace_gb, timing_cache=timing_cache, force=force, device=device,
     )
     for name, par in m["parity"].items():
         if par:

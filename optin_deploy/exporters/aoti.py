@@ -17,10 +17,16 @@ the package is recorded in the bundle's ``export.json`` at export time and check
 archive may hold nothing but AOTInductor's own files (no pickled weights or exported programs, which
 ``aoti_load_package`` would otherwise deserialise). Compiling needs a C++ compiler (``g++``); loading does not.
 The package is tied to the torch version (and CPU instruction set) it was compiled with; both are recorded.
+
+``device="cuda"`` compiles for the CUDA GPU of this host (``torch-aoti-cuda``; Triton kernels in the package): the
+model is traced on the GPU in the package's precision (fp32, or the weights and activations cast to fp16 / bf16,
+what a GPU deployment runs in). Parity is then gated like TensorRT's fp16 / bf16 engines (>= 99 % argmax agreement
+with the fp32 PyTorch model; the difference is recorded). A CPU package is fp32.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import time
@@ -34,6 +40,21 @@ from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_inp
 from ..data.assets import sha256_file
 from ..runtimes.aoti import quiet
 from .parity import check_parity, parity_inputs
+
+#: the precisions a package can be compiled in, per device
+PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_device_precision(device: str, precision: str) -> None:
+    """A one-line :class:`OptinError` for a device / precision an AOTInductor package is not compiled for here."""
+    if device not in PRECISIONS:
+        raise OptinError(f"AOTInductor packages are compiled for device cpu or cuda, not {device!r}")
+    if precision not in PRECISIONS[device]:
+        hint = ("use --format onnx --precision int8 for int8" if precision == "int8"
+                else "fp16 / bf16 packages are compiled for a GPU: --device cuda")
+        raise OptinError(f"AOTInductor packages for device {device} are {' / '.join(PRECISIONS[device])} here, not {precision}; {hint}")
+
 
 COMPILER_HINT = "install a C++ compiler (apt-get install g++; or set CXX) or export to ONNX (--format onnx)"
 
@@ -60,6 +81,40 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
+#: what the child process of :func:`probe_load` runs (a module constant so that tests can make it crash)
+PROBE_CODE = "import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])"
+
+
+def probe_load(path: Path, timeout: float = 600.0) -> None:
+    """Load the package once in a child process: a loader that crashes the process (seen here: torch 2.11.0+cu130 on an
+    H200 host, signal 11 in ``aoti_load_package`` for every CUDA package, a one-layer Linear too) ends the child with a
+    one-line :class:`OptinError`, instead of the build with a half-written output folder."""
+    import signal
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE_CODE, str(path)], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise OptinError(f"loading the AOTInductor package {path.name} took over {timeout:.0f} s in a test process; re-export it, "
+                         f"or use an ONNX / TensorRT profile") from None
+    if proc.returncode == 0:
+        return
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        raise OptinError(f"torch {torch.__version__} crashed ({sig}) loading the AOTInductor package it had just compiled "
+                         f"({path.name}); this torch cannot run such packages on this host: use an ONNX / TensorRT "
+                         f"profile, or another torch version")
+    last = next((ln for ln in reversed(proc.stderr.strip().splitlines()) if ln.strip()), f"exit status {proc.returncode}")
+    raise OptinError(f"torch {torch.__version__} cannot load the AOTInductor package it compiled ({last[:300]}); re-export it here")
+
+
+def _on(inputs: Mapping[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
 def _shape_key(inputs: Mapping[str, torch.Tensor]) -> tuple:
     return tuple(tuple(v.shape) for v in inputs.values())
 
@@ -83,13 +138,17 @@ class AotiExporter(Exporter):
         threads: int | None = None,
         dynamic: bool = True,
         inductor_configs: Mapping[str, object] | None = None,
+        device: str = "cpu",
     ) -> ExportResult:
         """Export ``model`` to an AOTInductor package at ``out_path`` (``.pt2``), parity-checked; nothing is left
         behind on failure."""
         from .onnx import example_for_trace, staging_dir
 
-        if precision != "fp32":
-            raise OptinError(f"AOTInductor packages are fp32 here (got --precision {precision}); use --format onnx for int8")
+        check_device_precision(device, precision)
+        if device == "cuda":
+            from ..runtimes.base import require_cuda
+
+            require_cuda("an AOTInductor package for CUDA (--device cuda)")
         out_path = Path(out_path)
         if out_path.suffix != ".pt2":
             raise OptinError(f"an AOTInductor package is a .pt2 file, got {out_path.name}")
@@ -99,7 +158,12 @@ class AotiExporter(Exporter):
         self.check_seq_len(model, text, profile)
         model = model.eval()
         prepare_for_export(model)
-        reference = LogitsModel(model, names).eval()
+        reference = LogitsModel(model, names).eval()  # fp32 on the CPU: what parity compares against
+        dtype = DTYPES[precision]
+        if device == "cpu" and dtype is None:
+            traced = reference
+        else:  # a copy on the device in the package's precision; the caller's model is left as it is
+            traced = LogitsModel(copy.deepcopy(model).to(device=device, dtype=dtype), names).eval()
 
         meta: dict = {
             "format": "aoti",
@@ -110,6 +174,8 @@ class AotiExporter(Exporter):
             "output_names": [output_name_for(model)],
             "input_dtypes": {n: str(t.dtype).replace("torch.", "") for n, t in inputs.items()},
             "precision": precision,
+            "device": device,
+            "runtime": f"torch-aoti-{device}",
             "profile": profile.to_dict(),
             "inductor_configs": dict(inductor_configs or {}),
             "loads_native_code": "the package holds a compiled shared library that runs when loaded; the runtime loads only "
@@ -123,7 +189,7 @@ class AotiExporter(Exporter):
             dyn = tuple({0: batch, 1: seq} if is_text_input(n) else {0: batch} for n in names)
             try:
                 with quiet():
-                    ep = torch.export.export(reference, tuple(example_for_trace(inputs).values()), dynamic_shapes=(dyn,))
+                    ep = torch.export.export(traced, tuple(_on(example_for_trace(inputs), device).values()), dynamic_shapes=(dyn,))
                 meta["dynamic"] = True
                 meta["dynamic_shapes"] = {n: ({"0": [1, profile.max_batch], "1": [1, profile.max_seq]} if is_text_input(n)
                                               else {"0": [1, profile.max_batch]}) for n in names}
@@ -132,7 +198,7 @@ class AotiExporter(Exporter):
         if ep is None:
             try:
                 with quiet():
-                    ep = torch.export.export(reference, tuple(inputs.values()))
+                    ep = torch.export.export(traced, tuple(_on(inputs, device).values()))
             except Exception as exc:  # noqa: BLE001
                 raise OptinError(f"AOTInductor export failed at torch.export.export for {type(model).__name__}: {_first_line(exc)}") from None
             meta["dynamic"] = False
@@ -150,20 +216,26 @@ class AotiExporter(Exporter):
             except Exception as exc:  # noqa: BLE001 - inductor / the C++ compiler failed
                 raise OptinError(f"AOTInductor compile failed for {type(model).__name__}: {_first_line(exc)}") from None
             del ep
+            if traced is not reference:
+                del traced
+                if device == "cuda":
+                    torch.cuda.empty_cache()
             if not tmp.is_file():
                 raise OptinError(f"AOTInductor compile wrote no package for {type(model).__name__}")
             meta["compile_seconds"] = round(time.perf_counter() - t1, 2)
             meta["sha256"] = sha256_file(tmp)
             meta["bytes"] = tmp.stat().st_size
+            if device == "cuda":  # before loading it in this process: a crashing loader must not take the build down
+                probe_load(tmp)
             if parity:
                 from ..runtimes.aoti import AotiRuntime
 
-                rt = AotiRuntime(threads=threads).load_package(tmp, meta)
+                rt = AotiRuntime(f"torch-aoti-{device}", threads=threads).load_package(tmp, meta)
                 given = parity_inputs_list or parity_inputs(inputs, task=task, profile=profile)
                 plist = [dict(inputs)]  # the export (benchmark) shape, then shapes the trace never saw
                 if meta["dynamic"]:
                     plist += [p for p in given if _shape_key(p) != _shape_key(inputs)]
-                meta["parity"] = check_parity(reference, rt.run, plist, precision="fp32", what=f"AOTInductor package of {type(model).__name__}")
+                meta["parity"] = check_parity(reference, rt.run, plist, precision=precision, what=f"AOTInductor package of {type(model).__name__}")
                 meta["parity"]["runtime"] = rt.describe()
                 del rt
         meta["path"] = str(out_path)

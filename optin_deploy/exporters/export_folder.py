@@ -87,6 +87,7 @@ def export_to_folder(
     quantization: str = "dynamic",
     calibration: Mapping[str, torch.Tensor] | None = None,
     parity: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
     ``parity=False`` (ONNX without ``optimize`` only): the checks are left to :func:`check_deferred_parity`,
@@ -99,8 +100,13 @@ def export_to_folder(
     """
     if fmt not in FORMATS:
         raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
-    if fmt == "aoti" and precision != "fp32":
-        raise OptinError(f"AOTInductor packages (--format aoti) are fp32 here, not {precision}; use --format onnx --precision int8 for int8")
+    if fmt == "aoti":
+        from .aoti import check_device_precision
+
+        check_device_precision(device, precision)
+    elif device != "cpu":
+        raise OptinError(f"--device {device} is for --format aoti (an AOTInductor package compiled for that device); "
+                         f"{fmt} exports choose their device with the runtime")
     if fmt == "tensorrt" and backend not in ("tensorrt", "torch-tensorrt"):
         raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
     if fmt == "onnx" and precision not in ("fp32", "int8"):
@@ -150,7 +156,7 @@ def export_to_folder(
                 manifest["artifact"] = opt["path"]
     if fmt == "aoti":
         common.pop("opset")  # no ONNX here
-        res = get_exporter("aoti").export(model, inputs, out_dir / "model.pt2", threads=threads, **common)
+        res = get_exporter("aoti").export(model, inputs, out_dir / "model.pt2", threads=threads, precision=precision, device=device, **common)
         manifest["artifacts"]["aoti"] = res.metadata
         manifest["parity"]["model.pt2"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
@@ -169,7 +175,7 @@ def export_to_folder(
             manifest["artifacts"]["torch-tensorrt"] = res.metadata
             manifest["parity"]["model.ep"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
-    manifest["runtime"] = default_runtime_for(manifest["artifact"])
+    manifest["runtime"] = manifest["artifacts"]["aoti"]["runtime"] if fmt == "aoti" else default_runtime_for(manifest["artifact"])
     if not parity:
         manifest["parity_deferred"] = True
     write_export_files(out_dir, manifest)
@@ -272,6 +278,7 @@ def export_model_dir(
     workspace_gb: float = 4.0,
     timing_cache: str | os.PathLike | None = None,
     force: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Load a model folder/spec (with its task when data is given or recorded) and export it into
     ``out`` (a new folder, or one optin-deploy wrote: see :mod:`optin_deploy.safe_out`)."""
@@ -281,13 +288,21 @@ def export_model_dir(
     if fmt not in FORMATS:
         raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
     if fmt == "aoti":
-        if precision != "fp32":
-            raise OptinError(f"AOTInductor packages (--format aoti) are fp32 here, not {precision}; use --format onnx --precision int8 for int8")
+        from .aoti import check_device_precision
+
+        check_device_precision(device, precision)
+        if device == "cuda":
+            from ..runtimes.base import require_cuda
+
+            require_cuda("an AOTInductor package for CUDA (--device cuda)")
         if optimize or opset is not None:
             raise OptinError("--optimize and --opset are for ONNX exports, not --format aoti")
         from .aoti import check_compiler
 
         check_compiler()  # before loading the model
+    elif device != "cpu":
+        raise OptinError(f"--device {device} is for --format aoti (an AOTInductor package compiled for that device); "
+                         f"{fmt} exports choose their device with the runtime")
     check_opset(opset)
     for name, v in (("--batch", batch), ("--min-batch", min_batch), ("--max-batch", max_batch), ("--seq-len", seq_len), ("--min-seq-len", min_seq_len)):
         if v < 1:
@@ -321,5 +336,5 @@ def export_model_dir(
     with staged_output(out, kind="export", checked=True) as staging:
         m = export_to_folder(model, example, staging, fmt=fmt, backend=backend, precision=precision, profile=profile,
                           optimize=optimize, task=task, opset=opset, workspace_gb=workspace_gb,
-                          timing_cache=timing_cache, source=source)
+                          timing_cache=timing_cache, source=source, device=device)
     return absolute_paths(_relative(m, staging.resolve()), out)

@@ -1,4 +1,6 @@
-"""``torch-aoti-cpu``: an AOTInductor package (``model.pt2``, :mod:`optin_deploy.exporters.aoti`) on the CPU.
+"""``torch-aoti-cpu`` / ``torch-aoti-cuda``: an AOTInductor package (``model.pt2``, :mod:`optin_deploy.exporters.aoti`)
+on the CPU, or on a CUDA GPU (a package compiled for CUDA, fp32 / fp16 / bf16; inputs are copied to the GPU and the
+logits back, which the timings include, as a server's would).
 
 Loaded with ``torch._inductor.aoti_load_package``: the model's Python code (transformers, the adapters) is
 not needed, only torch. Inputs are passed positionally in the order the bundle records; the package checks
@@ -32,7 +34,7 @@ from .base import Runtime, read_manifest
 
 #: archive members an AOTInductor package of ours holds besides data/aotinductor/<model>/* (generated C++, the compiled .so, metadata)
 _HOUSEKEEPING = re.compile(r"^[^/]+/(archive_format|archive_version|byteorder|version|\.data/version|\.data/serialization_id)$")
-_AOTI_FILE = re.compile(r"^[^/]+/data/aotinductor/model/[^/]+\.(so|cpp|json|o|h|txt|bin)$")
+_AOTI_FILE = re.compile(r"^[^/]+/data/aotinductor/model/([^/]+/)*[^/]+\.(so|cpp|json|o|h|txt|bin|cubin|fatbin|ptx|hsaco)$")
 
 
 def quiet():
@@ -49,7 +51,7 @@ def package_members_error(path: Path) -> str | None:
         return f"{path} is not a readable AOTInductor package ({type(exc).__name__}); re-export it"
     other = [n for n in names if not n.endswith("/") and not (_HOUSEKEEPING.match(n) or _AOTI_FILE.match(n))]
     if other:
-        return f"{path} holds files an AOTInductor package of optin-deploy never holds ({other[0]}{', ...' if len(other) > 1 else ''}); refusing to load it"
+        return f"{path} holds files an AOTInductor package of optin-deploy never holds ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); refusing to load it"
     if not any(n.endswith(".so") for n in names):
         return f"{path} holds no compiled library (data/aotinductor/model/*.so); re-export it"
     return None
@@ -58,7 +60,11 @@ def package_members_error(path: Path) -> str | None:
 class AotiRuntime(Runtime):
     def __init__(self, name: str = "torch-aoti-cpu", threads: int | None = None):
         self.name = name
-        self.device = "cpu"
+        self.device = "cuda" if name == "torch-aoti-cuda" else "cpu"
+        if self.device == "cuda":
+            from .base import require_cuda
+
+            require_cuda(f"runtime {name!r}")
         self.threads = threads
         self.model = None
         self.path: Path | None = None
@@ -86,12 +92,16 @@ class AotiRuntime(Runtime):
             raise OptinError(f"{path}: its bundle records no sha256; re-export it with optin-deploy export --format aoti")
         if sha256_file(path) != meta["sha256"]:
             raise OptinError(f"{path} does not match the sha256 its export.json recorded (changed or replaced since export); re-export the bundle")
+        built_for = meta.get("device", "cpu")
+        if built_for != self.device:
+            raise OptinError(f"{path} was compiled for device {built_for} and {self.name} runs {self.device} packages; run it with "
+                             f"--runtime torch-aoti-{built_for}, or re-export it with --device {self.device}")
         if meta.get("torch_version") != torch.__version__:
             raise OptinError(f"{path} was compiled against torch {meta.get('torch_version')}, this is torch {torch.__version__}; re-export it here")
         err = package_members_error(path)
         if err:
             raise OptinError(err)
-        if self.threads:
+        if self.threads and self.device == "cpu":
             torch.set_num_threads(int(self.threads))
         try:
             with quiet():
@@ -131,6 +141,8 @@ class AotiRuntime(Runtime):
             t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
             dt = getattr(torch, dtypes.get(n, ""), None)
             tensors[n] = (t.to(dt) if isinstance(dt, torch.dtype) else t).contiguous()
+        if self.device == "cuda":
+            tensors = {n: t.to(self.device, non_blocking=True) for n, t in tensors.items()}
         hi = self._max_batch()
         n = next(iter(tensors.values())).shape[0] if tensors else 0
         if hi and n > hi:  # a batch above the exported range runs in chunks of the largest batch the package takes
@@ -139,7 +151,7 @@ class AotiRuntime(Runtime):
         out = self.model(*tensors.values())
         if isinstance(out, (list, tuple)):
             out = out[0]
-        return np.array(out.float().numpy(), copy=True)
+        return np.array(out.float().cpu().numpy(), copy=True)
 
     def _max_batch(self) -> int | None:
         if self.meta.get("dynamic") is False:
@@ -149,8 +161,11 @@ class AotiRuntime(Runtime):
 
     def describe(self) -> dict:
         d = {"runtime": self.name, "backend": "pytorch AOTInductor (aoti_load_package)", "device": self.device,
-             "version": torch.__version__, "threads": torch.get_num_threads()}
+             "version": torch.__version__, "threads": torch.get_num_threads() if self.device == "cpu" else None}
+        if self.device == "cuda":
+            d["gpu"] = torch.cuda.get_device_name()
         if self.path is not None:
             d["artifact"] = str(self.path)
             d["dynamic"] = self.meta.get("dynamic")
+            d["precision"] = self.meta.get("precision", "fp32")
         return d

@@ -8,7 +8,7 @@ runs it on named inputs, returning float32 logits as a NumPy array::
     rt.describe()   # {"runtime": "ort-cpu", "device": "cpu", "provider": ..., "version": ...}
 
 Names: ``torch-cpu``, ``torch-cuda``, ``ort-cpu``, ``ort-cuda``, ``ort-tensorrt``, ``tensorrt``,
-``torch-tensorrt``, ``openvino-cpu`` / ``openvino-cpu-bf16`` (optional ``openvino`` package), ``torch-aoti-cpu``
+``torch-tensorrt``, ``openvino-cpu`` / ``openvino-cpu-bf16`` (optional ``openvino`` package), ``torch-aoti-cpu`` / ``torch-aoti-cuda``
 (an AOTInductor ``model.pt2`` that optin-deploy exported, see :mod:`optin_deploy.runtimes.aoti`). A runtime that cannot run here raises :class:`MissingRuntimeError`; none of them
 silently falls back to another device or provider.
 
@@ -124,7 +124,9 @@ RUNTIMES: dict[str, str] = {
     "openvino-cpu": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
     "openvino-cpu-bf16": "optin_deploy.runtimes.openvino:OpenVinoRuntime",
     "torch-aoti-cpu": "optin_deploy.runtimes.aoti:AotiRuntime",
+    "torch-aoti-cuda": "optin_deploy.runtimes.aoti:AotiRuntime",
 }
+AOTI_RUNTIMES = ("torch-aoti-cpu", "torch-aoti-cuda")  # AOTInductor packages (model.pt2) compiled for the CPU / a CUDA GPU
 
 
 def get_runtime(name: str, *, threads: int | None = None, compile: bool = False, **opts) -> Runtime:
@@ -205,7 +207,7 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
     manifest = read_manifest(p) if p.exists() else None
     if manifest is not None:
         name = runtime or manifest.get("runtime") or default_runtime_for(manifest["artifact"])
-        if name.startswith("torch-") and name not in ("torch-tensorrt", "torch-aoti-cpu"):
+        if name.startswith("torch-") and name not in ("torch-tensorrt", *AOTI_RUNTIMES):
             if not manifest.get("source"):
                 raise OptinError(f"bundle {p} does not record its source model; pass the model folder for {name}")
             return name, manifest["source"], manifest
@@ -229,7 +231,7 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
         return name, Path(manifest["artifact"]), manifest
     if p.suffix == ".pt2":  # runs native code when loaded: only inside the bundle that recorded its sha256
         raise OptinError(f"{spec}: pass the bundle folder holding it (its export.json records the package's sha256); "
-                         f"torch-aoti-cpu loads only AOTInductor packages optin-deploy exported")
+                         f"torch-aoti-cpu / torch-aoti-cuda load only AOTInductor packages optin-deploy exported")
     if p.suffix in EXPORTED_SUFFIXES:
         if not p.is_file():
             raise OptinError(f"{spec} does not exist; pass an exported artifact or a bundle folder (optin-deploy export / build)")
@@ -239,7 +241,7 @@ def resolve_artifact(spec: str | os.PathLike, runtime: str | None = None) -> tup
         return runtime or default_runtime_for(p), p, None
     _refuse_exports_only_folder(p)
     name = runtime or "torch-cpu"
-    if not name.startswith("torch-") or name in ("torch-tensorrt", "torch-aoti-cpu"):
+    if not name.startswith("torch-") or name in ("torch-tensorrt", *AOTI_RUNTIMES):
         raise OptinError(f"{spec} is a model, not an exported artifact; export it first (optin-deploy export) to run it on {name}")
     return name, str(spec), None
 
@@ -267,7 +269,7 @@ BUNDLE_FORMATS = ("onnx", "tensorrt", "aoti")  # what ``build`` (and ``export --
 def _fmt_of_runtime(name: str | None) -> str | None:
     if not name:
         return None
-    return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name == "torch-aoti-cpu" else "onnx"
+    return "tensorrt" if name in ("tensorrt", "torch-tensorrt") else "aoti" if name in AOTI_RUNTIMES else "onnx"
 
 
 def bench_settings(models, batch: int | None, seq_len: int | None, threads: int | None) -> tuple[int, int, int | None, str | None]:
@@ -319,7 +321,7 @@ def _measured_shape(root: Path) -> dict:
 def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
     """``eval`` / ``bench`` with one build folder (``optin-deploy build --out B``, or its ``B/onnx``): its
     dense and pruned exports, ``B/FMT/dense`` and ``B/FMT/pruned``. FMT: the one ``--runtime`` reads
-    (tensorrt, aoti for torch-aoti-cpu, else onnx) when the bundle has it, else the build's own (its
+    (tensorrt, aoti for torch-aoti-cpu / -cuda, else onnx) when the bundle has it, else the build's own (its
     report.json's runtime), else the first of onnx, tensorrt, aoti present. Anything else is returned as given."""
     if len(models) != 1:
         return list(models)

@@ -1,4 +1,5 @@
-"""PyTorch eager runtime (CPU, or CUDA when present), optionally through ``torch.compile``."""
+"""PyTorch eager runtime (CPU, or CUDA when present), optionally through ``torch.compile``; on CUDA in fp32, fp16 or
+bf16 (``precision``: the model's weights and activations cast, what a GPU deployment without an export runs in)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from .base import Runtime, load_torch_model, require_cuda
 
 
 class TorchRuntime(Runtime):
-    def __init__(self, name: str = "torch-cpu", threads: int | None = None, compile: bool = False):
+    def __init__(self, name: str = "torch-cpu", threads: int | None = None, compile: bool = False, precision: str = "fp32"):
         self.name = name
         self.device = "cuda" if name == "torch-cuda" else "cpu"
         self.threads = threads
         self.compile = compile
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes or (precision != "fp32" and self.device != "cuda"):
+            raise OptinError(f"runtime {name} runs in {'fp32, fp16 or bf16' if self.device == 'cuda' else 'fp32'}, not {precision}")
+        self.precision, self.dtype = precision, dtypes[precision]
         self.model = None
         self.input_names: list[str] | None = None
         if self.device == "cuda":
@@ -34,7 +39,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(int(self.threads))
         model = artifact if isinstance(artifact, LogitsModel) else LogitsModel(artifact, input_names_for(artifact))
         self.input_names = model.input_names
-        model = model.eval().to(self.device)
+        model = model.eval().to(self.device, self.dtype)
         self.model = torch.compile(model, dynamic=True) if self.compile else model
         return self
 
@@ -52,6 +57,7 @@ class TorchRuntime(Runtime):
             "device": self.device,
             "version": torch.__version__,
             "threads": torch.get_num_threads() if self.device == "cpu" else None,
+            "precision": self.precision,
         }
         if self.device == "cuda":
             d["gpu"] = torch.cuda.get_device_name()
