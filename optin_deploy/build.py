@@ -476,8 +476,9 @@ class BuildContext:
         return get_runtime(export.get("run_on") or self.runtime_name(export), threads=self.target.threads), export["artifact"]
 
 
-def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) -> BuildContext:
-    """Load the task and the dense model, draw the calibration batch, score (cached when possible)."""
+def load_context(opts: BuildOptions, target: Target, scorer: str | None = None, need_labels: str | None = None) -> BuildContext:
+    """Load the task and the dense model, draw the calibration batch, score (cached when possible). ``need_labels``: the
+    command (``sweep``) that measures validation accuracy, so that an embedding model is refused before scoring."""
     from .core.scoring import ScoreSettings
     from .pruning import compute_scores
     from .zoo import load_task
@@ -489,6 +490,9 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None) 
         task.data.require_labels(opts.eval_split)  # evaluation needs labels: fail now, not after the pipeline ran
     model = task.model.eval()
     embedding = task.data.task_type == "embedding"
+    if embedding and need_labels:
+        raise OptinError(f"{need_labels} measures validation accuracy, which a sentence-embedding model has none of; build it at "
+                         f"fixed budgets instead (build --flops F --min-cosine C) and compare their cosine to dense")
     _check_task_options(opts, embedding)
     if embedding:
         step(f"sentence-embedding model: {model.pooling.describe()}; output sentence_embedding")

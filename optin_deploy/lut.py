@@ -488,6 +488,14 @@ def check_compatible(table: LatencyTable, model: nn.Module | None = None, target
         from .adapters import get_adapter
 
         a = get_adapter(model)
+        fam = table.model.get("family")
+        if fam is not None and fam != a.family:
+            problems.append(f"latency table was measured for a {fam} model, used with a {a.family} model (another graph: its "
+                            f"latencies do not describe this one); measure one with optin-deploy lut --model for this model")
+        if (table.shapes.get("image_size") is not None) != (a.modality == "image"):  # another graph altogether: refused
+            raise OptinError(f"latency table was measured on {'text' if table.shapes.get('image_size') is None else 'images'} and "
+                             f"this model takes {'images' if a.modality == 'image' else 'text'}; measure one for it with "
+                             f"optin-deploy lut --model MODEL --profile P --out FILE")
         if a.num_layers != table.num_layers:
             raise OptinError(f"latency table is for a {table.num_layers}-layer model, this model has {a.num_layers} layers")
         if a.heads_per_layer() != list(table.model["heads"]) or a.neurons_per_layer() != list(table.model["neurons"]):

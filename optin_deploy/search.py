@@ -839,6 +839,12 @@ def sweep(ctx, out: Path, budgets: Sequence[float], scorers: Sequence[str], sett
 
     settings.check()
     t0 = time.perf_counter()
+    from .pruning import check_keeps_something
+
+    costs = ctx.selection_costs()  # a budget that keeps no unit is refused before any candidate, as build / prune do
+    for b in budgets:
+        check_keeps_something(costs, ctx.fraction_budget(float(b)), f"--budgets {b}", ctx.sel_kwargs.get("head_multiple", 1),
+                              ctx.sel_kwargs.get("neuron_multiple", 1))
     lab = CandidateLab(ctx, out / ".sweep", settings)
     try:
         for scorer in scorers:
@@ -867,8 +873,14 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     for s in scorers:
         if s not in SCORERS:
             raise OptinError(f"unknown --scorer {s!r}; choose from {', '.join(SCORERS)} (comma-separated for several)")
+    if not scorers:
+        raise OptinError("--scorer is empty; pass one or more of " + ", ".join(SCORERS) + " (comma-separated)")
     if not budgets:
         raise OptinError("--budgets is empty; pass fractions of the dense model's cost such as 0.5,0.6,0.7")
+    for flag, items in (("--scorer", list(scorers)), ("--budgets", [float(b) for b in budgets])):
+        twice = sorted({x for x in items if items.count(x) > 1}, key=str)
+        if twice:
+            raise OptinError(f"{flag} lists {', '.join(map(str, twice))} more than once; each is measured once, so list it once")
     from .pruning import check_seed
 
     check_seed(opts.seed)
@@ -883,7 +895,7 @@ def run_sweep(opts, budgets: Sequence[float], scorers: Sequence[str]) -> tuple[F
     out = check_out(out, force=legacy or bool(getattr(opts, "force", False)), protect=[opts.model, opts.data, opts.lut])
     with staged_output(out, kind="sweep", checked=True, log=step) as staging:
         check_target_available(target)
-        ctx = load_context(opts, target, scorer=scorers[0])
+        ctx = load_context(opts, target, scorer=scorers[0], need_labels="sweep")
         ctx.opts.scorer = scorers[0]
         fr = sweep(ctx, staging, budgets, scorers, settings)
     return fr, out

@@ -16,7 +16,7 @@ def export_cmd(
     backend: Optional[str] = typer.Option(None, "--backend", help="Only with --format tensorrt: tensorrt (engine from ONNX, the default) or torch-tensorrt."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or bf16 (fp16/bf16: TensorRT, or --format aoti --device cuda; bf16 needs an Ampere+ GPU)."),
     batch: int = typer.Option(8, "--batch", help="Optimal (opt) batch size; also the example batch."),
-    seq_len: int = typer.Option(128, "--seq-len", help="Optimal (opt) sequence length for text models."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Optimal (opt) sequence length for text models. Default: 128, at most --max-seq-len."),
     min_batch: int = typer.Option(1, "--min-batch"),
     max_batch: int = typer.Option(64, "--max-batch"),
     min_seq_len: int = typer.Option(1, "--min-seq-len"),

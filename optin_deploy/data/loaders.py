@@ -281,6 +281,15 @@ def _from_rows(
                                  f"the model as {'an empty string' if odd[0] is None else 'its Python repr'}; give every row a "
                                  f"string (or drop those rows)")
         cols = [[str(v) for v in _column(rows, c)] for c in columns]
+        blank = sum(all(not col[i].strip() for col in cols) for i in range(len(rows)))
+        if blank and blank == len(rows):  # nothing to read: every input would be [CLS] [SEP]
+            raise OptinError(f"{where}: all {len(rows)} rows have an empty text in {', '.join(map(repr, columns))}; "
+                             f"is the text column right? (--text-column)")
+        if blank:  # a few empty texts are inputs like any other (an empty review), but say so
+            from ..progress import warn
+
+            warn(f"{where}: {blank} of {len(rows)} rows have an empty text in {', '.join(map(repr, columns))}; they are fed "
+                 f"to the model as empty strings (drop them from the data if they should not count)")
         return cols[0] if len(cols) == 1 else list(zip(*cols))
 
     # a classifier's class names are matched to the model's own labels later, so a class may be missing from training
@@ -438,8 +447,9 @@ def images_to_tensor(images: list, image_size, image_mean, image_std, num_channe
         try:
             img = Image.open(im) if isinstance(im, (str, Path)) else im
             img = _to_8bit(img).convert("L" if num_channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise OptinError(f"cannot read image {im if isinstance(im, (str, Path)) else where} ({exc}); remove or fix it") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            fix = "downscale it or remove it" if isinstance(exc, Image.DecompressionBombError) else "remove or fix it"
+            raise OptinError(f"cannot read image {im if isinstance(im, (str, Path)) else where} ({exc}); {fix}") from None
         a = np.asarray(img, dtype=np.float32) / 255.0
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         out[i] = (a - mean) / std

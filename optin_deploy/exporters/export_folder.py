@@ -267,7 +267,7 @@ def export_model_dir(
     backend: str = "tensorrt",
     precision: str = "fp32",
     batch: int = 8,
-    seq_len: int = 128,
+    seq_len: int | None = None,
     min_batch: int = 1,
     max_batch: int = 64,
     min_seq_len: int = 1,
@@ -305,7 +305,7 @@ def export_model_dir(
                          f"{fmt} exports choose their device with the runtime")
     check_opset(opset)
     for name, v in (("--batch", batch), ("--min-batch", min_batch), ("--max-batch", max_batch), ("--seq-len", seq_len), ("--min-seq-len", min_seq_len)):
-        if v < 1:
+        if v is not None and v < 1:
             raise OptinError(f"{name} must be at least 1, got {v}")
     out = check_out(out, force=force, protect=[model_dir, data, timing_cache])
 
@@ -322,9 +322,14 @@ def export_model_dir(
     from ..adapters import get_adapter
 
     maxpos = get_adapter(model).max_positions()
+    given_max = max_seq_len is not None
     if max_seq_len is None:
         max_seq_len = min(512, maxpos) if maxpos else 512
-    seq_len = min(seq_len, max_seq_len)
+    if seq_len is None:
+        seq_len = min(128, max_seq_len)
+    elif seq_len > max_seq_len:  # the user's optimal length would be exported as another one: refuse, as --max-seq-len is
+        raise OptinError(f"--seq-len {seq_len} exceeds " + (f"--max-seq-len {max_seq_len}" if given_max else
+                         f"the longest input this model's graph takes ({max_seq_len} tokens)") + f"; pass --seq-len {max_seq_len} or less")
     profile = ShapeProfile(min_batch, batch, max_batch, min_seq_len, seq_len, max_seq_len)
     if task is not None:
         example = task.example_inputs(batch, seq_len if task.modality == "text" else None)
