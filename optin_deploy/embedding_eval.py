@@ -96,12 +96,17 @@ def evaluate_embeddings(
     if not labels:
         raise OptinError("nothing to evaluate")
     baseline = baseline or labels[0]
-    texts = list(getattr(task.data, split).inputs)
+    given = list(getattr(task.data, split).inputs)
+    texts = list(dict.fromkeys(given))  # a repeated text is its own tied nearest neighbour: recall would measure tie-breaking
     if len(texts) < k + 1:
-        raise OptinError(f"the {split} split of {task.data.name!r} has {len(texts)} texts; recall@{k} needs at least {k + 1}")
+        raise OptinError(f"the {split} split of {task.data.name!r} has {len(texts)} distinct texts"
+                         + (f" ({len(given)} with repeats)" if len(given) != len(texts) else "")
+                         + f"; recall@{k} needs at least {k + 1}: give more varied texts")
     pairs = getattr(task.data, "pairs", {}).get(split)
     out: dict[str, Any] = {"task": task.name, "data": task.data.name, "split": split, "task_type": "embedding", "baseline": baseline,
                            "corpus_size": len(texts), "k": k, "max_length": task.max_length, "models": {}}
+    if len(given) != len(texts):
+        out["repeated_texts_dropped"] = len(given) - len(texts)
     if len(texts) < MIN_CORPUS:
         out["note"] = f"the corpus has {len(texts)} texts, fewer than {MIN_CORPUS}: recall@{k} is less telling"
     embs = {}

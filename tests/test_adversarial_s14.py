@@ -109,3 +109,31 @@ def test_sweep_on_an_embedding_model_is_refused_before_scoring(st_folder, tmp_pa
     proc = run_cli("sweep", "--model", str(st_folder), "--data", str(texts), "--budgets", "0.5", "--out", tmp_path / "s", check=False)
     _one_line_refusal(proc, "sentence-embedding model", "--min-cosine")
     assert "scoring" not in proc.stderr and not (tmp_path / "s").exists()
+
+
+def test_an_empty_class_folder_is_named(tmp_path, capsys):
+    from optin_deploy.data import load_data
+
+    root = _image_tree(tmp_path / "imgs", classes=("a", "c"), n=12)
+    (root / "b").mkdir()
+    (root / "b" / "notes.txt").write_text("no images here")
+    d = load_data(root, image_size=8)
+    assert d.label_names == ["a", "c"]
+    assert "class folder b holds no images" in capsys.readouterr().err
+
+
+def test_repeated_texts_do_not_count_as_neighbours(st_folder, tmp_path):
+    """recall@10 over a corpus of repeated texts measured tie-breaking: repeats are dropped, and too few distinct texts refused."""
+    from optin_deploy.embedding_eval import evaluate_embeddings
+    from optin_deploy.runtimes import get_runtime
+    from optin_deploy.zoo import load_task
+
+    same = _write(tmp_path / "same.csv", [("the same sentence every time",) for _ in range(150)], header=("text",))
+    task = load_task(str(st_folder), str(same), progress=False)
+    with pytest.raises(OptinError, match="1 distinct texts \\(15 with repeats\\).*more varied"):
+        evaluate_embeddings(task, {"dense": (get_runtime("torch-cpu"), task.model)})
+    mixed = _write(tmp_path / "mixed.csv", [(f"text number {i % 50}",) for i in range(300)], header=("text",))
+    task = load_task(str(st_folder), str(mixed), progress=False)
+    ev = evaluate_embeddings(task, {"dense": (get_runtime("torch-cpu"), task.model), "again": (get_runtime("torch-cpu"), task.model)})
+    assert ev["corpus_size"] == len(set(task.data.test.inputs)) and ev.get("repeated_texts_dropped", 0) > 0
+    assert ev["models"]["again"]["recall_at_10"] == pytest.approx(1.0)

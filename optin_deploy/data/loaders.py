@@ -459,12 +459,20 @@ def images_to_tensor(images: list, image_size, image_mean, image_std, num_channe
 def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, image_std, num_channels, seed) -> TaskData:
     per_split: dict[str, tuple[list[Path], list[str]]] = {}
     for split, root in roots.items():
-        files, labels = [], []
+        files, labels, empty = [], [], []
         for cls in sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            n = len(files)
             for f in sorted(cls.rglob("*")):
                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not _hidden(f, cls):
                     files.append(f)
                     labels.append(cls.name)
+            if len(files) == n:
+                empty.append(cls.name)
+        if files and empty:  # a class without images is no class of this data: say so, a model's class count may then differ
+            from ..progress import warn
+
+            warn(f"{root}: class folder{'s' if len(empty) > 1 else ''} {', '.join(empty[:5])} hold{'' if len(empty) > 1 else 's'} no images "
+                 f"({', '.join(sorted(IMAGE_SUFFIXES))}) and {'are' if len(empty) > 1 else 'is'} left out")
         if not files:
             raise OptinError(f"{root} has no images in class sub-folders ({', '.join(sorted(IMAGE_SUFFIXES))}); put each class's images in its own sub-folder")
         per_split[split] = (files, labels)
