@@ -193,6 +193,7 @@ def benchmark(
 
     results: dict[str, dict] = {l: {} for l in labels}
     times: dict[str, list[float]] = {l: [] for l in labels}
+    round_of: dict[str, list[int]] = {l: [] for l in labels}  # the round each timed run belongs to (blocks, round-robin)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=True) as bar:
         # load + warm-up, one model at a time, with its own memory probe
@@ -259,6 +260,7 @@ def benchmark(
                         t0 = time.perf_counter()
                         rt.run(feeds[l])
                         times[l].append(time.perf_counter() - t0)
+                        round_of[l].append(rounds)
                     per_model[l] += n
                     if iters is not None:
                         bar.advance(t_run, n / len(labels))
@@ -270,6 +272,7 @@ def benchmark(
                     t0 = time.perf_counter()
                     rt.run(feeds[l])
                     times[l].append(time.perf_counter() - t0)
+                    round_of[l].append(rounds)
                 rounds += 1
                 bar.advance(t_run)
         else:
@@ -296,6 +299,9 @@ def benchmark(
     base = results[baseline]
     for l in labels:
         results[l]["speedup_p50"] = base["p50_ms"] / results[l]["p50_ms"]
+        spread = _ratio_spread(times[baseline], round_of[baseline], times[l], round_of[l]) if l != baseline else None
+        if spread is not None:
+            results[l]["speedup_iqr"] = spread
         results[l]["latency_ratio_p50"] = results[l]["p50_ms"] / base["p50_ms"]
         results[l]["throughput_ratio"] = results[l]["throughput_samples_per_s"] / base["throughput_samples_per_s"]
     return {
@@ -316,6 +322,23 @@ def benchmark(
     }
 
 
+def _ratio_spread(base: list[float], base_rounds: list[int], other: list[float], other_rounds: list[int]) -> list[float] | None:
+    """The run-to-run noise of a speed-up: the 25th and 75th percentiles of the per-round ratios (baseline median /
+    model median within each interleaved round). None with fewer than 5 rounds shared, or without rounds (sequential)."""
+    def medians(ts, rs):
+        by: dict[int, list[float]] = {}
+        for t, r in zip(ts, rs):
+            by.setdefault(r, []).append(t)
+        return {r: float(np.median(v)) for r, v in by.items()}
+
+    b, o = medians(base, base_rounds), medians(other, other_rounds)
+    shared = sorted(set(b) & set(o))
+    if len(shared) < 5:
+        return None
+    ratios = np.array([b[r] / o[r] for r in shared if o[r] > 0])
+    return [round(float(np.percentile(ratios, 25)), 4), round(float(np.percentile(ratios, 75)), 4)]
+
+
 def print_bench_table(result: dict, console=None, title: str | None = None) -> None:
     """A rich table of :func:`benchmark`'s result."""
     from rich.console import Console
@@ -326,7 +349,7 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
     console = console or Console()
     how = {"blocks": f"blocks of {result.get('block')} runs per model, interleaved", "interleaved": "round-robin",
            "sequential": "sequential"}.get(result.get("mode") or ("interleaved" if result["interleaved"] else "sequential"))
-    cols = ["model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up"]
+    cols = ["model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up (rounds IQR)"]
     rows = []
     for label, r in result["models"].items():
         rt = r["runtime"]
@@ -335,7 +358,8 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
             str(label), where, str(r["batch_size"]),
             f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
             f"{r['throughput_samples_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}",
-            "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x",
+            "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x"
+            + (f" ({r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f})" if r.get("speedup_iqr") else ""),
         ])
     title = title or f"ms per batch (baseline {result['baseline']}, {how})"
     from rich.measure import Measurement

@@ -829,6 +829,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
                  "metric": metric, "unit": METRIC_UNITS[metric],
                  **({"macro_f1": {"dense": md.get("macro_f1"), "pruned": mp.get("macro_f1")}} if "macro_f1" in md else {})},
         "latency_ms": lat,
+        # run-to-run noise of dense p50 / pruned p50: 25th-75th percentile of the ratio within each interleaved round
+        "speedup_iqr": bench["models"]["pruned"].get("speedup_iqr"),
         "throughput": {"dense": thr["dense"], "pruned": thr["pruned"], "speedup": round(thr["pruned"] / thr["dense"], 3),
                        "unit": "samples/s at p50 latency",
                        "mean_based": {**thr_mean, "speedup": round(thr_mean["pruned"] / thr_mean["dense"], 3)}},

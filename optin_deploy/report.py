@@ -210,7 +210,8 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         f"| encoder MACs (seq {macs['seq_len']}) | {macs['dense']:,} | {macs['pruned']:,} | x{macs['ratio']:.3f} |",
         f"| {metric_label(acc['metric'])} | {acc['dense']:.2f} | {acc['pruned']:.2f} | {-acc['drop']:+.2f} pts |",
         f"| {AGREEMENT_LABELS.get(acc['metric'], 'agreement with dense (%)')} | | {acc['agreement']:.2f} | |",
-        f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster |",
+        f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster"
+        + (f" (rounds IQR {report['speedup_iqr'][0]:.2f}-{report['speedup_iqr'][1]:.2f})" if report.get("speedup_iqr") else "") + " |",
         f"| latency p90 (ms) | {lat['dense']['p90']:.2f} | {lat['pruned']['p90']:.2f} | |",
         f"| latency p99 (ms) | {lat['dense']['p99']:.2f} | {lat['pruned']['p99']:.2f} | |",
         f"| throughput at p50 (samples/s) | {thr['dense']:.1f} | {thr['pruned']:.1f} | x{thr['speedup']:.2f} |",

@@ -121,6 +121,7 @@ class Candidate:
     latency_ms: float = float("nan")  # p50 of the pruned model in its interleaved run
     dense_latency_ms: float = float("nan")  # p50 of the dense model in the same run
     speedup: float = float("nan")  # dense p50 / pruned p50, same run
+    speedup_iqr: list | None = None  # 25th / 75th percentile of the per-round ratios: the run-to-run noise of ``speedup``
     met: bool | None = None  # meets the objective (None in a sweep)
     seconds: float = 0.0  # time spent on this candidate (select, slice, reconstruct, export, evaluate, time)
     verification: dict | None = None  # full-validation re-check
@@ -403,6 +404,10 @@ class Frontier:
         return frontier_markdown(self.to_dict(), plot)
 
 
+def _iqr(iqr) -> str:
+    return f" ({iqr[0]:.2f}-{iqr[1]:.2f})" if iqr else ""
+
+
 def _f(x, fmt: str, empty: str = "") -> str:
     return empty if x is None else format(x, fmt)
 
@@ -420,14 +425,14 @@ def frontier_markdown(fr: dict, plot: str | None = None) -> list[str]:
     lines.append(f"Candidates were evaluated on {where}{sized}: standard error of the dense accuracy on it {v['accuracy_se']:.2f} points, of a candidate's paired drop "
                  f"{_f(v.get('drop_se_median'), '.2f', '?')} points (median). Speed-up: dense p50 over candidate p50, timed interleaved in one run "
                  f"({fr['bench']['rounds']} rounds, batch {fr['bench']['inputs']}, {fr['runtime']}).")
-    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {metric_label(fr['metric'])} | drop (pts) | +- | agreement (%) | speed-up | meets |",
+    lines += ["", f"| # | phase | scorer | budget | MACs | heads | neurons | {metric_label(fr['metric'])} | drop (pts) | +- | agreement (%) | speed-up (rounds IQR) | meets |",
               "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines.append(f"| | dense | | 1 | 1.000 | | | {fr['dense']['accuracy']:.2f} | 0 | | 100 | 1.00x | |")
     for c in sorted(fr["candidates"], key=lambda c: (c["scorer"], c["phase"] == "reference", c["budget"])):
         mark = "**chosen**" if c["id"] == fr.get("chosen") else {True: "yes", False: "no"}.get(c["met"], "")
         lines.append(f"| {c['id']} | {c['phase']} | {c['scorer']} | {c['budget']:.4f} | {_f(c['macs_ratio'], '.3f')} | {c['heads']} | {c['neurons']} | "
                      f"{_f(c['accuracy'], '.2f')} | {_f(c['drop'], '+.2f')} | {_f(c['drop_se'], '.2f')} | {_f(c['agreement'], '.1f')} | "
-                     f"{_f(c['speedup'], '.2f')}x | {mark} |")
+                     f"{_f(c['speedup'], '.2f')}x{_iqr(c.get('speedup_iqr'))} | {mark} |")
     lines.append("")
     if (fr.get("contest") or {}).get("joint"):
         ct = fr["contest"]
@@ -619,16 +624,18 @@ class CandidateLab:
         self.logits_subset[cid] = logits
         sc = self._score(logits, self.subset, self.dense_logits_subset)
         d = p = float("nan")
+        iqr = None
         if timed:
             bench = benchmark({"dense": (self.dense_rt, None), "pruned": (rt, None)}, ctx.bench_np, warmup=st.warmup, iters=st.rounds, min_seconds=st.seconds,
                               baseline="dense", progress=False)
             d, p = bench["models"]["dense"]["p50_ms"], bench["models"]["pruned"]["p50_ms"]
+            iqr = bench["models"]["pruned"].get("speedup_iqr")
         pa = get_adapter(pruned)
         macs = pa.encoder_macs(ctx.seq) / get_adapter(ctx.model).encoder_macs(ctx.seq)  # at the benchmark shape, like the build report
         c = Candidate(id=cid, budget=budget, phase=phase, scorer=scorer, macs_ratio=macs,
                       heads=sum(pa.heads_per_layer()), neurons=sum(pa.neurons_per_layer()), accuracy=sc["accuracy"], dense_accuracy=sc["dense_accuracy"],
                       drop=sc["drop"], drop_se=sc["drop_se"], agreement=sc["agreement"], latency_ms=p, dense_latency_ms=d, speedup=d / p,
-                      seconds=time.perf_counter() - t0)
+                      speedup_iqr=iqr, seconds=time.perf_counter() - t0)
         self.candidates.append(c)
         self.models[cid], self.exports[cid], self.results[cid], self.runtimes[cid] = pruned, exp, res, rt
         return c
@@ -680,6 +687,7 @@ class CandidateLab:
         for c in cands:
             c.latency_ms, c.dense_latency_ms = bench["models"][f"#{c.id}"]["p50_ms"], d
             c.speedup = d / c.latency_ms
+            c.speedup_iqr = bench["models"][f"#{c.id}"].get("speedup_iqr")
         return {"rounds": rounds, "runs_per_model": bench["models"]["dense"]["iters"], "models": len(cands) + 1, "joint": True,
                 "speedups": {str(c.id): round(c.speedup, 4) for c in cands}}
 

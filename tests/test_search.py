@@ -164,7 +164,7 @@ def test_paired_standard_error():
 FRONTIER_KEYS = {"format", "version", "model", "task", "metric", "profile", "runtime", "budget", "objective", "validation", "dense", "bench",
                  "candidates", "chosen", "reachable", "message", "search", "verification", "contest", "reference"}
 CANDIDATE_KEYS = {"id", "budget", "phase", "scorer", "macs_ratio", "heads", "neurons", "accuracy", "dense_accuracy", "drop", "drop_se",
-                  "agreement", "latency_ms", "dense_latency_ms", "speedup", "met", "seconds", "verification"}
+                  "agreement", "latency_ms", "dense_latency_ms", "speedup", "speedup_iqr", "met", "seconds", "verification"}
 
 
 @pytest.fixture(scope="module")
