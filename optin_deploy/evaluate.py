@@ -246,6 +246,7 @@ def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model:
         rt_name, artifact, manifest = resolve_artifact(spec, runtime)
         targets[label] = (get_runtime(rt_name, threads=threads), artifact)
         sources.append((manifest or {}).get("source") or (None if manifest else spec))
+    _check_label_orders(names, sources)
     source = model
     if source is None:  # prefer a source that records its data (a bundle's pruned/ folder does)
         recorded = [s for s in sources if s and any((Path(s) / f).is_file() for f in ("optin_task.json", "zoo_info.json"))]
@@ -261,3 +262,34 @@ def evaluate_artifacts(models: Sequence[str], *, data: str | None = None, model:
         why = f"no column {col!r}; columns are: {', '.join(cols)}" if col and cols else "no label column"
         warn(f"data {task.data.name!r} has no labels ({why}): only the models' agreement is measured, not their accuracy; pass --label-column")
     return evaluate(task, targets, split=split, batch_size=batch_size, baseline=names[0])
+
+
+def _label_order(source) -> list[str] | None:
+    """A model folder's class names in id order (its config's ``id2label``; a pruned folder's recorded config), else None."""
+    import json
+
+    if not source or not Path(source).is_dir():
+        return None
+    for name, key in (("config.json", None), ("optin_structure.json", "config")):
+        f = Path(source) / name
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text())
+                cfg = cfg.get(key) if key else cfg
+                id2label = (cfg or {}).get("id2label") or {}
+                return [str(id2label[k]) for k in sorted(id2label, key=int)] or None
+            except (OSError, ValueError, TypeError, AttributeError):
+                return None
+    return None
+
+
+def _check_label_orders(names, sources) -> None:
+    """One task's labels score every model: two models that number their classes differently would be scored against
+    the wrong ids (a model as accurate as the baseline shown at 0%). Refuse instead."""
+    orders = [(n, _label_order(s)) for n, s in zip(names, sources)]
+    known = [(n, o) for n, o in orders if o]
+    for n, o in known[1:]:
+        if o != known[0][1]:
+            raise OptinError(f"models {known[0][0]!r} and {n!r} number their classes differently ({', '.join(known[0][1][:8])} against "
+                             f"{', '.join(o[:8])}), so one set of labels would score one of them against the wrong class ids; "
+                             f"evaluate them separately")

@@ -56,7 +56,13 @@ def quiet_transformers():
 
 
 def _finish(model: torch.nn.Module) -> torch.nn.Module:
-    return model.float().eval()
+    model = model.float().eval()
+    with torch.no_grad():  # a NaN / inf weight makes every output NaN: scoring, pruning and saving it would go on silently
+        bad = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise OptinError(f"the model's weights are not finite: {bad} holds NaN or inf, so every prediction would be NaN; "
+                         f"pass an intact checkpoint")
+    return model
 
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
@@ -222,6 +228,10 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
                              f"from the file, so optin-deploy does not load them; " + PICKLE_HINT) from None
         if not local and isinstance(exc, OSError):
             raise OptinError(f"model {spec!r}: cannot download it from the Hugging Face hub ({short_reason(exc)}); pass a local path") from None
+        if "ignore_mismatched_sizes" in str(exc):  # the checkpoint reads fine: its tensors' shapes disagree with config.json
+            raise OptinError(
+                f"the weights {_weights_file(Path(where)) if local else spec} do not fit its config.json: a tensor's shape differs from the "
+                f"one the config describes (num_labels / id2label, hidden or intermediate sizes); make config.json match the checkpoint") from None
         raise OptinError(
             f"cannot load the weights {_weights_file(Path(where)) if local else spec} "
             f"({type(exc).__name__}: {short_reason(exc) or 'unreadable'}); the file may be corrupt or truncated"

@@ -275,6 +275,10 @@ def _parse_choice(data: dict, src: str, stack: tuple[str, ...]) -> Profile:
             if getattr(p, key) != getattr(first, key):
                 raise OptinError(f"the candidates of profile {src} must be timed at one shape: {first.name} has {key} = {getattr(first, key)}, "
                                  f"{p.name} has {getattr(p, key)}; list profiles with the same batch_size, seq_len, image_size and threads")
+        default = lambda q: ("latency_ms", q.budget_latency_ms) if q.budget_latency_ms is not None else ("flops", q.budget_flops or 0.6)  # noqa: E731
+        if default(p) != default(first):  # build takes the first's default budget, whichever candidate is chosen
+            raise OptinError(f"the candidates of profile {src} must share one default budget: {first.name} has budget.{default(first)[0]} = "
+                             f"{default(first)[1]:g}, {p.name} has budget.{default(p)[0]} = {default(p)[1]:g}; give them the same [budget]")
     return replace(first, name=data["name"], description=data.get("description", first.description), path=src, choose_from=tuple(cands),
                    equal_accuracy_points=float(data.get("equal_accuracy_points", DEFAULT_EQUAL_ACCURACY_POINTS)))
 

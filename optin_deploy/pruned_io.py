@@ -47,9 +47,15 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
     spec["optin_deploy_version"] = __version__
     if extra:
         spec["extra"] = extra
+    to_save = model
+    dtype = getattr(torch, str((spec.get("config") or {}).get("dtype") or (spec.get("config") or {}).get("torch_dtype") or ""), None)
+    if dtype in (torch.float16, torch.bfloat16) and any(t.dtype != dtype for t in model.parameters() if t.is_floating_point()):
+        import copy  # the model was loaded (and pruned) in fp32: save it in the checkpoint's own precision, as its config says
+
+        to_save = copy.deepcopy(model).to(dtype)
     with staged_output(out_dir, kind="pruned", force=force, protect=protect, checked=checked) as tmp:
         try:
-            save_model(model, str(tmp / WEIGHTS_FILE))
+            save_model(to_save, str(tmp / WEIGHTS_FILE))
         except OSError:
             raise
         except Exception as exc:  # safetensors reports write errors as its own type

@@ -232,6 +232,8 @@ def check_json_out(path: str | None, *, force: bool | None = None, protect: Iter
             raise OptinError(f"{flag} {path} is inside this command's output folder {q}, which is replaced as a whole; "
                              f"pass a file name outside it")
     if not p.parent.is_dir():
+        if p.parent.exists():
+            raise OptinError(f"{flag} {path}: {p.parent} is a file, not a folder; pass a file name inside a folder")
         raise OptinError(f"{flag} {path}: the folder {p.parent} does not exist; create it first or pass another file name")
     if not os.access(p.parent, os.W_OK | os.X_OK):
         raise StorageError(f"{flag} {path}: the folder {p.parent} is not writable; pass another file name")
@@ -279,6 +281,15 @@ def make_staging(out: Path) -> Path:
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the published folder gets the usual mode
         return staging
     except OSError as exc:
+        import errno
+
+        from .errors import StorageError
+
+        above = next((a for a in out.parents if a.exists()), None)
+        if above is not None and not above.is_dir():  # a path through a file: a wrong path, not a failing file system
+            raise OptinError(f"cannot write {out}: {above} is a file, not a folder; pass an --out inside a folder") from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None
         raise OptinError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None
 
 

@@ -765,6 +765,12 @@ def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spe
     index = {}
     for i, n in enumerate(model_names):
         index.setdefault(n.strip().lower(), i)
+    exact = {n.strip(): i for i, n in enumerate(model_names)}
+    for n in td.label_names:  # two model labels one data label could mean ("pos" twice, "Fresh" and "fresh"): never guess
+        same = [m for m in model_names if m.strip().lower() == n.strip().lower()]
+        if len(same) > 1 and (n.strip() not in exact or model_names.count(n.strip()) > 1):
+            raise OptinError(f"data label {n!r} matches {len(same)} of the model {model_spec!r}'s labels ({', '.join(map(repr, same))}), "
+                             f"so its class id is ambiguous; give each class its own name in the model's id2label, or use integer class ids")
     if kind == "folder":  # a folder name cannot hold "/" (nor some other characters): "T-shirt-top" is "T-shirt/top"
         loose: dict[str, int | None] = {}
         for i, n in enumerate(model_names):
@@ -782,7 +788,7 @@ def match_labels(model: torch.nn.Module, td: TaskData, model_spec: str, data_spe
             f"data {data_spec!r} has labels the model {model_spec!r} does not know: {', '.join(map(repr, unknown[:6]))} "
             f"(data labels: {', '.join(td.label_names[:12])}; model labels: {', '.join(model_names[:12])}){hint}"
         )
-    perm = torch.tensor([index[n.strip().lower()] for n in td.label_names], dtype=torch.long)
+    perm = torch.tensor([exact[n.strip()] if n.strip() in exact else index[n.strip().lower()] for n in td.label_names], dtype=torch.long)
     for split in ("train", "validation", "test"):
         sp = getattr(td, split)
         if sp.labels is not None:
