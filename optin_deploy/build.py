@@ -33,12 +33,13 @@ from .core.reconstruct import DEFAULT_DAMP, DEFAULT_FIT
 from .pruning import REFIT_SAMPLES
 from .data.assets import sha256_file
 from .errors import OptinError, QualityGateError, short_reason
-from .progress import console, step
+from .progress import console, step, warn
 from .pruning import Scores
 from .runtimes.base import AOTI_RUNTIMES
 from .safe_out import check_out, staged_output, write_json
 from .target import Target, resolve_target
 
+SMALL_EVAL_SPLIT = 30  # an evaluation split smaller than this gets a warning: its figures move in steps of 100/n points
 REPORT_KEYS = ("model", "task", "profile", "budget", "macs", "metric", "latency_ms", "throughput", "scoring_seconds", "artifacts")
 # The task metric's block is stored under its own name (``report[report["metric"]]``): ``accuracy`` for
 # classification, ``spearman`` for regression, ``cosine_to_dense`` for sentence embeddings; every value in
@@ -746,6 +747,10 @@ def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
         return Validated(ev, headline_metric("embedding"), 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
     ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
     metric = headline_metric(task.data.task_type)
+    n = len(getattr(task.data, opts.eval_split))
+    if n < SMALL_EVAL_SPLIT:  # a handful of samples: one sample moves the figure by 100/n points
+        warn(f"the {opts.eval_split} split has {n} sample{'s' if n != 1 else ''}: one sample moves the {metric} by {100 / n:.0f} points, so "
+             f"the figures below say little; give more data (or a folder with its own {opts.eval_split} file)")
     mp = ev["models"]["pruned"]
     agreement = mp.get("agreement_vs_baseline", mp.get("spearman_vs_baseline"))
     return Validated(ev, metric, 100 * ev["models"]["dense"][metric], 100 * mp[metric], agreement)
@@ -764,6 +769,12 @@ def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
     bench = benchmark(runtimes, ctx.bench_np, warmup=opts.bench_warmup, iters=opts.bench_iters, baseline="dense", block=opts.bench_block,
                       min_seconds=opts.bench_min_seconds)
     print_bench_table(bench, console=console)
+    p = bench["models"]["pruned"]
+    if p["p50_ms"] > bench["models"]["dense"]["p50_ms"]:  # shipped, but not without saying what was measured
+        warn(f"the pruned model measured slower than the dense one here (x{p['speedup_p50']:.2f}"
+             + (f", rounds IQR {p['speedup_iqr'][0]:.2f}-{p['speedup_iqr'][1]:.2f}" if p.get("speedup_iqr") else "")
+             + f"; its p90 is {p['p90_ms'] / p['p50_ms']:.1f}x its p50): another process may have loaded the machine, or this runtime "
+             f"handles the pruned widths badly; time it again with: optin-deploy bench BUNDLE")
     return Benchmarked(bench, batch)
 
 

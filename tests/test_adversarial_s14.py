@@ -137,3 +137,28 @@ def test_repeated_texts_do_not_count_as_neighbours(st_folder, tmp_path):
     ev = evaluate_embeddings(task, {"dense": (get_runtime("torch-cpu"), task.model), "again": (get_runtime("torch-cpu"), task.model)})
     assert ev["corpus_size"] == len(set(task.data.test.inputs)) and ev.get("repeated_texts_dropped", 0) > 0
     assert ev["models"]["again"]["recall_at_10"] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_a_tiny_split_and_a_slower_pruned_model_are_said(tiny_text_task, tmp_path, monkeypatch):
+    """A build still ships, but says when its test split is a handful of samples and when the pruned model measured
+    slower than dense (a loaded machine read x0.08 without a word)."""
+    import optin_deploy.bench as bench
+
+    real = bench.benchmark
+
+    def slow_pruned(*a, **kw):
+        r = real(*a, **kw)
+        if "pruned" in r["models"]:
+            p = r["models"]["pruned"]
+            p["p50_ms"] *= 20
+            p["speedup_p50"] = r["models"][r["baseline"]]["p50_ms"] / p["p50_ms"]
+        return r
+
+    monkeypatch.setattr(bench, "benchmark", slow_pruned)
+    proc = run_cli("build", "--model", str(tiny_text_task / "model"), "--data", str(tiny_text_task / "data.csv"), "--flops", "0.5",
+                   "--profile", "x86-cpu-ort", "--calib-samples", "16", "--bench-iters", "3", "--scoring", "exact", "--no-baselines",
+                   "--out", str(tmp_path / "b"))
+    assert proc.returncode == 0 and (tmp_path / "b" / "report.json").exists()
+    assert "the test split has 20 samples: one sample moves the accuracy by 5 points" in proc.stderr
+    assert "the pruned model measured slower than the dense one here" in proc.stderr
