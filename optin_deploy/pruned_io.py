@@ -119,11 +119,15 @@ def build_from_spec(spec: dict) -> nn.Module:
     kept_heads = (use_idx and spec.get("kept_heads")) or [list(range(h)) for h in spec["heads"]]
     kept_neurons = (use_idx and spec.get("kept_neurons")) or [list(range(f)) for f in spec["neurons"]]
     if [len(k) for k in kept_heads] != list(spec["heads"]) or [len(k) for k in kept_neurons] != list(spec["neurons"]):
-        raise OptinError("structure spec: kept_heads/kept_neurons disagree with heads/neurons; re-run optin-deploy prune")
+        raise OptinError("structure spec: kept_heads/kept_neurons disagree with heads/neurons; " + _REMAKE)
     for layer, (h, f) in enumerate(zip(kept_heads, kept_neurons)):
         adapter.keep_heads(layer, h)
         adapter.keep_neurons(layer, f)
     return model
+
+
+#: what to do about a damaged pruned-model folder: it is written by prune, or by build inside a bundle
+_REMAKE = "make the folder again (optin-deploy prune --out DIR, or for a bundle's pruned/ folder optin-deploy build --out BUNDLE)"
 
 
 def load_pruned(path: str | os.PathLike) -> nn.Module:
@@ -137,10 +141,10 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
     try:
         spec = json.loads(spec_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise OptinError(f"cannot read {spec_file}: {exc}; re-run optin-deploy prune") from None
+        raise OptinError(f"cannot read {spec_file}: {exc}; " + _REMAKE) from None
     model = build_from_spec(spec)
     if not weights.is_file():
-        raise OptinError(f"{weights} is missing; re-run optin-deploy prune")
+        raise OptinError(f"{weights} is missing; " + _REMAKE)
     try:
         load_model(model, str(weights), strict=True)
     except Exception as exc:  # corrupt file, size mismatch
