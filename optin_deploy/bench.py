@@ -462,6 +462,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
     from .runtimes.base import bench_settings, get_runtime, resolve_artifact
 
     seq_given = seq_len is not None
+    check_threads_here(threads)
     batch, seq_len, threads, settings_from = bench_settings(models, batch, seq_len, threads)
     check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads, settle_seconds=settle_seconds)
     names = artifact_labels(models, labels)
@@ -510,6 +511,22 @@ def _warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
         describe = lambda s: ", ".join(f"{n} {'x'.join(map(str, shp))}" for n, shp in s.items())  # noqa: E731
         warn(f"{label} and {base} take different inputs ({describe(b)} against {describe(a)}); "
              f"their time ratio is not a speed-up of one model over the other")
+
+
+def cpus_here() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads_here(threads: int | None) -> None:
+    """A --threads given above the CPUs here makes the models' thread pools fight over the cores: bench --threads 1000
+    on 2 CPUs timed the dense model at 2.6 s a batch and printed a 2988x speed-up. Refused, not timed."""
+    if threads is not None and threads > cpus_here():
+        raise OptinError(f"--threads {threads} is more than the {cpus_here()} CPUs this process may use here: the thread pools "
+                         f"would fight over the cores and the times would measure that; pass --threads {cpus_here()} or less")
 
 
 def check_bench_numbers(*, batch: int, seq_len: int, iters: int, warmup: int, seconds: float | None, threads: int | None,

@@ -185,8 +185,8 @@ def _asked_budget(opts: BuildOptions, profile) -> dict:
     if len(given) > 1:
         raise OptinError(f"pass only one budget: {' or '.join(given)}" if "--speedup" in given else "pass either --flops or --latency-ms, not both")
     if opts.speedup is not None:
-        if not opts.speedup > 1.0:
-            raise OptinError(f"--speedup must be more than 1 (times faster than the dense model), got {opts.speedup}")
+        if not (math.isfinite(opts.speedup) and opts.speedup > 1.0):  # inf failed after measuring, naming --latency-ms
+            raise OptinError(f"--speedup must be more than 1 (times faster than the dense model) and finite, got {opts.speedup}")
         if opts.min_speedup is not None:
             raise OptinError("--min-speedup searches the budget itself: drop --speedup (or drop --min-speedup)")
         return {"speedup": opts.speedup}

@@ -6,6 +6,7 @@ stays free of any runtime or UI.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -61,8 +62,8 @@ class PruneResult:
 def check_reconstruct(fit: str, damp: float) -> None:
     if fit not in FITS:
         raise OptinError(f"unknown --reconstruct-fit {fit!r}; choose from {', '.join(FITS)}")
-    if not damp > 0:
-        raise OptinError(f"--reconstruct-damp must be positive, got {damp}")
+    if not (math.isfinite(damp) and damp > 0):  # inf made every refit weight NaN (0 * inf), written with exit 0
+        raise OptinError(f"--reconstruct-damp must be positive and finite, got {damp}")
 
 
 REFIT_SAMPLES = 0  # training samples the refit fits on (a superset of the scoring batch); 0: the scoring batch (512 measured no better: README)

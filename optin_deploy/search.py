@@ -64,10 +64,10 @@ class Objective:
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
             raise OptinError(f"unknown search objective {self.kind!r}; choose from {', '.join(OBJECTIVES)}")
-        if self.kind == "max_accuracy_drop" and not self.limit >= 0:
-            raise OptinError(f"--max-accuracy-drop must be >= 0 points, got {self.limit}")
-        if self.kind == "min_speedup" and not self.limit > 1:
-            raise OptinError(f"--min-speedup must be above 1 (the dense model runs at 1x), got {self.limit}")
+        if self.kind == "max_accuracy_drop" and not (math.isfinite(self.limit) and self.limit >= 0):
+            raise OptinError(f"--max-accuracy-drop must be >= 0 points (and finite), got {self.limit}")
+        if self.kind == "min_speedup" and not (math.isfinite(self.limit) and self.limit > 1):
+            raise OptinError(f"--min-speedup must be above 1 (the dense model runs at 1x) and finite, got {self.limit}")
 
     def shortfall(self, c: "Candidate") -> float:
         """How far ``c`` misses the limit (<= 0: met). Accuracy: drop - P; speed: latency ratio - 1/S."""
@@ -158,8 +158,8 @@ class SearchSettings:
     def check(self) -> None:
         if not (0 < self.lo < self.hi < 1):
             raise OptinError(f"--search-range must satisfy 0 < low < high < 1, got {self.lo}:{self.hi}")
-        if self.tol <= 0:
-            raise OptinError(f"--search-tol must be positive, got {self.tol}")
+        if not (math.isfinite(self.tol) and 0 < self.tol < 1):
+            raise OptinError(f"--search-tol must be a fraction of the dense MACs in (0, 1) such as 0.02, got {self.tol}")
         if self.max_candidates < 1:
             raise OptinError(f"--search-candidates must be at least 1, got {self.max_candidates}")
         if self.samples != 0 and self.samples < 10:
@@ -396,7 +396,9 @@ class Frontier:
     def write(self, folder: Path, plot_name: str = "frontier.png") -> dict[str, str]:
         """``frontier.json`` and the plot into ``folder``; returns their names."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "frontier.json").write_text(json.dumps(self.to_dict(), indent=1))
+        from .safe_out import write_json
+
+        write_json(folder / "frontier.json", self.to_dict())  # strict JSON, as report.json: a NaN / inf figure becomes null
         plot_frontier(self, folder / plot_name)
         return {"json": "frontier.json", "plot": plot_name}
 
