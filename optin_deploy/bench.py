@@ -473,6 +473,12 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         inputs[label] = bench_inputs(spec, batch, seq_len)
         _check_length(label, inputs[label], seq_len, seq_given)
     _warn_unrelated(inputs)
+    ways = {label: rt.name for label, (rt, _) in targets.items()}
+    if len(set(ways.values())) > 1:  # the ratio then mixes the runtime (and its threads) with the pruning
+        from .progress import warn
+
+        warn("the models run on different runtimes (" + ", ".join(f"{l}: {w}" for l, w in ways.items()) + "): their time ratio "
+             "mixes the runtime with the pruning; pass --runtime to time them the same way")
     result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
                        interleave=interleave, baseline=names[0], mode=mode, block=block, settle_seconds=settle_seconds)
     if settings_from:

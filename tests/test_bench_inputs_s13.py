@@ -102,3 +102,12 @@ def test_models_taking_different_inputs_are_not_compared_silently(exported, tmp_
     assert "take different inputs (pixel_values 2x3x8x8 against input_ids 2x8, attention_mask 2x8)" in err, err
     bench_artifacts([str(dense), str(dense / "model.onnx")], batch=2, seq_len=8, iters=2, warmup=0)  # the same model twice
     assert "different inputs" not in capsys.readouterr().err
+
+
+def test_models_on_different_runtimes_are_named(exported, capsys):
+    """An .onnx file against a PyTorch model folder: the ratio mixes the runtime with the pruning (session 14)."""
+    bench_artifacts([str(exported / "dense"), str(exported / "model")], batch=2, seq_len=8, iters=2, warmup=0)
+    err = capsys.readouterr().err
+    assert "run on different runtimes (dense: ort-cpu, pruned: torch-cpu)" in err, err
+    bench_artifacts([str(exported / "dense"), str(exported / "dense" / "model.onnx")], batch=2, seq_len=8, iters=2, warmup=0)
+    assert "different runtimes" not in capsys.readouterr().err
