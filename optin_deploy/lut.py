@@ -195,12 +195,11 @@ class _BlockOnly(nn.Module):
         return out.float()
 
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def export_block(block: nn.Module, x: torch.Tensor, path: Path, precision: str = "fp32") -> Path:
     """Export one block (hidden states in, hidden states out) with dynamic batch and sequence axes."""
-    dtype = _DTYPES[precision]
+    from .model_io import TORCH_DTYPES
+
+    dtype = TORCH_DTYPES[precision]
     wrapped = _BlockOnly(copy.deepcopy(block).to(dtype).eval(), dtype).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=2, max=1 << 16)

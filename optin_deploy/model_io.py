@@ -10,6 +10,9 @@ import torch
 
 from .errors import OptinError
 
+#: precision name -> the torch dtype a model computes in (LogitsModel's ``compute_dtype``)
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 def is_text_input(name: str) -> bool:
     """Whether an input has a sequence axis (some registered text family says so)."""

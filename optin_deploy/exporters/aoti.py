@@ -36,14 +36,13 @@ from typing import Mapping
 import torch
 
 from ..errors import MissingRuntimeError, OptinError
-from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, output_name_for, prepare_for_export
+from .base import TORCH_DTYPES, Exporter, ExportResult, LogitsModel, ShapeProfile, is_text_input, output_name_for, prepare_for_export
 from ..data.assets import sha256_file
 from ..runtimes.aoti import quiet
 from .parity import check_parity, parity_inputs
 
 #: the precisions a package can be compiled in, per device
 PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
-DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def check_device_precision(device: str, precision: str) -> None:
@@ -159,11 +158,11 @@ class AotiExporter(Exporter):
         model = model.eval()
         prepare_for_export(model)
         reference = LogitsModel(model, names).eval()  # fp32 on the CPU: what parity compares against
-        dtype = DTYPES[precision]
-        if device == "cpu" and dtype is None:
+        if device == "cpu" and precision == "fp32":
             traced = reference
-        else:  # a copy on the device in the package's precision; the caller's model is left as it is
-            traced = LogitsModel(copy.deepcopy(model).to(device=device, dtype=dtype), names).eval()
+        else:  # a copy on the device in the package's precision (float inputs cast inside the graph, logits float32, as the
+            # ONNX exporter's fp16 graphs); the caller's model is left as it is
+            traced = LogitsModel(copy.deepcopy(model), names, compute_dtype=TORCH_DTYPES[precision]).to(device).eval()
 
         meta: dict = {
             "format": "aoti",

@@ -24,10 +24,9 @@ from typing import Iterator, Mapping, Sequence
 import torch
 
 from ..errors import OptinError
-from ..model_io import LogitsModel, input_names_for, is_text, is_text_input, output_name_for  # noqa: F401 (re-exported)
+from ..model_io import TORCH_DTYPES, LogitsModel, input_names_for, is_text, is_text_input, output_name_for  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass

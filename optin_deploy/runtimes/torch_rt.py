@@ -19,10 +19,11 @@ class TorchRuntime(Runtime):
         self.device = "cuda" if name == "torch-cuda" else "cpu"
         self.threads = threads
         self.compile = compile
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-        if precision not in dtypes or (precision != "fp32" and self.device != "cuda"):
+        from ..model_io import TORCH_DTYPES
+
+        if precision not in TORCH_DTYPES or (precision != "fp32" and self.device != "cuda"):
             raise OptinError(f"runtime {name} runs in {'fp32, fp16 or bf16' if self.device == 'cuda' else 'fp32'}, not {precision}")
-        self.precision, self.dtype = precision, dtypes[precision]
+        self.precision = precision
         self.model = None
         self.input_names: list[str] | None = None
         if self.device == "cuda":
@@ -37,9 +38,13 @@ class TorchRuntime(Runtime):
             raise OptinError(f"runtime {self.name} needs a PyTorch model or model folder, got {type(artifact).__name__}")
         if self.threads:
             torch.set_num_threads(int(self.threads))
+        from ..model_io import TORCH_DTYPES
+
         model = artifact if isinstance(artifact, LogitsModel) else LogitsModel(artifact, input_names_for(artifact))
+        if self.precision != "fp32":  # cast the model and its float inputs inside the wrapper; the logits come back float32
+            model = LogitsModel(model.model, model.input_names, compute_dtype=TORCH_DTYPES[self.precision])
         self.input_names = model.input_names
-        model = model.eval().to(self.device, self.dtype)
+        model = model.eval().to(self.device)
         self.model = torch.compile(model, dynamic=True) if self.compile else model
         return self
 
