@@ -53,6 +53,19 @@ def check_device_precision(device: str, precision: str) -> None:
         hint = ("use --format onnx --precision int8 for int8" if precision == "int8"
                 else "fp16 / bf16 packages are compiled for a GPU: --device cuda")
         raise OptinError(f"AOTInductor packages for device {device} are {' / '.join(PRECISIONS[device])} here, not {precision}; {hint}")
+    if device == "cuda":
+        from ..runtimes.base import require_cuda
+
+        require_cuda("an AOTInductor package for CUDA (--device cuda)")
+
+
+def check_export_device(fmt: str, device: str, precision: str) -> None:
+    """``--device``: for ``--format aoti`` the device and precision the package is compiled for; other formats take none."""
+    if fmt == "aoti":
+        check_device_precision(device, precision)
+    elif device != "cpu":
+        raise OptinError(f"--device {device} is for --format aoti (an AOTInductor package compiled for that device); "
+                         f"{fmt} exports choose their device with the runtime")
 
 
 COMPILER_HINT = "install a C++ compiler (apt-get install g++; or set CXX) or export to ONNX (--format onnx)"
@@ -144,10 +157,6 @@ class AotiExporter(Exporter):
         from .onnx import example_for_trace, staging_dir
 
         check_device_precision(device, precision)
-        if device == "cuda":
-            from ..runtimes.base import require_cuda
-
-            require_cuda("an AOTInductor package for CUDA (--device cuda)")
         out_path = Path(out_path)
         if out_path.suffix != ".pt2":
             raise OptinError(f"an AOTInductor package is a .pt2 file, got {out_path.name}")

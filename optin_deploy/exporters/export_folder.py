@@ -100,13 +100,9 @@ def export_to_folder(
     """
     if fmt not in FORMATS:
         raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
-    if fmt == "aoti":
-        from .aoti import check_device_precision
+    from .aoti import check_export_device
 
-        check_device_precision(device, precision)
-    elif device != "cpu":
-        raise OptinError(f"--device {device} is for --format aoti (an AOTInductor package compiled for that device); "
-                         f"{fmt} exports choose their device with the runtime")
+    check_export_device(fmt, device, precision)
     if fmt == "tensorrt" and backend not in ("tensorrt", "torch-tensorrt"):
         raise OptinError(f"unknown --backend {backend!r}; choose tensorrt or torch-tensorrt")
     if fmt == "onnx" and precision not in ("fp32", "int8"):
@@ -287,22 +283,15 @@ def export_model_dir(
 
     if fmt not in FORMATS:
         raise OptinError(f"unknown --format {fmt!r}; choose {', '.join(FORMATS)}")
+    from .aoti import check_export_device
+
+    check_export_device(fmt, device, precision)
     if fmt == "aoti":
-        from .aoti import check_device_precision
-
-        check_device_precision(device, precision)
-        if device == "cuda":
-            from ..runtimes.base import require_cuda
-
-            require_cuda("an AOTInductor package for CUDA (--device cuda)")
         if optimize or opset is not None:
             raise OptinError("--optimize and --opset are for ONNX exports, not --format aoti")
         from .aoti import check_compiler
 
         check_compiler()  # before loading the model
-    elif device != "cpu":
-        raise OptinError(f"--device {device} is for --format aoti (an AOTInductor package compiled for that device); "
-                         f"{fmt} exports choose their device with the runtime")
     check_opset(opset)
     for name, v in (("--batch", batch), ("--min-batch", min_batch), ("--max-batch", max_batch), ("--seq-len", seq_len), ("--min-seq-len", min_seq_len)):
         if v is not None and v < 1:
