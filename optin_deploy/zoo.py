@@ -121,11 +121,9 @@ def zoo_entry(name: str) -> ZooEntry:
 
 def set_threads() -> int:
     """Use every core this process may run on (2 here), at most 16."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    n = max(1, min(16, n))
+    from .bench import cpus_here
+
+    n = max(1, min(16, cpus_here()))
     torch.set_num_threads(n)
     return n
 
@@ -699,9 +697,7 @@ def load_task(
     flags["task_type"] = model_task_type(m)
     pre = preprocessing(m, model)
     if getattr(m, "output_kind", None) == "embedding":
-        from .data.texts import load_texts
-
-        td = load_texts(data, text_column=text_column, seed=seed)
+        td = _embedding_texts(data, flags)
     elif pre["modality"] == "image":
         td = load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                        num_channels=pre["num_channels"], **flags)
@@ -804,13 +800,22 @@ def _load_for(task: Task, data: str, flags: dict) -> TaskData:
 
     pre = preprocessing(task.model, task.model_source)
     if getattr(task.model, "output_kind", None) == "embedding":
-        from .data.texts import load_texts
-
-        return load_texts(data, text_column=flags["text_column"], seed=flags["seed"])
+        return _embedding_texts(data, flags)
     if pre["modality"] == "image":
         return load_data(data, image_size=pre["image_size"], image_mean=pre["image_mean"], image_std=pre["image_std"],
                          num_channels=pre["num_channels"], **flags)
     return load_data(data, **flags)
+
+
+def _embedding_texts(data: str, flags: dict) -> TaskData:
+    """A sentence-embedding model's data: texts only. A label column asked for is said to go unused."""
+    from .data.texts import load_texts
+    from .progress import warn
+
+    if flags.get("label_column") not in (None, "label"):
+        warn(f"--label-column {flags['label_column']!r} is not used: a sentence-embedding model's data are texts only "
+             f"(column {flags['text_column']!r}); its labels, if any, are ignored")
+    return load_texts(data, text_column=flags["text_column"], seed=flags["seed"])
 
 
 def _model_label_names(model: torch.nn.Module, n: int) -> list[str]:

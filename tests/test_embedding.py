@@ -342,3 +342,16 @@ def test_build_embedding_bad_input(st_folder, tmp_path, args, message):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and message in proc.stderr, proc.stderr
     assert not out.exists() and not list(tmp_path.glob(".b.tmp-*"))
+
+
+def test_label_column_for_an_embedding_model_is_said_to_go_unused(st_folder, tmp_path, capsys):
+    """--label-column with a sentence-embedding model used to be dropped silently (its data are texts only)."""
+    from optin_deploy.zoo import load_task
+
+    _pairs_csv(tmp_path / "pairs.csv")
+    task = load_task(str(st_folder), str(tmp_path / "pairs.csv"), text_column="sentence1", label_column="score", progress=False)
+    assert getattr(task.model, "output_kind", None) == "embedding"
+    err = capsys.readouterr().err
+    assert "--label-column 'score' is not used" in err and "texts only" in err
+    load_task(str(st_folder), str(tmp_path / "pairs.csv"), text_column="sentence1", progress=False)  # the default: no warning
+    assert "--label-column" not in capsys.readouterr().err
