@@ -225,6 +225,10 @@ def run_build(opts: BuildOptions) -> dict:
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
     budget = _budget(opts, target)
+    if opts.lut is not None:  # a missing, damaged or edited table is refused before the model loads (it was after scoring)
+        from .lut import read_lut
+
+        read_lut(opts.lut)
     if opts.calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
@@ -518,6 +522,10 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None, 
 
         mc, kw = mac_cost_model(model, seq), target.selection_kwargs
         check_keeps_something(mc, opts.flops * mc.dense(), f"--flops {opts.flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
+    if getattr(opts, "lut", None):  # a table of another layer count or modality, or a target under its floor: before scoring
+        from .latency_budget import check_table_up_front
+
+        check_table_up_front(opts.lut, model, target, opts.latency_ms)
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
     return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len, refit=refit)
 

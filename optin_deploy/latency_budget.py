@@ -79,6 +79,34 @@ def _split_scores(scores: Any, lam: float = 10.0) -> tuple[list[torch.Tensor], l
     return [torch.as_tensor(s) for s in hs], [torch.as_tensor(s) for s in ns]
 
 
+def check_reachable(costs: CostModel, target_ms: float, advice: str = "raise --latency-ms") -> float:
+    """The latency with every head and neuron removed on this table (what pruning cannot go below); a target at or
+    under it is refused in one line."""
+    floor = costs.fixed + sum(costs.attn(l, 0) for l in range(costs.num_layers))
+    if target_ms <= floor:
+        raise OptinError(
+            f"target {target_ms:g} ms is below what pruning can reach on this table ({floor:.3g} ms with every head and "
+            f"neuron removed); {advice}"
+        )
+    return floor
+
+
+def check_table_up_front(lut: Any, model: nn.Module, target: Target | None, target_ms: float | None = None,
+                         advice: str = "raise --latency-ms") -> None:
+    """Refuse before scoring a ``--lut`` that cannot serve this model and target (another layer count, text against
+    images, a damaged file) or a ``target_ms`` below what pruning can reach on it; the mismatch warnings are left
+    to the selection, which reads the table again."""
+    import warnings
+
+    from .lut import load_lut
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        costs = load_lut(lut, model, target)
+    if target_ms is not None:
+        check_reachable(costs, target_ms, advice)
+
+
 def select_for_latency(
     model: nn.Module,
     scores: Any,
@@ -124,12 +152,7 @@ def select_for_latency(
         raise OptinError(f"select_for_latency needs a latency cost model (ms), got one in {costs.unit}")
     hs, ns = _split_scores(scores, lam)
     kw = target.selection_kwargs if target is not None else selection_kwargs(None)
-    floor = costs.fixed + sum(costs.attn(l, 0) for l in range(costs.num_layers))
-    if target_ms <= floor:
-        raise OptinError(
-            f"target {target_ms:g} ms is below what pruning can reach on this table ({floor:.3g} ms with every head and "
-            f"neuron removed); {advice}"
-        )
+    floor = check_reachable(costs, target_ms, advice)
     if costs.dense() <= target_ms:  # the table says the dense model fits: measure it to be sure, then stop
         dense_ms = float(measure_fn(model))
         if dense_ms <= target_ms:

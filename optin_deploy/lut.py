@@ -37,6 +37,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -376,17 +377,22 @@ class LatencyTable:
 
     @staticmethod
     def _on_line(line: tuple[float, float], H: int, h: int) -> float:
-        """Attention with ``h`` of ``H`` heads on a fitted ``line``: nothing without heads."""
-        return 0.0 if int(h) <= 0 or H <= 0 else line[0] + line[1] * min(int(h), H)
+        """Attention with ``h`` heads on a ``line`` fitted through a table of ``H`` heads: nothing without heads; a
+        model with more heads than the table (measured on a smaller one) is extrapolated along the line."""
+        return 0.0 if int(h) <= 0 or H <= 0 else line[0] + line[1] * int(h)
 
     def attn(self, h: int, layer: int | None = None) -> float:
         """A layer's attention with ``h`` heads: 0 without heads, else the fitted line (:meth:`attn_line`)."""
         return self._on_line(self.attn_line(layer), len(self._group(layer)["attn_ms"]) - 1, h)
 
     def mlp(self, f: int, layer: int | None = None) -> float:
-        """Piecewise-linear interpolation of the MLP table (linear extrapolation past the ends)."""
+        """Piecewise-linear interpolation of the MLP table; past its widest entry (a model wider than the one
+        measured) the fitted per-neuron slope (:meth:`linear_fit`) continues it (``np.interp`` alone held it flat)."""
         g = self._group(layer)
-        return float(np.interp(f, g["mlp_widths"], g["mlp_ms"]))
+        widths = g["mlp_widths"]
+        if f > widths[-1]:
+            return float(g["mlp_ms"][-1]) + (f - widths[-1]) * max(self.linear_fit(layer)[1], 0.0)
+        return float(np.interp(f, widths, g["mlp_ms"]))
 
     def predict(self, heads: list[int], neurons: list[int]) -> float:
         """Predicted latency (ms) of a model with these per-layer head counts and MLP widths."""
@@ -408,8 +414,11 @@ class LatencyTable:
         slope, intercept = np.polyfit(w, t, 1)
         return float(intercept), float(slope)
 
-    def cost_model(self):
-        """A :class:`CostModel` in milliseconds (absolute budgets: ``select(..., budget=target_ms)``)."""
+    def cost_model(self, heads: list[int] | None = None, neurons: list[int] | None = None):
+        """A :class:`CostModel` in milliseconds (absolute budgets: ``select(..., budget=target_ms)``) of a model with
+        ``heads`` / ``neurons`` per layer (default: the model the table was measured on). The model being pruned
+        gives its own: its dense cost, the base of a fraction budget and of "the selection keeps everything", is its
+        own units' cost, not the table's model's (a table of a narrower model made --flops 0.9 keep 0.76)."""
         from .core.costs import CostModel
 
         L = self.num_layers
@@ -424,7 +433,9 @@ class LatencyTable:
         intercept, slope = fits[0]
         info = {"lut": self, "mlp_intercept_ms": intercept, "neuron_ms": slope, "profile": self.profile.get("name"),
                 "shapes": self.shapes}
-        return CostModel(L, list(self.model["heads"]), list(self.model["neurons"]), attn, [s for _, s in fits], fixed, "ms", info)
+        heads = list(self.model["heads"]) if heads is None else list(heads)
+        neurons = list(self.model["neurons"]) if neurons is None else list(neurons)
+        return CostModel(L, heads, neurons, attn, [s for _, s in fits], fixed, "ms", info)
 
     # ---- io ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -445,15 +456,95 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LatencyTable":
-        if d.get("format") != LUT_FORMAT:
-            raise OptinError(f"not an optin-deploy latency table (format {d.get('format')!r}); make one with: optin-deploy lut")
-        if int(d.get("version", 0)) > LUT_VERSION:
+        if not isinstance(d, dict) or d.get("format") != LUT_FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise OptinError(f"not an optin-deploy latency table (format {fmt!r}); make one with: optin-deploy lut")
+        version = d.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise OptinError(f"latency table version {version!r} is not a whole number; measure it again with: optin-deploy lut")
+        if version > LUT_VERSION:
             raise OptinError(f"latency table version {d.get('version')} is newer than this optin-deploy reads ({LUT_VERSION}); upgrade")
         names = {f for f in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in d.items() if k in names})
-        except TypeError as exc:
-            raise OptinError(f"latency table is incomplete: {exc}") from None
+        missing = [k for k in ("profile", "shapes", "model", "attn_ms", "mlp_widths", "mlp_ms", "empty_model_ms") if k not in d]
+        if missing:
+            raise OptinError(f"latency table lacks {', '.join(missing)} (an incomplete file); measure it again with: optin-deploy lut")
+        _check_table_fields(d)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _is_ms(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_table_fields(d: dict) -> None:
+    """Refuse, in one line, a table whose fields cannot be what ``optin-deploy lut`` writes (an edited or damaged
+    file): a figure computed from a NaN, a negative fixed cost, a width grid out of order or a head table of the
+    wrong length would be silently wrong (NaN costs kept every unit; an unsorted grid interpolated garbage), and a
+    missing or mistyped key was a KeyError / TypeError. Negative attention / MLP entries stay allowed: timing noise
+    gives them, and the table is held non-decreasing from 0 when read."""
+    again = "measure it again with: optin-deploy lut --profile P --model M --out FILE"
+
+    def bad(what: str) -> OptinError:
+        return OptinError(f"latency table {what}; {again}")
+
+    for key in ("profile", "shapes", "model"):
+        if not isinstance(d[key], dict):
+            raise bad(f"field {key!r} is {type(d[key]).__name__}, not an object")
+    m = d["model"]
+    L = m.get("num_layers")
+    if not isinstance(L, int) or isinstance(L, bool) or L < 1:
+        raise bad(f"model.num_layers is {L!r}, not a positive number of layers")
+    for key in ("heads", "neurons"):
+        v = m.get(key)
+        if not (isinstance(v, list) and len(v) == L and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)):
+            raise bad(f"model.{key} is {v!r}, not {L} non-negative whole numbers (one per layer)")
+
+    def check_group(where: str, g: dict, layers: list[int]) -> None:
+        for key in ("attn_ms", "mlp_widths", "mlp_ms"):
+            if not isinstance(g.get(key), list):
+                raise bad(f"{where}{key} is {g.get(key)!r}, not a list")
+        for key in ("attn_ms", "mlp_ms"):
+            odd = [x for x in g[key] if not _is_ms(x)]
+            if odd:
+                raise bad(f"{where}{key} holds {odd[0]!r}: every entry must be a finite number of milliseconds")
+        H = m["heads"][layers[0]]
+        if len(g["attn_ms"]) != H + 1:
+            raise bad(f"{where}attn_ms has {len(g['attn_ms'])} entries for a {H}-head layer (one per head count 0..{H})")
+        w = g["mlp_widths"]
+        if not (w and all(isinstance(x, int) and not isinstance(x, bool) for x in w) and w[0] == 0
+                and all(a < b for a, b in zip(w, w[1:]))):
+            raise bad(f"{where}mlp_widths is {w!r}, not increasing whole widths from 0")
+        if len(g["mlp_ms"]) != len(w):
+            raise bad(f"{where}mlp_ms has {len(g['mlp_ms'])} entries for {len(w)} mlp_widths")
+
+    groups = d.get("groups")
+    if groups is None:
+        if len(set(m["heads"])) > 1:
+            raise bad(f"has one attention table for layers of different head counts {m['heads']} (no groups)")
+        check_group("", d, [0])
+    else:
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise bad("field 'groups' is not a list of objects")
+        covered = []
+        for i, g in enumerate(groups):
+            layers = g.get("layers")
+            if not (isinstance(layers, list) and layers and all(isinstance(x, int) and 0 <= x < L for x in layers)):
+                raise bad(f"groups[{i}].layers is {layers!r}, not layers of the {L}-layer model")
+            covered += layers
+            check_group(f"groups[{i}].", g, layers)
+        if sorted(covered) != list(range(L)):
+            raise bad(f"groups cover layers {sorted(covered)}, not each of the model's {L} layers once")
+    for key in ("empty_model_ms", "dense_model_ms"):
+        v = d.get(key)
+        if key == "dense_model_ms" and v is None:
+            continue
+        if not (_is_ms(v) and v >= 0):
+            raise bad(f"{key} is {v!r}: it must be a finite, non-negative number of milliseconds")
+    if "scale" in d and not (_is_ms(d["scale"]) and d["scale"] > 0):
+        raise bad(f"scale is {d['scale']!r}, not a positive finite number")
+    for key in ("environment", "raw", "timing"):
+        if key in d and not isinstance(d[key], dict):
+            raise bad(f"field {key!r} is {type(d[key]).__name__}, not an object")
 
 
 def read_lut(path: str | os.PathLike) -> LatencyTable:
@@ -464,7 +555,13 @@ def read_lut(path: str | os.PathLike) -> LatencyTable:
         d = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OptinError(f"latency table {p} is not valid JSON: {exc}") from None
-    return LatencyTable.from_dict(d)
+    except OSError as exc:
+        raise OptinError(f"cannot read latency table {p}: {exc.strerror or exc}") from None
+    try:
+        return LatencyTable.from_dict(d)
+    except OptinError as exc:  # name the file
+        msg = str(exc)
+        raise OptinError(f"latency table {p}:{msg[len('latency table'):]}" if msg.startswith("latency table ") else f"{p}: {msg}") from None
 
 
 def check_compatible(table: LatencyTable, model: nn.Module | None = None, target: Target | str | None = None) -> list[str]:
@@ -496,7 +593,8 @@ def check_compatible(table: LatencyTable, model: nn.Module | None = None, target
                              f"this model takes {'images' if a.modality == 'image' else 'text'}; measure one for it with "
                              f"optin-deploy lut --model MODEL --profile P --out FILE")
         if a.num_layers != table.num_layers:
-            raise OptinError(f"latency table is for a {table.num_layers}-layer model, this model has {a.num_layers} layers")
+            raise OptinError(f"latency table is for a {table.num_layers}-layer model, this model has {a.num_layers} layers; measure one "
+                             f"for it with optin-deploy lut --model MODEL --profile P --out FILE")
         if a.heads_per_layer() != list(table.model["heads"]) or a.neurons_per_layer() != list(table.model["neurons"]):
             problems.append("latency table was measured for other head counts / MLP widths than this model's "
                             f"({table.model['heads']} / {table.model['neurons']} vs {a.heads_per_layer()} / {a.neurons_per_layer()})")
@@ -518,7 +616,13 @@ def load_lut(path: str | os.PathLike | LatencyTable, model: nn.Module | None = N
     """
     table = path if isinstance(path, LatencyTable) else read_lut(path)
     problems = check_compatible(table, model, target)
-    cm = table.cost_model()
+    if model is not None:
+        from .adapters import get_adapter
+
+        a = get_adapter(model)
+        cm = table.cost_model(a.heads_per_layer(), a.neurons_per_layer())
+    else:
+        cm = table.cost_model()
     cm.info["warnings"] = problems
     return cm
 
