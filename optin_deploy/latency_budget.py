@@ -153,13 +153,22 @@ def select_for_latency(
     hs, ns = _split_scores(scores, lam)
     kw = target.selection_kwargs if target is not None else selection_kwargs(None)
     floor = check_reachable(costs, target_ms, advice)
-    if costs.dense() <= target_ms:  # the table says the dense model fits: measure it to be sure, then stop
-        dense_ms = float(measure_fn(model))
+    dense_ms: float | None = None  # the dense model's measured latency, once measured
+
+    def dense_meets() -> float:
+        """Measure the dense model (once); refuse when it already meets the target: nothing to prune."""
+        nonlocal dense_ms
+        if dense_ms is None:
+            dense_ms = float(measure_fn(model))
         if dense_ms <= target_ms:
             raise OptinError(
                 f"the dense model already meets --latency-ms {target_ms:g} (measured {dense_ms:.3g} ms here, table {costs.dense():.3g} ms); "
                 f"nothing to prune: pass a smaller --latency-ms or a --flops budget"
             )
+        return dense_ms
+
+    if costs.dense() <= target_ms:  # the table says the dense model fits: measure it to be sure, then stop
+        dense_meets()
 
     def predict(plan: PrunePlan, sel: Selection) -> float:
         if table is not None:
@@ -180,9 +189,23 @@ def select_for_latency(
         except ValueError:
             raise OptinError(f"no plan fits a budget of {budget:.3g} ms on this latency table; {advice}") from None
         if tuple(map(list, sel.plan.counts())) == tuple(dense_counts):
-            rounds.append({"round": r, "budget_ms": budget, "dense": True, "stopped": "the selection is the dense model"})
-            log(f"round {r}: budget {budget:.3f} ms selects the dense model: stop")
-            break
+            if lo is None:
+                rounds.append({"round": r, "budget_ms": budget, "dense": True, "stopped": "the selection is the dense model"})
+                log(f"round {r}: budget {budget:.3f} ms selects the dense model: stop")
+                break
+            # A pruned round came in under the target and the budget grew into the dense model: the table over-predicts
+            # here. The dense model is measured (once): if it meets the target there is nothing to prune (the build
+            # stopped here and shipped the far faster, far smaller first round); else it is the upper end of the bracket.
+            measured = dense_meets()
+            rounds.append({"round": r, "budget_ms": budget, "dense": True, "measured_ms": measured,
+                           "stopped": None, "note": "the selection is the dense model: measured as the bracket's upper end"})
+            log(f"round {r}: budget {budget:.3f} ms selects the dense model, measured {measured:.3f} ms (target {target_ms:g}): "
+                f"the target lies between it and the rounds under it")
+            if hi is None or budget < hi:
+                hi, hi_m = budget, measured
+            frac = (aim - lo_m) / (hi_m - lo_m) if hi_m > lo_m else 0.5
+            budget = max(lo + min(max(frac, 0.15), 0.85) * (hi - lo), floor * 1.0001)
+            continue
         key = (tuple(map(tuple, sel.plan.heads)), tuple(map(tuple, sel.plan.neurons)))
         if key in built:
             sel, pruned, measured = built[key]
