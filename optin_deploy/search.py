@@ -617,7 +617,9 @@ class CandidateLab:
         t0 = time.perf_counter()
         ctx, st = self.ctx, self.settings
         cid = len(self.candidates)
-        step(f"candidate #{cid} ({phase}, {scorer}): budget {budget:.4f} of the dense MACs")
+        ctx.selection_costs()  # what the fraction is of: MACs, or the prunable latency of the table (said, not assumed)
+        of = "the dense model's prunable latency on the table" if ctx.cost_info.get("select_by") == "latency" else "the dense MACs"
+        step(f"candidate #{cid} ({phase}, {scorer}): budget {budget:.4f} of {of}")
         res = ctx.prune_fraction(budget, scores)
         pruned = res.model
         exp = ctx.export(pruned, self.workdir / f"cand-{cid}", f"candidate #{cid}", parity=not self.defer_parity)

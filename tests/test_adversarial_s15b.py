@@ -156,3 +156,18 @@ def test_a_latency_target_the_dense_model_meets_is_found_when_the_table_over_pre
     with pytest.raises(OptinError, match="the dense model already meets --latency-ms"):
         select_for_latency(model, scores(model), None, t, 0.9 * t.dense_model_ms, measure)
     assert measured[0] is False and measured.count(True) == 1  # a pruned round first, the dense model measured once
+
+
+@pytest.mark.slow
+def test_a_latency_weighed_search_says_what_its_budget_is_a_fraction_of(tiny_folder, tmp_path):
+    """``build --max-accuracy-drop P --select-by latency --lut T`` announced each candidate's budget as a fraction
+    "of the dense MACs" while it was a fraction of the table's prunable latency (frontier.json said latency)."""
+    lut = synthetic_table().save(tmp_path / "lut.json")
+    r = run_cli("build", "--model", tiny_folder / "model", "--data", tiny_folder / "data.csv", "--profile", "x86-cpu-ort",
+                "--calib-samples", "8", "--calib-length", "16", "--bench-iters", "2", "--no-baselines", "--search-rounds", "3",
+                "--search-candidates", "2", "--select-by", "latency", "--lut", lut, "--max-accuracy-drop", "100",
+                "--out", tmp_path / "b", check=False, env={"OPTIN_DEPLOY_QUIET": "0"})
+    assert r.returncode in (0, 4), r.stderr
+    err = " ".join(r.stderr.split())  # the console wraps its lines
+    assert "of the dense model's prunable latency on the table" in err and "of the dense MACs" not in err
+    assert json.loads((tmp_path / "b" / "frontier.json").read_text())["budget"]["select_by"] == "latency"
