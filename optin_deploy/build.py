@@ -516,6 +516,9 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None, 
     task.max_length = eval_len
     bench_np = _bench_inputs(task, target)
     seq = adapter.seq_len({k: torch.from_numpy(v) for k, v in bench_np.items()})
+    from .pruning import warn_unreachable_units
+
+    warn_unreachable_units(model, target.selection_kwargs.get("head_multiple", 1), target.selection_kwargs.get("neuron_multiple", 1), target.name)
     if opts.flops is not None:  # a budget that keeps nothing is refused before scoring
         from .core.costs import mac_cost_model
         from .pruning import check_keeps_something

@@ -121,6 +121,27 @@ def check_keeps_something(costs: CostModel, budget: float, what: str, head_multi
                          f"{smallest:.4f} of the dense cost); raise it")
 
 
+def warn_unreachable_units(model: nn.Module, head_multiple: int = 1, neuron_multiple: int = 1, profile: str | None = None) -> list[str]:
+    """Warn, one line per kind, when the profile's alignment can never keep every unit of a layer: kept heads / neurons
+    are whole multiples of ``head_multiple`` / ``neuron_multiple``, so a layer of 4 heads under ``head_multiple = 3``
+    keeps at most 3, even at ``--flops 1.0`` (a layer narrower than the multiple keeps all or nothing). It was silent:
+    ``--flops 1.0`` returned a model with a head less per layer. Returns the lines."""
+    a = get_adapter(model)
+    where = f"profile {profile}'s " if profile else ""
+    lines = []
+    for what, unit, m, counts in (("head_multiple", "heads", head_multiple, a.heads_per_layer()),
+                                  ("neuron_multiple", "MLP neurons", neuron_multiple, a.neurons_per_layer())):
+        m = max(1, int(m))
+        lost = {n: (n // m) * m for n in counts if n > m and n % m}
+        if lost:
+            kept = ", ".join(f"{k} of {n}" for n, k in sorted(lost.items()))
+            lines.append(f"{where}{what} {m} does not divide the {unit} per layer: a layer keeps at most {kept}, even at --flops 1.0; "
+                         f"pick a {what} that divides them to be able to keep them all")
+    for line in lines:
+        warn(line)
+    return lines
+
+
 def report_emptied(dense: nn.Module, pruned: nn.Module) -> None:
     """Refuse a pruned model with no unit left; warn, one line, when this budget empties a layer's attention or
     MLP (a part the input model had already lost, re-pruning a pruned model, is not news)."""
@@ -306,6 +327,7 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     refit = refit_batch(task, task.model, calib, refit_samples, seed) if reconstruct else None
     seq = target.mac_seq_len(task.model) if target is not None else get_adapter(task.model).seq_len(calib)
     costs, kw = mac_cost_model(task.model, seq), (target.selection_kwargs if target is not None else {})
+    warn_unreachable_units(task.model, kw.get("head_multiple", 1), kw.get("neuron_multiple", 1), target.name if target is not None else None)
     check_keeps_something(costs, flops * costs.dense(), f"--flops {flops}", kw.get("head_multiple", 1), kw.get("neuron_multiple", 1))
     result = prune(task.model, calib, costs=costs, budget=flops * costs.dense(), scoring=scoring, scorer=scorer, settings=ScoreSettings(seed=seed),
                    probes=probes, reconstruct=reconstruct, fit=fit, damp=damp, refit_calib=refit, **kw)

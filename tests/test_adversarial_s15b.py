@@ -171,3 +171,20 @@ def test_a_latency_weighed_search_says_what_its_budget_is_a_fraction_of(tiny_fol
     err = " ".join(r.stderr.split())  # the console wraps its lines
     assert "of the dense model's prunable latency on the table" in err and "of the dense MACs" not in err
     assert json.loads((tmp_path / "b" / "frontier.json").read_text())["budget"]["select_by"] == "latency"
+
+
+def test_a_profile_multiple_that_does_not_divide_the_layer_is_said(tiny_folder, tmp_path):
+    """A profile of one's own with head_multiple 3 on 4-head layers (neuron_multiple 32 on 48 neurons): kept counts are
+    whole multiples, so even --flops 1.0 dropped a head and 16 neurons per layer, silently."""
+    prof = tmp_path / "mine.toml"
+    prof.write_text('name = "mine"\nruntime = "onnxruntime-cpu"\ndevice = "cpu"\nprecision = "fp32"\nbatch_size = 2\nseq_len = 16\n'
+                    'threads = 1\nhead_multiple = 3\nneuron_multiple = 32\n')
+    r = run_cli("prune", tiny_folder / "model", "--data", tiny_folder / "data.csv", "--profile", prof, "--flops", "1.0",
+                "--calib-samples", "8", "--calib-length", "16", "--no-reconstruct", "--out", tmp_path / "p")
+    err = " ".join(r.stderr.split())
+    assert "head_multiple 3 does not divide the heads per layer: a layer keeps at most 3 of 4, even at --flops 1.0" in err, err
+    assert "neuron_multiple 32 does not divide the MLP neurons per layer: a layer keeps at most 32 of 48" in err, err
+    from optin_deploy.pruning import warn_unreachable_units
+
+    assert warn_unreachable_units(make_tiny_bert(), 2, 8) == []  # dividing multiples say nothing
+    assert warn_unreachable_units(make_tiny_bert(), 8, 64) == []  # wider than the layer: all or nothing, every unit reachable
