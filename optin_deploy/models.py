@@ -36,6 +36,9 @@ from .errors import OptinError, short_reason
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 CHECKPOINT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}
 HUB_TIMEOUT_S = 3.0
+#: passed to every transformers ``from_pretrained``: code a model folder or hub repo ships (``auto_map``) never runs,
+#: and transformers never asks on the terminal whether to run it (its default, None, asks)
+NO_REMOTE_CODE = {"trust_remote_code": False}
 
 
 @contextlib.contextmanager
@@ -187,7 +190,9 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
     import transformers
     from transformers import AutoConfig
 
-    kw: dict[str, Any] = {"local_files_only": True} if (local or local_files_only) else {}
+    # trust_remote_code=False, not the default None: with None, transformers asks on the terminal whether to run a
+    # config's auto_map code (a custom model_type), and a "y" (or `yes |`) ran the model folder's Python
+    kw: dict[str, Any] = {"local_files_only": True, **NO_REMOTE_CODE} if (local or local_files_only) else dict(NO_REMOTE_CODE)
     try:
         config = AutoConfig.from_pretrained(where, **kw)
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as exc:
@@ -451,7 +456,7 @@ def load_tokenizer(spec: str | os.PathLike):
         raise _no_tokenizer(spec, "the folder has no tokenizer.json, vocab.txt or other tokenizer file")
     try:
         with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable())
+            tok = AutoTokenizer.from_pretrained(str(p) if local else str(spec), local_files_only=local or not hub_reachable(), **NO_REMOTE_CODE)
     except Exception as exc:  # noqa: BLE001
         raise _no_tokenizer(spec, type(exc).__name__) from None
     _check_vocabulary(tok, spec)

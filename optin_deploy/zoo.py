@@ -424,12 +424,12 @@ def _prepare_text(entry: ZooEntry, data: TaskData, out: Path, progress: bool) ->
 
     base = assets.minilm()
     seed_everything(SEED)
-    tok = AutoTokenizer.from_pretrained(base.path, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(base.path, local_files_only=True, trust_remote_code=False)
     from .models import quiet_transformers
 
     with quiet_transformers():  # the fresh classifier head is expected: no load report
         model = BertForSequenceClassification.from_pretrained(
-            base.path, local_files_only=True, num_labels=data.num_labels,
+            base.path, local_files_only=True, trust_remote_code=False, num_labels=data.num_labels,
             id2label=dict(enumerate(data.label_names)), label2id={n: i for i, n in enumerate(data.label_names)},
         )
     stats = train_text_classifier(model, tok, data.train, max_length=entry.max_length, seed=SEED, progress=progress, **entry.recipe)
@@ -605,7 +605,7 @@ def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
     if entry.kind in ("text", "embedding"):
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     if entry.kind == "embedding":
         from .data.texts import load_texts
 

@@ -1,0 +1,48 @@
+"""Session-15 adversarial pass (c): the user's own model folders and families. Each test reproduces a defect
+found by loading model folders as users have them (custom code, dtypes, heads, families)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, run_cli_subprocess
+from test_inputs_defects import FAST, assert_one_line, save_bert, write_csv
+
+
+@pytest.fixture(autouse=True)
+def _quiet_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def bert3(tmp_path_factory) -> Path:
+    return save_bert(tmp_path_factory.mktemp("b3") / "model")
+
+
+def test_custom_code_in_a_model_folder_never_runs_even_when_the_terminal_says_yes(tmp_path, bert3):
+    """A config.json with a custom model_type and an auto_map naming a Python file in the folder: transformers'
+    default (trust_remote_code=None) asked "Do you wish to run the custom code? [y/N]" on the terminal, and a "y"
+    (or `yes | optin-deploy ...`) ran the folder's code. Now it is never asked and never run: one line, exit 2."""
+    folder = tmp_path / "custom"
+    shutil.copytree(bert3, folder)
+    marker = tmp_path / "RAN"
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(model_type="my-bert", auto_map={"AutoConfig": "modeling_mine.MyConfig",
+                                                "AutoModelForSequenceClassification": "modeling_mine.MyModel"})
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "modeling_mine.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+                                             "from transformers import BertConfig as MyConfig, BertForSequenceClassification as MyModel\n")
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    proc = run_cli_subprocess("prune", folder, "--flops", "0.6", "--data", data, "--calib-samples", "8", "--out", tmp_path / "p",
+                              check=False, input="y\n", timeout=300)
+    assert not marker.exists(), "the model folder's code ran"
+    assert "Do you wish to run the custom code" not in proc.stderr + proc.stdout
+    assert_one_line(proc, 2, "'my-bert' is not supported")
+    assert not (tmp_path / "p").exists()
