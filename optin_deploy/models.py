@@ -439,6 +439,27 @@ def _check_vocabulary(tok, spec) -> None:
         raise _no_tokenizer(spec, f"the tokenizer found holds only its {len(vocab)} special tokens, so every word would be unknown")
 
 
+def check_tokenizer_fits(tok, model: torch.nn.Module, spec) -> None:
+    """Refuse a tokenizer whose ids run past the model's token embeddings (the tokenizer of another model, a
+    vocabulary that grew after the model was saved): every text holding one of those tokens would stop the
+    run with an IndexError deep in the model, after the scoring started."""
+    inner = getattr(model, "backbone", model)  # a sentence-embedding wrapper keeps the encoder there
+    get = getattr(inner, "get_input_embeddings", None)
+    try:
+        emb = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):
+        emb = None
+    rows = getattr(emb, "num_embeddings", None)
+    try:
+        size = len(tok)
+    except TypeError:
+        return
+    if isinstance(rows, int) and size > rows:
+        raise OptinError(f"model {str(spec)!r}: its tokenizer has {size} tokens but the model embeds only {rows} (config vocab_size), "
+                         f"so ids {rows}..{size - 1} would index past its embeddings; the tokenizer is not this model's: put the "
+                         f"tokenizer the model was trained with in the folder")
+
+
 def load_tokenizer(spec: str | os.PathLike):
     """The tokenizer saved with a model (its folder or hub name; a pruned-model folder without one
     falls back to the folder it was pruned from). A local folder without tokenizer files, or a

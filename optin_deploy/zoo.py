@@ -664,7 +664,7 @@ def load_task(
     (:func:`optin_deploy.data.texts.load_texts`), no labels needed.
     """
     from .data.loaders import load_data
-    from .models import load_model, load_tokenizer, preprocessing
+    from .models import check_tokenizer_fits, load_model, load_tokenizer, preprocessing
 
     flags = {"text_column": text_column, "label_column": label_column, "seed": seed}
     if model is None:
@@ -707,6 +707,8 @@ def load_task(
         raise OptinError(f"model {model!r} takes {pre['modality']} but data {data!r} is {td.modality}; pass matching data")
     td = _check_fit(m, td, model, data)
     tok = load_tokenizer(model) if td.modality == "text" else None
+    if tok is not None:
+        check_tokenizer_fits(tok, m, model)
     return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
 
 

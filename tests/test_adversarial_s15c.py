@@ -46,3 +46,24 @@ def test_custom_code_in_a_model_folder_never_runs_even_when_the_terminal_says_ye
     assert "Do you wish to run the custom code" not in proc.stderr + proc.stdout
     assert_one_line(proc, 2, "'my-bert' is not supported")
     assert not (tmp_path / "p").exists()
+
+
+def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused_before_scoring(tmp_path):
+    """A folder whose tokenizer is another model's (300 tokens) on a model embedding 120: a text holding a token
+    past 119 stopped the build with 'internal error IndexError: index out of range in self' (exit 1)."""
+    from conftest import save_word_tokenizer
+
+    folder = save_bert(tmp_path / "m", vocab_size=120, tokenizer=False)
+    save_word_tokenizer(folder, vocab_size=300)
+    rows = [f"w{i} w{i + 150} w{290 - i}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"{t},{['neg', 'neu', 'pos'][i % 3]}\n" for i, t in enumerate(rows)))
+    proc = run_cli("build", "--model", folder, "--data", tmp_path / "d.csv", "--out", tmp_path / "b", *FAST, check=False)
+    assert_one_line(proc, 2, "its tokenizer has 300 tokens but the model embeds only 120", "tokenizer the model was trained with")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_tokenizer_smaller_than_the_vocabulary_still_fits(tmp_path):
+    from optin_deploy.models import check_tokenizer_fits, load_model, load_tokenizer
+
+    folder = save_bert(tmp_path / "m", vocab_size=40)  # 17 tokens, 40 embedding rows (a padded vocabulary)
+    check_tokenizer_fits(load_tokenizer(folder), load_model(folder), folder)
