@@ -153,6 +153,9 @@ def _check_outputs(label: str, logits: np.ndarray, task_type: str, num_labels: i
         if width != num_labels:
             raise OptinError(f"{label}: its output has {width} score{'s' if width != 1 else ''} per sample but the data has {num_labels} "
                              f"classes; evaluate it on the data it was trained for (or export its classification head)")
+    if task_type == "regression" and logits.ndim == 2 and logits.shape[1] != 1:  # its first score alone was compared with the labels
+        raise OptinError(f"{label}: its output has {logits.shape[1]} scores per sample but the data has one regression label; "
+                         f"evaluate a one-output regression model on it")
     bad = int((~np.isfinite(logits)).sum())
     if bad:
         raise OptinError(f"{label}: {bad} of its {logits.size} outputs are not finite (NaN or inf), so no figure can be computed; "

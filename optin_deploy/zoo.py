@@ -728,6 +728,11 @@ def model_task_type(model: torch.nn.Module) -> str | None:
                          f"sigmoid per label), which optin-deploy cannot evaluate (it measures single-label classifiers by accuracy "
                          f"and regression models by Spearman); use a single-label or regression checkpoint")
     if cfg is not None and getattr(cfg, "problem_type", None) == "regression":
+        n = _model_classes(model)
+        if n is not None and n > 1:  # Spearman was taken on its first output alone against the one label column
+            raise OptinError(f"the model is a regression model with {n} outputs ({type(model).__name__}, problem_type regression, "
+                             f"num_labels {n}: one score per target), which optin-deploy cannot evaluate (it measures one-output "
+                             f"regression by Spearman against one label column); use a one-output regression or a classification checkpoint")
         return "regression"
     n = _model_classes(model)
     if n is None:

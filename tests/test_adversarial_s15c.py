@@ -67,3 +67,38 @@ def test_a_tokenizer_smaller_than_the_vocabulary_still_fits(tmp_path):
 
     folder = save_bert(tmp_path / "m", vocab_size=40)  # 17 tokens, 40 embedding rows (a padded vocabulary)
     check_tokenizer_fits(load_tokenizer(folder), load_model(folder), folder)
+
+
+def _write_regression_csv(path: Path, n: int = 60) -> Path:
+    import random
+
+    from test_inputs_defects import WORDS
+
+    rng = random.Random(0)
+    path.write_text("text,label\n" + "".join(f"{' '.join(rng.choices(WORDS, k=6))},{rng.random() * 5:.3f}\n" for _ in range(n)))
+    return path
+
+
+def test_a_multi_target_regression_model_is_refused_not_scored_on_its_first_output(tmp_path):
+    """problem_type regression with num_labels 3 (one score per target): the build reported Spearman of the first
+    output alone against the one label column, exit 0. Now one line, exit 2, before scoring."""
+    folder = save_bert(tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["problem_type"] = "regression"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    proc = run_cli("build", "--model", folder, "--data", _write_regression_csv(tmp_path / "d.csv"), "--out", tmp_path / "b", *FAST,
+                   check=False)
+    assert_one_line(proc, 2, "regression model with 3 outputs", "one-output regression")
+    assert not (tmp_path / "b").exists()
+
+
+def test_regression_outputs_must_be_one_score_per_sample():
+    import numpy as np
+
+    from optin_deploy.errors import OptinError
+    from optin_deploy.evaluate import _check_outputs
+
+    _check_outputs("pruned", np.zeros((4, 1), np.float32), "regression", 0)
+    _check_outputs("pruned", np.zeros(4, np.float32), "regression", 0)
+    with pytest.raises(OptinError, match="3 scores per sample but the data has one regression label"):
+        _check_outputs("pruned", np.zeros((4, 3), np.float32), "regression", 0)
