@@ -93,6 +93,23 @@ def _input_path(p) -> Path | None:
     return pp if pp.exists() else None
 
 
+def _linked_files(folder: Path, limit: int = 10000) -> list[Path]:
+    """The symbolic links directly inside an input folder (a Hugging Face hub cache snapshot links every file into
+    ``../../blobs``): replacing the folder they point into deletes the input's real files."""
+    if not folder.is_dir():
+        return []
+    try:
+        out = []
+        for i, f in enumerate(folder.iterdir()):
+            if i >= limit:
+                break
+            if f.is_symlink():
+                out.append(f)
+        return out
+    except OSError:
+        return []
+
+
 def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike | None] = (),
               flag: str = "--out") -> Path:
     """Refuse an output path that would destroy something the user owns; returns it resolved.
@@ -119,6 +136,10 @@ def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[
         # -> ``OUT/pruned``) is inside --out all the same: compare the link's own path and its target
         if _within(pp, o) or _within(pp, o_real) or _within(Path(os.path.realpath(pp)), o_real):
             raise OptinError(f"{flag} {out} holds this command's input {p}; refusing to replace it, even with --force; pass a new folder")
+        linked = next((f for f in _linked_files(pp) if _within(Path(os.path.realpath(f)), o_real)), None)
+        if linked is not None:  # a Hugging Face cache snapshot: the folder's files are links into ../../blobs
+            raise OptinError(f"{flag} {out} holds the file {linked.name} of this command's input {p} (it is a symbolic link "
+                             f"into {out}); refusing to replace it, even with --force; pass a new folder")
     if not o.exists() and not o.is_symlink():
         return o
     if o.is_symlink() and not force:
@@ -221,7 +242,7 @@ def check_json_out(path: str | None, *, force: bool | None = None, protect: Iter
         qq = _input_path(q)
         if qq is None:
             continue
-        if _within(p, qq) or _within(real, Path(os.path.realpath(qq))):
+        if _within(p, qq) or _within(real, Path(os.path.realpath(qq))) or any(real == Path(os.path.realpath(f)) for f in _linked_files(qq)):
             raise OptinError(f"{flag} {path} is this command's input {q}, or inside it; refusing to overwrite it"
                              + (", even with --force" if force is not None else "") + "; pass another file name")
     for q in outs:

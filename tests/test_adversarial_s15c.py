@@ -102,3 +102,32 @@ def test_regression_outputs_must_be_one_score_per_sample():
     _check_outputs("pruned", np.zeros(4, np.float32), "regression", 0)
     with pytest.raises(OptinError, match="3 scores per sample but the data has one regression label"):
         _check_outputs("pruned", np.zeros((4, 3), np.float32), "regression", 0)
+
+
+def _hub_snapshot(tmp_path: Path, src: Path) -> tuple[Path, Path]:
+    """The Hugging Face hub cache layout: snapshots/REV/FILE are symbolic links to ../../blobs/HASH."""
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "rev1"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for i, f in enumerate(sorted(src.iterdir())):
+        shutil.copy2(f, blobs / f"blob{i}")
+        (snap / f.name).symlink_to(Path("..", "..", "blobs", f"blob{i}"))
+    return snap, blobs
+
+
+def test_out_never_replaces_the_folder_a_models_linked_files_live_in(tmp_path, bert3):
+    """`prune SNAPSHOT --out hub/blobs --force` replaced the blobs folder (exit 0), and the model folder was left
+    with dangling links: its weights, config and tokenizer were gone. The README promises the inputs' folders are
+    refused even with --force, symbolic links resolved; now the folder any of the model's files links into is too."""
+    snap, blobs = _hub_snapshot(tmp_path, bert3)
+    before = sorted(p.name for p in blobs.iterdir())
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    for cmd in (["prune", snap, "--flops", "0.6", "--data", data, "--calib-samples", "8"], ["export", snap, "--format", "onnx"],
+                ["build", "--model", snap, "--data", data, *FAST]):
+        proc = run_cli(*cmd, "--out", blobs, "--force", check=False)
+        assert_one_line(proc, 2, "of this command's input", "symbolic link", "even with --force")
+        assert sorted(p.name for p in blobs.iterdir()) == before
+    weights = (snap / "model.safetensors").resolve()
+    proc = run_cli("prune", snap, "--flops", "0.6", "--data", data, "--out", tmp_path / "p", "--json", weights, "--force", check=False)
+    assert_one_line(proc, 2, "is this command's input")
+    assert (snap / "model.safetensors").read_bytes() == (bert3 / "model.safetensors").read_bytes()
