@@ -216,7 +216,7 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
             kw["ignore_mismatched_sizes"] = True
     archs = getattr(config, "architectures", None) or []
     if head and num_labels is None:
-        _refuse_other_head(archs, spec, vision=_is_vision(config))
+        _refuse_other_head(archs, spec, vision=_is_vision(config), prefix=type(config).__name__.removesuffix("Config"))
     try:
         with quiet_transformers():
             model, info = cls.from_pretrained(where, config=config, output_loading_info=True, **kw)
@@ -255,13 +255,22 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
 CLASSIFIER_ARCHITECTURES = ("ForSequenceClassification", "ForImageClassification", "ForImageClassificationWithTeacher")
 
 
-def _refuse_other_head(archs: list[str], spec: str, *, vision: bool = False) -> None:
+def _refuse_other_head(archs: list[str], spec: str, *, vision: bool = False, prefix: str = "Bert") -> None:
     """A checkpoint saved with another task head (token classification, question answering, masked LM, ...):
     loading it as a sequence classifier would put a random head on it. A bare encoder (``BertModel``) is
     refused the same way, pointing at ``--task embedding``."""
     if not archs or any(a.endswith(CLASSIFIER_ARCHITECTURES) for a in archs):
         return
-    bare = not vision and all(not re.search(r"For[A-Z]|LMHead|WithLMHead", a) for a in archs)
+    heads = [a for a in archs if re.search(r"For[A-Z]|LMHead|WithLMHead", a)]
+    import transformers
+
+    if not heads and any(not hasattr(transformers, a) for a in archs):
+        # a class of the user's own (MySentimentClassifier): no transformers task class, so nothing says what its head is
+        raise OptinError(
+            f"model {spec!r}: its config.json names the architecture {', '.join(archs)}, which is not a transformers class, so "
+            f"optin-deploy cannot tell which task head its weights hold; if they are a sequence or image classifier's, set "
+            f"\"architectures\" in config.json to the transformers class (e.g. [\"{prefix}For{'Image' if vision else 'Sequence'}Classification\"])")
+    bare = not vision and not heads
     raise OptinError(
         f"model {spec!r} is a {', '.join(archs)} checkpoint, not a classifier; optin-deploy measures sequence and image "
         f"classifiers (...ForSequenceClassification, ...ForImageClassification), fine-tuned for your task" +

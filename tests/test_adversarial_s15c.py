@@ -131,3 +131,26 @@ def test_out_never_replaces_the_folder_a_models_linked_files_live_in(tmp_path, b
     proc = run_cli("prune", snap, "--flops", "0.6", "--data", data, "--out", tmp_path / "p", "--json", weights, "--force", check=False)
     assert_one_line(proc, 2, "is this command's input")
     assert (snap / "model.safetensors").read_bytes() == (bert3 / "model.safetensors").read_bytes()
+
+
+def test_a_classifier_class_of_the_users_own_is_not_pointed_at_task_embedding(tmp_path, bert3):
+    """architectures ["MySentimentClassifier"] (a user's own class around BERT) was refused as a bare encoder, with
+    'a sentence encoder takes --task embedding': advice for another kind of model. Now the line says the name is
+    not a transformers class and how to say which class the weights are."""
+    from optin_deploy.errors import OptinError
+    from optin_deploy.models import load_model
+
+    folder = tmp_path / "m"
+    shutil.copytree(bert3, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["architectures"] = ["MySentimentClassifier"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(OptinError) as e:
+        load_model(folder)
+    msg = str(e.value)
+    assert "MySentimentClassifier, which is not a transformers class" in msg and '["BertForSequenceClassification"]' in msg
+    assert "--task embedding" not in msg
+    cfg["architectures"] = ["BertModel"]  # a transformers bare encoder still gets the embedding hint
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(OptinError, match="--task embedding"):
+        load_model(folder)
