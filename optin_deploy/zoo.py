@@ -490,9 +490,16 @@ def _commit(tmp: Path, final: Path, info: dict) -> None:
     info = {**info, "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    from .interrupts import deferred
+
+    with deferred():  # a stop cannot land between the two renames (leaving no model folder)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
@@ -521,11 +528,21 @@ def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
 
 
 def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = True) -> Path:
-    """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains)."""
-    entry = zoo_entry(name)
+    """Train and cache the zoo model ``name`` unless it is already there (``force`` retrains). Processes sharing
+    the cache prepare one model at a time: a second one waits for the first and then uses its model."""
     final = task_dir(name)
     if (final / "zoo_info.json").exists() and not force:
         return final
+    waiting = f"waiting for another optin-deploy process preparing zoo model {name!r} in {final} ..." if progress else None
+    with assets.cache_lock(f"zoo-{name}", waiting):
+        if (final / "zoo_info.json").exists() and not force:  # prepared by the process this one waited for
+            return final
+        return _prepare_locked(name, progress)
+
+
+def _prepare_locked(name: str, progress: bool) -> Path:
+    entry = zoo_entry(name)
+    final = task_dir(name)
     if entry.kind == "embedding":
         return _prepare_embedding(entry, final, progress)
     from .data.builtin import load_builtin

@@ -22,6 +22,7 @@ used; :meth:`Asset.as_source` is what ends up in ``TaskData.source``.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import json
@@ -34,6 +35,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import OptinError
 
@@ -93,6 +95,37 @@ def cache_dir() -> Path:
     except OSError as exc:
         raise OptinError(f"cannot create the cache folder {root} ({exc.strerror}); set {CACHE_ENV} to a writable folder") from None
     return root
+
+
+@contextlib.contextmanager
+def cache_lock(name: str, waiting: str | None = None) -> Iterator[None]:
+    """Hold the cache's advisory lock ``name`` (a file ``<cache>/.locks/<name>.lock``) for the ``with`` block, so that
+    two processes sharing the cache do not do the same first-use work at once (each training the same zoo model:
+    twice the time on shared cores, then one replacing the other's folder while it was read). A process waiting
+    for another says so in ``waiting`` (a progress line). The lock goes with its process (``kill -9`` included),
+    so a stale lock file never blocks; where file locks are not available, the work is simply not serialised."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    locks = cache_dir() / ".locks"
+    try:
+        locks.mkdir(exist_ok=True)
+        fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # a read-only cache: nothing to serialise on (and nothing can be written there anyway)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                info(waiting)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def info(msg: str) -> None:
