@@ -54,3 +54,26 @@ def test_concurrent_zoo_prepares_train_once_and_the_second_uses_the_first(cache,
     assert len(calls) == 1 and len(results) == 2 and results[0] == results[1]
     assert json.loads((results[0] / "zoo_info.json").read_text())["name"] == "minilm-embeddings"
     assert sorted(p.name for p in results[0].parent.iterdir()) == ["minilm-embeddings"]  # nothing staged left
+
+
+# ------------------------------------------------------------------ where the cache is
+
+
+@pytest.mark.parametrize("value, expected", [("", ".cache/optin-deploy"), ("~/my cache é", "my cache é")])
+def test_every_part_of_the_cache_agrees_on_its_root(tmp_path, monkeypatch, value, expected):
+    """``OPTIN_DEPLOY_CACHE=`` (empty) or ``OPTIN_DEPLOY_CACHE='~/c'`` (quoted, so unexpanded) put the zoo and
+    assets in ``~/...`` but the score cache and the latency tables into the current folder (``./scores``,
+    ``./~/c/scores``): the score cache read the variable its own way."""
+    from optin_deploy.core import score_cache
+    from optin_deploy.data import assets
+
+    home, cwd = tmp_path / "home", tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", value)
+    monkeypatch.chdir(cwd)
+    assert score_cache.cache_root() == assets.cache_dir() == home / expected
+    from optin_deploy.exporters.tensorrt import default_timing_cache
+
+    assert default_timing_cache().parent == home / expected
+    assert list(cwd.iterdir()) == []

@@ -23,7 +23,10 @@ METHODS = ("exact", "fast", "reference")
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("OPTIN_DEPLOY_CACHE", Path.home() / ".cache" / "optin-deploy"))
+    """The cache root, as every part of the cache finds it (:func:`optin_deploy.data.assets.cache_root`)."""
+    from ..data.assets import cache_root as root
+
+    return root()
 
 
 def _hash_tensors(h, tensors) -> None:

@@ -87,9 +87,16 @@ class Asset:
 # --------------------------------------------------------------------------------------------- util
 
 
+def cache_root() -> Path:
+    """The cache root: ``$OPTIN_DEPLOY_CACHE`` (``~`` expanded; unset or empty: ``~/.cache/optin-deploy``), made
+    absolute. The one definition every part of the cache (zoo, assets, wheels, scores, latency tables) uses, so
+    that an empty or ``~/...`` value never puts part of the cache into the current folder."""
+    return Path(os.path.abspath(Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "optin-deploy").expanduser()))
+
+
 def cache_dir() -> Path:
-    """The cache root (``$OPTIN_DEPLOY_CACHE`` or ``~/.cache/optin-deploy``), created if needed."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "optin-deploy").expanduser()
+    """The cache root (:func:`cache_root`), created if needed."""
+    root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -29,7 +29,12 @@ from ..runtimes.base import import_tensorrt, require_cuda
 from .base import Exporter, ExportResult, LogitsModel, ShapeProfile, atomic_path, output_name_for
 from .parity import check_parity, parity_inputs
 
-DEFAULT_TIMING_CACHE = Path(os.environ.get("OPTIN_DEPLOY_CACHE", Path.home() / ".cache" / "optin-deploy")) / "tensorrt-timing.cache"
+
+def default_timing_cache() -> Path:
+    """TensorRT's timing cache in the optin-deploy cache (read when the export runs, not when this module is imported)."""
+    from ..data.assets import cache_root
+
+    return cache_root() / "tensorrt-timing.cache"
 
 
 def check_bf16_supported() -> None:
@@ -146,7 +151,7 @@ class TensorRTExporter(Exporter):
                 opt_profile.set_shape(n, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
             config.add_optimization_profile(opt_profile)
 
-            cache_path = Path(timing_cache) if timing_cache else DEFAULT_TIMING_CACHE
+            cache_path = Path(timing_cache) if timing_cache else default_timing_cache()
             cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
             cache = config.create_timing_cache(cache_bytes)
             if not config.set_timing_cache(cache, ignore_mismatch=False):
