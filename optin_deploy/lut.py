@@ -667,16 +667,27 @@ def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[st
     here and cached on a miss. Returns ``(table, cached file, measured_now)``."""
     from .core.score_cache import cache_root
 
+    from .errors import short_reason
+    from .progress import warn
+
     target = resolve_target(target)
     path = cache_root() / "luts" / f"{table_key(model, target)}.json" if cache else None
     if path is not None and path.is_file():
         try:
             return read_lut(path), path, False
-        except OptinError:  # an unreadable cache entry is measured again
-            pass
+        except (OptinError, OSError) as exc:  # a damaged entry is said, discarded and measured again
+            reason = short_reason(str(exc).removeprefix(f"latency table {path}: ").removeprefix(f"{path}: ").split("; ")[0], 160)
+            warn(f"the cached latency table {path} is unusable ({reason}); it was discarded and is measured again")
+            with contextlib.suppress(OSError):
+                path.unlink()
     table = measure_lut(model, target, progress=progress)
     if path is not None:
-        table.save(path)
+        try:
+            table.save(path)
+        except OSError as exc:  # an unusable cache costs a measurement next time, not this run's result
+            warn(f"could not keep the latency table in the cache {cache_root()} ({exc.strerror or exc}); it is measured again "
+                 f"next time (set OPTIN_DEPLOY_CACHE to a writable folder)")
+            path = None
     return table, path, True
 
 

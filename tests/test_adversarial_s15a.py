@@ -77,3 +77,83 @@ def test_every_part_of_the_cache_agrees_on_its_root(tmp_path, monkeypatch, value
 
     assert default_timing_cache().parent == home / expected
     assert list(cwd.iterdir()) == []
+
+
+# ------------------------------------------------------------------ latency tables in the cache
+
+
+def _tiny_table():
+    from optin_deploy.lut import LatencyTable
+
+    return LatencyTable(
+        profile={"name": "x86-cpu-ort", "runtime": "ort-cpu", "precision": "int8", "threads": 2},
+        shapes={"batch": 8, "tokens": 64, "seq_len": 128, "image_size": None},
+        model={"name": "tiny", "family": "bert", "num_layers": 2, "heads": [4, 4], "neurons": [64, 64], "hidden_size": 32,
+               "head_dim": 8},
+        attn_ms=[0.0, 0.1, 0.2, 0.25, 0.3], mlp_widths=[0, 16, 32, 48, 64], mlp_ms=[0.0, 0.03, 0.05, 0.07, 0.09],
+        empty_model_ms=0.14, dense_model_ms=0.92)
+
+
+DAMAGE = {
+    "a string of times": (lambda d: d.update(attn_ms="abc"), "attn_ms is 'abc', not a list"),
+    "a JSON list": (lambda d: None, "not an optin-deploy latency table .format 'list'"),
+    "no model": (lambda d: d.update(model={}), "num_layers"),
+    "a NaN time": (lambda d: d["mlp_ms"].__setitem__(2, float("nan")), "mlp_ms holds nan: every entry must be a finite number"),
+    "a negative fixed time": (lambda d: d.update(empty_model_ms=-5.0), "empty_model_ms is -5.0"),
+    "widths out of order": (lambda d: d.update(mlp_widths=d["mlp_widths"][::-1]), "increasing"),
+    "too few MLP times": (lambda d: d.update(mlp_ms=d["mlp_ms"][:3]), "mlp_ms has 3 entries for 5"),
+    "too few head times": (lambda d: d.update(attn_ms=d["attn_ms"][:2]), "attn_ms has 2 entries for a 4-head layer"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_latency_table_is_one_line(tmp_path, damage):
+    """Each of these was read without complaint: a wrong type or a missing key crashed every later build
+    (internal error, exit 1) or dropped it to MAC selection; reversed widths, a short attention table or a negative
+    time went into the selection and the report's predicted_ms / predicted_speedup (-4.48 ms) silently."""
+    from optin_deploy.lut import read_lut
+
+    change, needle = DAMAGE[damage]
+    d = _tiny_table().to_dict()
+    change(d)
+    (tmp_path / "t.json").write_text(json.dumps([] if damage == "a JSON list" else d))
+    with pytest.raises(OptinError, match=needle):
+        read_lut(tmp_path / "t.json")
+
+
+def test_a_damaged_cached_latency_table_is_said_discarded_and_measured_again(cache, monkeypatch, capsys):
+    from optin_deploy import lut
+    from conftest import make_tiny_bert
+
+    model = make_tiny_bert()
+    measured = []
+    monkeypatch.setattr(lut, "measure_lut", lambda m, t, progress=None: measured.append(1) or _tiny_table())
+    table, path, now = lut.cached_lut(model, "x86-cpu-ort")
+    assert now and path.is_file() and len(measured) == 1
+    d = json.loads(path.read_text())
+    d["attn_ms"] = "abc"
+    path.write_text(json.dumps(d))
+    capsys.readouterr()
+    table, again, now = lut.cached_lut(model, "x86-cpu-ort")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert now and again == path and len(measured) == 2 and table.attn_ms == _tiny_table().attn_ms
+    assert len(err) == 1 and err[0].startswith(f"warning: the cached latency table {path} is unusable (attn_ms is 'abc', "
+                                               "not a list)"), err
+    assert lut.read_lut(path).attn_ms == _tiny_table().attn_ms  # healed
+    assert lut.cached_lut(model, "x86-cpu-ort")[2] is False and len(measured) == 2
+
+
+def test_an_unwritable_cache_costs_the_next_run_a_measurement_not_this_runs_result(tmp_path, monkeypatch, capsys):
+    """OPTIN_DEPLOY_CACHE naming a file: the build measured the whole latency table, then failed at saving it
+    into the cache with 'error: cannot write OUT (Not a directory)', blaming its --out (exit 5)."""
+    from optin_deploy import lut
+    from conftest import make_tiny_bert
+
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "afile"))
+    monkeypatch.setattr(lut, "measure_lut", lambda m, t, progress=None: _tiny_table())
+    table, path, now = lut.cached_lut(make_tiny_bert(), "x86-cpu-ort")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert now and path is None and table.attn_ms == _tiny_table().attn_ms
+    assert len(err) == 1 and err[0].startswith(f"warning: could not keep the latency table in the cache {tmp_path / 'afile'}")
+    assert (tmp_path / "afile").read_text() == "mine"
