@@ -157,3 +157,33 @@ def test_an_unwritable_cache_costs_the_next_run_a_measurement_not_this_runs_resu
     assert now and path is None and table.attn_ms == _tiny_table().attn_ms
     assert len(err) == 1 and err[0].startswith(f"warning: could not keep the latency table in the cache {tmp_path / 'afile'}")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+# ------------------------------------------------------------------ score cache entries of the wrong type
+
+
+@pytest.mark.parametrize("damage", ["info", "seconds", "nested", "method"])
+def test_a_wrong_typed_score_cache_entry_is_recomputed(cache, damage):
+    """A score cache entry whose scores fit but whose ``info`` is a list, whose ``seconds`` is a string or null,
+    or whose per-layer scores are nested one level deeper (same element count) passed the check, then crashed
+    every later prune / build on that model (internal error TypeError, exit 1)."""
+    from conftest import make_tiny_bert, text_inputs
+    from optin_deploy.core.score_cache import score_model
+
+    model, inputs = make_tiny_bert(), text_inputs()
+    first = score_model(model, inputs, "exact")
+    path = Path(first.info["cache_file"])
+    d = json.loads(path.read_text())
+    if damage == "info":
+        d["info"] = ["x"]
+    elif damage == "seconds":
+        d["seconds"] = "fast"
+    elif damage == "nested":
+        d["head_md"] = [[[x] for x in layer] for layer in d["head_md"]]
+    else:
+        d["method"] = "fast"
+    path.write_text(json.dumps(d))
+    again = score_model(model, inputs, "exact")
+    assert not again.info["cached"] and again.info["cache_discarded"]
+    assert all(bool((a == b).all()) for a, b in zip(again.head_md, first.head_md))
+    assert score_model(model, inputs, "exact").info["cached"]  # rewritten whole

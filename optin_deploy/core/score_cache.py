@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
     path = cache_root() / "scores" / f"{key}.json"
     discarded = None
     if cache and path.is_file():
-        raw, discarded = _read_cached(path, adapter)
+        raw, discarded = _read_cached(path, adapter, method)
         if raw is not None:
             raw.info = {**raw.info, "cached": True, "cache_file": str(path)}
             return raw
@@ -82,16 +83,22 @@ def score_model(model: nn.Module, inputs: dict[str, torch.Tensor], method: str =
     return raw
 
 
-def _read_cached(path: Path, adapter) -> tuple[RawScores | None, str | None]:
+def _read_cached(path: Path, adapter, method: str) -> tuple[RawScores | None, str | None]:
     """A cache entry, or ``(None, reason)`` when it is corrupt, partial or does not fit the model
     (the entry is then removed, so that it is recomputed and rewritten)."""
     try:
         raw = RawScores.from_dict(json.loads(path.read_text()))
         heads, neurons = adapter.heads_per_layer(), adapter.neurons_per_layer()
-        shapes_ok = ([t.numel() for t in raw.head_md] == heads and [t.numel() for t in raw.head_kl] == heads
-                     and [t.numel() for t in raw.neuron_md] == neurons and [t.numel() for t in raw.neuron_kl] == neurons)
+        shape = lambda ts: [tuple(t.shape) for t in ts]  # noqa: E731 - one flat vector of scores a layer
+        shapes_ok = (shape(raw.head_md) == shape(raw.head_kl) == [(h,) for h in heads]
+                     and shape(raw.neuron_md) == shape(raw.neuron_kl) == [(n,) for n in neurons])
         if not shapes_ok:
             raise ValueError("its score shapes do not match the model")
+        # what the run reports beside the scores: a wrong type here crashed the command after the scores loaded
+        if raw.method != method or not isinstance(raw.info, dict):
+            raise ValueError("its method or info does not match the entry's key")
+        if isinstance(raw.seconds, bool) or not isinstance(raw.seconds, (int, float)) or not math.isfinite(raw.seconds) or raw.seconds < 0:
+            raise ValueError(f"its scoring time {raw.seconds!r} is not a number of seconds")
         if not all(bool(torch.isfinite(t).all()) for t in (*raw.head_md, *raw.head_kl, *raw.neuron_md, *raw.neuron_kl)):
             raise ValueError("it holds non-finite scores")
         return raw, None
