@@ -82,22 +82,51 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
 COPIED_FILES = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json")
 
 
+HINT_FILES = ("optin_task.json", "zoo_info.json")
+
+
+def _hint_problem(d) -> str | None:
+    if not isinstance(d, dict):
+        return f"a JSON {type(d).__name__}, not an object"
+    if d.get("data") is not None and not isinstance(d["data"], str):
+        return f"data is {d['data']!r}, not a data set's name or path"
+    m = d.get("max_length")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+        return f"max_length is {m!r}, not a number of tokens"
+    for k in ("text_column", "label_column"):
+        if d.get(k) is not None and not isinstance(d[k], str):
+            return f"{k} is {d[k]!r}, not a column name"
+    return None
+
+
+def read_task_hint(folder: str | os.PathLike, *, strict: bool = True) -> dict | None:
+    """A model folder's record of its data (``optin_task.json``, else a zoo model's ``zoo_info.json``) when it names
+    the data, else None. A record that cannot be read or holds values of the wrong type (it crashed the command, or a
+    string max_length became an internal error) is an :class:`OptinError` naming it (``strict``), or is skipped."""
+    for f in HINT_FILES:
+        p = Path(folder).expanduser() / f
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problem = getattr(exc, "strerror", None) or short_reason(exc, 80)
+        else:
+            problem = _hint_problem(d)
+        if problem is None and d.get("data"):
+            return d
+        if problem is not None and strict:
+            raise OptinError(f"{p}, the model folder's record of its data, is damaged ({problem}); pass --data, or fix or delete that file")
+    return None
+
+
 def task_hint(task, data: str | None, text_column: str, label_column: str | None, max_length: int | None) -> dict | None:
     """What ``optin_task.json`` records: the data a pruned model is evaluated on (an existing local
     file or folder as an absolute path; a built-in name as it is)."""
     if data is None:
         src = getattr(task, "model_source", "") or ""
-        hint = None
-        for f in ("optin_task.json", "zoo_info.json"):
-            p = Path(src) / f if src else None
-            if p is not None and p.is_file():
-                try:
-                    hint = json.loads(p.read_text())
-                except ValueError:
-                    hint = None
-                if hint and hint.get("data"):
-                    data = hint["data"]
-                    break
+        hint = read_task_hint(src, strict=False) if src else None  # the run got this far without it: a damaged one records nothing
+        data = hint["data"] if hint else None
     if data is None:
         return None
     p = Path(str(data)).expanduser()

@@ -46,7 +46,7 @@ import torch
 from .data import assets
 from .adapters.base import mark_text_pair
 from .data.types import Split, Task, TaskData, text_size
-from .errors import OptinError
+from .errors import OptinError, short_reason
 
 DEFAULT_TASK = "minilm-sentiment"
 SEED = 0
@@ -590,21 +590,58 @@ def _prepare_locked(name: str, progress: bool) -> Path:
     return final
 
 
+INFO_FIGURES = ("validation_accuracy", "validation_macro_f1", "test_accuracy", "test_macro_f1")
+
+
+def _info_problem(d, entry: ZooEntry) -> str | None:
+    """What makes a ``zoo_info.json`` unusable for ``entry`` (its figures are printed and listed), or None."""
+    if not isinstance(d, dict):
+        return f"a JSON {type(d).__name__}, not an object"
+    if d.get("name") != entry.name:
+        return f"it names {d.get('name')!r}"
+    if entry.kind == "embedding":
+        return None if d.get("task") == "embedding" else "it does not record a sentence-embedding model"
+    for k in INFO_FIGURES:
+        v = d.get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            return f"{k} is {v!r}, not a fraction"
+    v = d.get("train_seconds")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        return f"train_seconds is {v!r}"
+    return None
+
+
 def info(name: str) -> dict | None:
-    """The ``zoo_info.json`` of a prepared zoo model, or None if it is not prepared."""
+    """The ``zoo_info.json`` of a prepared zoo model, or None if it is not prepared. A damaged one (edited,
+    truncated, of another type) is an :class:`OptinError` naming it and how to prepare the model again."""
+    entry = zoo_entry(name)
     p = task_dir(name) / "zoo_info.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or short_reason(exc, 80)
+    else:
+        problem = _info_problem(d, entry)
+    if problem:
+        raise OptinError(f"the zoo model's record {p} is damaged ({problem}); prepare it again with: optin-deploy zoo prepare {name} --force")
+    return d
 
 
 def list_tasks() -> list[dict]:
-    """The zoo's models: name, description, data, whether prepared, folder and test accuracy."""
+    """The zoo's models: name, description, data, whether prepared, folder and test accuracy (``damaged``: the
+    message of a prepared model whose record is unreadable)."""
     out = []
     for e in ZOO.values():
-        i = info(e.name)
+        try:
+            i, damaged = info(e.name), None
+        except OptinError as exc:
+            i, damaged = None, str(exc)
         out.append({
             "name": e.name, "description": e.description, "data": e.data, "default": e.name == DEFAULT_TASK,
             "prepared": i is not None, "path": str(task_dir(e.name)),
-            "test_accuracy": None if i is None else i.get("test_accuracy"),
+            "test_accuracy": None if i is None else i.get("test_accuracy"), "damaged": damaged,
         })
     return out
 
@@ -628,20 +665,6 @@ def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
 
         return Task(name, model, load_texts(entry.data, seed=SEED), entry.max_length, tok, str(folder))
     return Task(name, model, load_builtin(entry.data, seed=SEED), entry.max_length, tok, str(folder))
-
-
-def _model_task_hint(folder: Path) -> dict | None:
-    """A model folder's record of its data (``zoo_info.json`` or ``optin_task.json``), if any."""
-    for f in ("optin_task.json", "zoo_info.json"):
-        p = folder / f
-        if p.exists():
-            try:
-                d = json.loads(p.read_text())
-            except ValueError:
-                continue
-            if d.get("data"):
-                return d
-    return None
 
 
 def _model_classes(model: torch.nn.Module) -> int | None:
@@ -699,8 +722,10 @@ def load_task(
     set_threads()
     m = load_model(model, task=task)
     folder = Path(str(model)).expanduser()
-    hint = _model_task_hint(folder) if folder.is_dir() else None
     if data is None:
+        from .pruned_io import read_task_hint
+
+        hint = read_task_hint(folder) if folder.is_dir() else None
         if hint is None:
             raise OptinError(f"model {model!r} does not record its data: pass --data (a built-in data set or a file/folder)")
         data = hint["data"]

@@ -187,3 +187,61 @@ def test_a_wrong_typed_score_cache_entry_is_recomputed(cache, damage):
     assert not again.info["cached"] and again.info["cache_discarded"]
     assert all(bool((a == b).all()) for a, b in zip(again.head_md, first.head_md))
     assert score_model(model, inputs, "exact").info["cached"]  # rewritten whole
+
+
+# ------------------------------------------------------------------ a zoo model's record, a model folder's record
+
+
+GOOD_INFO = {"name": "minilm-sentiment", "data": "rotten-tomatoes", "max_length": 64, "validation_accuracy": 0.82,
+             "validation_macro_f1": 0.82, "test_accuracy": 0.85, "test_macro_f1": 0.846, "train_seconds": 185.0}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('{"name": "minilm-sentiment", "test_acc', "Unterminated string"),
+    ("", "Expecting value"),
+    ("[]", "a JSON list, not an object"),
+    (json.dumps({**GOOD_INFO, "test_accuracy": "85%"}), "test_accuracy is '85%', not a fraction"),
+])
+def test_a_damaged_zoo_record_is_one_line_and_listed_as_damaged(cache, text, needle):
+    """A truncated, emptied or edited zoo_info.json: 'zoo list' and 'zoo prepare' ended in 'internal error
+    JSONDecodeError' / 'ValueError: Unknown format code f' (exit 1), and a JSON list made 'zoo prepare' print
+    'test accuracy nan% ... trained in nans' with exit 0."""
+    from conftest import run_cli
+
+    folder = cache / "zoo" / "minilm-sentiment"
+    folder.mkdir(parents=True)
+    (folder / "zoo_info.json").write_text(json.dumps(GOOD_INFO))
+    listed = run_cli("zoo", "list").stdout
+    assert "test accuracy 85.0%" in listed
+    (folder / "zoo_info.json").write_text(text)
+    listed = run_cli("zoo", "list")
+    assert "record damaged: optin-deploy zoo prepare minilm-sentiment --force" in listed.stdout and listed.stderr == ""
+    r = run_cli("zoo", "prepare", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: the zoo model's record {folder / 'zoo_info.json'} is damaged (")
+    assert needle in lines[0] and "zoo prepare minilm-sentiment --force" in lines[0] and "nan" not in r.stdout
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[]", "a JSON list, not an object"),
+    ('{"data": "DATA", "max_length": "long"}', "max_length is 'long'"),
+    ('{"data": 5}', "data is 5"),
+])
+def test_a_damaged_model_folder_record_is_one_line(tmp_path, text, needle):
+    """``optin_task.json`` (a pruned folder's record of its data) as a list, or with max_length "long": internal
+    error AttributeError / ValueError (exit 1) for a command run without --data."""
+    from conftest import make_tiny_bert, run_cli, save_word_tokenizer
+    from optin_deploy.pruned_io import read_task_hint
+
+    folder = tmp_path / "m"
+    make_tiny_bert(num_labels=2).save_pretrained(folder)
+    save_word_tokenizer(folder)
+    (folder / "optin_task.json").write_text(text.replace("DATA", str(tmp_path / "d.csv")))
+    with pytest.raises(OptinError, match=needle):
+        read_task_hint(folder)
+    assert read_task_hint(folder, strict=False) is None
+    r = run_cli("prune", folder, "--flops", "0.5", "--out", tmp_path / "p", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "pass --data" in lines[0], r.stderr
+    assert not (tmp_path / "p").exists()

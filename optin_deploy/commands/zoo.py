@@ -22,7 +22,8 @@ def list_cmd() -> None:
 
     for t in zoo.list_tasks():
         acc = (f"test accuracy {t['test_accuracy'] * 100:.1f}%" if t["test_accuracy"] is not None
-               else "prepared (sentence embeddings, no labels)" if t["prepared"] else "not prepared")
+               else "prepared (sentence embeddings, no labels)" if t["prepared"]
+               else f"record damaged: optin-deploy zoo prepare {t['name']} --force" if t["damaged"] else "not prepared")
         default = " (default)" if t["default"] else ""
         typer.echo(f"{t['name']}{default}: {t['description']}")
         typer.echo(f"    data {t['data']}; {acc}; {t['path']}")
