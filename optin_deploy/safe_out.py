@@ -110,6 +110,26 @@ def _linked_files(folder: Path, limit: int = 10000) -> list[Path]:
         return []
 
 
+CACHE_PARTS = ("zoo", "assets", "wheels", "scores", "luts", ".locks")  # what optin-deploy keeps in its cache folder
+
+
+def _check_not_the_cache(o: Path, o_real: Path, out, flag: str) -> None:
+    """Refuse an output that is or holds optin-deploy's cache folder (its zoo models, wheels, scores: a zoo model given
+    as the command's model is read from there), or lies inside one of the cache's own folders."""
+    from .data.assets import cache_root
+
+    root = cache_root()
+    roots = {root, Path(os.path.realpath(root))}
+    for r in roots:
+        if _within(r, o) or _within(r, o_real):
+            raise OptinError(f"{flag} {out} is or holds optin-deploy's cache {root} (its zoo models, wheels and scores); refusing to "
+                             f"replace it, even with --force; pass a new folder")
+        for part in CACHE_PARTS:
+            if _within(o, r / part) or _within(o_real, r / part):
+                raise OptinError(f"{flag} {out} is inside optin-deploy's cache ({r / part}); refusing to write there, even with "
+                                 f"--force; pass a folder outside {root}")
+
+
 def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike | None] = (),
               flag: str = "--out") -> Path:
     """Refuse an output path that would destroy something the user owns; returns it resolved.
@@ -128,6 +148,7 @@ def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[
             raise OptinError(f"{flag} {out} is {what}; refusing to replace it, even with --force; pass a new folder")
     if _within(cwd, o) or _within(Path(os.path.realpath(cwd)), o_real):
         raise OptinError(f"{flag} {out} is the current folder or contains it; refusing to replace it, even with --force; pass a new folder")
+    _check_not_the_cache(o, o_real, out, flag)
     for p in protect:
         pp = _input_path(p)
         if pp is None:

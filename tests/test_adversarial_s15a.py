@@ -302,3 +302,27 @@ def test_a_damaged_extracted_asset_is_extracted_again(cache, damage, capsys):
     assert again.sha256 == first.sha256 and (folder / "model.safetensors").read_bytes() == good
     assert "is damaged" in capsys.readouterr().err
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # nothing set aside left
+
+
+# ------------------------------------------------------------------ --out and the cache
+
+
+def test_out_never_replaces_the_cache_or_a_zoo_model_even_with_force(cache, tmp_path):
+    """'prune minilm-sentiment --out CACHE/zoo/minilm-sentiment --force' replaced the zoo model it had just read (a
+    3-minute training gone, the model no longer prepared), and '--out CACHE --force' wiped the whole cache (zoo
+    models, wheels, assets, scores) for one pruned model: the README refuses the command's inputs even with --force."""
+    from optin_deploy.safe_out import check_out
+
+    zoo_model = cache / "zoo" / "minilm-sentiment"
+    zoo_model.mkdir(parents=True)
+    (zoo_model / "zoo_info.json").write_text("{}")
+    for out, needle in [(cache, "is or holds optin-deploy's cache"), (cache.parent, "is or holds optin-deploy's cache"),
+                        (zoo_model, "is inside optin-deploy's cache"), (cache / "wheels" / "x", "is inside optin-deploy's cache")]:
+        with pytest.raises(OptinError, match=needle):
+            check_out(out, force=True)
+    assert check_out(cache / "mine", force=True) == cache / "mine"  # a folder of the user's own beside the cache's
+    link = tmp_path / "link"
+    link.symlink_to(cache / "zoo")
+    with pytest.raises(OptinError, match="inside optin-deploy's cache"):
+        check_out(link / "minilm-sentiment", force=True)
+    assert (zoo_model / "zoo_info.json").is_file()
