@@ -534,9 +534,12 @@ def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = T
     if (final / "zoo_info.json").exists() and not force:
         return final
     waiting = f"waiting for another optin-deploy process preparing zoo model {name!r} in {final} ..." if progress else None
-    with assets.cache_lock(f"zoo-{name}", waiting):
+    with assets.cache_lock(f"zoo-{name}", waiting) as locked:
         if (final / "zoo_info.json").exists() and not force:  # prepared by the process this one waited for
             return final
+        # staging left by a killed run (kill -9, a crash: up to a model's size each); under the lock no live run owns one
+        for stale in [*zoo_dir().glob(f".tmp-{name}-????????"), *zoo_dir().glob(f".old-{name}-????????")] if locked else []:
+            shutil.rmtree(stale, ignore_errors=True)
         return _prepare_locked(name, progress)
 
 

@@ -326,3 +326,25 @@ def test_out_never_replaces_the_cache_or_a_zoo_model_even_with_force(cache, tmp_
     with pytest.raises(OptinError, match="inside optin-deploy's cache"):
         check_out(link / "minilm-sentiment", force=True)
     assert (zoo_model / "zoo_info.json").is_file()
+
+
+def test_staging_left_by_a_killed_zoo_prepare_is_removed_by_the_next(cache, monkeypatch):
+    """kill -9 during 'zoo prepare' left zoo/.tmp-NAME-XXXXXXXX (a half-trained model folder, up to the model's size)
+    in the cache for good; the next prepare of that model, holding its lock, removes it."""
+    from optin_deploy import zoo
+
+    stale = cache / "zoo" / ".tmp-minilm-embeddings-k1ll3d9x"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    other = cache / "zoo" / ".tmp-minilm-sentiment-k1ll3d9x"  # another model's: not this run's to judge
+    other.mkdir()
+
+    def fake_prepare(entry, final, progress):
+        tmp = final.parent / ".tmp-fake"
+        tmp.mkdir()
+        zoo._commit(tmp, final, {"name": entry.name, "task": "embedding"})
+        return final
+
+    monkeypatch.setattr(zoo, "_prepare_embedding", fake_prepare)
+    zoo.prepare("minilm-embeddings", progress=False)
+    assert not stale.exists() and other.exists()

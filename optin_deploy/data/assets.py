@@ -106,23 +106,24 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def cache_lock(name: str, waiting: str | None = None) -> Iterator[None]:
+def cache_lock(name: str, waiting: str | None = None) -> Iterator[bool]:
     """Hold the cache's advisory lock ``name`` (a file ``<cache>/.locks/<name>.lock``) for the ``with`` block, so that
     two processes sharing the cache do not do the same first-use work at once (each training the same zoo model:
     twice the time on shared cores, then one replacing the other's folder while it was read). A process waiting
     for another says so in ``waiting`` (a progress line). The lock goes with its process (``kill -9`` included),
-    so a stale lock file never blocks; where file locks are not available, the work is simply not serialised."""
+    so a stale lock file never blocks; where file locks are not available, the work is simply not serialised. Yields
+    whether the lock is held."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield
+        yield False
         return
     locks = cache_dir() / ".locks"
     try:
         locks.mkdir(exist_ok=True)
         fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:  # a read-only cache: nothing to serialise on (and nothing can be written there anyway)
-        yield
+        yield False
         return
     try:
         try:
@@ -131,7 +132,7 @@ def cache_lock(name: str, waiting: str | None = None) -> Iterator[None]:
             if waiting:
                 info(waiting)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)  # releases the lock
 
