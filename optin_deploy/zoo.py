@@ -657,7 +657,10 @@ def get_task(name: str = DEFAULT_TASK, *, progress: bool = True) -> Task:
     from .models import load_model
 
     set_threads()
-    model = load_model(folder, task="embedding" if entry.kind == "embedding" else None)
+    try:
+        model = load_model(folder, task="embedding" if entry.kind == "embedding" else None)
+    except OptinError as exc:  # a file of the cached model removed or damaged since it was prepared
+        raise type(exc)(f"{exc}; this zoo model is prepared again with: optin-deploy zoo prepare {name} --force") from None
     tok = None
     if entry.kind in ("text", "embedding"):
         from transformers import AutoTokenizer

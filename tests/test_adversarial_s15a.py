@@ -348,3 +348,18 @@ def test_staging_left_by_a_killed_zoo_prepare_is_removed_by_the_next(cache, monk
     monkeypatch.setattr(zoo, "_prepare_embedding", fake_prepare)
     zoo.prepare("minilm-embeddings", progress=False)
     assert not stale.exists() and other.exists()
+
+
+def test_a_zoo_model_whose_weights_went_missing_says_how_to_prepare_it_again(cache):
+    """A prepared zoo model with its weights truncated or removed since: 'cannot load the weights ...; the file may be
+    corrupt or truncated' (exit 2), without saying that the fix is one command."""
+    from conftest import make_tiny_bert, run_cli
+
+    folder = cache / "zoo" / "minilm-sentiment"
+    make_tiny_bert(num_labels=2).save_pretrained(folder)
+    (folder / "zoo_info.json").write_text(json.dumps(GOOD_INFO))
+    (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    r = run_cli("zoo", "eval", "minilm-sentiment", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot load the weights"), r.stderr
+    assert lines[0].endswith("this zoo model is prepared again with: optin-deploy zoo prepare minilm-sentiment --force")
