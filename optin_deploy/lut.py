@@ -666,29 +666,47 @@ def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[st
     """The latency table of ``model`` on ``target`` from the cache (``$OPTIN_DEPLOY_CACHE/luts``), measured
     here and cached on a miss. Returns ``(table, cached file, measured_now)``."""
     from .core.score_cache import cache_root
-
-    from .errors import short_reason
+    from .data.assets import cache_lock
     from .progress import warn
 
     target = resolve_target(target)
     path = cache_root() / "luts" / f"{table_key(model, target)}.json" if cache else None
-    if path is not None and path.is_file():
-        try:
-            return read_lut(path), path, False
-        except (OptinError, OSError) as exc:  # a damaged entry is said, discarded and measured again
-            reason = short_reason(str(exc).removeprefix(f"latency table {path}: ").removeprefix(f"{path}: ").split("; ")[0], 160)
-            warn(f"the cached latency table {path} is unusable ({reason}); it was discarded and is measured again")
-            with contextlib.suppress(OSError):
-                path.unlink()
-    table = measure_lut(model, target, progress=progress)
-    if path is not None:
-        try:
-            table.save(path)
-        except OSError as exc:  # an unusable cache costs a measurement next time, not this run's result
-            warn(f"could not keep the latency table in the cache {cache_root()} ({exc.strerror or exc}); it is measured again "
-                 f"next time (set OPTIN_DEPLOY_CACHE to a writable folder)")
-            path = None
+    table = _cached_table(path)
+    if table is not None:
+        return table, path, False
+    # two builds of one model at once measured the same table twice, each timing its models while the other competed
+    # for the same cores: the second now waits for the first and reads its table
+    waiting = f"waiting for another optin-deploy process measuring this latency table ({path.name})" if path else None
+    with cache_lock(f"lut-{path.stem}", waiting, say=progress or (lambda s: None)) if path else contextlib.nullcontext():
+        table = _cached_table(path)
+        if table is not None:
+            return table, path, False
+        table = measure_lut(model, target, progress=progress)
+        if path is not None:
+            try:
+                table.save(path)
+            except OSError as exc:  # an unusable cache costs a measurement next time, not this run's result
+                warn(f"could not keep the latency table in the cache {cache_root()} ({exc.strerror or exc}); it is measured again "
+                     f"next time (set OPTIN_DEPLOY_CACHE to a writable folder)")
+                path = None
     return table, path, True
+
+
+def _cached_table(path: Path | None) -> LatencyTable | None:
+    """The cache entry ``path`` when it is there and sound; a damaged one is said in one warning line and removed."""
+    from .errors import short_reason
+    from .progress import warn
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        return read_lut(path)
+    except (OptinError, OSError) as exc:  # a damaged entry is said, discarded and measured again
+        reason = short_reason(str(exc).removeprefix(f"latency table {path}: ").removeprefix(f"{path}: ").split("; ")[0], 160)
+        warn(f"the cached latency table {path} is unusable ({reason}); it was discarded and is measured again")
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return None
 
 
 # ------------------------------------------------------------------------------------- measuring

@@ -363,3 +363,29 @@ def test_a_zoo_model_whose_weights_went_missing_says_how_to_prepare_it_again(cac
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot load the weights"), r.stderr
     assert lines[0].endswith("this zoo model is prepared again with: optin-deploy zoo prepare minilm-sentiment --force")
+
+
+def test_two_builds_at_once_measure_one_latency_table_once(cache, monkeypatch):
+    """Two builds of one model on one cache both measured its latency table (about 20 s each on the tiny model), each
+    timing while the other competed for the same cores, and both cached their table. The second now waits and reads
+    the first's."""
+    from optin_deploy import lut
+    from conftest import make_tiny_bert
+
+    model = make_tiny_bert()
+    measured = []
+
+    def slow_measure(m, t, progress=None):
+        measured.append(1)
+        time.sleep(0.5)
+        return _tiny_table()
+
+    monkeypatch.setattr(lut, "measure_lut", slow_measure)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(lut.cached_lut(model, "x86-cpu-ort"))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(measured) == 1 and sorted(r[2] for r in results) == [False, True]
+    assert results[0][1] == results[1][1] and results[0][1].is_file()

@@ -36,7 +36,7 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import OptinError, short_reason
 
@@ -106,11 +106,11 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def cache_lock(name: str, waiting: str | None = None) -> Iterator[bool]:
+def cache_lock(name: str, waiting: str | None = None, say: Callable[[str], None] | None = None) -> Iterator[bool]:
     """Hold the cache's advisory lock ``name`` (a file ``<cache>/.locks/<name>.lock``) for the ``with`` block, so that
     two processes sharing the cache do not do the same first-use work at once (each training the same zoo model:
     twice the time on shared cores, then one replacing the other's folder while it was read). A process waiting
-    for another says so in ``waiting`` (a progress line). The lock goes with its process (``kill -9`` included),
+    for another says so in ``waiting`` (through ``say``, default a progress line). The lock goes with its process (``kill -9`` included),
     so a stale lock file never blocks; where file locks are not available, the work is simply not serialised. Yields
     whether the lock is held."""
     try:
@@ -118,11 +118,11 @@ def cache_lock(name: str, waiting: str | None = None) -> Iterator[bool]:
     except ImportError:  # pragma: no cover - not POSIX
         yield False
         return
-    locks = cache_dir() / ".locks"
+    locks = cache_root() / ".locks"
     try:
-        locks.mkdir(exist_ok=True)
+        locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(locks / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:  # a read-only cache: nothing to serialise on (and nothing can be written there anyway)
+    except OSError:  # an unwritable cache: nothing to serialise on (and nothing can be written there anyway)
         yield False
         return
     try:
@@ -130,7 +130,7 @@ def cache_lock(name: str, waiting: str | None = None) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if waiting:
-                info(waiting)
+                (say or info)(waiting)
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield True
     finally:
