@@ -191,7 +191,7 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
     from transformers import AutoConfig
 
     # trust_remote_code=False, not the default None: with None, transformers asks on the terminal whether to run a
-    # config's auto_map code (a custom model_type), and a "y" (or `yes |`) ran the model folder's Python
+    # config's auto_map code (a family of its own), and a "y" (or `yes |`) ran the model folder's Python
     kw: dict[str, Any] = {"local_files_only": True, **NO_REMOTE_CODE} if (local or local_files_only) else dict(NO_REMOTE_CODE)
     try:
         config = AutoConfig.from_pretrained(where, **kw)
