@@ -286,7 +286,8 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
     if len(roots) == 1 and None not in roots:
         root = roots.pop()
         try:
-            profile = json.loads((root / "manifest.json").read_text()).get("profile")
+            manifest = json.loads((root / "manifest.json").read_text())
+            profile = manifest.get("profile") if isinstance(manifest, dict) else None  # an edited manifest of another shape: no profile
         except (OSError, ValueError):
             profile = None
         measured = _measured_shape(root)
