@@ -208,7 +208,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         "| | dense | pruned | change |",
         "|---|---:|---:|---:|",
         f"| encoder MACs (seq {macs['seq_len']}) | {macs['dense']:,} | {macs['pruned']:,} | x{macs['ratio']:.3f} |",
-        f"| {metric_label(acc['metric'])} | {acc['dense']:.2f} | {acc['pruned']:.2f} | {-acc['drop']:+.2f} pts |",
+        f"| {metric_label(acc['metric'])} | {acc['dense']:.2f} | {acc['pruned']:.2f} | {0.0 - acc['drop']:+.2f} pts |",
         f"| {AGREEMENT_LABELS.get(acc['metric'], 'agreement with dense (%)')} | | {acc['agreement']:.2f} | |",
         f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster"
         + (f" (rounds IQR {report['speedup_iqr'][0]:.2f}-{report['speedup_iqr'][1]:.2f})" if report.get("speedup_iqr") else "") + " |",
@@ -249,6 +249,9 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             lines.append("Flushing denormal floats to zero is what makes the CPU run at these latencies on real inputs (only values below "
                          "about 1e-38 become 0; measured on the default model: identical logits). onnxruntime applies it to its worker threads and, once per process, to the thread that creates the "
                          "*first* session: create this session first, from the thread that will call `session.run`.")
+    from .serving import serving_markdown
+
+    lines += serving_markdown(report.get("serving"))
     lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
     lines += [f"| `{k}` | {v['bytes']:,} |" for k, v in report["artifacts"].items()]
     path.write_text("\n".join(lines) + "\n")
