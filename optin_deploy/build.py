@@ -10,7 +10,7 @@ is complete; any error leaves nothing behind. Layout::
       tensorrt/          model.engine + bindings (TensorRT profiles, when TensorRT is present)
       report.json        the figures (schema: see REPORT_KEYS)
       report.md          the human report, with plots/*.png
-      manifest.json      inputs, checksums, package versions, command line, profile
+      manifest.json      inputs, checksums, package versions, command line, profile, how to serve the deliverable (serving)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .progress import console, step, warn
 from .pruning import Scores
 from .runtimes.base import AOTI_RUNTIMES
 from .safe_out import check_out, staged_output, write_json
+from .serving import EVAL_BATCH_SIZE, serving_spec
 from .target import Target, resolve_target
 
 SMALL_EVAL_SPLIT = 30  # an evaluation split smaller than this gets a warning: its figures move in steps of 100/n points
@@ -749,14 +750,14 @@ def validate_stage(ctx: BuildContext, exported: Exported) -> Validated:
     if ctx.embedding:
         from .embedding_eval import embedding_summary, evaluate_embeddings
 
-        ev = evaluate_embeddings(task, runtimes, split=opts.eval_split, baseline="dense")
+        ev = evaluate_embeddings(task, runtimes, split=opts.eval_split, baseline="dense", batch_size=EVAL_BATCH_SIZE)
         emb = embedding_summary(ev)
         emb["pooling"] = ctx.model.pooling.to_dict()
         step(f"embeddings on {emb['corpus_size']} held-out texts: cosine to dense mean {emb['cosine_mean']:.4f}, "
              f"5th percentile {emb['cosine_p5']:.4f}; recall@10 agreement {emb['recall_at_10']:.4f}")
         # no labels: the dense model is the reference (100%), agreement is recall@10 of the neighbours
         return Validated(ev, headline_metric("embedding"), 100.0, 100 * emb["cosine_mean"], emb["recall_at_10"], emb)
-    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense")
+    ev = evaluate(task, runtimes, split=opts.eval_split, baseline="dense", batch_size=EVAL_BATCH_SIZE)
     metric = headline_metric(task.data.task_type)
     n = len(getattr(task.data, opts.eval_split))
     if n < SMALL_EVAL_SPLIT:  # a handful of samples: one sample moves the figure by 100/n points
@@ -879,6 +880,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "bench": {"iters": opts.bench_iters, "min_seconds": opts.bench_min_seconds, "warmup": opts.bench_warmup, "interleaved": True, "mode": bench.get("mode"), "block": bench.get("block"),
                   "settle_seconds": bench.get("settle_seconds"), "inputs": {k: list(v.shape) for k, v in ctx.bench_np.items()}},
         "artifacts": artifacts,
+        # how to feed the deliverable without optin-deploy: inputs, output classes, tokenisation, the batching of the figures
+        "serving": serving_spec(task, exports["pruned"], staging, ctx.eval_len),
     }
 
 
@@ -1002,6 +1005,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Targ
         # the profile the bundle was built for: a choosing profile's chosen candidate (report.json runtime_choice says how)
         "profile": next((t for t in target.choices if t.name == report["profile"]), target).profile.to_dict(),
         "chosen_by": target.chooser.name if target.chooser is not None else None,
+        "serving": report.get("serving"),  # the deliverable's inputs, output and preprocessing (report.json's block)
         "versions": _versions(),
         "files": {},
     }
