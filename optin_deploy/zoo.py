@@ -735,6 +735,9 @@ def load_task(
         if hint is None:
             raise OptinError(f"model {model!r} does not record its data: pass --data (a built-in data set or a file/folder)")
         data = hint["data"]
+        if Path(str(data)).is_absolute() and not Path(str(data)).exists():  # recorded as an absolute path (task_hint) that is gone
+            raise OptinError(f"model {model!r} records its data as {data} (its optin_task.json), which is not there (a bundle moved to "
+                             f"another machine?); pass --data with that data set's file or folder")
         if hint.get("max_length"):
             max_length = int(hint["max_length"])
         for k in ("text_column", "label_column"):

@@ -135,3 +135,19 @@ def test_no_drop_is_not_shown_as_a_loss(tmp_path):
     write_markdown(report, tmp_path / "r.md", {})
     text = (tmp_path / "r.md").read_text()
     assert "+0.00 pts" in text and "-0.00" not in text
+
+
+def test_a_moved_bundle_whose_recorded_data_is_gone_says_to_pass_data(tmp_path):
+    """A bundle copied to another machine records its data file's absolute path; ``eval BUNDLE`` there said only
+    "data '/abs/d.csv' is neither a built-in data set (...) nor an existing file or folder", as if the user had passed it."""
+    from optin_deploy.errors import OptinError
+    from optin_deploy.zoo import load_task
+
+    from conftest import make_tiny_bert, save_word_tokenizer
+
+    folder = tmp_path / "m"
+    make_tiny_bert(num_labels=2).save_pretrained(folder)
+    save_word_tokenizer(folder)
+    (folder / "optin_task.json").write_text(json.dumps({"data": str(tmp_path / "gone" / "d.csv"), "max_length": 32}))
+    with pytest.raises(OptinError, match=r"records its data as .*gone/d\.csv.*pass --data"):
+        load_task(str(folder), None, max_length=None)
