@@ -723,6 +723,7 @@ def load_task(
         zt = get_task(model, progress=progress)
         if data is not None and data != ZOO[model].data:
             flags["task_type"] = model_task_type(zt.model)
+            flags["num_classes"] = _model_classes(zt.model)
             zt.data = _check_fit(zt.model, _load_for(zt, data, flags), model, data)
         return zt
     set_threads()
@@ -746,6 +747,7 @@ def load_task(
     if max_length is None:
         max_length = model_max_length(m)
     flags["task_type"] = model_task_type(m)
+    flags["num_classes"] = _model_classes(m)
     pre = preprocessing(m, model)
     if getattr(m, "output_kind", None) == "embedding":
         td = _embedding_texts(data, flags)

@@ -64,13 +64,15 @@ def load_data(
     num_channels: int = 3,
     seed: int = SEED,
     task_type: str | None = None,
+    num_classes: int | None = None,
 ) -> TaskData:
     """Load a built-in data set (by name) or the user's data (by path) as :class:`TaskData`.
 
     ``image_size``/``image_mean``/``image_std``/``num_channels`` apply to image folders only (the
     model's preprocessing; size defaults to 224). ``label_column=None`` loads inputs only.
     ``task_type`` (the model's: classification or regression) decides how labels are read; without
-    it, only labels that are all non-integer numbers make a regression task.
+    it, only labels that are all non-integer numbers make a regression task. ``num_classes`` (a classifier's class
+    count) bounds integer class ids up front.
     """
     s = str(spec)
     if s in BUILTINS:
@@ -84,8 +86,9 @@ def load_data(
         if path.suffix.lower() not in TEXT_SUFFIXES:
             raise OptinError(f"{path}: unsupported data file type {path.suffix!r}; use .csv, .tsv or .jsonl (or a folder)")
         rows, cols = read_table(path)
-        return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path), task_type)
-    return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
+        return _from_rows(path.stem, {"all": (rows, cols, str(path))}, text_column, label_column, seed, str(path), task_type,
+                          num_classes)
+    return _load_folder(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type, num_classes)
 
 
 # ---------------------------------------------------------------------------------------- tables
@@ -169,15 +172,29 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-class _Labels:
-    """Maps raw label values to ids (or floats for regression), fitted on the training split."""
+#: the largest class count a data set without a model may imply (its ids are 0..n-1; ImageNet-21k has 21,843)
+MAX_CLASSES = 1_000_000
 
-    def __init__(self, values: list, where: str, task_type: str | None = None):
+
+def _as_id(v: Any) -> int:
+    """An integer label (see :func:`_is_int`) as an exact int ("3.0" -> 3; a 20-digit id is not rounded through float)."""
+    return int(v) if isinstance(v, (int, float)) else int(str(v).strip().split(".")[0])
+
+
+class _Labels:
+    """Maps raw label values to ids (or floats for regression), fitted on the training split.
+
+    ``num_classes``: the model's class count, when known; integer labels are then checked against its range here, before
+    anything is built from them (an id of 1e12 would otherwise make a list of 1e12 class names)."""
+
+    def __init__(self, values: list, where: str, task_type: str | None = None, num_classes: int | None = None):
         vals = [v for v in values if v is not None and str(v).strip() != ""]
         if len(vals) < len(values):
             raise OptinError(f"{where}: {len(values) - len(vals)} rows have an empty label; fill them in or drop them")
         self.where = where
         self.for_classifier = task_type == "classification"  # a classifier's own ids: its class range is checked against the model
+        fractional = bool(vals) and all(_is_number(v) and math.isfinite(float(str(v).strip())) for v in vals) \
+            and not all(_is_int(v) for v in vals)
         if task_type == "regression":
             bad = [v for v in vals if not _is_number(v) or not math.isfinite(float(str(v).strip()))]
             if bad:
@@ -185,12 +202,26 @@ class _Labels:
                                  f"(e.g. {bad[0]!r}); fix or drop those rows")
             self.kind = "float"
             self.names = ["score"]
-        elif vals and all(_is_int(v) for v in vals) and min(int(float(v)) for v in vals) >= 0:
+        elif vals and all(_is_int(v) for v in vals) and min(_as_id(v) for v in vals) >= 0:
             self.kind = "int"
-            self.names = [str(i) for i in range(max(int(float(v)) for v in vals) + 1)]
-            self.seen = {int(float(v)) for v in vals}
-        elif task_type is None and vals and all(_is_number(v) for v in vals) and not all(_is_int(v) for v in vals) \
-                and all(math.isfinite(float(str(v).strip())) for v in vals):
+            self.seen = {_as_id(v) for v in vals}
+            top = max(self.seen)
+            limit = num_classes if self.for_classifier and num_classes else MAX_CLASSES
+            if top >= limit:
+                out = sorted(i for i in self.seen if i >= limit)
+                shown = ", ".join(str(i) if i < 10**15 else f"{str(i)[:6]}... ({len(str(i))} digits)" for i in out[:8]) \
+                    + (", ..." if len(out) > 8 else "")
+                what = (f"the model predicts {num_classes} classes (ids 0..{num_classes - 1})" if limit == num_classes
+                        else f"ids are 0..n-1 for n classes, and {MAX_CLASSES:,} classes is past any model's")
+                raise OptinError(f"{where}: class id{'s' if len(out) > 1 else ''} {shown} out of range: {what}; fix those labels "
+                                 f"(or drop those rows)")
+            self.names = [str(i) for i in range(top + 1)]
+        elif fractional and self.for_classifier and num_classes:  # a classifier model's data given regression scores
+            eg = next(v for v in vals if not _is_int(v))
+            raise OptinError(f"{where}: the labels are numbers with fractions (e.g. {str(eg).strip()!r}), a regression target, but "
+                             f"the model is a classifier of {num_classes} classes; pass data labelled "
+                             f"with its classes (class ids 0, 1, ... or class names), or a regression model (num_labels 1)")
+        elif task_type is None and fractional:
             self.kind = "float"
             self.names = ["score"]
         else:  # class names (a classifier's data is classification: -1/1 or 'nan' are names, not numbers)
@@ -211,8 +242,8 @@ class _Labels:
         if self.kind == "int":
             # for a classifier every split may hold any subset of its class ids (zoo._check_fit checks them against
             # the model's range); without a model a split's ids must have been seen in training
-            bad = [v for v in values if not _is_int(v) or int(float(v)) < 0 or (not self.for_classifier and int(float(v)) not in self.seen)]
-            ids = None if bad else [int(float(v)) for v in values]
+            bad = [v for v in values if not _is_int(v) or _as_id(v) < 0 or (not self.for_classifier and _as_id(v) not in self.seen)]
+            ids = None if bad else [_as_id(v) for v in values]
             if bad and self.for_classifier:
                 shown = ", ".join(repr(b) for b in list(dict.fromkeys(map(str, bad)))[:5])
                 raise OptinError(f"{where}: the {split} split has labels that are not class ids ({shown}) while the training "
@@ -253,6 +284,7 @@ def _from_rows(
     seed: int,
     origin: str,
     task_type: str | None = None,
+    num_classes: int | None = None,
 ) -> TaskData:
     """Build TaskData from tabular rows: ``parts`` maps split name ('all', 'train', ...) to rows."""
     columns = text_columns(text_column, [c for _, cols, _ in parts.values() for c in cols])
@@ -295,7 +327,8 @@ def _from_rows(
     # a classifier's class names are matched to the model's own labels later, so a class may be missing from training
     # (its ids come from the model); without a model the classes are the training split's
     fit_rows = [r for rows, _, _ in parts.values() for r in rows] if task_type == "classification" else train_rows
-    labeler = _Labels(_column(fit_rows, label_column), train_where if fit_rows is train_rows else origin, task_type) if have_labels else None
+    labeler = _Labels(_column(fit_rows, label_column), train_where if fit_rows is train_rows else origin, task_type,
+                      num_classes) if have_labels else None
     source = {"path": str(Path(origin).resolve()), "text_column": text_column, **({"text_pair": list(columns)} if len(columns) == 2 else {}),
               "label_column": label_column if have_labels else None,
               "label_kind": labeler.kind if labeler else None}
@@ -365,12 +398,15 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower())
 
 
-def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None) -> TaskData:
+def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None,
+                 num_classes=None) -> TaskData:
     if any((path / f).exists() for f in ("dataset_dict.json", *HF_MARKERS)):
-        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type)
+        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type,
+                        num_classes=num_classes)
     saved = _hf_split_folders(path)
     if saved and all(_split_name(d.name) for d in saved):  # train/ validation/ test/, each written by Dataset.save_to_disk
-        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type, split_folders=saved)
+        return _load_hf(path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type, split_folders=saved,
+                        num_classes=num_classes)
     if saved:
         raise OptinError(f"{path} holds the saved data set{'s' if len(saved) > 1 else ''} {', '.join(d.name for d in saved)}; "
                          f"pass {'that folder' if len(saved) == 1 else 'one of them'} as --data (e.g. {saved[0]})")
@@ -383,7 +419,7 @@ def _load_folder(path: Path, text_column, label_column, image_size, image_mean, 
         for split, f in files.items():
             rows, cols = read_table(f)
             parts[split] = (rows, cols, str(f))
-        return _from_rows(path.name, parts, text_column, label_column, seed, str(path), task_type)
+        return _from_rows(path.name, parts, text_column, label_column, seed, str(path), task_type, num_classes)
     subdirs = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not subdirs:
         raise OptinError(
@@ -560,7 +596,7 @@ def _hf_split_folders(path: Path) -> list[Path]:
 
 
 def _load_hf(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None,
-             split_folders: list[Path] | None = None) -> TaskData:
+             split_folders: list[Path] | None = None, num_classes: int | None = None) -> TaskData:
     """A folder written by ``save_to_disk`` (a DatasetDict or one Dataset), or (``split_folders``) one saved Dataset
     per split in ``train/``, ``validation/``, ``test/`` sub-folders."""
     try:
@@ -597,7 +633,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
         _drop_hidden_labels(path, splits, given, label_column, features, skipped)
         if text_column not in cols and image_col is not None:
             td = _hf_images(path, splits, where, image_col, label_column if has_labels else None, image_size, image_mean,
-                            image_std, num_channels, seed, datasets)
+                            image_std, num_channels, seed, datasets, num_classes)
             if not has_labels:
                 td.source.update(missing_label_column=label_column, columns=cols)
         else:
@@ -607,7 +643,7 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
                 if not rows:
                     raise OptinError(f"{where[k]}: the split is empty")
                 rows_parts[k] = (rows, list(d.column_names), where[k])
-            td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type)
+            td = _from_rows(path.name, rows_parts, text_column, label_column, seed, str(path), task_type, num_classes)
     except OptinError:
         raise
     except Exception as exc:  # noqa: BLE001 - pyarrow / datasets raise many kinds
@@ -620,11 +656,11 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
 
 
 def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_column: str | None, image_size, image_mean,
-               image_std, num_channels, seed, datasets) -> TaskData:
+               image_std, num_channels, seed, datasets, num_classes=None) -> TaskData:
     """An image data set: the image column (decoded, whatever ``decode`` it was saved with) and, when given, labels read
     like any other labels (integers are class ids, anything else class names; a ClassLabel's ids come with its names)."""
     raw = {k: list(d[label_column]) for k, d in splits.items()} if label_column else {}
-    labeler = _Labels([v for vals in raw.values() for v in vals], str(path), "classification") if label_column else None
+    labeler = _Labels([v for vals in raw.values() for v in vals], str(path), "classification", num_classes) if label_column else None
     parts = {}
     for k, d in splits.items():
         if not getattr(d.features[image_col], "decode", True):

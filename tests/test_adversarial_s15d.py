@@ -1,0 +1,91 @@
+"""Session 15d: the user's own data files through build / prune / eval / bench (an adversarial pass).
+
+Each test is a defect found with a real file: regression scores given to a classifier (blamed on the row count),
+a class id of 1e12 (minutes and gigabytes of class names before the range error), ..."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from optin_deploy.errors import OptinError
+from test_inputs_defects import WORDS, assert_one_line, save_bert
+
+
+@pytest.fixture(autouse=True)
+def _quiet_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+
+
+@pytest.fixture(scope="module")
+def model3(tmp_path_factory) -> Path:
+    return save_bert(tmp_path_factory.mktemp("m3") / "model")
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=6)) for _ in range(n)]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, newline="")
+    return path
+
+
+def load(model, data, **kw):
+    from optin_deploy.zoo import load_task
+
+    return load_task(str(model), str(data), progress=False, **kw)
+
+
+# ------------------------------------------------------- 1. regression scores for a classifier
+
+
+def test_regression_data_for_a_classifier_names_the_labels_not_the_row_count(tmp_path, model3):
+    """90 rows of float scores: eval said 'only 90 rows, too few for the 80/10/10 split' (every score was a class of
+    its own, so the stratified split had nothing to put in validation/test)."""
+    rng = random.Random(1)
+    data = write(tmp_path / "scores.csv", "text,label\n" + "".join(f"{t},{rng.random() * 5:.3f}\n" for t in texts(90)))
+    with pytest.raises(OptinError) as e:
+        load(model3, data)
+    msg = str(e.value)
+    assert "fractions" in msg and "classifier of 3 classes" in msg and "regression model" in msg
+    assert "too few" not in msg and "90 rows" not in msg
+    # the same file through the CLI: one line, exit 2
+    proc = run_cli("build", "--model", model3, "--data", data, "--profile", "x86-cpu-ort", "--out", tmp_path / "out", check=False)
+    assert_one_line(proc, 2, "fractions", "classifier")
+    assert not (tmp_path / "out").exists()
+    # integer ids written as floats ("1.0") are still class ids
+    ok = write(tmp_path / "ids.csv", "text,label\n" + "".join(f"{t},{i % 3}.0\n" for i, t in enumerate(texts(60))))
+    assert load(model3, ok).data.num_labels == 3
+
+
+# ------------------------------------------------------------------- 2. an absurd class id
+
+
+@pytest.mark.parametrize("big", ["100000000", "1e300", "1" * 40])
+def test_a_huge_class_id_is_refused_at_once(tmp_path, model3, big):
+    """A class id of 1e8 built a list of 1e8 class names (35 s, 7.8 GB) before the range error; 1e300 never ended."""
+    rows = [{"text": t, "label": i % 3} for i, t in enumerate(texts(60))]
+    rows[3]["label"] = float(big) if big == "1e300" else big
+    data = write(tmp_path / "big.jsonl", "\n".join(json.dumps(r) for r in rows))
+    t0 = time.perf_counter()
+    with pytest.raises(OptinError, match=r"class id .* out of range: the model predicts 3 classes \(ids 0\.\.2\)") as e:
+        load(model3, data)
+    assert time.perf_counter() - t0 < 5 and len(str(e.value)) < 300
+
+
+def test_a_huge_class_id_without_a_model_is_refused():
+    from optin_deploy.data.loaders import MAX_CLASSES, _Labels
+
+    with pytest.raises(OptinError, match="out of range"):
+        _Labels(["0", "1", str(10**12)], "d.csv")
+    assert _Labels(["0", str(MAX_CLASSES - 1)], "d.csv").kind == "int"
