@@ -89,3 +89,30 @@ def test_a_huge_class_id_without_a_model_is_refused():
     with pytest.raises(OptinError, match="out of range"):
         _Labels(["0", "1", str(10**12)], "d.csv")
     assert _Labels(["0", str(MAX_CLASSES - 1)], "d.csv").kind == "int"
+
+
+# ----------------------------------------------------------------- 3. the CSV header row
+
+
+@pytest.mark.parametrize("header, row, column", [
+    ("text,text,label", "{t},zz,{y}", "text"),     # the second 'text' was fed to the model: every input was 'zz'
+    ("text,label,label", "{t},{y},x", "label"),    # the second 'label' was scored
+])
+def test_a_column_named_twice_is_refused_not_guessed(tmp_path, model3, header, row, column):
+    data = write(tmp_path / "dup.csv", header + "\n" + "".join(row.format(t=t, y=("neg", "neu", "pos")[i % 3]) + "\n"
+                                                               for i, t in enumerate(texts(60))))
+    with pytest.raises(OptinError, match=rf"2 columns named '{column}' \(columns \d, \d\); rename all but one"):
+        load(model3, data)
+    # a repeated column that is not used is no problem
+    other = write(tmp_path / "other.csv", "text,notes,label,notes\n" + "".join(f"{t},a,neg,b\n" for t in texts(30)))
+    assert load(model3, other).data.num_labels == 3
+
+
+def test_header_names_are_stripped(tmp_path, model3):
+    """'text, label' (a space after the comma, as people type it): the column ' label' was not 'label', so eval measured
+    agreement only and warned "no column 'label'; columns are: text, label"."""
+    data = write(tmp_path / "spaced.csv", "text, label\n" + "".join(f"{t}, {('neg', 'neu', 'pos')[i % 3]}\n"
+                                                                    for i, t in enumerate(texts(60))))
+    task = load(model3, data)
+    assert task.data.train.labels is not None and task.data.source["label_column"] == "label"
+    assert set(torch.cat([task.data.train.labels, task.data.test.labels]).tolist()) == {0, 1, 2}

@@ -109,10 +109,12 @@ def read_table(path: Path) -> tuple[list[dict], list[str]]:
         # the csv module splits records itself: a quoted field may hold newlines, and U+2028 or form feeds are text
         # (str.splitlines would cut records there)
         # restval: a row with fewer fields than the header reads its missing ones as empty strings
-        reader = csv.DictReader(io.StringIO(raw, newline=""), restval="", delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
-        cols = [c for c in (reader.fieldnames or []) if c is not None]
+        # header names are stripped (a spreadsheet's "text, label" means the column label) and kept with their repeats, so
+        # that a column named twice is refused where it is used (DictReader silently took the last of the two)
+        reader = csv.reader(io.StringIO(raw, newline=""), delimiter="\t" if suffix == ".tsv" else csv_delimiter(raw))
         try:
-            rows = [r for r in reader if any((v or "").strip() for k, v in r.items() if k is not None)]
+            cols = [c.strip() for c in next(reader, [])]
+            rows = [dict(zip(cols, r + [""] * (len(cols) - len(r)))) for r in reader if any(v.strip() for v in r[:len(cols)])]
         except csv.Error as exc:
             raise OptinError(f"{path} is not valid CSV ({exc})") from None
     else:
@@ -289,6 +291,10 @@ def _from_rows(
     """Build TaskData from tabular rows: ``parts`` maps split name ('all', 'train', ...) to rows."""
     columns = text_columns(text_column, [c for _, cols, _ in parts.values() for c in cols])
     for split, (rows, cols, where) in parts.items():
+        for col in (*columns, *([label_column] if label_column else [])):
+            if cols.count(col) > 1:  # which of the two is the text (or the labels)? never guess
+                raise OptinError(f"{where} has {cols.count(col)} columns named {col!r} (columns {', '.join(str(i + 1) for i, c in enumerate(cols) if c == col)}); "
+                                 f"rename all but one")
         for col in columns:
             if col not in cols:
                 raise OptinError(
