@@ -116,3 +116,37 @@ def test_header_names_are_stripped(tmp_path, model3):
     task = load(model3, data)
     assert task.data.train.labels is not None and task.data.source["label_column"] == "label"
     assert set(torch.cat([task.data.train.labels, task.data.test.labels]).tolist()) == {0, 1, 2}
+
+
+# ------------------------------------------------------- 4. two files for one split in a folder
+
+
+@pytest.mark.parametrize("names, needle", [
+    (("train.csv", "train.jsonl"), "train.csv and train.jsonl are both the train split"),
+    (("train.csv", "valid.csv", "validation.csv"), "valid.csv and validation.csv are both the validation split"),
+])
+def test_two_files_for_one_split_are_refused(tmp_path, model3, names, needle):
+    """train.csv beside train.jsonl (or val.csv beside validation.csv): the first in name order was used, the other
+    silently left out, so the figures came from data the user did not mean."""
+    d = tmp_path / "splits"
+    d.mkdir()
+    for name in names:
+        rows = [{"text": t, "label": ("neg", "neu", "pos")[i % 3]} for i, t in enumerate(texts(30))]
+        write(d / name, "\n".join(json.dumps(r) for r in rows) if name.endswith("jsonl")
+              else "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows))
+    with pytest.raises(OptinError, match=needle):
+        load(model3, d)
+
+
+def test_two_image_folders_for_one_split_are_refused(tmp_path):
+    from PIL import Image
+
+    from optin_deploy.data.loaders import load_data
+
+    for split in ("train", "val", "validation"):
+        for c in ("cat", "dog"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    with pytest.raises(OptinError, match="val and validation are both the validation split"):
+        load_data(tmp_path / "imgs", image_size=8)

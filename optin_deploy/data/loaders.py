@@ -404,6 +404,14 @@ def _split_name(stem: str) -> str | None:
     return SPLIT_ALIASES.get(stem.lower())
 
 
+def _one_per_split(found: dict[str, Path], split: str, f: Path, root: Path) -> None:
+    """Record ``f`` as the ``split`` split; a second file or folder for one split (train.csv and train.jsonl, val.csv and
+    validation.csv) is refused: one of them was silently left out."""
+    if split in found:
+        raise OptinError(f"{root}: {found[split].name} and {f.name} are both the {split} split; keep one (or merge them)")
+    found[split] = f
+
+
 def _load_folder(path: Path, text_column, label_column, image_size, image_mean, image_std, num_channels, seed, task_type=None,
                  num_classes=None) -> TaskData:
     if any((path / f).exists() for f in ("dataset_dict.json", *HF_MARKERS)):
@@ -416,10 +424,10 @@ def _load_folder(path: Path, text_column, label_column, image_size, image_mean, 
     if saved:
         raise OptinError(f"{path} holds the saved data set{'s' if len(saved) > 1 else ''} {', '.join(d.name for d in saved)}; "
                          f"pass {'that folder' if len(saved) == 1 else 'one of them'} as --data (e.g. {saved[0]})")
-    files = {}
+    files: dict[str, Path] = {}
     for f in sorted(path.iterdir()):
         if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES and _split_name(f.stem):
-            files.setdefault(_split_name(f.stem), f)
+            _one_per_split(files, _split_name(f.stem), f, path)
     if files:
         parts = {}
         for split, f in files.items():
@@ -432,8 +440,11 @@ def _load_folder(path: Path, text_column, label_column, image_size, image_mean, 
             f"{path} is a folder without train/validation/test files, a saved data set or class sub-folders of images; "
             f"pass a .csv/.jsonl file or an image folder"
         )
-    split_dirs = {_split_name(d.name): d for d in subdirs if _split_name(d.name)}
-    if split_dirs and len(split_dirs) == len(subdirs):
+    split_dirs: dict[str, Path] = {}
+    if all(_split_name(d.name) for d in subdirs):  # train/ val/ test/ (else class folders, whatever their names)
+        for d in subdirs:
+            _one_per_split(split_dirs, _split_name(d.name), d, path)
+    if split_dirs:
         return _load_images({k: v for k, v in split_dirs.items()}, path, image_size, image_mean, image_std, num_channels, seed)
     return _load_images({"all": path}, path, image_size, image_mean, image_std, num_channels, seed)
 
