@@ -150,3 +150,50 @@ def test_two_image_folders_for_one_split_are_refused(tmp_path):
                 Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "imgs" / split / c / f"{i}.png")
     with pytest.raises(OptinError, match="val and validation are both the validation split"):
         load_data(tmp_path / "imgs", image_size=8)
+
+
+# ------------------------------------------- 5. splits saved with their own ClassLabel (datasets)
+
+
+def _classlabel(names, ids, **cols):
+    import datasets
+
+    feats = {k: (datasets.Image() if k == "image" else datasets.Value("string")) for k in cols}
+    return datasets.Dataset.from_dict({**cols, "label": ids}, features=datasets.Features({**feats, "label": datasets.ClassLabel(names=names)}))
+
+
+@pytest.mark.parametrize("layout", ["dict", "folders"])
+def test_a_split_with_its_own_classlabel_order_is_read_by_name(tmp_path, model3, layout):
+    """Training split ClassLabel pos, neu, neg; test split neg, neu, pos: the test ids were read with the training
+    names, so every 'neg' test row was scored as 'pos' (a silently wrong accuracy)."""
+    pytest.importorskip("datasets")
+    import datasets
+
+    train = _classlabel(["pos", "neu", "neg"], [i % 3 for i in range(60)], text=texts(60))
+    test = _classlabel(["neg", "neu", "pos"], [0] * 12, text=texts(12, seed=1))  # all 'neg'
+    if layout == "dict":
+        datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "ds"))
+    else:
+        train.save_to_disk(str(tmp_path / "ds" / "train"))
+        test.save_to_disk(str(tmp_path / "ds" / "test"))
+    task = load(model3, tmp_path / "ds")
+    assert task.data.test.labels.tolist() == [0] * 12  # the model's 'neg'
+    other = _classlabel(["negative", "neutral"], [0] * 12, text=texts(12))
+    datasets.DatasetDict({"train": train, "test": other}).save_to_disk(str(tmp_path / "other"))
+    with pytest.raises(OptinError, match=r"\(test\): its label classes \(negative, neutral\) are not the training split's"):
+        load(model3, tmp_path / "other")
+
+
+def test_image_splits_with_their_own_classlabel_order(tmp_path):
+    pytest.importorskip("datasets")
+    import datasets
+    from PIL import Image
+
+    from optin_deploy.data.loaders import load_data
+
+    imgs = [Image.new("RGB", (8, 8), (i * 20 % 255, 0, 0)) for i in range(30)]
+    train = _classlabel(["cat", "dog"], [i % 2 for i in range(24)], image=imgs[:24])
+    test = _classlabel(["dog", "cat"], [0] * 6, image=imgs[24:])  # all 'dog'
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "ds"))
+    d = load_data(tmp_path / "ds", image_size=8)
+    assert d.label_names == ["cat", "dog"] and d.test.labels.tolist() == [1] * 6

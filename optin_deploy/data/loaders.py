@@ -646,17 +646,21 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
                          f"optin-deploy evaluates single-label classifiers and regression: give one label per row")
     classlabel = has_labels and type(features[label_column]).__name__ == "ClassLabel"
     image_col = next((c for c in cols if type(features[c]).__name__ == "Image"), None)
+    remap = _classlabel_remaps(splits, label_column, where, features[label_column].names) if classlabel else {}
     try:  # a damaged arrow file loads (it is mapped lazily) and fails only when its rows are read
         _drop_hidden_labels(path, splits, given, label_column, features, skipped)
         if text_column not in cols and image_col is not None:
             td = _hf_images(path, splits, where, image_col, label_column if has_labels else None, image_size, image_mean,
-                            image_std, num_channels, seed, datasets, num_classes)
+                            image_std, num_channels, seed, datasets, num_classes, remap)
             if not has_labels:
                 td.source.update(missing_label_column=label_column, columns=cols)
         else:
             rows_parts = {}
             for k, d in splits.items():
                 rows = d.select_columns([c for c in (*text_columns(text_column, cols), label_column) if c in d.column_names]).to_list()
+                if k in remap:
+                    for r in rows:
+                        r[label_column] = remap[k][r[label_column]] if r[label_column] is not None and r[label_column] >= 0 else r[label_column]
                 if not rows:
                     raise OptinError(f"{where[k]}: the split is empty")
                 rows_parts[k] = (rows, list(d.column_names), where[k])
@@ -672,11 +676,31 @@ def _load_hf(path: Path, text_column, label_column, image_size, image_mean, imag
     return td
 
 
+def _classlabel_remaps(splits: dict, label_column: str, where: dict, names: list[str]) -> dict[str, list[int]]:
+    """Splits saved with their own ClassLabel: ``{split: its id -> the training split's id}`` where the names differ (another
+    order of the same classes, or some of them). Their ids were taken as the training split's, so a test split saved with
+    ``neg, neu, pos`` under a training split's ``pos, neu, neg`` scored every label as another class. A class the
+    training split's ClassLabel does not name is refused."""
+    out = {}
+    for k, d in splits.items():
+        f = d.features.get(label_column)
+        if type(f).__name__ != "ClassLabel" or list(f.names) == list(names):
+            continue
+        unknown = [n for n in f.names if n not in names]
+        if unknown:
+            raise OptinError(f"{where[k]}: its label classes ({', '.join(f.names[:8])}) are not the training split's "
+                             f"({', '.join(names[:8])}): {', '.join(map(repr, unknown[:5]))} not among them; save every split with one ClassLabel")
+        out[k] = [names.index(n) for n in f.names]
+    return out
+
+
 def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_column: str | None, image_size, image_mean,
-               image_std, num_channels, seed, datasets, num_classes=None) -> TaskData:
+               image_std, num_channels, seed, datasets, num_classes=None, remap=None) -> TaskData:
     """An image data set: the image column (decoded, whatever ``decode`` it was saved with) and, when given, labels read
     like any other labels (integers are class ids, anything else class names; a ClassLabel's ids come with its names)."""
     raw = {k: list(d[label_column]) for k, d in splits.items()} if label_column else {}
+    for k, m in (remap or {}).items():  # a split whose ClassLabel numbers the classes otherwise: the training split's ids
+        raw[k] = [m[v] if v is not None and v >= 0 else v for v in raw[k]]
     labeler = _Labels([v for vals in raw.values() for v in vals], str(path), "classification", num_classes) if label_column else None
     parts = {}
     for k, d in splits.items():
