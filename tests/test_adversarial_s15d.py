@@ -197,3 +197,26 @@ def test_image_splits_with_their_own_classlabel_order(tmp_path):
     datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "ds"))
     d = load_data(tmp_path / "ds", image_size=8)
     assert d.label_names == ["cat", "dog"] and d.test.labels.tolist() == [1] * 6
+
+
+# ------------------------------------------------------------------ 6. EXIF-rotated photos
+
+
+def test_an_exif_rotated_photo_is_read_upright(tmp_path):
+    """A phone photo stored sideways with an EXIF orientation tag was fed sideways (datasets and transformers'
+    load_image turn it upright, as every viewer shows it), so an image folder scored other pictures than the user's."""
+    import numpy as np
+    from PIL import Image
+
+    from optin_deploy.data.loaders import images_to_tensor
+
+    a = np.zeros((10, 20, 3), np.uint8)
+    a[:, :10] = 255  # the left half white, stored sideways
+    im = Image.fromarray(a)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    im.save(tmp_path / "photo.jpg", exif=exif, quality=100)
+    Image.fromarray(a).transpose(Image.Transpose.ROTATE_270).save(tmp_path / "upright.png")
+    x = images_to_tensor([tmp_path / "photo.jpg", tmp_path / "upright.png"], 8, 0.0, 1.0, 3)
+    assert float((x[0] - x[1]).abs().max()) < 0.1
+    assert float(x[0, 0, 0].mean()) > 0.9 and float(x[0, 0, -1].mean()) < 0.1  # white on top, black below

@@ -491,7 +491,7 @@ def _hidden(path: Path, root: Path) -> bool:
 
 def images_to_tensor(images: list, image_size, image_mean, image_std, num_channels: int, where: str = "") -> torch.Tensor:
     """PIL images (or paths) to a normalised ``N x C x H x W`` float tensor."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     h, w = _size(image_size)
     mean, std = _norm_vec(image_mean, num_channels, "mean"), _norm_vec(image_std, num_channels, "std")
@@ -499,6 +499,8 @@ def images_to_tensor(images: list, image_size, image_mean, image_std, num_channe
     for i, im in enumerate(images):
         try:
             img = Image.open(im) if isinstance(im, (str, Path)) else im
+            # upright as shown (a phone photo's EXIF orientation), as datasets and transformers' load_image read it
+            img = ImageOps.exif_transpose(img)
             img = _to_8bit(img).convert("L" if num_channels == 1 else "RGB").resize((w, h), Image.BILINEAR)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             fix = "downscale it or remove it" if isinstance(exc, Image.DecompressionBombError) else "remove or fix it"
