@@ -220,3 +220,21 @@ def test_an_exif_rotated_photo_is_read_upright(tmp_path):
     x = images_to_tensor([tmp_path / "photo.jpg", tmp_path / "upright.png"], 8, 0.0, 1.0, 3)
     assert float((x[0] - x[1]).abs().max()) < 0.1
     assert float(x[0, 0, 0].mean()) > 0.9 and float(x[0, 0, -1].mean()) < 0.1  # white on top, black below
+
+
+# ------------------------------------------------------------ 7. class ids beside other labels
+
+
+@pytest.mark.parametrize("odd, shown", [("nan", "'nan'"), ("pos", "'pos'")])
+def test_class_ids_beside_other_labels_are_named_as_such(tmp_path, model3, odd, shown):
+    """Class ids 0/1/2 with one 'nan' row (a gap a spreadsheet filled): the error called 0, 1 and 2 labels the model
+    does not know, sending the user to rename labels that were right."""
+    data = write(tmp_path / "d.csv", "text,label\n" + "".join(f"{t},{odd if i == 4 else i % 3}\n" for i, t in enumerate(texts(60))))
+    with pytest.raises(OptinError) as e:
+        load(model3, data)
+    msg = str(e.value)
+    assert "59 labels are class ids" in msg and f"1 are not ({shown})" in msg and "does not know" not in msg
+    # signed labels are still names the model does not know (README, Safety)
+    signed = write(tmp_path / "s.csv", "text,label\n" + "".join(f"{t},{(-1, 1)[i % 2]}\n" for i, t in enumerate(texts(30))))
+    with pytest.raises(OptinError, match="does not know: '-1'"):
+        load(model3, signed)

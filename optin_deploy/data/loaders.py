@@ -197,6 +197,7 @@ class _Labels:
         self.for_classifier = task_type == "classification"  # a classifier's own ids: its class range is checked against the model
         fractional = bool(vals) and all(_is_number(v) and math.isfinite(float(str(v).strip())) for v in vals) \
             and not all(_is_int(v) for v in vals)
+        scores = fractional and any(not float(str(v).strip()).is_integer() for v in vals)  # 0.37, not "+1" or "1e0"
         if task_type == "regression":
             bad = [v for v in vals if not _is_number(v) or not math.isfinite(float(str(v).strip()))]
             if bad:
@@ -218,8 +219,8 @@ class _Labels:
                 raise OptinError(f"{where}: class id{'s' if len(out) > 1 else ''} {shown} out of range: {what}; fix those labels "
                                  f"(or drop those rows)")
             self.names = [str(i) for i in range(top + 1)]
-        elif fractional and self.for_classifier and num_classes:  # a classifier model's data given regression scores
-            eg = next(v for v in vals if not _is_int(v))
+        elif scores and self.for_classifier and num_classes:  # a classifier model's data given regression scores
+            eg = next(v for v in vals if not float(str(v).strip()).is_integer())
             raise OptinError(f"{where}: the labels are numbers with fractions (e.g. {str(eg).strip()!r}), a regression target, but "
                              f"the model is a classifier of {num_classes} classes; pass data labelled "
                              f"with its classes (class ids 0, 1, ... or class names), or a regression model (num_labels 1)")
@@ -227,6 +228,13 @@ class _Labels:
             self.kind = "float"
             self.names = ["score"]
         else:  # class names (a classifier's data is classification: -1/1 or 'nan' are names, not numbers)
+            ids = [v for v in vals if _is_int(v) and _as_id(v) >= 0]
+            others = [v for v in vals if not _is_int(v)]  # (-1 beside 1 stays a name the model does not know)
+            if self.for_classifier and ids and others:  # "0, 1, 2" beside "nan" or "pos": they were all called unknown names
+                shown = list(dict.fromkeys(str(v).strip() for v in others))
+                raise OptinError(f"{where}: {len(ids)} labels are class ids (e.g. {str(ids[0]).strip()!r}) and {len(others)} are not "
+                                 f"({', '.join(map(repr, shown[:5]))}); use class ids 0, 1, ... or class names throughout (fix or drop "
+                                 f"the other rows)")
             self.kind = "str"
             self.names = sorted({str(v).strip() for v in vals})
             self.ids = {n: i for i, n in enumerate(self.names)}
