@@ -248,6 +248,9 @@ def _load_transformers(where: str, spec: str, num_labels: int | None, head: bool
                          f"{', '.join(archs) or type(config).__name__} ({shown} missing from its checkpoint), so its predictions "
                          f"would come from random weights; pass a checkpoint fine-tuned for your task" +
                          ("" if _is_vision(config) else ", or --task embedding for a sentence encoder")) from None
+    from .adapters import get_adapter
+
+    get_adapter(model).check_layout(f"model {spec!r}")  # a config whose head size does not fit: refused before scoring
     return _finish(model)
 
 

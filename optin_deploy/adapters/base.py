@@ -35,6 +35,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..errors import OptinError
+
 
 @dataclass
 class LayerParts:
@@ -240,9 +242,39 @@ class Adapter:
         return int(getattr(module_at(self.blocks()[layer], self.heads_path), self.head_count_attr))
 
     def head_dim(self) -> int:
+        if self.head_width_attrs:  # the attention modules' own per-head width: what their forward reshapes by (a BERT
+            for layer in range(self.num_layers):  # ignores a config's "head_dim"; DeBERTa reads attention_head_size)
+                if self.has_attention(layer):
+                    dh = getattr(module_at(self.blocks()[layer], self.heads_path), self.head_width_attrs[1], None)
+                    if isinstance(dh, int) and dh > 0:
+                        return dh
         cfg = self.model.config
         dh = getattr(cfg, self.config_head_dim, None) if self.config_head_dim else None
         return dh or getattr(cfg, self.config_hidden_size) // getattr(cfg, self.config_num_heads)
+
+    def check_layout(self, what: str = "the model") -> None:
+        """Refuse a model whose attention cannot run: its heads x head size must be the width its q/k/v projections
+        produce and its output projection takes. A config.json that sets a head size (DeBERTa's
+        ``attention_head_size``, ViT's ``head_dim``) other than hidden size / heads builds such a model; its own
+        forward fails too, so it is the config, not the tool, that is wrong."""
+        for layer in range(self.num_layers):
+            if not self.has_attention(layer):
+                continue
+            p = self.layer_parts(layer)
+            width = p.qkv.out_features // 3 if p.qkv is not None else p.v.out_features
+            heads, dh = self.num_heads(layer), self.layer_head_dim(layer)
+            if width == p.out_proj.in_features == heads * dh:
+                continue
+            cfg = getattr(self.model, "config", None)
+            named = self.config_head_dim if self.config_head_dim and getattr(cfg, self.config_head_dim, None) else None
+            hidden, n = getattr(cfg, self.config_hidden_size, None), getattr(cfg, self.config_num_heads, None)
+            fix = (f"; set {named} to {self.config_hidden_size} / {self.config_num_heads} ({hidden // n}) or remove it"
+                   if named and isinstance(hidden, int) and isinstance(n, int) and n > 0 and hidden % n == 0
+                   else "; make its head count and sizes agree")
+            raise OptinError(
+                f"{what} has an inconsistent config.json: layer {layer}'s attention has {heads} heads of {dh}"
+                f"{f' ({named})' if named else ''} = {heads * dh} features and its q/k/v give {width}, but its output "
+                f"projection takes {p.out_proj.in_features}, so the model cannot run (transformers' own forward fails too)" + fix)
 
     def hidden_size(self) -> int:
         return getattr(self.model.config, self.config_hidden_size)

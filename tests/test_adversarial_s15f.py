@@ -1,0 +1,49 @@
+"""Session-15 adversarial pass (f): the CLI surface and its messages. Each test reproduces a defect found by
+driving the commands as a user would (their own model folders, option combinations, signals, odd paths)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import make_tiny_deberta, run_cli, save_word_tokenizer
+from test_inputs_defects import assert_one_line, save_bert, write_csv
+
+
+@pytest.fixture(autouse=True)
+def _quiet_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+
+
+PRUNE = ["--flops", "0.6", "--calib-samples", "8", "--calib-length", "16"]
+
+
+def test_a_deberta_config_whose_head_size_does_not_fit_is_refused_as_inconsistent(tmp_path):
+    """A DeBERTa-v2 config.json with "attention_head_size": 16 on hidden 32 / 4 heads builds q/k/v of 64 features
+    and an output projection of 32: transformers' own forward fails. It ended as "internal error RuntimeError: mat1
+    and mat2 shapes cannot be multiplied ... (a bug in optin-deploy)", exit 1, after scoring had started."""
+    folder = tmp_path / "deb"
+    make_tiny_deberta(attention_head_size=16, num_labels=3).save_pretrained(folder)
+    save_word_tokenizer(folder)
+    data = write_csv(tmp_path / "d.csv", [0, 1, 2])
+    proc = run_cli("prune", folder, *PRUNE, "--data", data, "--out", tmp_path / "p", check=False)
+    line = assert_one_line(proc, 2, "inconsistent config.json", "attention_head_size", "(8)")
+    assert "scoring" not in proc.stderr.lower().replace(line.lower(), "")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_config_head_dim_the_family_ignores_does_not_break_pruning(tmp_path):
+    """A BERT config.json carrying a stray "head_dim": 16 (transformers' BERT ignores it and runs with
+    hidden / heads = 8): the adapter took the head size from the config, and scoring stopped with "internal error
+    RuntimeError: The size of tensor a (32) must match the size of tensor b (64)" although the model is fine.
+    The head size now comes from the attention modules themselves."""
+    folder = save_bert(tmp_path / "m")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "head_dim": 16}))
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    run_cli("prune", folder, *PRUNE, "--data", data, "--out", tmp_path / "p")
+    assert (tmp_path / "p" / "optin_structure.json").is_file()
