@@ -47,3 +47,24 @@ def test_a_config_head_dim_the_family_ignores_does_not_break_pruning(tmp_path):
     data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
     run_cli("prune", folder, *PRUNE, "--data", data, "--out", tmp_path / "p")
     assert (tmp_path / "p" / "optin_structure.json").is_file()
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`--help` listed --seed and --label-column (build, prune, sweep), sweep's --calib-samples / --calib-length /
+    --probes, export's --min-batch / --max-batch / --min-seq-len, bench --warmup and eval --threads / --batch-size
+    with a default and no word on what they do."""
+    import typer
+
+    from optin_deploy import cli
+
+    silent = []
+
+    def walk(command, path):
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+        for p in getattr(command, "params", []):
+            if type(p).__name__.endswith("Option") and not p.hidden and not (p.help or "").strip():
+                silent.append(f"{' '.join(path)} {p.opts[0]}")
+
+    walk(typer.main.get_command(cli.app), [])
+    assert not silent, silent

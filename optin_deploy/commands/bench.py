@@ -16,7 +16,7 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU intra-op threads (default: a bundle's own, as its build measured; else the runtime's default)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: a bundle's own; else 8)."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per sequence, text models (default: a bundle's own; else 128)."),
-    warmup: int = typer.Option(10, "--warmup"),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs per model before timing starts."),
     iters: int = typer.Option(50, "--iters", help="Timed runs per model (ignored with --seconds)."),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Time budget instead of --iters."),
     interleave: bool = typer.Option(True, "--interleave/--sequential", help="Alternate the models (default) or time one after the other."),

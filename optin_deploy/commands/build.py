@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
         reconstruct_fit: str = options.RECONSTRUCT_FIT,
         reconstruct_damp: float = options.RECONSTRUCT_DAMP,
         refit_samples: int = options.REFIT_SAMPLES,
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = options.SEED,
         text_column: str = typer.Option("text", "--text-column", help="The text column of CSV/JSONL data; two, comma-separated, for sentence pairs (premise,hypothesis)."),
-        label_column: str = typer.Option("label", "--label-column"),
+        label_column: str = options.LABEL_COLUMN,
         json_out: Optional[str] = options.JSON_OUT,
         force: bool = options.FORCE,
     ):

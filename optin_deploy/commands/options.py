@@ -55,6 +55,8 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
 DATA_HELP = "Data: a built-in data set, a CSV/JSONL file, a saved HF dataset or an image folder (default: the model's own)."
 CALIB_SAMPLES = typer.Option(128, "--calib-samples", help="Unlabelled calibration samples (training split; the paper uses 128).")
 CALIB_LENGTH = typer.Option(64, "--calib-length", help="Token length of text calibration samples.")
+SEED = typer.Option(0, "--seed", help="Seed of the calibration draw, the random / fast scorers and the search's validation subset (0 to 2**32 - 1).")
+LABEL_COLUMN = typer.Option("label", "--label-column", help="The label column of CSV/JSONL/saved-dataset data.")
 EVAL_SPLIT = typer.Option("test", "--eval-split", help="Split the accuracy figures are computed on: test or validation.")
 JSON_OUT = typer.Option(None, "--json", metavar="PATH", help="Also write the machine-readable result as JSON to PATH ('-': stdout).")
 FORCE = typer.Option(False, "--force", help="Replace --out even if optin-deploy did not write it (never /, your home, the current folder or the inputs' folders).")
