@@ -194,7 +194,7 @@ def benchmark(
     results: dict[str, dict] = {l: {} for l in labels}
     times: dict[str, list[float]] = {l: [] for l in labels}
     round_of: dict[str, list[int]] = {l: [] for l in labels}  # the round each timed run belongs to (blocks, round-robin)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=True) as bar:
         # load + warm-up, one model at a time, with its own memory probe
         t_load = bar.add_task("loading / warm-up", total=len(labels))
@@ -341,12 +341,12 @@ def _ratio_spread(base: list[float], base_rounds: list[int], other: list[float],
 
 def print_bench_table(result: dict, console=None, title: str | None = None) -> None:
     """A rich table of :func:`benchmark`'s result."""
-    from rich.console import Console
+    from .progress import new_console
     from rich.table import Table
 
     from rich import box
 
-    console = console or Console()
+    console = console or new_console()
     how = {"blocks": f"blocks of {result.get('block')} runs per model, interleaved", "interleaved": "round-robin",
            "sequential": "sequential"}.get(result.get("mode") or ("interleaved" if result["interleaved"] else "sequential"))
     cols = ["model", "runtime", "batch", "p50", "p90", "p99", "samples/s", "peak MB", "speed-up (rounds IQR)"]

@@ -264,10 +264,10 @@ def verdict_lines(s: dict) -> list[str]:
 
 def print_side_by_side(result: dict, console=None) -> None:
     from rich import box
-    from rich.console import Console
+    from .progress import new_console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or new_console()
     s = result["side_by_side"]
     models = list(dict.fromkeys(r["model"] for r in s["rows"].values()))
     ref = s.get("reference")

@@ -124,7 +124,7 @@ def predict(task, runtime: Runtime, split: str = "test", batch_size: int = 64, p
     if n == 0:
         raise OptinError(f"the {split} split of {task.data.name!r} is empty")
     logits, labels = [], []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not progress, transient=True) as bar:
         t = bar.add_task(description, total=n)
         for inputs, y in task.batches(split, batch_size):
@@ -204,10 +204,10 @@ def evaluate(
 
 
 def print_eval_table(result: dict, console=None) -> None:
-    from rich.console import Console
+    from .progress import new_console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or new_console()
     t = Table(title=f"{result['task']} — {result['split']} split ({result['task_type']}), baseline {result['baseline']}")
     cols = ["model", "runtime", "n"]
     metric_keys = [k for k in ("accuracy", "macro_f1", "spearman", "pearson", "agreement_vs_baseline", "spearman_vs_baseline")

@@ -12,8 +12,27 @@ from contextlib import contextmanager, redirect_stdout
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
-console = Console(stderr=True)
+
+def new_console(stderr: bool = False) -> Console:
+    """A console for the tool's human output. Markup is off: what it prints holds the user's paths, labels and
+    column names, and rich read ``[red]`` in ``--out 'pb[red]x'`` as a style (the line named another folder) and
+    ``[/]`` as a closing tag (a MarkupError after the output was written). Styles are given as :func:`styled`."""
+    return Console(stderr=stderr, markup=False)
+
+
+def styled(head: str, rest: str) -> Text:
+    """``head`` in bold, then ``rest`` as it is (no markup read in either)."""
+    return Text.assemble((head, "bold"), " ", rest)
+
+
+def say(console: Console, head: str, rest: str) -> None:
+    """One message line, never hard-wrapped (a log or a pipe keeps a long path on one line; a terminal wraps it)."""
+    console.print(styled(head, rest), soft_wrap=True)
+
+
+console = new_console(stderr=True)
 
 
 def quiet() -> bool:
@@ -44,7 +63,7 @@ def progress_bar(description: str, total: int | None = None):
         yield lambda done, total=None: None
         return
     if console.is_terminal:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                       console=console, transient=False) as prog:
             task = prog.add_task(description, total=total)
 
@@ -67,7 +86,7 @@ def progress_bar(description: str, total: int | None = None):
 
 def step(message: str) -> None:
     if not quiet():
-        console.print(f"[bold cyan]>[/] {message}")
+        console.print(Text.assemble((">", "bold cyan"), " ", str(message)), soft_wrap=True)
 
 
 def warn(message: str) -> None:

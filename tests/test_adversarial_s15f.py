@@ -68,3 +68,22 @@ def test_every_option_of_every_command_says_what_it_does():
 
     walk(typer.main.get_command(cli.app), [])
     assert not silent, silent
+
+
+def test_paths_and_labels_are_printed_as_they_are(tmp_path):
+    """rich read the user's strings as markup: `prune --out 'pb[red]x'` said "pruned model written to .../pbx" (another
+    folder), `--out 'a[/]b'` ended in "internal error MarkupError: closing tag '[/]' ... has nothing to close", exit 1,
+    after the model was written, and so did `eval` / `bench --labels '[/],pruned'`. A long path in a pipe or a log
+    was also cut across two lines. Now the tool's consoles read no markup and message lines are not hard-wrapped."""
+    folder = save_bert(tmp_path / "m")
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    loud = {"OPTIN_DEPLOY_QUIET": "0", "COLUMNS": "60"}
+    (tmp_path / "a[").mkdir()
+    long = tmp_path / "a[" / ("]pruned_into_a_folder_whose_name_is_much_longer_than_the_sixty_columns[red]x")
+    proc = run_cli("prune", folder, *PRUNE, "--data", data, "--out", long, env=loud)
+    assert (long / "optin_structure.json").is_file()
+    assert f"written to {long} (" in proc.stdout + proc.stderr, proc.stderr
+    proc = run_cli("eval", folder, long, "--data", data, "--labels", "[/],[bold]x", env=loud)
+    assert "[/]" in proc.stdout and "[bold]x" in proc.stdout, proc.stdout
+    proc = run_cli("bench", folder, long, "--iters", "2", "--warmup", "1", "--labels", "[/],[bold]x", env=loud)
+    assert "[/]" in proc.stdout and "[bold]x" in proc.stdout, proc.stdout

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         options.check_json(json_out, force=force, protect=[model, data, lut], outs=[out])
 
         from ..build import BuildOptions, check_gate, run_build
-        from ..progress import console
+        from ..progress import console, say
         from ..report import metric_block
 
         opts = BuildOptions(model=model, data=data, profile=profile, flops=flops, latency_ms=latency_ms, speedup=speedup, lut=lut, select_by=select_by, out=out,
@@ -79,23 +79,23 @@ def register(app: typer.Typer) -> None:
             lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
         ch = report.get("runtime_choice")
         if ch and ch.get("runner_up"):
-            console.print(f"[bold]target[/] {ch['chosen']}, chosen by measurement over {ch['runner_up']} (profile {ch['chooser']}; report.md lists both)")
+            say(console, "target", f"{ch['chosen']}, chosen by measurement over {ch['runner_up']} (profile {ch['chooser']}; report.md lists both)")
         srch = report.get("search")
         if srch:
             fs = srch["search"]
-            console.print(f"[bold]search[/] {srch['objective']['description']}: {fs['candidates_measured']} candidates in {fs['seconds']:.0f} s; "
+            say(console, "search", f"{srch['objective']['description']}: {fs['candidates_measured']} candidates in {fs['seconds']:.0f} s; "
                           f"chosen budget {srch['chosen']['budget']:.4f} (validation drop {srch['chosen']['drop']:+.2f} pts on "
                           f"{srch['validation']['samples']} samples, {srch['chosen']['speedup']:.2f}x); frontier in {report['bundle']}/frontier.json")
         e = report.get("embedding")
         if e:
-            console.print(
-                f"[bold]bundle[/] {report['bundle']}: MACs x{report['macs']['ratio']:.2f}, embeddings on {e['corpus_size']} held-out texts: "
+            say(
+                console, "bundle", f"{report['bundle']}: MACs x{report['macs']['ratio']:.2f}, embeddings on {e['corpus_size']} held-out texts: "
                 f"cosine to dense mean {e['cosine_mean']:.4f} (5th pct {e['cosine_p5']:.4f}), recall@10 {e['recall_at_10']:.4f}, "
                 f"speed-up x{t['speedup']:.2f} on {report['runtime']}"
             )
         else:
-            console.print(
-                f"[bold]bundle[/] {report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
+            say(
+                console, "bundle", f"{report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
                 f"({report.get('inference_precision') or report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
                 f"({0.0 - a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
                 + (f", {-b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")

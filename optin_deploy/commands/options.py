@@ -110,9 +110,9 @@ def _json_on_stdout(json_out: str | None) -> bool:
 def human_console(json_out: str | None):
     """The console for a command's human output: stderr with ``--json -`` (stdout then holds only the
     JSON, so it can be piped into a JSON reader), else stdout."""
-    from rich.console import Console
+    from ..progress import new_console
 
-    return Console(stderr=_json_on_stdout(json_out))
+    return new_console(stderr=_json_on_stdout(json_out))
 
 
 def human_stdout(json_out: str | None):

@@ -23,7 +23,7 @@ def _budget(p) -> str:
 def list_cmd() -> None:
     """List the built-in profiles."""
     from rich import box
-    from rich.console import Console
+    from ..progress import new_console
     from rich.table import Table
 
     from ..profiles import PROFILES_DIR, list_profiles
@@ -37,7 +37,7 @@ def list_cmd() -> None:
             rt, prec = p.runtime, p.precision
         rows.append((p.name, rt, p.device, prec, f"{p.batch_size} x {p.seq_len or '-'}", str(p.threads),
                      f"{p.head_multiple} / {p.neuron_multiple}", _budget(p)))
-    console = Console()
+    console = new_console()
     title = f"Hardware profiles ({PROFILES_DIR})"
     t = Table(title=title)
     for col in cols:
@@ -60,7 +60,7 @@ def list_cmd() -> None:
 @profiles_app.command("show")
 def show_cmd(name: str = typer.Argument(..., help="A built-in profile name or a path to a .toml profile.")) -> None:
     """Every field of one profile, with what it means."""
-    from rich.console import Console
+    from ..progress import new_console
     from rich.table import Table
 
     from ..profiles import explain, load_profile
@@ -72,7 +72,7 @@ def show_cmd(name: str = typer.Argument(..., help="A built-in profile name or a 
     t.add_column("meaning")
     for key, value, doc in explain(p):
         t.add_row(key, value, doc)
-    Console().print(t)
+    new_console().print(t)
 
 
 def register(app: typer.Typer) -> None:

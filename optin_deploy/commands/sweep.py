@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         bs = options.parse_budgets(budgets, "--budgets")
         options.check_json(json_out, force=force, protect=[model, data], outs=[out])
         from ..build import BuildOptions
-        from ..progress import console
+        from ..progress import console, say
         from ..search import run_sweep
 
         scorers = [s.strip() for s in scorer.split(",") if s.strip()]
@@ -50,6 +50,6 @@ def register(app: typer.Typer) -> None:
                             search_rounds=search_rounds, seed=seed, text_column=text_column, label_column=label_column, select_by=select_by, force=force)
         with options.human_stdout(json_out):  # --json -: stdout holds only the JSON
             fr, folder = run_sweep(opts, bs, scorers)
-        console.print(f"[bold]frontier[/] {folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
+        say(console, "frontier", f"{folder}/frontier.json ({len(fr.candidates)} candidates, validation subset of {fr.validation['samples']}); "
                       f"plot {folder}/frontier.png, table {folder}/frontier.md")
         options.emit_json(json_out, fr.to_dict())
