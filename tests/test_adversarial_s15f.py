@@ -87,3 +87,16 @@ def test_paths_and_labels_are_printed_as_they_are(tmp_path):
     assert "[/]" in proc.stdout and "[bold]x" in proc.stdout, proc.stdout
     proc = run_cli("bench", folder, long, "--iters", "2", "--warmup", "1", "--labels", "[/],[bold]x", env=loud)
     assert "[/]" in proc.stdout and "[bold]x" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("columns", ["text,label", "label"])
+def test_the_label_column_is_never_fed_to_the_model_as_text(tmp_path, columns):
+    """`--text-column text,label` was taken as a sentence pair whose second text is the label: the model read the
+    answer it was scored on (eval's accuracy, build's validation and search), with exit 0. Now one line, exit 2."""
+    folder = save_bert(tmp_path / "m")
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    proc = run_cli("prune", folder, *PRUNE, "--data", data, "--text-column", columns, "--out", tmp_path / "p", check=False)
+    assert_one_line(proc, 2, "includes the label column 'label'")
+    assert not (tmp_path / "p").exists()
+    proc = run_cli("eval", folder, folder, "--data", data, "--text-column", columns, check=False)
+    assert_one_line(proc, 2, "includes the label column 'label'")

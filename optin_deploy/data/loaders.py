@@ -313,6 +313,9 @@ def _from_rows(
     if label_column is not None and not have_labels and any(label_column in cols for _, cols, _ in parts.values()):
         missing = [w for _, c, w in parts.values() if label_column not in c]
         raise OptinError(f"{missing[0]} has no label column {label_column!r} while other splits do; add it or drop it everywhere")
+    if have_labels and label_column in columns:  # the model would read the answer it is scored on
+        raise OptinError(f"--text-column {text_column!r} includes the label column {label_column!r}: the model would be fed "
+                         f"the label it is scored on; pass the text column(s) and the label column separately")
     train_rows = parts.get("all", parts.get("train"))[0] if ("all" in parts or "train" in parts) else None
     if train_rows is None:
         raise OptinError(f"{origin}: found {', '.join(parts)} splits but no training split; add a train file")
