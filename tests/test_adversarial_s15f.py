@@ -100,3 +100,23 @@ def test_the_label_column_is_never_fed_to_the_model_as_text(tmp_path, columns):
     assert not (tmp_path / "p").exists()
     proc = run_cli("eval", folder, folder, "--data", data, "--text-column", columns, check=False)
     assert_one_line(proc, 2, "includes the label column 'label'")
+
+
+def test_bench_sequential_is_never_ignored(tmp_path, monkeypatch):
+    """`bench --mode blocks --sequential` timed in blocks, and `bench --runtimes ... --sequential` interleaved, both
+    with exit 0 and nothing said: --sequential was dropped. Now it is --mode sequential everywhere, and a --mode
+    that contradicts it is one line, exit 2."""
+    import optin_deploy.bench_runtimes as br
+    from optin_deploy.errors import OptinError
+
+    proc = run_cli("bench", tmp_path / "a", tmp_path / "b", "--mode", "blocks", "--sequential", check=False)
+    assert_one_line(proc, 2, "--sequential", "--mode blocks")
+    seen = {}
+
+    def fake(models, runtimes, **kw):
+        seen.update(kw)
+        raise OptinError("stop here")
+
+    monkeypatch.setattr(br, "compare_runtimes", fake)
+    run_cli("bench", tmp_path / "a", tmp_path / "b", "--runtimes", "ort-cpu", "--sequential", check=False)
+    assert seen.get("mode") == "sequential", seen

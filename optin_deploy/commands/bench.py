@@ -36,6 +36,12 @@ def bench_cmd(
         from ..errors import OptinError
 
         raise OptinError(f"--json {json_out} and --markdown {markdown} are the same file; pass two file names")
+    if not interleave:  # --sequential is --mode sequential (also with --runtimes, which took only --mode); never ignored
+        if mode not in (None, "sequential"):
+            from ..errors import OptinError
+
+            raise OptinError(f"--sequential (--mode sequential) contradicts --mode {mode}; pass only one of them")
+        mode = "sequential"
     options.check_json(json_out, protect=[*models, markdown])  # bench has no --force
     if markdown is not None:  # the same rules as --json: never an input, never a file optin-deploy did not write
         from ..safe_out import check_json_out, markdown_is_ours
