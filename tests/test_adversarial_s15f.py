@@ -120,3 +120,13 @@ def test_bench_sequential_is_never_ignored(tmp_path, monkeypatch):
     monkeypatch.setattr(br, "compare_runtimes", fake)
     run_cli("bench", tmp_path / "a", tmp_path / "b", "--runtimes", "ort-cpu", "--sequential", check=False)
     assert seen.get("mode") == "sequential", seen
+
+
+def test_a_label_column_of_unique_values_is_named_not_called_too_few_rows(tmp_path):
+    """`--label-column id` (a unique id per row) said "d.csv has only 80 rows, too few for the 80/10/10 split": 80
+    rows are plenty; what is wrong is 80 classes of one row. The line now says so and asks about the label column."""
+    folder = save_bert(tmp_path / "m")
+    rows = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"], n=80).read_text().splitlines()
+    (tmp_path / "id.csv").write_text("\n".join([f"id,{rows[0]}", *(f"{i},{r}" for i, r in enumerate(rows[1:]))]) + "\n")
+    proc = run_cli("prune", folder, *PRUNE, "--data", tmp_path / "id.csv", "--label-column", "id", "--out", tmp_path / "p", check=False)
+    assert_one_line(proc, 2, "80 rows in 80 classes", "is the label column right?")

@@ -386,8 +386,11 @@ def _fill_splits(parts: dict[str, Split], stratify: bool, seed: int, origin: str
         empty = [k for k, idx in (("train", tr), ("validation", va), ("test", te)) if len(idx) == 0]
         if empty:
             need = "at least 10 rows of one class (the split is drawn class by class)" if labels is not None else "at least 10 rows"
+            counts = np.unique(labels, return_counts=True)[1] if labels is not None else None
+            what = (f"has {len(s)} rows in {len(counts)} classes of at most {counts.max()} rows (is the label column right?)"
+                    if counts is not None and len(s) >= 10 else f"has only {len(s)} rows")
             raise OptinError(
-                f"{origin} has only {len(s)} rows, too few for the 80/10/10 train/validation/test split: the {' and '.join(empty)} "
+                f"{origin} {what}, too few for the 80/10/10 train/validation/test split: the {' and '.join(empty)} "
                 f"split{'s' if len(empty) > 1 else ''} would be empty; pass {need}, or a folder with train/validation/test files"
             )
         return {"train": _subset(s, tr), "validation": _subset(s, va), "test": _subset(s, te)}, "80/10/10 seeded" + (" stratified" if labels is not None else "")
