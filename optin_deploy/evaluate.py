@@ -213,14 +213,26 @@ def print_eval_table(result: dict, console=None) -> None:
     metric_keys = [k for k in ("accuracy", "macro_f1", "spearman", "pearson", "agreement_vs_baseline", "spearman_vs_baseline")
                    if any(k in m for m in result["models"].values())]
     for c in cols + metric_keys:
-        t.add_column(c, justify="left" if c in ("model", "runtime") else "right")
+        t.add_column(c, justify="left" if c in ("model", "runtime") else "right", no_wrap=True)
     for label, m in result["models"].items():
         row = [label, m["runtime"].get("runtime", "?"), str(m["n"])]
         for k in metric_keys:
             v = m.get(k)
             row.append("—" if v is None else (f"{v:.2%}" if k in ("accuracy", "agreement_vs_baseline") else f"{v:.4f}"))
         t.add_row(*row)
-    console.print(t)
+    from rich.measure import Measurement
+
+    natural = Measurement.get(console, console.options.update(width=10_000), t).maximum
+    if natural <= console.width:
+        console.print(t)
+        return
+    # never an elided figure ("33.…" on a 40-column console): a table wider than the console is printed at its own width
+    saved = console.__dict__.get("_width")
+    console.width = natural
+    try:
+        console.print(t)
+    finally:
+        console._width = saved
 
 
 def artifact_labels(models: Sequence[str], labels: Sequence[str] | None) -> list[str]:

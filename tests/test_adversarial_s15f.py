@@ -130,3 +130,15 @@ def test_a_label_column_of_unique_values_is_named_not_called_too_few_rows(tmp_pa
     (tmp_path / "id.csv").write_text("\n".join([f"id,{rows[0]}", *(f"{i},{r}" for i, r in enumerate(rows[1:]))]) + "\n")
     proc = run_cli("prune", folder, *PRUNE, "--data", tmp_path / "id.csv", "--label-column", "id", "--out", tmp_path / "p", check=False)
     assert_one_line(proc, 2, "80 rows in 80 classes", "is the label column right?")
+
+
+def test_a_narrow_console_never_elides_an_evaluation_figure(tmp_path):
+    """`COLUMNS=40 optin-deploy eval ...` printed the accuracy as "33.…" and the agreement as "100…" (rich squeezed
+    the columns); bench's table already kept its figures whole. The eval table is now printed at its own width."""
+    folder = save_bert(tmp_path / "m")
+    data = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"])
+    proc = run_cli("eval", folder, folder, "--data", data, "--json", tmp_path / "r.json", env={"COLUMNS": "40"})
+    result = json.loads((tmp_path / "r.json").read_text())
+    for m in result["models"].values():
+        assert f"{m['accuracy']:.2%}" in proc.stdout, proc.stdout
+    assert "…" not in proc.stdout, proc.stdout
