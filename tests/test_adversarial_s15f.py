@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from optin_deploy.errors import OptinError
 from conftest import make_tiny_deberta, run_cli, save_word_tokenizer
 from test_inputs_defects import assert_one_line, save_bert, write_csv
 
@@ -129,7 +130,12 @@ def test_a_label_column_of_unique_values_is_named_not_called_too_few_rows(tmp_pa
     rows = write_csv(tmp_path / "d.csv", ["neg", "neu", "pos"], n=80).read_text().splitlines()
     (tmp_path / "id.csv").write_text("\n".join([f"id,{rows[0]}", *(f"{i},{r}" for i, r in enumerate(rows[1:]))]) + "\n")
     proc = run_cli("prune", folder, *PRUNE, "--data", tmp_path / "id.csv", "--label-column", "id", "--out", tmp_path / "p", check=False)
-    assert_one_line(proc, 2, "80 rows in 80 classes", "is the label column right?")
+    # the model's 3 classes are checked first (session 15d): ids 3.. are out of its range, said in one line
+    assert_one_line(proc, 2, "class ids 3, 4, 5", "out of range: the model predicts 3 classes")
+    from optin_deploy.data.loaders import load_data  # without a model: the split's message names the classes
+
+    with pytest.raises(OptinError, match=r"80 rows in 80 classes of at most 1 rows \(is the label column right\?\)"):
+        load_data(str(tmp_path / "id.csv"), label_column="id")
 
 
 def test_a_narrow_console_never_elides_an_evaluation_figure(tmp_path):
