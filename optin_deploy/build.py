@@ -221,7 +221,7 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
 
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
-    from .pruning import check_reconstruct, check_refit_samples, check_seed
+    from .pruning import check_reconstruct, check_refit_samples, check_seed, warn_unused_refit
 
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
@@ -245,6 +245,7 @@ def run_build(opts: BuildOptions) -> dict:
     if opts.reconstruct:
         check_reconstruct(opts.reconstruct_fit, opts.reconstruct_damp)
         check_refit_samples(opts.refit_samples)
+    warn_unused_refit(opts.reconstruct, opts.reconstruct_fit, opts.reconstruct_damp, opts.refit_samples)
     if opts.probes < 1:
         raise OptinError(f"--probes must be at least 1, got {opts.probes}")
     if opts.bench_iters < 1:

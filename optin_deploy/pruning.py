@@ -66,6 +66,18 @@ def check_reconstruct(fit: str, damp: float) -> None:
         raise OptinError(f"--reconstruct-damp must be positive and finite, got {damp}")
 
 
+def warn_unused_refit(reconstruct: bool, fit: str, damp: float, refit_samples: int) -> list[str]:
+    """With ``--no-reconstruct`` the refit's settings do nothing: say so (they were dropped without a word)."""
+    if reconstruct:
+        return []
+    given = [flag for flag, value, default in (("--reconstruct-fit", fit, DEFAULT_FIT), ("--reconstruct-damp", damp, DEFAULT_DAMP),
+                                               ("--refit-samples", refit_samples, REFIT_SAMPLES)) if value != default]
+    if given:
+        warn(f"{', '.join(given)} {'has' if len(given) == 1 else 'have'} no effect with --no-reconstruct (no refit runs); "
+             f"drop --no-reconstruct to refit the kept units")
+    return given
+
+
 REFIT_SAMPLES = 0  # training samples the refit fits on (a superset of the scoring batch); 0: the scoring batch (512 measured no better: README)
 # what the dense model's per-layer captures of the refit batch may take (4 tensors of hidden-size rows per real token
 # and layer, fp32; a budget search keeps them for every layer): a wider or deeper model, or longer inputs, fit on fewer
@@ -311,6 +323,7 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     check_budget(flops)
     check_reconstruct(fit, damp)
     check_refit_samples(refit_samples)
+    warn_unused_refit(reconstruct, fit, damp, refit_samples)
     check_seed(seed)
     if calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {calib_samples}")

@@ -148,3 +148,18 @@ def test_a_narrow_console_never_elides_an_evaluation_figure(tmp_path):
     for m in result["models"].values():
         assert f"{m['accuracy']:.2%}" in proc.stdout, proc.stdout
     assert "…" not in proc.stdout, proc.stdout
+
+
+def test_refit_settings_without_the_refit_are_said_to_do_nothing(tmp_path, capsys):
+    """`--no-reconstruct --reconstruct-fit scales` was accepted without a word that the fit setting is ignored."""
+    from optin_deploy.build import BuildOptions, run_build
+    from optin_deploy.pruning import warn_unused_refit
+
+    assert warn_unused_refit(False, "scales", 0.5, 0) == ["--reconstruct-fit", "--reconstruct-damp"]
+    assert "have no effect with --no-reconstruct" in capsys.readouterr().err
+    assert warn_unused_refit(True, "scales", 0.5, 512) == [] and warn_unused_refit(False, "weights", 1.0, 0) == []
+    assert capsys.readouterr().err == ""
+    with pytest.raises(OptinError):  # the warning comes with the up-front checks, before the (missing) model is read
+        run_build(BuildOptions(model=str(tmp_path / "no-such-model"), reconstruct=False, reconstruct_fit="scales",
+                               out=str(tmp_path / "b")))
+    assert "--reconstruct-fit has no effect with --no-reconstruct" in capsys.readouterr().err
