@@ -491,15 +491,10 @@ def _commit(tmp: Path, final: Path, info: dict) -> None:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     (tmp / "zoo_info.json").write_text(json.dumps(info, indent=2, default=str))
     from .interrupts import deferred
+    from .safe_out import replace_atomically
 
     with deferred():  # a stop cannot land between the two renames (leaving no model folder)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
-            os.replace(final, old / final.name)
-        os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        replace_atomically(tmp, final)
 
 
 def _prepare_embedding(entry: ZooEntry, final: Path, progress: bool) -> Path:
@@ -538,7 +533,7 @@ def prepare(name: str = DEFAULT_TASK, force: bool = False, *, progress: bool = T
         if (final / "zoo_info.json").exists() and not force:  # prepared by the process this one waited for
             return final
         # staging left by a killed run (kill -9, a crash: up to a model's size each); under the lock no live run owns one
-        for stale in [*zoo_dir().glob(f".tmp-{name}-????????"), *zoo_dir().glob(f".old-{name}-????????")] if locked else []:
+        for stale in [*zoo_dir().glob(f".tmp-{name}-????????"), *zoo_dir().glob(f".{name}.old-*")] if locked else []:
             shutil.rmtree(stale, ignore_errors=True)
         return _prepare_locked(name, progress)
 
