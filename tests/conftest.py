@@ -36,6 +36,15 @@ def _private_cache(tmp_path_factory):
         os.environ["OPTIN_DEPLOY_CACHE"] = old
 
 
+@pytest.fixture
+def quiet_cache(tmp_path, monkeypatch):
+    """A cache of the test's own (under tmp_path), the Hugging Face hub offline, no debug tracebacks: for tests that run
+    the CLI on small models of their own (modules opt in with ``pytestmark = pytest.mark.usefixtures("quiet_cache")``)."""
+    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+
+
 def copy_tokenizer(src, dst) -> None:
     """Copy a saved WordPiece tokenizer's files (e.g. the MiniLM asset's) from folder ``src`` into model folder ``dst``."""
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):

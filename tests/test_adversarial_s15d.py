@@ -18,11 +18,7 @@ from optin_deploy.errors import OptinError
 from test_inputs_defects import WORDS, assert_one_line, save_bert
 
 
-@pytest.fixture(autouse=True)
-def _quiet_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("quiet_cache")  # conftest: a cache of its own per test, no hub
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,7 @@ from conftest import make_tiny_deberta, run_cli, save_word_tokenizer
 from test_inputs_defects import assert_one_line, save_bert, write_csv
 
 
-@pytest.fixture(autouse=True)
-def _quiet_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("quiet_cache")  # conftest: a cache of its own per test, no hub
 
 
 PRUNE = ["--flops", "0.6", "--calib-samples", "8", "--calib-length", "16"]

@@ -24,11 +24,7 @@ FAST = ["--profile", "x86-cpu-ort", "--select-by", "macs", "--calib-samples", "8
         "--flops", "0.6"]
 
 
-@pytest.fixture(autouse=True)
-def _quiet_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("OPTIN_DEPLOY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("OPTIN_DEPLOY_DEBUG", raising=False)
+pytestmark = pytest.mark.usefixtures("quiet_cache")  # conftest: a cache of its own per test, no hub
 
 
 def save_bert(folder: Path, *, vocab: list[str] | None = SPECIALS + WORDS, vocab_size: int | None = None,
