@@ -797,7 +797,16 @@ def search_build(ctx, staging: Path, objective: Objective, settings: SearchSetti
         what = (f"keeps the validation accuracy drop within {objective.limit:g} points" if objective.kind == "max_accuracy_drop"
                 else f"reaches a {objective.limit:g}x speed-up")
         fix = "raise --max-accuracy-drop (or accept a larger model)" if objective.kind == "max_accuracy_drop" else "lower --min-speedup"
-        message = (f"no budget in [{settings.lo:g}, {settings.hi:g}] {what} ({len(outcome.candidates)} candidates measured); "
+        n = len(outcome.candidates)
+        if n >= settings.max_candidates and outcome.stop_reason.startswith("measured the maximum"):
+            # stopped by the candidate limit, not by the curve: the untried budgets are not ruled out, so say only
+            # what was measured, and name the limit as the first thing to raise
+            found = (f"none of the {n} budgets measured in [{settings.lo:g}, {settings.hi:g}] {what}; the search stopped at its limit "
+                     f"of {n} candidates (--search-candidates) before ruling the rest of the range out")
+            fix = f"raise --search-candidates, or {fix}"
+        else:
+            found = f"no budget in [{settings.lo:g}, {settings.hi:g}] {what} ({n} candidates measured)"
+        message = (f"{found}; "
                    f"best candidate: budget {chosen.budget:.4f}, MACs x{chosen.macs_ratio:.3f}, drop {chosen.drop:+.2f} points on "
                    f"{len(lab.subset_idx)} validation samples, {chosen.speedup:.2f}x; {fix}")
     reference = _reference(lab, objective, settings, chosen) if settings.reference else None

@@ -204,8 +204,11 @@ def self_labelled_task(tmp_path_factory):
 
 
 def _search_args(task: Path, out: Path, *extra: str) -> list[str]:
-    return ["build", "--model", str(task / "model"), "--data", str(task / "data.csv"), "--calib-samples", "16", "--scoring", "exact",
-            "--bench-iters", "3", "--search-rounds", "3", "--out", str(out), *extra]
+    # one profile and MAC-weighed selection: which structure a budget buys must not depend on the host. The default
+    # profile picks its runtime by measurement (OpenVINO bf16 on an AMX host, with MLP widths in multiples of 64: all
+    # or nothing on this model's 64-wide MLPs) and weighs units by a latency table measured on the host
+    return ["build", "--model", str(task / "model"), "--data", str(task / "data.csv"), "--profile", "x86-cpu-ort", "--select-by", "macs",
+            "--calib-samples", "16", "--scoring", "exact", "--bench-iters", "3", "--search-rounds", "3", "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -286,6 +289,23 @@ def test_unreachable_accuracy_limit_ends_with_one_line_and_the_best_candidate(se
     v = fr["validation"]
     assert v["samples"] == 12 < v["total"] and v["sized"] == "fixed by --search-samples"
     assert [x["samples"] for x in fr["verification"]] == [v["total"]]
+
+
+@pytest.mark.slow
+def test_a_search_cut_short_by_its_candidate_limit_does_not_claim_the_range_was_ruled_out(self_labelled_task, tmp_path):
+    """One candidate at budget 0.6 misses a 0-point limit; the budgets above it were never tried, so the error says
+    what was measured and names --search-candidates, not "no budget in [0.1, 0.99]" (which it could not know)."""
+    out = tmp_path / "bundle"
+    proc = run_cli(*_search_args(self_labelled_task, out, "--max-accuracy-drop", "0", "--search-candidates", "1", "--search-samples", "12"),
+                   check=False)
+    assert proc.returncode == 4
+    assert_one_line_error(proc, "none of the 1 budgets measured in [0.1, 0.99] keeps the validation accuracy drop within 0 points")
+    assert "no budget in" not in proc.stderr
+    assert "stopped at its limit of 1 candidates (--search-candidates)" in proc.stderr
+    assert "raise --search-candidates, or raise --max-accuracy-drop" in proc.stderr
+    fr = json.loads((out / "frontier.json").read_text())
+    assert fr["reachable"] is False and fr["search"]["stop_reason"] == "measured the maximum of 1 candidates"
+    assert fr["message"].startswith("none of the 1 budgets measured")
 
 
 @pytest.mark.slow
