@@ -152,6 +152,9 @@ def load_model(spec: str | os.PathLike, *, num_labels: int | None = None, head: 
         return _load_timm(s[5:], num_labels)
     path = Path(s).expanduser()
     if path.is_dir():
+        from .bundle_files import check_bundle_member
+
+        check_bundle_member(path)  # a bundle's pruned/ folder: its files as the bundle's manifest.json lists them
         if (path / "optin_structure.json").exists():
             from .pruned_io import load_pruned  # the lead's module; imported lazily
 
@@ -481,6 +484,10 @@ def load_tokenizer(spec: str | os.PathLike):
 
     p = Path(str(spec)).expanduser()
     local = p.is_dir()
+    if local:
+        from .bundle_files import check_bundle_member
+
+        check_bundle_member(p)  # a bundle's tokenizer: the files the build recorded (an added tokenizer file changes the ids)
     if local and not has_tokenizer_files(p) and (p / "optin_structure.json").exists():
         src = _pruned_source_dir(p)
         if src is not None and has_tokenizer_files(src):

@@ -175,6 +175,9 @@ def read_manifest(path: str | os.PathLike) -> dict | None:
     for d in (p, p.parent):
         f = d / "export.json"
         if d.is_dir() and f.exists():
+            from ..bundle_files import check_bundle_member
+
+            check_bundle_member(d)  # in a build bundle: its files as manifest.json lists them, or one line naming the one that differs
             try:
                 m = json.loads(f.read_text())
             except (ValueError, OSError):
@@ -276,12 +279,9 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
     """``bench``'s batch, sequence length and threads: what was given, else what the build measured with (its
     profile in the bundle's manifest.json, when every model given lies in that one bundle), else 8 x 128 and the
     runtime's default threads. Returns them and where the defaults came from (None: nothing taken from a bundle)."""
-    from ..safe_out import is_ours
+    from ..bundle_files import bundle_root
 
-    roots = set()
-    for spec in models:
-        p = Path(str(spec)).expanduser().resolve()
-        roots.add(next((q for q in [p, *p.parents][:4] if (q / "manifest.json").is_file() and is_ours(q)), None))
+    roots = {bundle_root(spec) if Path(str(spec)).expanduser().exists() else None for spec in models}
     profile, measured = None, {}
     if len(roots) == 1 and None not in roots:
         root = roots.pop()
