@@ -15,7 +15,7 @@ from pathlib import Path
 #: the batch size ``build`` and ``eval`` evaluate with (``evaluate.evaluate`` / ``eval --batch-size``)
 EVAL_BATCH_SIZE = 64
 
-_IMAGE_KEYS = ("image_size", "image_mean", "image_std", "num_channels", "normalisation")
+_IMAGE_KEYS = ("image_size", "image_mean", "image_std", "num_channels", "normalisation", "steps")
 
 
 def serving_spec(task, export: dict, bundle: Path, eval_len: int | None, eval_batch: int = EVAL_BATCH_SIZE) -> dict:
@@ -57,6 +57,11 @@ def serving_spec(task, export: dict, bundle: Path, eval_len: int | None, eval_ba
         }
     else:
         spec["preprocessing"] = {k: data.source[k] for k in _IMAGE_KEYS if k in data.source}
+        other = _processor_differs(bundle / "pruned" / "preprocessor_config.json", spec["preprocessing"])
+        if other:
+            spec["preprocessing"]["note"] = (f"pruned/preprocessor_config.json (the source model's image processor, which transformers' "
+                                             f"AutoImageProcessor reads) does otherwise: {other}; the figures were computed with the "
+                                             f"steps above, so serve with those (that processor gives other inputs)")
     spec["pytorch"] = ("pruned/: load with optin_deploy.pruned_io.load_pruned(BUNDLE + '/pruned'); it is not a transformers folder (no "
                        "config.json: its layers keep different numbers of heads and MLP widths, which a transformers config cannot "
                        "express), so transformers' from_pretrained refuses it")
@@ -70,6 +75,31 @@ def serving_spec(task, export: dict, bundle: Path, eval_len: int | None, eval_ba
                     "measure that with: optin-deploy eval BUNDLE --batch-size 1"} if dynamic else {}),
     }
     return spec
+
+
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def _processor_differs(f: Path, pre: dict) -> str | None:
+    """How a transformers image processor's ``preprocessor_config.json`` ``f`` prepares images otherwise than the steps the
+    figures were computed with (``pre``: whole image resized bilinear to ``image_size``, no crop), else None."""
+    import json
+
+    try:
+        p = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(p, dict) or "steps" not in pre:
+        return None
+    out = []
+    size = p.get("size")
+    if p.get("do_resize", True) and isinstance(size, dict) and [size.get("height"), size.get("width")] != list(pre.get("image_size") or []):
+        out.append(f"resizes to {size}")
+    if p.get("do_center_crop"):
+        out.append(f"crops the centre to {p.get('crop_size')}")
+    if p.get("do_resize", True) and p.get("resample", 2) != 2:
+        out.append(f"resizes with the {_PIL_FILTERS.get(p.get('resample'), p.get('resample'))} filter")
+    return ", ".join(out) or None
 
 
 def _rel(p: Path, root: Path) -> str:

@@ -1,6 +1,6 @@
 """Session 16i: the deployment bundle as a production team receives it: files changed, replaced, added or removed
 after the build are refused by every command that reads them; a copy without the hidden top-level marker is still
-the bundle."""
+the bundle; an image bundle says exactly how its images were prepared."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -125,6 +126,70 @@ def test_bench_takes_a_copied_bundles_own_shape_without_the_hidden_marker(tmp_pa
     root = _fake_bundle(tmp_path / "b", marker=False)
     got = bench_settings([str(root / "onnx" / "dense"), str(root / "onnx" / "pruned")], None, None, None)
     assert got[:3] == (1, 16, 1) and got[3] == "the bundle's profile p"
+
+
+# ------------------------------------------------------------------ image preprocessing, as served
+
+
+def test_an_image_bundle_says_the_steps_its_figures_were_prepared_with_and_they_reproduce(tmp_path):
+    """The serving block of an image bundle gave only the size, mean and std: PIL's own default resize filter (bicubic)
+    then gave inputs 0.6 off the evaluated ones, and a saved Hugging Face image data set gave no preprocessing at all.
+    The block now says every step, and a client that follows them with PIL and numpy gets the evaluated inputs."""
+    from PIL import Image
+
+    from optin_deploy.data.loaders import load_data
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    d = load_data(tmp_path / "imgs", image_size=16, image_mean=mean, image_std=std)
+    steps = d.source["steps"]
+    assert "bilinear" in steps and "no crop" in steps and "RGB" in steps and d.source["num_channels"] == 3
+    # the client: the steps, literally (the split is seeded; take every image and compare as a set)
+    files = sorted((tmp_path / "imgs").rglob("*.png"))
+    filt = Image.BILINEAR if "bilinear" in steps else Image.BICUBIC
+    h, w = d.source["image_size"]
+    ours = np.stack([(np.asarray(Image.open(f).convert("RGB").resize((w, h), filt), dtype=np.float32) / 255.0
+                      - np.float32(d.source["image_mean"])) / np.float32(d.source["image_std"]) for f in files]).transpose(0, 3, 1, 2)
+    theirs = torch.cat([d.train.inputs, d.validation.inputs, d.test.inputs]).numpy()
+    assert len(theirs) == len(ours)
+    for x in theirs:
+        assert np.abs(ours - x).reshape(len(ours), -1).max(1).min() < 1e-5
+    datasets = pytest.importorskip("datasets")
+    imgs = [Image.open(f).convert("RGB") for f in files]
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    datasets.Dataset.from_dict({"img": imgs, "label": [i % 2 for i in range(len(imgs))]}, features=feats).save_to_disk(str(tmp_path / "hf"))
+    hf = load_data(tmp_path / "hf", image_size=16, image_mean=mean, image_std=std)
+    assert {k: hf.source[k] for k in ("image_size", "image_mean", "image_std", "steps")} == \
+           {k: d.source[k] for k in ("image_size", "image_mean", "image_std", "steps")}
+
+
+def test_a_shipped_image_processor_that_prepares_images_otherwise_is_named(tmp_path):
+    """pruned/preprocessor_config.json (the source model's processor: resize the short side, centre crop, bicubic) is what
+    transformers' AutoImageProcessor reads; the figures were computed without the crop and bilinear. The serving block
+    says so instead of leaving the team to serve with other inputs."""
+    from types import SimpleNamespace
+
+    from optin_deploy.data.loaders import image_source
+    from optin_deploy.serving import serving_spec
+
+    src = {"path": "/x", **image_source(16, [0.5] * 3, [0.5] * 3, 3)}
+    task = SimpleNamespace(modality="image", input_names=["pixel_values"],
+                           data=SimpleNamespace(task_type="classification", label_names=["a", "b"], source=src))
+    export = {"format": "onnx", "artifact": str(tmp_path / "onnx" / "pruned" / "model.onnx"), "artifacts": {"onnx": {}}}
+    (tmp_path / "pruned").mkdir()
+    spec = serving_spec(task, export, tmp_path, None)
+    assert spec["preprocessing"]["steps"] == src["steps"] and "note" not in spec["preprocessing"]
+    (tmp_path / "pruned" / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"height": 16, "width": 16}, "resample": 2, "do_center_crop": False}))
+    assert "note" not in serving_spec(task, export, tmp_path, None)["preprocessing"]
+    (tmp_path / "pruned" / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"shortest_edge": 18}, "resample": 3, "do_center_crop": True, "crop_size": {"height": 16, "width": 16}}))
+    note = serving_spec(task, export, tmp_path, None)["preprocessing"]["note"]
+    assert "shortest_edge" in note and "crops the centre" in note and "bicubic" in note
 
 
 # ------------------------------------------------------------------ a real build, tampered (slow)

@@ -503,6 +503,21 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def image_steps(num_channels: int) -> str:
+    """What :func:`images_to_tensor` does to an image, in words (a bundle's serving block: a server must do the same)."""
+    return (f"read with PIL, turned upright by its EXIF orientation, converted to {'L (grey)' if num_channels == 1 else 'RGB'}, "
+            "resized as a whole (no crop, aspect ratio not kept) to image_size [height, width] with PIL's bilinear filter "
+            "(Image.BILINEAR), scaled to 0..1 (x / 255), normalised per channel ((x - image_mean) / image_std), "
+            "channels first (N x C x H x W, float32)")
+
+
+def image_source(image_size, image_mean, image_std, num_channels: int) -> dict:
+    """The preprocessing an image data set's ``source`` records (what :func:`images_to_tensor` was called with)."""
+    return {"image_size": list(_size(image_size)), "image_mean": np.ravel(_norm_vec(image_mean, num_channels, "mean")).tolist(),
+            "image_std": np.ravel(_norm_vec(image_std, num_channels, "std")).tolist(), "num_channels": int(num_channels),
+            "steps": image_steps(num_channels)}
+
+
 def images_to_tensor(images: list, image_size, image_mean, image_std, num_channels: int, where: str = "") -> torch.Tensor:
     """PIL images (or paths) to a normalised ``N x C x H x W`` float tensor."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -558,9 +573,8 @@ def _load_images(roots: dict[str, Path], origin: Path, image_size, image_mean, i
         x = images_to_tensor(files, image_size, image_mean, image_std, num_channels)
         parts[split] = Split(x, torch.tensor([ids[l] for l in labels], dtype=torch.long))
     parts, how = _fill_splits(parts, True, seed, str(origin))
-    source = {"path": str(origin.resolve()), "split": how, "seed": seed, "label_kind": "folder", "image_size": list(_size(image_size)),
-              "image_mean": np.ravel(_norm_vec(image_mean, num_channels, "mean")).tolist(),
-              "image_std": np.ravel(_norm_vec(image_std, num_channels, "std")).tolist()}
+    source = {"path": str(origin.resolve()), "split": how, "seed": seed, "label_kind": "folder",
+              **image_source(image_size, image_mean, image_std, num_channels)}
     return TaskData(origin.name, "image", "classification", names, parts["train"], parts["validation"], parts["test"], source)
 
 
@@ -727,4 +741,4 @@ def _hf_images(path: Path, splits: dict, where: dict, image_col: str, label_colu
     parts, how = _fill_splits(parts, labeler is not None, seed, str(path))
     return TaskData(path.name, "image", "classification", labeler.names if labeler else [], parts["train"], parts["validation"], parts["test"],
                     {"path": str(path.resolve()), "split": how, "seed": seed, "image_column": image_col,
-                     "label_kind": labeler.kind if labeler else None})
+                     "label_kind": labeler.kind if labeler else None, **image_source(image_size, image_mean, image_std, num_channels)})
