@@ -127,7 +127,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             f"**x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative measured here** (`{b['fastest_dense']}`), "
             f"x{b['speedup_vs_same_way']:.2f} against the dense model run the same way ({b['models']['pruned']['precision']} {((report.get('graph') or {}).get('pruned') or {}).get('kind', '')} graph)"
             + (f", x{b['speedup_vs_fp32_dense_export']:.2f} against the fp32 dense export (`{b['reference_fp32']}`), "
-               f"{-b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
+               f"{0.0 - b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
             "",
             f"| how the weights run | runtime | graph | precision | p50 ms | {metric_label(acc['metric'])} | pruned is faster by |",
             "|---|---|---|---|---:|---:|---:|",

@@ -276,3 +276,24 @@ def test_a_tampered_bundle_is_refused_by_eval_and_bench_and_an_intact_copy_gives
     assert r.returncode == 2 and "pruned/vocab.txt has" in r.stderr, r.stderr
     r = run_cli("eval", bad, "--runtime", "torch-cpu", check=False)
     assert r.returncode == 2 and "pruned/vocab.txt" in r.stderr, r.stderr
+
+
+def test_no_drop_against_the_fp32_export_is_not_shown_as_a_loss(tmp_path):
+    """Session 15e fixed '-0.00 pts' for the pruned-vs-dense drop; the drop against the fp32 dense export beside it (report.md
+    and the build's last line) still printed -0.00 for an unchanged accuracy."""
+    from optin_deploy.report import write_markdown
+
+    lat = {"p50": 2.0, "p90": 2.0, "p99": 2.0}
+    row = {"graph": "fused", "precision": "int8", "p50_ms": 2.0, "runtime": "ort-cpu", "accuracy": 50.0, "fused_operators": {}}
+    report = {"model": "m", "task": {"name": "t", "type": "classification", "eval_samples": 30, "eval_split": "test"}, "profile": "p",
+              "runtime": "ort-cpu", "budget": {"flops": 0.5}, "scoring": {"method": "exact", "scorer": "optin"}, "scoring_seconds": 1.0,
+              "metric": "accuracy", "accuracy": {"dense": 50.0, "pruned": 50.0, "drop": 0.0, "agreement": 100.0, "metric": "accuracy"},
+              "macs": {"dense": 10, "pruned": 5, "ratio": 0.5, "seq_len": 8}, "latency_ms": {"dense": lat, "pruned": lat},
+              "throughput": {"dense": 1.0, "pruned": 1.0, "speedup": 1.0, "mean_based": {"dense": 1.0, "pruned": 1.0, "speedup": 1.0}},
+              "artifacts": {}, "precision": "int8",
+              "baselines": {"models": {"dense": row, "pruned": row, "dense-fused-fp32": dict(row, precision="fp32")}, "same_way": "dense",
+                            "speedup_vs_same_way": 1.0, "fastest_dense": "dense", "speedup_vs_fastest_dense": 1.0,
+                            "reference_fp32": "dense-fused-fp32", "speedup_vs_fp32_dense_export": 1.0, "drop_vs_fp32_dense": 0.0}}
+    write_markdown(report, tmp_path / "r.md", {})
+    text = (tmp_path / "r.md").read_text()
+    assert "+0.00 points against it" in text and "-0.00" not in text
