@@ -307,13 +307,24 @@ def _load_timm(name: str, num_labels: int | None) -> torch.nn.Module:
     if not hub_reachable():
         try:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            return _finish(timm.create_model(name, pretrained=True, **kw))
+            model = timm.create_model(name, pretrained=True, **kw)
         except Exception:  # noqa: BLE001
             raise OptinError(f"timm model {name!r} needs pretrained weights from the Hugging Face hub, which is unreachable: pass timm:{name}@CHECKPOINT_FILE") from None
-    try:
-        return _finish(timm.create_model(name, pretrained=True, **kw))
-    except Exception as exc:  # noqa: BLE001
-        raise OptinError(f"cannot load pretrained timm model {name!r} ({short_reason(exc)}); pass timm:{name}@CHECKPOINT_FILE") from None
+    else:
+        try:
+            model = timm.create_model(name, pretrained=True, **kw)
+        except Exception as exc:  # noqa: BLE001
+            raise OptinError(f"cannot load pretrained timm model {name!r} ({short_reason(exc)}); pass timm:{name}@CHECKPOINT_FILE") from None
+    return _checked_timm(model, f"timm model {name!r}")
+
+
+def _checked_timm(model: torch.nn.Module, what: str) -> torch.nn.Module:
+    """A timm model its family's adapter takes, checked before any scoring: another architecture (a ResNet, a timm
+    Swin), blocks it cannot prune, or a ViT that its pruned folder would reload as another function is refused here."""
+    from .adapters import get_adapter
+
+    get_adapter(model).check_layout(what)
+    return _finish(model)
 
 
 PICKLE_HINT = ("load it yourself in trusted Python and save the weights with safetensors "
@@ -376,7 +387,7 @@ def _load_timm_file(path: Path, arch: str | None, num_labels: int | None) -> tor
         model.load_state_dict(state, strict=num_labels is None)
     except RuntimeError as exc:
         raise OptinError(f"the weights in {path} do not fit timm's {arch!r} ({short_reason(exc, 160)}); check the architecture name") from None
-    return _finish(model)
+    return _checked_timm(model, f"timm model {arch!r}")
 
 
 # ------------------------------------------------------------------------------------- preprocessing
