@@ -420,7 +420,12 @@ def preprocessing(model: torch.nn.Module, spec: str | os.PathLike | None = None)
                 p = json.loads(pp.read_text())
                 out["image_mean"] = p.get("image_mean", 0.5)
                 out["image_std"] = p.get("image_std", 0.5)
-                if isinstance(p.get("size"), dict) and "height" in p["size"]:
+                crop = p.get("crop_size")
+                if p.get("do_center_crop") and isinstance(crop, dict) and "height" in crop and "width" in crop:
+                    # the processor resizes (DeiT: to 256 x 256, DINOv2: shortest edge 256) then centre-crops to what the
+                    # model takes (224 x 224): the crop is the input size (images are resized straight to it, as timm's are)
+                    out["image_size"] = (crop["height"], crop["width"])
+                elif isinstance(p.get("size"), dict) and "height" in p["size"]:
                     out["image_size"] = (p["size"]["height"], p["size"]["width"])
             except (ValueError, OSError):
                 raise OptinError(f"{pp} is not valid JSON; fix or delete it") from None

@@ -139,3 +139,41 @@ def test_timm_layerscale_bundle_pruned_folder_computes_the_deliverable(tmp_path)
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.allclose(got, _logits(pruned, {"pixel_values": x}).numpy(), atol=1e-4)
     run_cli("eval", b / "pruned", "--data", img)
+
+
+def _hf_image_folder(tmp_path, cfg_name, cls_name, processor, **kw):
+    import transformers
+
+    torch.manual_seed(0)
+    folder = tmp_path / cls_name
+    cfg = getattr(transformers, cfg_name)(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=4, num_labels=2,
+                                          id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}, **kw)
+    getattr(transformers, cls_name)(cfg).eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_image_processor_that_centre_crops_gives_the_models_input_size(tmp_path):
+    """DeiT's image processor (every hub DeiT) resizes to 256 x 256 and centre-crops 224 x 224; the size read was the
+    resize's, so a DeiT got 256 x 256 images: 'internal error ValueError: Input image size (256*256) doesn't match model'.
+    DINOv2's (shortest edge 256, crop 224) has no height, so the config's image_size (518 on the hub) was used: 5x the
+    tokens of what the classifier was trained on. The crop is the model's input size."""
+    import transformers
+
+    from optin_deploy.models import load_model, preprocessing
+    from optin_deploy.zoo import load_task
+
+    deit = _hf_image_folder(tmp_path, "DeiTConfig", "DeiTForImageClassificationWithTeacher",
+                            transformers.DeiTImageProcessor(size={"height": 20, "width": 20}, crop_size={"height": 16, "width": 16}),
+                            image_size=16, intermediate_size=48)
+    assert tuple(preprocessing(load_model(deit), deit)["image_size"]) == (16, 16)
+    task = load_task(str(deit), str(_image_folder(tmp_path / "img")), progress=False)
+    assert tuple(task.data.test.inputs.shape[-2:]) == (16, 16)
+    dino = _hf_image_folder(tmp_path, "Dinov2Config", "Dinov2ForImageClassification",
+                            transformers.BitImageProcessor(size={"shortest_edge": 20}, crop_size={"height": 16, "width": 16}),
+                            image_size=40, mlp_ratio=2)
+    assert tuple(preprocessing(load_model(dino), dino)["image_size"]) == (16, 16)
+    # no centre crop: the resize is the input size, as before
+    vit = _hf_image_folder(tmp_path, "ViTConfig", "ViTForImageClassification",
+                           transformers.ViTImageProcessor(size={"height": 16, "width": 16}), image_size=16, intermediate_size=48)
+    assert tuple(preprocessing(load_model(vit), vit)["image_size"]) == (16, 16)
