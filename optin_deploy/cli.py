@@ -109,10 +109,53 @@ def main(argv: list[str] | None = None) -> None:
             interrupts.restore(previous)
 
 
+#: options whose empty value means something: ``build --search-reference ""`` (its default) measures no reference budget
+EMPTY_ALLOWED = frozenset({"search_reference"})
+
+
+def _refuse_empty_values(command) -> None:
+    """Every option and argument of ``command`` (and of its subcommands) refuses an empty string, before any work.
+
+    ``--data ""`` (an unset shell variable: ``--data "$DATA"``) was read as the current folder: an image folder of
+    the source tree, a "model folder without config.json", ``--out .`` or ``--lut .``. The check runs on the value as
+    typed, before click turns it into a ``Path`` (where ``Path("")`` is ``.``)."""
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_empty_values(sub)
+    for param in getattr(command, "params", []):
+        if param.name in EMPTY_ALLOWED or getattr(param, "is_flag", False) or getattr(param, "_refuses_empty", False):
+            continue
+        param.process_value = _refusing_empty(param, param.process_value)
+        param._refuses_empty = True
+
+
+def _refusing_empty(param, process_value):
+    def checked(ctx, value):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and v == "" for v in values):
+            leave_out = ", or leave the option out for its default" if param.param_type_name == "option" else ""
+            raise click_bad_parameter()(
+                f"'' is empty (an unset shell variable?), and an empty value is never read as the current folder: pass a "
+                f"value ('.' for the current folder){leave_out}", ctx=ctx, param=param)
+        return process_value(ctx, value)
+
+    return checked
+
+
+def click_bad_parameter():
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            return importlib.import_module(name).BadParameter
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError("click's BadParameter")  # pragma: no cover - typer always brings click
+
+
 def _run(args: list[str], debug: bool) -> None:
     click_exc = _click_exceptions()
     try:
-        rc = app(args=args, prog_name="optin-deploy", standalone_mode=False)
+        command = typer.main.get_command(app)  # what app(...) runs, with the empty-value check on every parameter
+        _refuse_empty_values(command)
+        rc = command(args=args, prog_name="optin-deploy", standalone_mode=False)
         if interrupts.received() is not None:  # typer caught the KeyboardInterrupt and returned 130: say so, with the right code
             _interrupted(interrupts.Terminated(interrupts.received()))
         if isinstance(rc, int) and rc != 0:

@@ -708,6 +708,9 @@ def load_task(
     from .models import check_tokenizer_fits, load_model, load_tokenizer, preprocessing
 
     flags = {"text_column": text_column, "label_column": label_column, "seed": seed}
+    for what, v in (("model", model), ("data", data)):
+        if v is not None and not str(v):  # Path("") is the current folder: never read it as one
+            raise OptinError(f"the {what} is an empty string; pass a name or a path ('.' for the current folder)")
     if model is None:
         if data is None:
             return get_task(DEFAULT_TASK, progress=progress)
