@@ -373,6 +373,12 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
             t.add_row(*(row[cols.index(c)] for c in shown))
         return t, Measurement.get(console, console.options.update(width=10_000), t).maximum
 
+    if result.get("settings_from"):  # the shape was not given: say which one was timed and where it came from
+        shape = result.get("shape") or {}
+        from .progress import say
+
+        say(console, "shape", f"batch {shape.get('batch')} x {shape.get('seq_len')} tokens (text), "
+                              f"{shape.get('threads') or 'default'} threads: from {result['settings_from']}")
     t, natural = table(cols, title)
     if natural > console.width:  # a narrow console (80 columns, a pipe, a CI log): what every row shares goes to the title
         shown = list(cols)
@@ -438,6 +444,10 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
                 from .models import load_tokenizer
 
                 tok = load_tokenizer(source)
+            except OptinError as exc:  # a bundle whose tokenizer is gone or damaged: said, and timed on random ids
+                from .progress import warn
+
+                warn(f"{spec}: {str(exc).rstrip('.')}; it is timed on random token ids instead of tokenised text")
             except Exception:  # noqa: BLE001 - no tokenizer: random ids
                 tok = None
         made = family.inputs_for(names, batch, seq_len, min(int(vocab), 1000) if vocab else 100, tokenizer=tok, seed=seed, padded=False)
@@ -481,6 +491,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
              "mixes the runtime with the pruning; pass --runtime to time them the same way")
     result = benchmark(targets, inputs, warmup=warmup, iters=None if seconds else iters, seconds=seconds,
                        interleave=interleave, baseline=names[0], mode=mode, block=block, settle_seconds=settle_seconds)
+    result["shape"] = {"batch": batch, "seq_len": seq_len, "threads": threads}
     if settings_from:
         result["settings_from"] = settings_from  # batch / sequence / threads not given: the build's own
     return result

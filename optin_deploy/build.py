@@ -676,7 +676,7 @@ def save_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Path:
     step("saving the pruned model")
     save_pruned(selected.model, staging / "pruned", extra={"source": _spec(task.model_source or opts.model), "source_dir": task.model_source,
                                                            "task": task.data.name, "max_length": ctx.eval_len, "label_names": task.data.label_names},
-                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, ctx.eval_len))
+                task_hint=task_hint(task, opts.data, opts.text_column, opts.label_column, ctx.eval_len), tokenizer=task.tokenizer)
     return staging / "pruned"
 
 

@@ -504,10 +504,8 @@ def load_tokenizer(spec: str | os.PathLike):
         from .bundle_files import check_bundle_member
 
         check_bundle_member(p)  # a bundle's tokenizer: the files the build recorded (an added tokenizer file changes the ids)
-    if local and not has_tokenizer_files(p) and (p / "optin_structure.json").exists():
-        src = _pruned_source_dir(p)
-        if src is not None and has_tokenizer_files(src):
-            p = src
+    if local and (p / "optin_structure.json").exists():
+        p = _pruned_tokenizer_dir(p)
     if local and not has_tokenizer_files(p):
         raise _no_tokenizer(spec, "the folder has no tokenizer.json, vocab.txt or other tokenizer file")
     try:
@@ -517,6 +515,57 @@ def load_tokenizer(spec: str | os.PathLike):
         raise _no_tokenizer(spec, type(exc).__name__) from None
     _check_vocabulary(tok, spec)
     return tok
+
+
+def _recorded_tokenizer(folder: Path) -> dict[str, str] | None:
+    """``{name: sha256}`` of the tokenizer files written into a pruned folder: its ``optin_structure.json``'s
+    ``tokenizer_files``, else (a bundle's ``pruned/`` of an older build) the bundle's ``manifest.json``; None: unknown."""
+    from .pruned_io import TOKENIZER_RECORDED
+
+    try:
+        rec = json.loads((folder / "optin_structure.json").read_text()).get("tokenizer_files")
+    except (OSError, ValueError, AttributeError):
+        rec = None
+    if isinstance(rec, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in rec.items()):
+        return rec
+    try:
+        files = json.loads((folder.parent / "manifest.json").read_text())["files"]
+        prefix = f"{folder.name}/"
+        rec = {k[len(prefix):]: v["sha256"] for k, v in files.items() if k.startswith(prefix) and k[len(prefix):] in TOKENIZER_RECORDED}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return rec or None
+
+
+def _pruned_tokenizer_dir(folder: Path) -> Path:
+    """Where a pruned folder's tokenizer is read from: the folder itself when it holds every tokenizer file it was
+    written with. One that lost some (deleted from a bundle) used the source model's tokenizer without a word, and a
+    figure computed with another tokenizer may be wrong: the source is used only when its files are the ones the
+    folder was written with (same sha256, said in a warning); else the missing files are named in one line."""
+    from .data.assets import sha256_file
+
+    rec = _recorded_tokenizer(folder)
+    if rec is None:  # written before the record: every tokenizer file the source had was copied in
+        missing = [] if has_tokenizer_files(folder) else ["its tokenizer files (tokenizer.json, vocab.txt, ...)"]
+    else:
+        missing = [n for n in rec if not (folder / n).is_file()]
+    if not missing:
+        return folder
+    src = _pruned_source_dir(folder)
+    if rec and src is not None and all((src / n).is_file() and sha256_file(src / n) == h for n, h in rec.items()):
+        from .progress import warn
+
+        warn(f"{folder} is missing {', '.join(missing)}; the tokenizer of {src}, the model it was pruned from, is used: its files "
+             f"are the ones this folder was written with (same sha256); put them back: cp " + " ".join(str(src / n) for n in missing) + f" {folder}/")
+        return src
+    if src is None:
+        why = "the model it was pruned from is not here to check against"
+    elif rec is None:
+        why = f"nothing records which files it held, so {src}'s tokenizer cannot be checked to be the same"
+    else:
+        why = f"{src}, the model it was pruned from, no longer holds the same files (sha256), so its tokenizer may differ"
+    raise OptinError(f"{folder} is missing {', '.join(missing)}, written with the model (its figures were computed with them); "
+                     f"{why}; put the files back from an intact copy, or make the folder again (optin-deploy build / prune)")
 
 
 def _pruned_source_dir(folder: Path) -> Path | None:

@@ -21,7 +21,7 @@ from torch import nn
 from . import __version__
 from .adapters import adapter_class, get_adapter
 from .errors import OptinError, short_reason
-from .models import TOKENIZER_FILES
+from .models import TOKENIZER_FILES, has_tokenizer_files
 
 STRUCTURE_FILE = "optin_structure.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,12 +32,16 @@ def is_pruned_dir(path: str | os.PathLike) -> bool:
 
 
 def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None = None, *, force: bool = False,
-                protect=(), checked: bool = False, task_hint: dict | None = None) -> Path:
+                protect=(), checked: bool = False, task_hint: dict | None = None, tokenizer=None) -> Path:
     """Write weights + structure spec to ``out_dir`` through a staging folder, then an atomic rename.
 
     ``out_dir`` must be new or a folder optin-deploy wrote (see :mod:`optin_deploy.safe_out`;
     ``checked`` when the caller already checked it). ``task_hint`` (data, max_length, columns) is
     written to ``optin_task.json`` so that the folder alone says which data it is evaluated on.
+    The tokenizer files of the source folder (``extra["source_dir"]``) are copied; when it has none (a hub
+    model: its files live in the hub's cache) ``tokenizer``, the one the figures were computed with, is saved.
+    ``optin_structure.json`` records the sha256 of the tokenizer files written (``tokenizer_files``), so that a
+    folder that lost one is told from one that never had one (:func:`optin_deploy.models.load_tokenizer`).
     """
     from safetensors.torch import save_model
 
@@ -66,20 +70,35 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, extra: dict | None
                 raise OSError(errno.ENOSPC, "No space left on device") from None
             raise
         # safetensors writes the weights 0600: staged_output gives them the umask's mode when it publishes the folder
-        (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
         if task_hint:
             (tmp / "optin_task.json").write_text(json.dumps(task_hint, indent=1))
         src = (extra or {}).get("source_dir")
         for name in COPIED_FILES:
             if src and (Path(src) / name).is_file():
                 shutil.copy2(Path(src) / name, tmp / name)
+        if tokenizer is not None and not has_tokenizer_files(tmp):
+            from .models import quiet_transformers
+
+            with quiet_transformers():
+                tokenizer.save_pretrained(str(tmp))
+        spec["tokenizer_files"] = tokenizer_record(tmp)
+        (tmp / STRUCTURE_FILE).write_text(json.dumps(spec, indent=1))
     return Path(out_dir)
+
+
+def tokenizer_record(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the tokenizer files in ``folder`` (vocabulary, settings, special tokens)."""
+    from .data.assets import sha256_file
+
+    return {f.name: sha256_file(f) for f in sorted(Path(folder).iterdir())
+            if f.is_file() and (f.name in TOKENIZER_RECORDED or f.name.startswith("tokenizer"))}
 
 
 # what a pruned folder copies from the model it came from so that it loads on its own: the vocabulary in every format
 # transformers reads (models.TOKENIZER_FILES: WordPiece, byte-level BPE, SentencePiece), the tokenizer's settings and
 # an image processor's
 COPIED_FILES = (*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json")
+TOKENIZER_RECORDED = tuple(f for f in COPIED_FILES if f != "preprocessor_config.json")
 
 
 HINT_FILES = ("optin_task.json", "zoo_info.json")

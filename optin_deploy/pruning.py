@@ -351,6 +351,6 @@ def prune_to_folder(model_spec: str, data: str | None, out, *, flops: float = 0.
     summary["macs"]["seq_len"] = seq
     save_pruned(result.model, out, extra={"source": task.model_source or model_spec, "source_dir": task.model_source, "task": task.data.name,
                                           "max_length": eval_len, "prune": summary, "label_names": task.data.label_names},
-                checked=True, task_hint=task_hint(task, data, text_column, label_column, eval_len))
+                checked=True, task_hint=task_hint(task, data, text_column, label_column, eval_len), tokenizer=task.tokenizer)
     step(f"pruned model written to {out} (MACs {summary['macs']['ratio']:.1%} of dense, scoring {result.scoring_seconds:.1f}s)")
     return summary
