@@ -98,6 +98,9 @@ class BuildOptions:
     label_column: str = "label"
     force: bool = False
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+    # the --lut file as read (and checked) once by run_build: every stage uses this table, so that the file changed
+    # during the build cannot give the selection one table and the checks or the target choice another
+    lut_table: object = field(default=None, repr=False, compare=False)
 
 
 def _versions() -> dict:
@@ -219,6 +222,17 @@ def _bench_inputs(task, target: Target) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in target.example_inputs(task.model, task).items()}
 
 
+def given_lut(opts):
+    """The ``--lut`` table of a build (None without one): the one :func:`run_build` read, else read now."""
+    if getattr(opts, "lut", None) is None:
+        return None
+    if getattr(opts, "lut_table", None) is None:
+        from .lut import read_lut
+
+        opts.lut_table = read_lut(opts.lut)
+    return opts.lut_table
+
+
 def run_build(opts: BuildOptions) -> dict:
     """Run the whole pipeline; returns the report. Raises OptinError on bad input (nothing written)."""
     from .pruning import check_reconstruct, check_refit_samples, check_seed, warn_unused_refit
@@ -226,10 +240,11 @@ def run_build(opts: BuildOptions) -> dict:
     t_start = time.perf_counter()
     target = resolve_target(opts.profile)  # the one place the profile is read
     budget = _budget(opts, target)
+    opts.lut_table = None
     if opts.lut is not None:  # a missing, damaged or edited table is refused before the model loads (it was after scoring)
         from .lut import read_lut
 
-        read_lut(opts.lut)
+        opts.lut_table = read_lut(opts.lut)  # read once: the stages below use this table, never the file again
     if opts.calib_samples < 1:
         raise OptinError(f"--calib-samples must be at least 1, got {opts.calib_samples}")
     if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
@@ -353,10 +368,10 @@ class BuildContext:
 
         table, failed = None, None
         if self.select_by == "latency":
-            from .lut import cached_lut, read_lut
+            from .lut import cached_lut
 
             if self.opts.lut:
-                table, path, measured = read_lut(self.opts.lut), Path(self.opts.lut), False
+                table, path, measured = given_lut(self.opts), Path(self.opts.lut), False
             else:
                 step(f"latency-aware selection: looking up the latency table of this model on {self.profile.name} "
                      f"({self.profile.precision}, batch {self.target.batch}); measured once and cached")
@@ -530,7 +545,7 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None, 
     if getattr(opts, "lut", None):  # a table of another layer count or modality, or a target under its floor: before scoring
         from .latency_budget import check_table_up_front
 
-        check_table_up_front(opts.lut, model, target, opts.latency_ms)
+        check_table_up_front(given_lut(opts), model, target, opts.latency_ms)
     scores = compute_scores(model, calib, scoring=opts.scoring, scorer=scorer or opts.scorer, settings=ScoreSettings(seed=opts.seed), probes=opts.probes)
     return BuildContext(opts, target, task, model, calib, scores, bench_np, seq, target.selection_kwargs, eval_len, calib_len, refit=refit)
 
@@ -633,13 +648,11 @@ def select_stage(ctx: BuildContext, staging: Path, budget: dict) -> Selected:
         from .latency_budget import select_for_latency
         from .lut import load_lut, make_measure_fn, make_relative_measure_fn, measure_lut
 
-        lut = opts.lut
+        lut = given_lut(opts)
         if lut is None:
             step(f"no --lut given: measuring a latency table on this machine for profile {profile.name} ({profile.precision})")
-            table = measure_lut(model, target)
-            lut_path = staging / "lut.json"
-            lut_path.write_text(json.dumps(table.to_dict() if hasattr(table, "to_dict") else table, indent=1))
-            lut = str(lut_path)
+            lut = measure_lut(model, target)
+            (staging / "lut.json").write_text(json.dumps(lut.to_dict(), indent=1))
         inputs_t = ctx.example()
         if "speedup" in budget:
             ref_ms = load_lut(lut, model, target).dense()  # the table's own prediction for the dense model
@@ -1001,7 +1014,7 @@ def _write_reports(staging: Path, report: dict, opts: BuildOptions, target: Targ
     manifest = {
         "created_by": f"optin-deploy {__version__}",
         "command": " ".join(opts.command),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k != "command"},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in opts.__dict__.items() if k not in ("command", "lut_table")},
         "inputs": {"model": report["model"], "task": report["task"]["name"], **_data_inputs(opts.data, report["task"].get("source") or {})},
         # the profile the bundle was built for: a choosing profile's chosen candidate (report.json runtime_choice says how)
         "profile": next((t for t in target.choices if t.name == report["profile"]), target).profile.to_dict(),

@@ -139,9 +139,9 @@ def choose_stage(ctx, staging: Path):
     split = "validation"
     note = None
     if opts.lut:  # a latency table belongs to one profile: build for the candidate it was measured for (else the first that runs)
-        from .lut import read_lut
+        from .build import given_lut
 
-        measured_for = read_lut(opts.lut).profile.get("name")
+        measured_for = given_lut(opts).profile.get("name")
         ok = [c for c in cands if c.skipped is None]
         keep = next((c for c in ok if c.profile == measured_for), ok[0] if ok else None)
         note = (f"--lut given: the table was measured for {measured_for!r}, so that candidate was taken without measuring the others"

@@ -318,6 +318,26 @@ def make_relative_measure_fn(target: Target, dense_model: nn.Module, inputs: Map
 # ----------------------------------------------------------------------------------------- table
 
 
+#: a dip larger than this share of a table's largest entry is not timing noise of a sound measurement: it is said
+CONTRADICTION_SHARE = 0.10
+
+
+def contradictions(values, labels, what: str) -> list[str]:
+    """Where ``values`` (a table measured by growing head count or MLP width, labelled by ``labels``) contradicts
+    itself beyond noise: an entry below an earlier one (a narrower width measured slower, a unit removed saving
+    negative time) by more than :data:`CONTRADICTION_SHARE` of the table's largest entry."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return []
+    top, best, where, out = max(max(vals), 0.0), 0.0, labels[0], []
+    for v, lab in zip(vals, labels):
+        if best - v > CONTRADICTION_SHARE * top and best - v > 0:
+            out.append(f"{what} {lab} {v:.4g} ms < {where}'s {best:.4g} ms")
+        if v > best:
+            best, where = v, lab
+    return out
+
+
 def _nondecreasing(values) -> list[float]:
     """``values`` as floats, each at least 0 and at least every earlier one (a running maximum)."""
     return [float(v) for v in np.maximum.accumulate(np.maximum(np.asarray(values, dtype=float), 0.0))] if len(values) else []
@@ -346,6 +366,13 @@ class LatencyTable:
         # cost is never negative, so each table is held non-decreasing from 0 (the raw timings stay in ``raw``);
         # predictions and the cost model then agree, and an MLP line fitted through a non-decreasing table has a
         # slope >= 0.
+        # Beyond noise (a dip over a tenth of the table) the table contradicts itself: kept in ``contradicted`` (not a
+        # field: not written) and said by whoever reads or measures it (:func:`warn_contradictions`), naming the rows.
+        tables = [("", self.attn_ms, self.mlp_widths, self.mlp_ms)] if self.groups is None else \
+            [(f"group {i} ", g["attn_ms"], g["mlp_widths"], g["mlp_ms"]) for i, g in enumerate(self.groups)]
+        self.contradicted = [c for tag, attn, widths, mlp in tables
+                             for c in (contradictions(attn, [f"{h} heads" for h in range(len(attn))], f"{tag}attention at")
+                                       + contradictions(mlp, [f"width {w}" for w in widths], f"{tag}MLP at"))]
         self.attn_ms, self.mlp_ms = _nondecreasing(self.attn_ms), _nondecreasing(self.mlp_ms)
         for g in self.groups or []:
             g["attn_ms"], g["mlp_ms"] = _nondecreasing(g["attn_ms"]), _nondecreasing(g["mlp_ms"])
@@ -547,6 +574,21 @@ def _check_table_fields(d: dict) -> None:
             raise bad(f"field {key!r} is {type(d[key]).__name__}, not an object")
 
 
+def warn_contradictions(table: LatencyTable, where: str) -> None:
+    """One warning line when ``table`` (read from, or written to, ``where``) contradicts itself beyond timing noise:
+    it is used held non-decreasing (each entry raised to the largest before it), which keeps every unit's cost at
+    >= 0 and the selection sound, but the rows named were measured under another load than their neighbours."""
+    rows = getattr(table, "contradicted", None)
+    if not rows:
+        return
+    from .progress import warn
+
+    shown = "; ".join(rows[:4]) + (f"; and {len(rows) - 4} more" if len(rows) > 4 else "")
+    warn(f"latency table {where} contradicts itself beyond timing noise ({shown}): it is used held non-decreasing (each entry "
+         f"at least every smaller one), so no unit costs negative time, but those rows are unreliable; measure it again on a "
+         f"quiet machine (optin-deploy lut --rounds 15)")
+
+
 def read_lut(path: str | os.PathLike) -> LatencyTable:
     p = Path(path)
     if not p.is_file():
@@ -558,7 +600,9 @@ def read_lut(path: str | os.PathLike) -> LatencyTable:
     except OSError as exc:
         raise OptinError(f"cannot read latency table {p}: {exc.strerror or exc}") from None
     try:
-        return LatencyTable.from_dict(d)
+        table = LatencyTable.from_dict(d)
+        warn_contradictions(table, str(p))
+        return table
     except OptinError as exc:  # name the file
         msg = str(exc)
         raise OptinError(f"latency table {p}:{msg[len('latency table'):]}" if msg.startswith("latency table ") else f"{p}: {msg}") from None
@@ -682,6 +726,7 @@ def cached_lut(model: nn.Module, target: Target | str, *, progress: Callable[[st
         if table is not None:
             return table, path, False
         table = measure_lut(model, target, progress=progress)
+        warn_contradictions(table, f"measured here (cached as {path})" if path else "measured here")
         if path is not None:
             try:
                 table.save(path)
@@ -844,6 +889,7 @@ def write_lut(profile: Target | str, model_spec: str, out: str | os.PathLike, *,
     table = measure_lut(_load_dense(model_spec), target, mlp_step=mlp_step, rounds=rounds, iters=iters, model_name=model_spec,
                         progress=progress)
     table.save(out)
+    warn_contradictions(table, f"{out} (measured here)")
     return table, out
 
 
