@@ -390,8 +390,49 @@ def os_error(exc: OSError, what: str) -> OptinError:
 @contextlib.contextmanager
 def staged_output(out: str | os.PathLike, *, kind: str, force: bool = False, protect: Iterable = (), checked: bool = False,
                   log=None) -> Iterator[Path]:
-    """Check ``out``, clean stale staging, yield a staging folder; publish it atomically on success."""
+    """Check ``out``, clean stale staging, yield a staging folder; publish it atomically on success.
+
+    The whole block holds a lock on ``out``: two runs started at once with the same ``--out`` both staged, both
+    published and both said "written", the second silently replacing the first's fresh output (and one's reported
+    figures then described the other's folder). The second now stops at once, writing nothing, in one line."""
     o = _resolve(out) if checked else check_out(out, force=force, protect=protect)
+    with _out_lock(o):
+        yield from _staged(o, kind, log)
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path):
+    """Hold the advisory lock of output folder ``out`` (in the cache's lock folder, keyed by its absolute path) or
+    refuse in one line when another process holds it. Where no lock can be taken (no fcntl, an unwritable cache)
+    the run goes on unlocked, as it did."""
+    import hashlib
+
+    try:
+        import fcntl
+
+        from .data.assets import cache_root
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        locks = cache_root() / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"out-{hashlib.sha256(str(out).encode()).hexdigest()[:24]}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OptinError(f"another optin-deploy process is writing {out} right now; this one stopped and wrote nothing "
+                             f"there; wait for it to finish, or pass another --out") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _staged(o: Path, kind: str, log) -> Iterator[Path]:
     for line in clean_stale(o):
         (log or (lambda s: None))(line)
     staging = make_staging(o)

@@ -221,3 +221,87 @@ def test_bench_of_a_bundle_without_its_report_times_the_shape_it_was_built_for(b
     assert r["shape"] == {"batch": 8, "seq_len": 64, "threads": 2}, r["shape"]
     assert gone in r["settings_from"] and "x86-cpu-ort" in r["settings_from"]
     assert "batch 8 x 64 tokens" in proc.stdout and f"{gone}" in proc.stdout, proc.stdout
+
+
+# ------------------------------------------------------------------------------ 4-5. the latency table: read once, contradictions said
+
+
+def _table(attn=(0.0, 0.2, 0.4, 0.6, 0.8), widths=(0, 16, 32, 48, 64), mlp=(0.0, 0.1, 0.2, 0.3, 0.4)) -> dict:
+    """A latency table of the fixture's model (BERT, 2 layers of 4 heads and 64 neurons) on x86-cpu-ort."""
+    return {"format": "optin-deploy-lut", "version": 1,
+            "profile": {"name": "x86-cpu-ort", "runtime": "onnxruntime-cpu", "precision": "int8", "threads": 2},
+            "shapes": {"batch": 8, "tokens": 64, "seq_len": 128, "image_size": None},
+            "model": {"name": "m", "family": "bert", "num_layers": 2, "heads": [4, 4], "neurons": [64, 64], "hidden_size": 32, "head_dim": 8},
+            "attn_ms": list(attn), "mlp_widths": list(widths), "mlp_ms": list(mlp), "empty_model_ms": 0.5, "dense_model_ms": 2.9}
+
+
+def test_a_latency_table_that_contradicts_itself_is_said_with_its_rows(tmp_path, capsys):
+    """A noisy table (an MLP measured faster at width 32 than at 16, attention with 3 heads under 2, a negative entry)
+    was held non-decreasing when read without a word. Selection stays sound (no unit costs negative time), and the
+    file and the rows beyond timing noise are now named in one warning; dips within noise are not."""
+    from optin_deploy.lut import read_lut
+
+    f = tmp_path / "lut.json"
+    f.write_text(json.dumps(_table(attn=(0.0, 0.2, 0.45, 0.1, 0.8), mlp=(0.0, 0.3, -0.05, 0.31, 0.4))))
+    t = read_lut(f)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: latency table {f} contradicts itself"), err
+    assert "attention at 3 heads 0.1 ms < 2 heads's 0.45 ms" in err and "MLP at width 32 -0.05 ms < width 16's 0.3 ms" in err, err
+    cm = t.cost_model()
+    assert all(n >= 0 for n in cm.neuron) and all(cm.attn(0, h + 1) >= cm.attn(0, h) >= 0 for h in range(4))
+    f.write_text(json.dumps(_table(attn=(0.0, 0.2, 0.4, 0.39, 0.8), mlp=(0.0, 0.1, 0.2, 0.19, 0.4))))  # within noise: silent
+    read_lut(f)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow  # a build (module fixture and one more)
+def test_the_lut_is_read_once_per_build(bundle, tmp_path, monkeypatch):
+    """`build --lut FILE` parsed and checked the file three times (before the model loaded, before scoring, at the
+    selection; choosing profiles a fourth time): a file replaced during the build (another `lut --out FILE` finishing)
+    gave the checks one table and the selection another. It is read once; every stage uses that table."""
+    import optin_deploy.lut as lut
+
+    f = tmp_path / "lut.json"
+    f.write_text(json.dumps(_table()))
+    reads = []
+    real = lut.read_lut
+
+    def reading(path):
+        reads.append(str(path))
+        table = real(path)
+        f.write_text(json.dumps(_table(mlp=(0.0, 1.0, 2.0, 3.0, 4.0))))  # replaced right after the read: never seen
+        return table
+
+    monkeypatch.setattr(lut, "read_lut", reading)
+    run_cli("build", "--model", bundle / "model", "--data", bundle / "data.csv", "--profile", "x86-cpu-ort", "--flops", "0.5",
+            "--select-by", "latency", "--lut", f, "--calib-samples", "16", "--calib-length", "32", "--bench-iters", "3",
+            "--no-baselines", "--out", tmp_path / "b")
+    assert reads == [str(f)]
+    info = json.loads((tmp_path / "b" / "report.json").read_text())
+    dense = round(lut.LatencyTable.from_dict(_table()).cost_model().dense(), 4)  # the table as first read, not as replaced
+    assert f'"table_dense_ms": {dense}' in json.dumps(info), dense
+
+
+# ------------------------------------------------------------------------------ 6. two runs, one --out
+
+
+def test_a_second_run_into_the_same_out_stops_at_once_and_writes_nothing(tmp_path):
+    """Two builds started together with one --out both staged, both published and both said "written": the second
+    replaced the first's fresh bundle without a word (measured with two processes publishing 1.5 s apart: both printed
+    'wrote', the folder held the later one's). The output folder is now locked for the whole run (build: from its first
+    step): the second stops at once with one line, exit 2, and the first's folder and the user's files are untouched."""
+    from optin_deploy.safe_out import staged_output
+
+    (tmp_path / "w").mkdir()
+    out = tmp_path / "w" / "b"
+    (tmp_path / "w" / "mine.txt").write_text("the user's")
+    with staged_output(out, kind="bundle") as staging:
+        (staging / "who").write_text("first")
+        proc = run_cli("build", "--out", out, "--calib-samples", "16", check=False)  # started while the first is writing
+        _one_line(proc, 2, f"another optin-deploy process is writing {out}", "wrote nothing", "pass another --out")
+        assert not out.exists()
+    assert (out / "who").read_text() == "first"
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["b", "mine.txt"]  # no staging, lock or set-aside folder left
+    with staged_output(out, kind="bundle") as staging:  # the lock goes with the run: the next one writes
+        (staging / "who").write_text("second")
+    assert (out / "who").read_text() == "second"
