@@ -18,8 +18,11 @@ it with rich.
 
 Memory: on CPU the peak resident set size while loading and warming up (Linux ``VmHWM`` from
 ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each model; elsewhere the
-``resource`` maximum, which cannot be reset and is marked ``approximate``). On CUDA
-``torch.cuda.max_memory_allocated`` (PyTorch allocations only; TensorRT's own workspace is not in it).
+``resource`` maximum, which cannot be reset and is marked ``approximate``). On CUDA the peak of PyTorch's allocator
+(``torch.cuda.max_memory_allocated``) plus what the GPU's used memory (``cudaMemGetInfo``) grew by outside PyTorch's
+reserve: onnxruntime's CUDA arena, TensorRT's engine and activation memory and an AOTInductor package's weights are
+allocated by those libraries, not through PyTorch, so PyTorch's counter alone read about 0 MB for them
+(:func:`cuda_peak_bytes`). The GPU's used memory is device-wide: another process on the GPU changes it.
 The CPU figure is the growth of the resident set in this process, so it is a lower bound: memory the
 allocator freed earlier (an export, another model) is reused without growing it, and the figure
 depends on what ran before. Compare models' memory in separate processes.
@@ -68,6 +71,14 @@ def _max_rss_fallback() -> int:
     return int(r if platform.system() == "Darwin" else r * 1024)
 
 
+def cuda_peak_bytes(torch_start: int, torch_peak: int, reserved_start: int, reserved_end: int, used_start: int, used_end: int) -> int:
+    """Peak GPU memory of one phase: PyTorch's allocator peak above where it started, plus the growth of the device's
+    used memory that PyTorch's reserve does not account for (what other allocators in this process kept: onnxruntime's
+    arena, TensorRT's engines and execution contexts, cudaMalloc'd AOTInductor weights, lazily loaded kernels)."""
+    outside = (used_end - used_start) - (reserved_end - reserved_start)
+    return max(0, torch_peak - torch_start) + max(0, outside)
+
+
 class MemoryProbe:
     """Peak memory (bytes) of one phase, on CPU (RSS) or CUDA (allocator)."""
 
@@ -76,11 +87,19 @@ class MemoryProbe:
         self.method = ""
 
     def __enter__(self) -> "MemoryProbe":
+        self.delta = None
+        if self.device == "cuda" and not torch.cuda.is_available():  # e.g. onnxruntime-gpu beside a CPU-only torch
+            self.method = "not measured: this torch has no CUDA to read the GPU's memory with"
+            return self
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
-            self.method = "cuda max_memory_allocated"
+            self.reserved_start = torch.cuda.memory_reserved()
+            free, total = torch.cuda.mem_get_info()
+            self.used_start = total - free
+            self.method = ("cuda max_memory_allocated + growth of the GPU's used memory outside PyTorch's reserve "
+                           "(cudaMemGetInfo, device-wide)")
         else:
             self.exact = _reset_peak_rss() and _proc_status("VmHWM") is not None
             self.start = _proc_status("VmRSS") if self.exact else _max_rss_fallback()
@@ -88,11 +107,15 @@ class MemoryProbe:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            return
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.peak = _proc_status("VmHWM") if self.exact else _max_rss_fallback()
+            free, total = torch.cuda.mem_get_info()
+            self.delta = cuda_peak_bytes(self.start, self.peak, self.reserved_start, torch.cuda.memory_reserved(), self.used_start, total - free)
+            return
+        self.peak = _proc_status("VmHWM") if self.exact else _max_rss_fallback()
         self.delta = max(0, (self.peak or 0) - (self.start or 0))
 
 
@@ -219,7 +242,7 @@ def benchmark(
             results[l].update({
                 "runtime": rt.describe(),
                 "load_seconds": round(load_s, 3),
-                "peak_memory_mb": round(mem.delta / 2**20, 1),
+                "peak_memory_mb": round(mem.delta / 2**20, 1) if mem.delta is not None else None,
                 "memory_method": mem.method,
                 "output_shape": list(np.shape(out)),
             })
@@ -357,7 +380,7 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
         rows.append([
             str(label), where, str(r["batch_size"]),
             f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
-            f"{r['throughput_samples_per_s']:.1f}", f"{r['peak_memory_mb']:.0f}",
+            f"{r['throughput_samples_per_s']:.1f}", (f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") is not None else "-"),
             "—" if label == result["baseline"] else f"{r['speedup_p50']:.2f}x"
             + (f" ({r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f})" if r.get("speedup_iqr") else ""),
         ])

@@ -123,9 +123,10 @@ def ort_runtime_for(target: Target):
             "tensorrt": "ort-tensorrt"}.get(target.runtime)
     if name is None:
         raise OptinError(f"latency tables are measured with onnxruntime or OpenVINO; profile {target.name} uses runtime {target.runtime}")
-    opts = {}
-    if name == "ort-tensorrt" and target.precision == "fp16":
-        opts = {"trt_fp16_enable": True}
+    from .runtimes.ort import tensorrt_ep_options
+
+    # the engine's precision (an fp16 or bf16 profile's table is not timed in fp32)
+    opts = tensorrt_ep_options(target.precision) if name == "ort-tensorrt" else {}
     return OrtRuntime(name, threads=target.threads if name == "ort-cpu" else None, provider_options=opts)
 
 

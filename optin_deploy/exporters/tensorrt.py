@@ -154,7 +154,7 @@ class TensorRTExporter(Exporter):
             cache_path = Path(timing_cache) if timing_cache else default_timing_cache()
             cache_bytes = cache_path.read_bytes() if cache_path.exists() else b""
             cache = config.create_timing_cache(cache_bytes)
-            if not config.set_timing_cache(cache, ignore_mismatch=False):
+            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
                 cache = config.create_timing_cache(b"")  # a cache from another GPU/version: start afresh
                 config.set_timing_cache(cache, ignore_mismatch=False)
                 cache_bytes = b""

@@ -99,7 +99,9 @@ class TorchTensorRTExporter(Exporter):
                 rt = TorchTensorRTRuntime()
                 rt.input_names = names
                 rt.path = tmp
-                rt.module = tt.load(str(tmp)).module()
+                from ..runtimes.tensorrt import loaded_module
+
+                rt.module = loaded_module(tt.load(str(tmp)))
                 plist = parity_inputs_list or parity_inputs(inputs, task=task, profile=profile)
                 ref = LogitsModel(model.eval(), names)
                 try:

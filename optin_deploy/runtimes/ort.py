@@ -65,13 +65,38 @@ def resolve_onnx(artifact: Any) -> Path:
     return p
 
 
+def session_providers(provider: str, provider_options: Mapping[str, Any] | None = None,
+                      available: list[str] | tuple[str, ...] = ()) -> list:
+    """The ``providers`` list of an ``InferenceSession`` that runs on ``provider``: it first (with its options), then,
+    behind the TensorRT provider, CUDA (when this onnxruntime has it) for the nodes TensorRT does not take, as
+    onnxruntime's TensorRT documentation recommends (without it they run on the CPU, with a copy to the host and back
+    for each, inside the timings), and the CPU provider last for the few ops no GPU provider takes."""
+    out: list = [(provider, dict(provider_options)) if provider_options else provider]
+    if provider == "TensorrtExecutionProvider" and "CUDAExecutionProvider" in available:
+        out.append("CUDAExecutionProvider")
+    if provider != "CPUExecutionProvider":
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def tensorrt_ep_options(precision: str = "fp32") -> dict:
+    """onnxruntime TensorRT provider options for an engine in ``precision``: ``trt_fp16_enable`` / ``trt_bf16_enable``
+    (TensorRT picks per layer among fp32 and that type); fp32 takes none. int8 is refused (it needs a calibration table)."""
+    if precision == "fp32":
+        return {}
+    if precision in ("fp16", "bf16"):
+        return {f"trt_{precision}_enable": True}
+    raise OptinError(f"onnxruntime's TensorRT provider is timed here in fp32, fp16 or bf16, not {precision}")
+
+
 def session_settings(desc: Mapping[str, Any]) -> dict | None:
     """The ``onnxruntime.InferenceSession`` settings of a runtime from its ``describe()`` (None for other
     backends): what a server sets to run an artefact as the build measured it."""
     if desc.get("backend") != "onnxruntime":
         return None
     provider = desc.get("provider") or PROVIDERS.get(desc.get("runtime", ""), "CPUExecutionProvider")
-    d: dict = {"backend": "onnxruntime", "providers": [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])}
+    used = desc.get("providers")  # what the session ran with (the CUDA fallback behind TensorRT only where it was there)
+    d: dict = {"backend": "onnxruntime", "providers": list(used) if used else session_providers(provider)}
     if desc.get("threads"):
         d["intra_op_num_threads"] = int(desc["threads"])
         d["inter_op_num_threads"] = 1
@@ -155,9 +180,7 @@ class OrtRuntime(Runtime):
         if self.profile_file:  # onnxruntime's own per-node profiler (JSON trace, see end_profiling)
             so.enable_profiling = True
             so.profile_file_prefix = str(self.profile_file)
-        providers: list = [(self.provider, self.provider_options)] if self.provider_options else [self.provider]
-        if self.provider != "CPUExecutionProvider":
-            providers.append("CPUExecutionProvider")  # for the few ops a GPU provider does not take
+        providers = session_providers(self.provider, self.provider_options, ort.get_available_providers())
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers,
                                                 disabled_optimizers=list(self.disabled_optimizers))
@@ -201,6 +224,8 @@ class OrtRuntime(Runtime):
             "disabled_optimizers": list(self.disabled_optimizers),
             "flush_denormals": self.flush_denormals,
         }
+        if self.provider_options:  # e.g. trt_fp16_enable: the precision the TensorRT provider ran at
+            d["provider_options"] = {k: (v if isinstance(v, (bool, int, float)) else str(v)) for k, v in self.provider_options.items()}
         if self.path is not None:
             d["artifact"] = str(self.path)
         return d

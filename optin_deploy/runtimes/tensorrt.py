@@ -61,14 +61,16 @@ class TensorRTRuntime(Runtime):
         trt = self.trt
         self.path = resolve_file(artifact, ("model.engine",), "TensorRT engine")
         self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.runtime = trt.Runtime(self.logger)  # kept: TensorRT's runtime must outlive the engines it deserialised
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise OptinError(
                 f"TensorRT {trt.__version__} cannot deserialize {self.path}; engines only run with the TensorRT "
                 f"version and GPU they were built for: rebuild it here with optin-deploy export --format tensorrt"
             )
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # its activation memory could not be allocated
+            raise OptinError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)")
         self.inputs: dict[str, torch.dtype] = {}
         self.outputs: dict[str, torch.dtype] = {}
         for i in range(self.engine.num_io_tensors):
@@ -91,7 +93,13 @@ class TensorRTRuntime(Runtime):
             raise OptinError(f"runtime {self.name}: call load() before run()")
         keep = []
         for n, dt in self.inputs.items():
-            t = torch.as_tensor(inputs[n]).to("cuda", dtype=dt).contiguous()
+            if n not in inputs:  # a missing token_type_ids is all zeros (single sentences), as on onnxruntime
+                if n == "token_type_ids" and "input_ids" in inputs:
+                    t = torch.zeros(tuple(np.shape(inputs["input_ids"])), dtype=dt, device="cuda")
+                else:
+                    raise OptinError(f"{self.path} needs input {n!r}; got {list(inputs)}")
+            else:
+                t = torch.as_tensor(inputs[n]).to("cuda", dtype=dt).contiguous()
             keep.append(t)
             if not self.context.set_input_shape(n, tuple(t.shape)):
                 raise OptinError(f"input {n} of shape {tuple(t.shape)} is outside the engine's optimisation profile ({self.path})")
@@ -118,6 +126,16 @@ class TensorRTRuntime(Runtime):
         }
 
 
+def loaded_module(obj):
+    """What ``torch_tensorrt.load`` returned, as a callable: an ExportedProgram's ``.module()`` (``.ep`` files), a
+    TorchScript module as it is."""
+    if isinstance(obj, torch.export.ExportedProgram):
+        return obj.module()
+    if callable(obj):
+        return obj
+    raise OptinError(f"torch_tensorrt.load returned a {type(obj).__name__}, not a program it can run; re-export with --format torch-tensorrt")
+
+
 class TorchTensorRTRuntime(Runtime):
     """Runs a program saved by ``torch_tensorrt.save`` (ExportedProgram format)."""
 
@@ -134,7 +152,7 @@ class TorchTensorRTRuntime(Runtime):
         self.path = resolve_file(artifact, ("model.ep",), "torch-tensorrt program")
         meta = self.path.with_suffix(".json")
         self.input_names = json.loads(meta.read_text())["input_names"] if meta.exists() else None
-        self.module = self.tt.load(str(self.path)).module()
+        self.module = loaded_module(self.tt.load(str(self.path)))
         return self
 
     @torch.inference_mode()
