@@ -423,12 +423,15 @@ def print_bench_table(result: dict, console=None, title: str | None = None) -> N
         console._width = saved
 
 
-def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, seed: int = 0) -> dict[str, np.ndarray]:
+def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, seed: int = 0,
+                 other_sources: Sequence[tuple[str, int | None]] = ()) -> dict[str, np.ndarray]:
     """One batch of inputs of an exact shape for a model folder, bundle or artifact file.
 
     Text is real sentences tokenised to ``seq_len`` when a tokenizer is found (the model folder or
-    the bundle's recorded source), else seeded random token ids (all positions attended); images
-    are seeded standard-normal pixels of the model's input size.
+    the bundle's recorded source; when that is gone, one of ``other_sources``, ``(source, vocab size)`` of the
+    models it is timed against, with the same vocabulary size, so that they are timed on the same text), else
+    seeded random token ids (all positions attended); images are seeded standard-normal pixels of the model's
+    input size.
     """
     from pathlib import Path
 
@@ -463,14 +466,26 @@ def bench_inputs(spec: str | os.PathLike, batch: int = 8, seq_len: int = 128, se
         family = adapter_for_inputs(names) or Adapter  # the family with these inputs makes them
         tok = None
         if source:
+            from .models import load_tokenizer
+            from .progress import warn
+
             try:
-                from .models import load_tokenizer
-
                 tok = load_tokenizer(source)
-            except OptinError as exc:  # a bundle whose tokenizer is gone or damaged: said, and timed on random ids
-                from .progress import warn
-
-                warn(f"{spec}: {str(exc).rstrip('.')}; it is timed on random token ids instead of tokenised text")
+            except OptinError as exc:  # a bundle whose tokenizer is gone or damaged: said, and timed on other text or random ids
+                # the dense export's source is the model folder the build read (an absolute path): gone on another
+                # machine, while pruned/ holds the same tokenizer; the models compared must be timed on the same text
+                for other, other_vocab in other_sources:
+                    if other == source or not other or other_vocab != vocab:
+                        continue
+                    try:
+                        tok = load_tokenizer(other)
+                    except Exception:  # noqa: BLE001 - try the next one
+                        continue
+                    warn(f"{spec}: {str(exc).rstrip('.')}; it is timed on text tokenised by {other} (the same vocabulary of "
+                         f"{vocab} ids, the tokenizer of a model it is timed against)")
+                    break
+                else:
+                    warn(f"{spec}: {str(exc).rstrip('.')}; it is timed on random token ids instead of tokenised text")
             except Exception:  # noqa: BLE001 - no tokenizer: random ids
                 tok = None
         made = family.inputs_for(names, batch, seq_len, min(int(vocab), 1000) if vocab else 100, tokenizer=tok, seed=seed, padded=False)
@@ -500,10 +515,11 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
     check_bench_numbers(batch=batch, seq_len=seq_len, iters=iters, warmup=warmup, seconds=seconds, threads=threads, settle_seconds=settle_seconds)
     names = artifact_labels(models, labels)
     targets, inputs = {}, {}
+    sources = _tokenizer_sources(models)
     for label, spec in zip(names, models):
         rt_name, artifact, _ = resolve_artifact(spec, runtime)
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
-        inputs[label] = bench_inputs(spec, batch, seq_len)
+        inputs[label] = bench_inputs(spec, batch, seq_len, other_sources=sources)
         _check_length(label, inputs[label], seq_len, seq_given)
     _warn_unrelated(inputs)
     ways = {label: rt.name for label, (rt, _) in targets.items()}
@@ -533,6 +549,23 @@ def _check_length(label: str, feed: Mapping[str, np.ndarray], seq_len: int, give
         from .progress import warn
 
         warn(f"{label} takes at most {made} positions, so it is timed at {made} tokens, not {seq_len}")
+
+
+def _tokenizer_sources(models: Sequence[str]) -> list[tuple[str, int | None]]:
+    """``(tokenizer source, vocabulary size)`` of each exported model given, as its export record names them."""
+    from pathlib import Path
+
+    from .runtimes.base import read_manifest
+
+    out = []
+    for spec in models:
+        try:
+            m = read_manifest(Path(str(spec))) if Path(str(spec)).exists() else None
+        except OptinError:
+            m = None
+        if isinstance(m, dict) and isinstance(m.get("source"), str):
+            out.append((m["source"], m.get("vocab_size")))
+    return out
 
 
 def _warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:

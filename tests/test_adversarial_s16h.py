@@ -9,6 +9,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli
@@ -304,3 +305,26 @@ def test_a_second_run_into_the_same_out_stops_at_once_and_writes_nothing(tmp_pat
     with staged_output(out, kind="bundle") as staging:  # the lock goes with the run: the next one writes
         (staging / "who").write_text("second")
     assert (out / "who").read_text() == "second"
+
+
+@pytest.mark.slow  # a build (module fixture)
+def test_bench_times_dense_and_pruned_on_the_same_text_when_the_source_folder_is_gone(bundle, tmp_path):
+    """The dense export's tokenizer is the model folder the build read (an absolute path); with that folder moved away
+    (the bundle taken to another machine), `bench BUNDLE` timed the dense model on random ids and the pruned one on
+    tokenised text. The dense model now takes the tokenizer of the model it is timed against (same vocabulary)."""
+    from optin_deploy.bench import _tokenizer_sources, bench_inputs
+
+    b = _copy(bundle, tmp_path)
+    away = bundle / "model.away"
+    (bundle / "model").rename(away)
+    try:
+        specs = [str(b / "onnx" / "dense"), str(b / "onnx" / "pruned")]
+        proc = run_cli("bench", *specs, "--iters", "2", "--warmup", "1")
+        assert "timed on text tokenised by" in proc.stderr and "random token ids" not in proc.stderr, proc.stderr
+        dense = bench_inputs(specs[0], 2, 16, other_sources=_tokenizer_sources(specs))
+        pruned = bench_inputs(specs[1], 2, 16)
+        assert set(dense) == set(pruned) and all(np.array_equal(dense[k], pruned[k]) for k in dense)
+        alone = bench_inputs(specs[0], 2, 16)  # without the others: random ids, said
+        assert not np.array_equal(alone["input_ids"], pruned["input_ids"])
+    finally:
+        away.rename(bundle / "model")
