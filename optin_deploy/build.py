@@ -471,10 +471,32 @@ class BuildContext:
         backend = "torch-tensorrt" if self.target.runtime_name == "torch-tensorrt" else "tensorrt"
         step(f"exporting the {label} model ({fmt}, {precision}{'' if graph == 'auto' else ', ' + graph + ' graph'})"
              + (" and checking parity against PyTorch" if parity else "; parity is checked if it is chosen"))
-        return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
-                             profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
-                             source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib,
-                             parity=parity, device="cuda" if self.target.runtime_name == "torch-aoti-cuda" else "cpu")
+        settled = precision == "int8" and quantization is None and self.int8_settles
+        try:
+            return export_to_folder(m, self.example(), folder, fmt=fmt, backend=backend, precision=precision, graph=graph,
+                                    profile=self.shape(), optimize=self.opts.optimize if optimize is None else optimize, task=self.task, threads=self.target.threads,
+                                    source=source, quantization=quantization or ("static" if self.quantization == "static" else "dynamic"), calibration=self.calib,
+                                    parity=parity, device="cuda" if self.target.runtime_name == "torch-aoti-cuda" else "cpu",
+                                    int8_parity_fatal=not settled)
+        except OptinError as exc:
+            raise (self._int8_hint(exc, precision) if quantization is None else exc) from None  # the deliverable's own int8, not a baseline's
+
+    @property
+    def int8_settles(self) -> bool:
+        """Whether the deliverable's int8 graphs are settled against their fp32 graphs after export (``--quantization auto`` or
+        an int8 tolerance, :mod:`optin_deploy.int8`): the exported int8 graph's parity is then recorded, not fatal, since
+        leaving nodes in fp32 is what repairs an int8 graph that lost too much."""
+        from .int8 import wants_settling
+
+        return self.fmt == "onnx" and self.precision == "int8" and wants_settling(self.quantization, self.int8_max_drop)
+
+    def _int8_hint(self, exc: OptinError, precision: str) -> OptinError:
+        """An int8 graph that failed its parity check: say what to do (it was refused, not shipped)."""
+        msg = str(exc)
+        if precision != "int8" or not msg.startswith("parity check failed for int8"):
+            return exc
+        return OptinError(f"{msg.rstrip('.')}: int8 loses too much on this model; pass --int8-max-drop POINTS to leave the layers that need it "
+                          f"in fp32, or build in fp32 (--profile x86-cpu-ort-fp32)")
 
     @property
     def can_defer_parity(self) -> bool:
@@ -486,7 +508,12 @@ class BuildContext:
         from .exporters.export_folder import check_deferred_parity
 
         step("checking the parity of the chosen model's export against PyTorch")
-        return check_deferred_parity(m, self.example(), folder, manifest, profile=self.shape(), task=self.task, threads=self.target.threads)
+        int8 = manifest.get("precision") == "int8"
+        try:
+            return check_deferred_parity(m, self.example(), folder, manifest, profile=self.shape(), task=self.task, threads=self.target.threads,
+                                         int8_parity_fatal=not (int8 and self.int8_settles))
+        except OptinError as exc:
+            raise self._int8_hint(exc, "int8" if int8 else "fp32") from None
 
     def runtime_name(self, export: dict) -> str:
         return export["runtime"] if self.fmt != "onnx" else self.target.runtime_name
@@ -729,7 +756,8 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
     notes: list[str] = []
     if not ctx.embedding and opts.baselines and fmt == "onnx" and rt_name in CPU_RUNTIMES:
         # on an OpenVINO profile every onnxruntime way is another runtime: none of them is the dense model's own way
-        alternatives = dense_alternatives(exports["dense"], precision if rt_name == "ort-cpu" else None)
+        # the dense model's own precision (an int8 tolerance may have left every node of it in fp32)
+        alternatives = dense_alternatives(exports["dense"], exports["dense"].get("precision", precision) if rt_name == "ort-cpu" else None)
         for label, graph, prec in alternatives:
             try:
                 exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False,
@@ -750,6 +778,8 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                 notes.append(f"pruned-fused-int8 skipped: {exc}")
         # the dense model and the deliverable on OpenVINO, when installed (but not the way the deliverable already runs)
         exports.update(openvino_alternatives(exports, notes, own=rt_name))
+    if precision == "int8" and fmt == "onnx":  # what the deliverable computes in: fp32 when an int8 tolerance left every node in fp32
+        precision = exports["pruned"].get("precision", precision)
     return Exported(exports, rt_name, precision, notes)
 
 
@@ -886,7 +916,8 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
         "parity": {label: exports[label]["parity"] for label in exports},
         "graph": {label: exports[label].get("graph") for label in exports},
         "precision": exported.precision,  # the exported graph's (fp32 for OpenVINO bf16, which runs it in bf16)
-        "inference_precision": ctx.target.precision,  # what the deliverable computes in on its runtime
+        # what the deliverable computes in on its runtime (an int8 profile's graph with every node left in fp32: fp32)
+        "inference_precision": exported.precision if ctx.target.precision == "int8" else ctx.target.precision,
         # int8: how each model was quantised (dynamic / static; with auto or a tolerance, both ways' timings and accuracies and why one was kept)
         "quantization": {l: exports[l]["quantization"] for l in ("dense", "pruned") if exports[l].get("quantization")} or None,
         "baselines": baselines,
@@ -965,11 +996,29 @@ def _run_with(bench: dict) -> dict | None:
     return session_settings(desc) or compile_settings(desc)
 
 
+def _way(export: dict) -> str:
+    q = export.get("quantization") or {}
+    way = f"{export.get('precision')} {(export.get('graph') or {}).get('kind') or ''} graph".replace("  ", " ")
+    if export.get("precision") == "int8" or q.get("quantizable_nodes"):
+        way += f", {q.get('mode', 'dynamic')} quantisation"
+        if q.get("quantizable_nodes"):
+            way += f", {q['quantizable_nodes'] - q['quantized_nodes']} of {q['quantizable_nodes']} quantisable nodes left in fp32"
+    return way
+
+
+def way_difference(dense: dict, pruned: dict) -> str | None:
+    """How the dense model is run unlike the deliverable (precision, graph, int8 mode, nodes left in fp32), or None: an int8
+    tolerance settles each model against its own fp32 graph, so the "dense model run the same way" can differ."""
+    a, b = _way(dense), _way(pruned)
+    return None if a == b else f"dense: {a}; pruned: {b}"
+
+
 def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precision: str) -> dict:
     """Speed-ups of the pruned model against the dense one run the same way and against the fastest
     dense alternative measured in the same run; the fp32 dense reference for accuracy."""
     if len(exports) < 3:  # no dense alternatives were measured
-        return {"speedup_vs_same_way": round(bench["models"]["dense"]["p50_ms"] / bench["models"]["pruned"]["p50_ms"], 3), "same_way": "dense"}
+        return {"speedup_vs_same_way": round(bench["models"]["dense"]["p50_ms"] / bench["models"]["pruned"]["p50_ms"], 3), "same_way": "dense",
+                "same_way_differs": way_difference(exports["dense"], exports["pruned"])}
     pruned_labels = [l for l in exports if l == "pruned" or l.startswith("pruned-")]  # the deliverable on other runtimes
     dense_labels = [l for l in exports if l not in pruned_labels]
     p50 = {l: bench["models"][l]["p50_ms"] for l in exports}
@@ -989,6 +1038,8 @@ def baseline_summary(exports: dict, ev: dict, bench: dict, metric: str, precisio
         "models": rows,
         "same_way": "dense",
         "speedup_vs_same_way": round(p50["dense"] / p50["pruned"], 3),
+        # None when the dense model runs as the deliverable does; else how they differ (the ratio then mixes that in)
+        "same_way_differs": way_difference(exports["dense"], exports["pruned"]),
         "fastest_dense": fastest,
         "speedup_vs_fastest_dense": round(p50[fastest] / p50["pruned"], 3),
         "reference_fp32": ref,

@@ -97,6 +97,18 @@ def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_dro
         metric = metric or ValidationMetric(ctx, ctx.opts.search_samples)
         accuracy_on = {"split": "validation", "samples": metric.samples, "total": metric.total, "metric": metric.name}
     fp32_acc = metric(fp32) if metric else None
+    # parity against PyTorch (the exporter's check, recorded there, not fatal): an int8 graph that fails it is not the model
+    # whatever its validation figure says (a pruned model near chance can score as well as its fp32 graph with other
+    # predictions), so nodes are left in fp32 until it passes, as for the tolerance
+    reference = LogitsModel(model.eval(), names)
+    plist = parity_inputs(ordered_inputs(ctx.example(), names), task=ctx.task, profile=ctx.shape())
+
+    def parity_of(path: Path) -> dict:
+        rt = onnx_parity_runner(path, ctx.target.threads)
+        par = check_parity(reference, rt.run, plist, precision="int8", raise_on_fail=False)
+        par["runtime"] = rt.describe()
+        return par
+
     ways: dict[str, dict] = {}
     for mode in modes:
         order = list(reversed(quantizable_nodes(fp32, mode)))  # the last nodes (the classifier first) are left in fp32 first
@@ -107,16 +119,21 @@ def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_dro
             info = quantize_int8(fp32, path, mode=mode, calibration=calib, exclude=excluded)
             acc = metric(path) if metric else None
             drop = None if acc is None else fp32_acc - acc
-            history.append({"excluded": len(excluded), "accuracy": _r(acc), "drop": _r(drop)})
+            par = parity_of(path)
+            history.append({"excluded": len(excluded), "accuracy": _r(acc), "drop": _r(drop), "parity_passed": par["passed"],
+                            "parity_agreement": _r(par.get("agreement"), 4)})
             step(f"{label} int8 {mode}: {len(excluded)} node(s) in fp32"
-                 + ("" if acc is None else f", validation {metric.name} {acc:.2f} (fp32 graph {fp32_acc:.2f}, drop {drop:+.2f})"))
-            if max_drop is None or drop is None or drop <= max_drop or len(excluded) >= len(order):
+                 + ("" if acc is None else f", validation {metric.name} {acc:.2f} (fp32 graph {fp32_acc:.2f}, drop {drop:+.2f})")
+                 + ("" if par["passed"] else f"; parity against PyTorch failed ({par['failures'][0]})"))
+            within = max_drop is None or drop is None or drop <= max_drop
+            if (within and par["passed"]) or len(excluded) >= len(order):
                 break
             excluded = order[: min(len(order), max(1, 2 * len(excluded)))]
         ways[mode] = {"path": path, "info": info, "accuracy": _r(acc), "drop": _r(drop), "excluded": excluded, "history": history,
-                      "within_tolerance": True if (max_drop is None or drop is None) else bool(drop <= max_drop)}
+                      "within_tolerance": True if (max_drop is None or drop is None) else bool(drop <= max_drop), "parity": par,
+                      "quantized_nodes": len(order) - len(excluded), "quantizable_nodes": len(order)}
     timings = _time_interleaved(ctx, {m: w["path"] for m, w in ways.items()}) if len(ways) > 1 else {}
-    ok = [m for m in ways if ways[m]["within_tolerance"]]
+    ok = [m for m in ways if ways[m]["within_tolerance"] and ways[m]["parity"]["passed"]]
     if len(ways) == 1:
         kept, why = modes[0], f"the profile asks for {modes[0]}"
     elif ok:
@@ -128,28 +145,33 @@ def settle_int8(ctx, export: dict, model, label: str, quantization: str, max_dro
         if len(ok) < len(ways):
             why += "; " + ", ".join(f"{m} was outside the tolerance" for m in ways if m not in ok)
     else:
-        kept = min(ways, key=lambda m: ways[m]["drop"])
-        why = f"no way was within {max_drop:g} points; {kept} lost the least accuracy"
+        kept = min(ways, key=lambda m: (not ways[m]["parity"]["passed"], ways[m]["drop"] or 0.0))
+        why = (f"no way was within {max_drop:g} points" if max_drop is not None else "no way passed its parity check") + f"; {kept} lost the least accuracy"
     if max_drop is not None and not ways[kept]["within_tolerance"]:
         why += " (outside the tolerance even with every node in fp32)"
+    if not ways[kept]["quantized_nodes"]:
+        why += "; every quantisable node is left in fp32: this graph computes in fp32"
     step(f"{label}: int8 {kept} kept: {why}" + (f"; left in fp32: {', '.join(ways[kept]['excluded'])}" if ways[kept]["excluded"] else ""))
     os.replace(ways[kept]["path"], art)
     for m, w in ways.items():
         if m != kept:
             Path(w["path"]).unlink(missing_ok=True)
-    # parity through the kept artefact, as the exporter checks it
-    inputs = ordered_inputs(ctx.example(), names)
-    plist = parity_inputs(inputs, task=ctx.task, profile=ctx.shape())
-    rt = onnx_parity_runner(art, ctx.target.threads)
-    par = check_parity(LogitsModel(model.eval(), names), rt.run, plist, precision="int8", what=f"int8 ONNX export of {type(model).__name__}")
-    par["runtime"] = rt.describe()
-    del rt
+    # parity through the kept artefact, as the exporter checks it (measured above on the same file)
+    par = ways[kept]["parity"]
+    if not par["passed"]:  # cannot happen with every node in fp32 unless the fp32 graph itself failed: refused, not shipped
+        raise OptinError(f"parity check failed for int8 ONNX export of {type(model).__name__} ({label}, int8 {kept} with "
+                         f"{len(ways[kept]['excluded'])} node(s) left in fp32): {par['failures'][0]}; build in fp32 (--profile x86-cpu-ort-fp32)")
     choice = {"asked": quantization, "kept": kept, "why": why, "max_drop": max_drop, "accuracy_on": accuracy_on,
-              "fp32_accuracy": _r(fp32_acc),               "ways": {m: {"p50_ms": _r(timings.get(m)), "accuracy": w["accuracy"], "drop": w["drop"], "within_tolerance": w["within_tolerance"],
-                           "excluded": w["excluded"], "history": w["history"], "method": w["info"]["method"]} for m, w in ways.items()}}
-    q = {**ways[kept]["info"], "choice": choice}
+              "fp32_accuracy": _r(fp32_acc),
+              "ways": {m: {"p50_ms": _r(timings.get(m)), "accuracy": w["accuracy"], "drop": w["drop"], "within_tolerance": w["within_tolerance"],
+                           "parity_passed": w["parity"]["passed"], "excluded": w["excluded"], "history": w["history"], "method": w["info"]["method"],
+                           "quantized_nodes": w["quantized_nodes"], "quantizable_nodes": w["quantizable_nodes"]} for m, w in ways.items()}}
+    q = {**ways[kept]["info"], "choice": choice, "quantized_nodes": ways[kept]["quantized_nodes"], "quantizable_nodes": ways[kept]["quantizable_nodes"]}
     onnx_meta["quantization"], onnx_meta["parity"] = q, par
     export["quantization"] = q
+    if not q["quantized_nodes"]:  # nothing is int8 any more: labelled as what it computes in (report, baselines, OpenVINO)
+        export["precision"] = onnx_meta["precision"] = "fp32"
+        q["note"] = "every quantisable node left in fp32: the artefact is the fp32 graph"
     export["parity"]["model.onnx"] = par
     write_export_files(art.parent, export)
     return export

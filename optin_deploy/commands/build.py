@@ -95,8 +95,10 @@ def register(app: typer.Typer) -> None:
             )
         else:
             say(
-                console, "bundle", f"{report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model run the same way "
-                f"({report.get('inference_precision') or report.get('precision', '')} on {report['runtime']}); MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
+                console, "bundle", f"{report['bundle']}: {lead}x{b.get('speedup_vs_same_way', t['speedup']):.2f} against the dense model "
+                + (f"run the same way ({report.get('inference_precision') or report.get('precision', '')} on {report['runtime']}); " if not b.get("same_way_differs")
+                   else f"on {report['runtime']}, NOT run the same way ({b['same_way_differs']}); ")
+                + f"MACs x{report['macs']['ratio']:.2f}, {a['metric']} {a['dense']:.2f} -> {a['pruned']:.2f} "
                 f"({0.0 - a['drop']:+.2f} pts, agreement {a['agreement']:.1f}%)"
                 + (f", {0.0 - b['drop_vs_fp32_dense']:+.2f} pts against the fp32 dense export" if "drop_vs_fp32_dense" in b else "")
             )

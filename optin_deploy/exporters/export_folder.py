@@ -88,6 +88,7 @@ def export_to_folder(
     calibration: Mapping[str, torch.Tensor] | None = None,
     parity: bool = True,
     device: str = "cpu",
+    int8_parity_fatal: bool = True,
 ) -> dict:
     """Export ``model`` into ``out_dir``; every artifact is parity-checked (failure -> OptinError).
     ``parity=False`` (ONNX without ``optimize`` only): the checks are left to :func:`check_deferred_parity`,
@@ -136,7 +137,8 @@ def export_to_folder(
         res = get_exporter("onnx").export(model, inputs, out_dir / "model.onnx", optimize=optimize and fmt == "onnx",
                                           threads=threads, precision=precision if fmt == "onnx" else "fp32",
                                           graph=graph if fmt == "onnx" else "dynamo", fusions=fusions,
-                                          quantization=quantization, calibration=calibration, parity=parity, **common)
+                                          quantization=quantization, calibration=calibration, parity=parity,
+                                          int8_parity_fatal=int8_parity_fatal, **common)
         manifest["artifacts"]["onnx"] = res.metadata
         manifest["parity"]["model.onnx"] = res.metadata.get("parity")
         manifest["artifact"] = str(res.path)
@@ -179,7 +181,7 @@ def export_to_folder(
 
 
 def check_deferred_parity(model: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor], out_dir: str | os.PathLike, manifest: dict, *,
-                          profile: ShapeProfile | None = None, task=None, threads: int | None = None) -> dict:
+                          profile: ShapeProfile | None = None, task=None, threads: int | None = None, int8_parity_fatal: bool = True) -> dict:
     """The parity checks :func:`export_to_folder` (``parity=False``) left out, run on the folder's ONNX files as
     it would have run them (same inputs, thresholds and messages; failure -> OptinError). Rewrites
     ``parity.json`` / ``export.json`` and returns the manifest."""
@@ -200,7 +202,7 @@ def check_deferred_parity(model: torch.nn.Module, example_inputs: Mapping[str, t
 
     def check(path, precision: str, label: str) -> dict:
         rt = onnx_parity_runner(Path(path), threads)
-        par = check_parity(reference, rt.run, plist, precision=precision, what=label)
+        par = check_parity(reference, rt.run, plist, precision=precision, what=label, raise_on_fail=precision != "int8" or int8_parity_fatal)
         par["runtime"] = rt.describe()
         return par
 
