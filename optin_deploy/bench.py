@@ -568,6 +568,20 @@ def _tokenizer_sources(models: Sequence[str]) -> list[tuple[str, int | None]]:
     return out
 
 
+def unrelated_inputs(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    """The labels (after the first) whose inputs differ from the first model's (names or shapes, token_type_ids aside)."""
+    def sig(feed):
+        return {n: tuple(a.shape) for n, a in feed.items() if n != "token_type_ids"}
+
+    (base, first), *rest = inputs.items()
+    out = []
+    for label, feed in rest:
+        a, b = sig(first), sig(feed)
+        if not (set(a) & set(b) and all(a[n] == b[n] for n in set(a) & set(b))):
+            out.append(label)
+    return out
+
+
 def _warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """A speed-up is a comparison of one model's work with another's: name models whose inputs differ (an image model
     against a text model, another batch or length), so a ratio between unrelated models is not taken for a speed-up."""

@@ -165,8 +165,9 @@ def side_by_side(models: Sequence[tuple[str, str]], runtimes: Sequence[str], *, 
     feeds: dict[str, dict] = {}
     rows: dict[str, dict] = {}
     notes: list[str] = []
+    made: dict[str, dict] = {}
     for label, spec in models:
-        x = bench_inputs(spec, batch, seq_len)
+        x = made[label] = bench_inputs(spec, batch, seq_len)
         for rt in runtimes:
             vs, ns = variants(spec, rt)
             notes += ns
@@ -177,13 +178,19 @@ def side_by_side(models: Sequence[tuple[str, str]], runtimes: Sequence[str], *, 
                 rows[key] = {"model": label, "runtime": rt, "precision": v["precision"], "artifact": v["path"]}
     if not targets:
         raise OptinError("nothing to time: " + "; ".join(notes))
+    from .bench import _warn_unrelated, unrelated_inputs
+
+    _warn_unrelated(made)  # as plain bench does: a ratio between models fed different inputs is no speed-up
+    unrelated = unrelated_inputs(made)
     result = benchmark(targets, feeds, warmup=warmup, iters=iters, seconds=seconds, baseline=next(iter(targets)), mode=mode or "blocks",
                        block=block, progress=progress, settle_seconds=settle_seconds)
-    result["side_by_side"] = summarize(result, rows, [m for m, _ in models], list(runtimes), notes)
+    result["side_by_side"] = summarize(result, rows, [m for m, _ in models], list(runtimes), notes, unrelated)
     return result
 
 
-def summarize(result: dict, rows: dict, model_labels: list[str], runtimes: list[str], notes: list[str]) -> dict:
+def summarize(result: dict, rows: dict, model_labels: list[str], runtimes: list[str], notes: list[str], unrelated: Sequence[str] = ()) -> dict:
+    """``unrelated``: models fed other inputs than the first (another modality, batch or length): no speed-up is computed
+    for them (their time ratio is not one), and a note says so."""
     p50 = {k: result["models"][k]["p50_ms"] for k in rows}
     for k in rows:
         rows[k]["p50_ms"] = round(p50[k], 3)
@@ -197,7 +204,7 @@ def summarize(result: dict, rows: dict, model_labels: list[str], runtimes: list[
                  "runner_up": {m: ks[1] for m, ks in by_model.items() if len(ks) > 1}}
     first = model_labels[0]
     # the reference group: the first model and its alternatives labelled FIRST-something (dense, dense-dynamo, ...)
-    group = [m for m in model_labels if m == first or m.startswith(first + "-")]
+    group = [m for m in model_labels if (m == first or m.startswith(first + "-")) and m not in unrelated]
     if len(group) < len(model_labels) and by_model.get(first):
         fastest_first = min((k for m in group for k in by_model[m]), key=lambda k: p50[k])
         out["reference"] = first
@@ -206,6 +213,9 @@ def summarize(result: dict, rows: dict, model_labels: list[str], runtimes: list[
         out["speedup_same_way"] = {}
         out["speedup_vs_fastest_reference"] = {}
         for m in [m for m in model_labels if m not in group]:
+            if m in unrelated:
+                notes.append(f"{m} takes other inputs than {first}: no speed-up is given for it")
+                continue
             for rt, prec in ways:
                 a, b = f"{first}/{rt}/{prec}", f"{m}/{rt}/{prec}"
                 if a in rows and b in rows:

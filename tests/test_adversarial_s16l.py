@@ -132,3 +132,27 @@ def test_dense_not_run_the_same_way_is_said():
     b = baseline_summary(exports, ev, bench, "accuracy", "int8")
     assert b["same_way_differs"] == d
     assert baseline_summary({k: exports[k] for k in ("dense", "pruned")}, ev, bench, "accuracy", "int8")["same_way_differs"] == d
+
+
+def test_bench_runtimes_gives_no_speedup_between_models_fed_different_inputs(tmp_path):
+    """bench --runtimes printed 'x same way' and 'x vs fastest dense' between a text model and an image model (or another
+    length) without a word; plain bench warned. It now warns the same way and gives no speed-up for such a model."""
+    from conftest import make_tiny_vit, text_inputs
+
+    from optin_deploy.exporters import ShapeProfile, export_to_folder
+
+    prof = ShapeProfile(min_batch=1, opt_batch=2, max_batch=8, min_seq=1, opt_seq=16, max_seq=64)
+    export_to_folder(make_tiny_bert(), text_inputs(), tmp_path / "text", profile=prof)
+    export_to_folder(make_tiny_vit(), {"pixel_values": torch.randn(2, 3, 16, 16)}, tmp_path / "image", profile=prof)
+    out = tmp_path / "r.json"
+    proc = run_cli("bench", tmp_path / "text", tmp_path / "image", "--runtimes", "ort-cpu", "--batch", "2", "--seq-len", "16", "--iters", "3",
+                   "--warmup", "1", "--json", out)
+    assert "take different inputs" in proc.stderr and "Traceback" not in proc.stderr
+    s = json.loads(out.read_text())["side_by_side"]
+    assert not s.get("speedup_same_way") and not s.get("speedup_vs_fastest_reference")
+    assert any("takes other inputs than dense" in n for n in s["notes"])
+    # related models still get their speed-up
+    proc = run_cli("bench", tmp_path / "text", tmp_path / "text", "--runtimes", "ort-cpu", "--batch", "2", "--seq-len", "16", "--iters", "3",
+                   "--warmup", "1", "--json", out)
+    s = json.loads(out.read_text())["side_by_side"]
+    assert "take different inputs" not in proc.stderr and s["speedup_same_way"]
