@@ -521,7 +521,7 @@ def bench_artifacts(models: Sequence[str], *, runtime: str | None = None, thread
         targets[label] = (get_runtime(rt_name, threads=threads, compile=compile), artifact)
         inputs[label] = bench_inputs(spec, batch, seq_len, other_sources=sources)
         _check_length(label, inputs[label], seq_len, seq_given)
-    _warn_unrelated(inputs)
+    warn_unrelated(inputs)
     ways = {label: rt.name for label, (rt, _) in targets.items()}
     if len(set(ways.values())) > 1:  # the ratio then mixes the runtime (and its threads) with the pruning
         from .progress import warn
@@ -582,7 +582,7 @@ def unrelated_inputs(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> list[str
     return out
 
 
-def _warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     """A speed-up is a comparison of one model's work with another's: name models whose inputs differ (an image model
     against a text model, another batch or length), so a ratio between unrelated models is not taken for a speed-up."""
     from .progress import warn

@@ -178,9 +178,9 @@ def side_by_side(models: Sequence[tuple[str, str]], runtimes: Sequence[str], *, 
                 rows[key] = {"model": label, "runtime": rt, "precision": v["precision"], "artifact": v["path"]}
     if not targets:
         raise OptinError("nothing to time: " + "; ".join(notes))
-    from .bench import _warn_unrelated, unrelated_inputs
+    from .bench import unrelated_inputs, warn_unrelated
 
-    _warn_unrelated(made)  # as plain bench does: a ratio between models fed different inputs is no speed-up
+    warn_unrelated(made)  # as plain bench does: a ratio between models fed different inputs is no speed-up
     unrelated = unrelated_inputs(made)
     result = benchmark(targets, feeds, warmup=warmup, iters=iters, seconds=seconds, baseline=next(iter(targets)), mode=mode or "blocks",
                        block=block, progress=progress, settle_seconds=settle_seconds)
