@@ -568,15 +568,17 @@ def _tokenizer_sources(models: Sequence[str]) -> list[tuple[str, int | None]]:
     return out
 
 
+def _input_shapes(feed: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+    return {n: tuple(a.shape) for n, a in feed.items() if n != "token_type_ids"}
+
+
 def unrelated_inputs(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
     """The labels (after the first) whose inputs differ from the first model's (names or shapes, token_type_ids aside)."""
-    def sig(feed):
-        return {n: tuple(a.shape) for n, a in feed.items() if n != "token_type_ids"}
-
     (base, first), *rest = inputs.items()
+    a = _input_shapes(first)
     out = []
     for label, feed in rest:
-        a, b = sig(first), sig(feed)
+        b = _input_shapes(feed)
         if not (set(a) & set(b) and all(a[n] == b[n] for n in set(a) & set(b))):
             out.append(label)
     return out
@@ -587,17 +589,11 @@ def warn_unrelated(inputs: Mapping[str, Mapping[str, np.ndarray]]) -> None:
     against a text model, another batch or length), so a ratio between unrelated models is not taken for a speed-up."""
     from .progress import warn
 
-    def sig(feed):
-        return {n: tuple(a.shape) for n, a in feed.items() if n != "token_type_ids"}
-
-    (base, first), *rest = inputs.items()
-    for label, feed in rest:
-        a, b = sig(first), sig(feed)
-        if set(a) & set(b) and all(a[n] == b[n] for n in set(a) & set(b)):
-            continue
-        describe = lambda s: ", ".join(f"{n} {'x'.join(map(str, shp))}" for n, shp in s.items())  # noqa: E731
-        warn(f"{label} and {base} take different inputs ({describe(b)} against {describe(a)}); "
-             f"their time ratio is not a speed-up of one model over the other")
+    base = next(iter(inputs))
+    describe = lambda s: ", ".join(f"{n} {'x'.join(map(str, shp))}" for n, shp in s.items())  # noqa: E731
+    for label in unrelated_inputs(inputs):
+        warn(f"{label} and {base} take different inputs ({describe(_input_shapes(inputs[label]))} against "
+             f"{describe(_input_shapes(inputs[base]))}); their time ratio is not a speed-up of one model over the other")
 
 
 def cpus_here() -> int:
