@@ -742,6 +742,7 @@ def load_task(
         for k in ("text_column", "label_column"):
             if hint.get(k) and flags[k] in ("text", "label"):
                 flags[k] = hint[k]
+    default_length = max_length is None
     if max_length is None:
         max_length = model_max_length(m)
     flags["task_type"] = model_task_type(m)
@@ -760,6 +761,15 @@ def load_task(
     tok = load_tokenizer(model) if td.modality == "text" else None
     if tok is not None:
         check_tokenizer_fits(tok, m, model)
+        if getattr(m, "output_kind", None) == "embedding":  # a sentence-transformers folder: tokenised as the library does
+            from .adapters import get_adapter
+            from .adapters.embedding import check_lower_case, sentence_transformers_length
+            from .progress import warn
+
+            check_lower_case(m.pooling, tok, f"model {model!r}")
+            limit = get_adapter(m).max_positions() or model_max_length(m)
+            st_len = sentence_transformers_length(m.pooling, tok, limit, warn) if default_length else None
+            max_length = st_len or max_length
     return Task(Path(str(model)).name or str(model), m, td, max_length if td.modality == "text" else None, tok, str(model))
 
 
