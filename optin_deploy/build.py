@@ -544,6 +544,9 @@ def load_context(opts: BuildOptions, target: Target, scorer: str | None = None, 
                          f"fixed budgets instead (build --flops F --min-cosine C) and compare their cosine to dense")
     _check_task_options(opts, embedding)
     if embedding:
+        from .embedding_eval import check_corpus
+
+        check_corpus(task, opts.eval_split)  # recall@10 needs 11 distinct held-out texts: refused now, not after the pruning
         step(f"sentence-embedding model: {model.pooling.describe()}; output sentence_embedding")
     adapter = get_adapter(model)
     calib_len = opts.calib_length if task.modality == "text" else None

@@ -73,6 +73,18 @@ def pair_spearman(first: np.ndarray, second: np.ndarray, scores: np.ndarray) -> 
     return spearman(cosine_rows(first, second), scores)
 
 
+def check_corpus(task, split: str = "test", k: int = 10) -> tuple[list, list]:
+    """The held-out ``split`` texts (as given, and without repeats); refused in one line when fewer than ``k + 1`` distinct
+    texts remain (``build`` calls it before scoring, so the refusal comes before the work)."""
+    given = list(getattr(task.data, split).inputs)
+    texts = list(dict.fromkeys(given))  # a repeated text is its own tied nearest neighbour: recall would measure tie-breaking
+    if len(texts) < k + 1:
+        raise OptinError(f"the {split} split of {task.data.name!r} has {len(texts)} distinct texts"
+                         + (f" ({len(given)} with repeats)" if len(given) != len(texts) else "")
+                         + f"; recall@{k} needs at least {k + 1}: give more varied texts")
+    return given, texts
+
+
 def compare_embeddings(emb: np.ndarray, base: np.ndarray, k: int = 10) -> dict:
     """Cosine (mean, 5th percentile, min) and recall@k of ``emb`` against the baseline ``base``."""
     cos = cosine_rows(emb, base)
@@ -96,12 +108,7 @@ def evaluate_embeddings(
     if not labels:
         raise OptinError("nothing to evaluate")
     baseline = baseline or labels[0]
-    given = list(getattr(task.data, split).inputs)
-    texts = list(dict.fromkeys(given))  # a repeated text is its own tied nearest neighbour: recall would measure tie-breaking
-    if len(texts) < k + 1:
-        raise OptinError(f"the {split} split of {task.data.name!r} has {len(texts)} distinct texts"
-                         + (f" ({len(given)} with repeats)" if len(given) != len(texts) else "")
-                         + f"; recall@{k} needs at least {k + 1}: give more varied texts")
+    given, texts = check_corpus(task, split, k)
     pairs = getattr(task.data, "pairs", {}).get(split)
     out: dict[str, Any] = {"task": task.name, "data": task.data.name, "split": split, "task_type": "embedding", "baseline": baseline,
                            "corpus_size": len(texts), "k": k, "max_length": task.max_length, "models": {}}

@@ -206,3 +206,16 @@ def test_custom_module_refused_by_the_cli_before_work(tmp_path):
     proc = run_cli("build", "--model", f, "--data", data, "--flops", "0.5", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error:") and "mypkg.pooling.MyPooling" in proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_too_few_held_out_texts_refused_before_scoring(tmp_path, monkeypatch):
+    """80 texts of which the test split held 8 distinct ones: refused only after scoring, pruning and export (minutes)."""
+    import optin_deploy.pruning as pruning
+
+    data = tmp_path / "t.csv"
+    data.write_text("text\n" + "\n".join(f"sentence number {i} about things" for i in range(60)) + "\n")
+    f = _st_folder(tmp_path / "m", {"pooling_mode": "mean"}, None)
+    monkeypatch.setattr(pruning, "compute_scores", lambda *a, **k: pytest.fail("scored before the refusal"))
+    proc = run_cli("build", "--model", f, "--data", data, "--flops", "0.5", "--out", tmp_path / "b", check=False)
+    assert proc.returncode == 2 and "recall@10 needs at least 11" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "b").exists()
