@@ -114,6 +114,14 @@ def _choice_lines(choice: dict | None) -> list[str]:
     return lines
 
 
+def _faster_less_accurate(f: dict | None) -> str:
+    """report.md's note on a dense model faster than the deliverable's alternative but less accurate than the deliverable."""
+    if not f:
+        return ""
+    return (f" `{f['label']}` is faster (the deliverable is x{f['speedup']:.2f} against it) but {f['points_below_deliverable']:.2f} "
+            f"points less accurate than the deliverable.")
+
+
 def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
     acc, lat, thr, macs = metric_block(report), report["latency_ms"], report["throughput"], report["macs"]
     gate = report.get("gate")
@@ -128,7 +136,9 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
             + (f"x{b['speedup_vs_same_way']:.2f} against the dense model run the same way ({b['models']['pruned']['precision']} {((report.get('graph') or {}).get('pruned') or {}).get('kind', '')} graph)"
                if not b.get("same_way_differs") else f"x{b['speedup_vs_same_way']:.2f} against the dense model, **not run the same way** ({b['same_way_differs']})")
             + (f", x{b['speedup_vs_fp32_dense_export']:.2f} against the fp32 dense export (`{b['reference_fp32']}`), "
-               f"{0.0 - b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + ".",
+               f"{0.0 - b['drop_vs_fp32_dense']:+.2f} points against it" if b.get("reference_fp32") else "") + "."
+            + (f" The fastest dense alternative is {b['fastest_dense_rule']}." if b.get("fastest_dense_rule") else "")
+            + _faster_less_accurate(b.get("faster_less_accurate_dense")),
             "",
             f"| how the weights run | runtime | graph | precision | p50 ms | {metric_label(acc['metric'])} | pruned is faster by |",
             "|---|---|---|---|---:|---:|---:|",

@@ -76,7 +76,9 @@ def register(app: typer.Typer) -> None:
         a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}
         lead = ""
         if b.get("fastest_dense"):
-            lead = f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}), "
+            f = b.get("faster_less_accurate_dense")
+            lead = (f"x{b['speedup_vs_fastest_dense']:.2f} faster than the fastest dense alternative ({b['fastest_dense']}"
+                    + (f"; {f['label']} is faster, x{f['speedup']:.2f}, but {f['points_below_deliverable']:.2f} pts less accurate" if f else "") + "), ")
         ch = report.get("runtime_choice")
         if ch and ch.get("runner_up"):
             say(console, "target", f"{ch['chosen']}, chosen by measurement over {ch['runner_up']} (profile {ch['chooser']}; report.md lists both)")
