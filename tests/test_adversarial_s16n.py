@@ -219,3 +219,22 @@ def test_too_few_held_out_texts_refused_before_scoring(tmp_path, monkeypatch):
     proc = run_cli("build", "--model", f, "--data", data, "--flops", "0.5", "--out", tmp_path / "b", check=False)
     assert proc.returncode == 2 and "recall@10 needs at least 11" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "b").exists()
+
+
+def test_a_similarity_other_than_cosine_is_refused_unless_normalised(tmp_path):
+    """config_sentence_transformers.json's similarity_fn_name was never read: the embedding figures (cosine to the dense
+    model, recall@10) rank neighbours by cosine, which for a dot-product model without Normalize (or a manhattan one)
+    is not the model's ranking. Cosine, and dot / euclidean after Normalize (the same ranking), are accepted."""
+    from optin_deploy.adapters.embedding import read_pooling
+    from optin_deploy.errors import OptinError
+
+    for i, (mods, sim, ok) in enumerate([([T, P(), N], "cosine", True), ([T, P()], "cosine", True), ([T, P(), N], "dot", True),
+                                         ([T, P(), N], "euclidean", True), ([T, P()], "dot", False), ([T, P()], "euclidean", False),
+                                         ([T, P(), N], "manhattan", False), ([T, P()], None, True)]):
+        folder = _files(tmp_path / str(i), mods, CLS, st_cfg={"similarity_fn_name": sim})
+        if ok:
+            assert read_pooling(folder).modes == ("cls",)
+        else:
+            with pytest.raises(OptinError, match=f"similarity_fn_name '{sim}'") as err:
+                read_pooling(folder)
+            assert "cosine" in str(err.value) and "\n" not in str(err.value)

@@ -185,6 +185,14 @@ def read_pooling(folder: str | Path | None) -> PoolingSpec:
                              f"to null{' (and, with include_prompt true, put the prompt in your texts)' if include_prompt is not False else ''}")
         files.append(stc.name)
     normalize = kinds[-1] == "Normalize"
+    if stc.is_file():
+        # the similarity the model was trained for: the figures (cosine to the dense model, recall@10) rank neighbours by
+        # cosine, which ranks as dot product and euclidean distance do on normalised vectors, and not otherwise
+        sim = c.get("similarity_fn_name")
+        if sim is not None and sim != "cosine" and not (normalize and sim in ("dot", "dot_product", "euclidean")):
+            raise OptinError(f"{stc} sets similarity_fn_name {sim!r}{'' if normalize else ' without a Normalize module'}; optin-deploy "
+                             f"measures embeddings (cosine to the dense model, recall@10) by cosine similarity, which would not rank "
+                             f"neighbours as this model's similarity does; only cosine (or dot / euclidean after Normalize) is supported")
     return PoolingSpec(modes, normalize, "sentence-transformers files: " + ", ".join(files), max_len, files, lower)
 
 
