@@ -201,7 +201,7 @@ def step_timing(out: Path) -> dict:
         try:
             r = benchmark({k: (rt, None) for k, rt in ways.items()}, feed, warmup=10, iters=30, mode="blocks", block=10,
                           progress=False, baseline="eager fp32" if "eager fp32" in ways else None)
-            res["shapes"][f"{b}x{s}"] = {k: {"p50_ms": round(v["p50_ms"], 3), "p90_ms": round(v["p90_ms"], 3),
+            res["shapes"][f"{b}x{s}"] = {k: {"p50_ms": round(v["p50_ms"], 3), "p90_ms": None if v["p90_ms"] is None else round(v["p90_ms"], 3),
                                              "peak_memory_mb": v.get("peak_memory_mb"), "memory_method": v.get("memory_method"),
                                              "runtime": v.get("runtime")} for k, v in r["models"].items()}
         except Exception as exc:  # noqa: BLE001

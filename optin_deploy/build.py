@@ -832,7 +832,7 @@ def benchmark_stage(ctx: BuildContext, exported: Exported) -> Benchmarked:
     if p["p50_ms"] > bench["models"]["dense"]["p50_ms"]:  # shipped, but not without saying what was measured
         warn(f"the pruned model measured slower than the dense one here (x{p['speedup_p50']:.2f}"
              + (f", rounds IQR {p['speedup_iqr'][0]:.2f}-{p['speedup_iqr'][1]:.2f}" if p.get("speedup_iqr") else "")
-             + f"; its p90 is {p['p90_ms'] / p['p50_ms']:.1f}x its p50): another process may have loaded the machine, or this runtime "
+             + (f"; its p90 is {p['p90_ms'] / p['p50_ms']:.1f}x its p50" if p.get("p90_ms") is not None else "") + "): another process may have loaded the machine, or this runtime "
              f"handles the pruned widths badly; time it again with: optin-deploy bench BUNDLE")
     return Benchmarked(bench, batch)
 
@@ -862,7 +862,9 @@ def assemble_report(ctx: BuildContext, staging: Path, budget: dict, selected: Se
     exports, bench, ev, metric = exported.exports, benchmarked.bench, validated.evaluation, validated.metric
     md, mp = ev["models"]["dense"], ev["models"]["pruned"]
     acc_d, acc_p = validated.dense, validated.pruned
-    lat = {label: {k: round(bench["models"][label][f"{k}_ms"], 3) for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
+    # a tail percentile from too few runs is null (bench.TAIL_MIN_RUNS)
+    lat = {label: {k: (None if bench["models"][label].get(f"{k}_ms") is None else round(bench["models"][label][f"{k}_ms"], 3))
+                   for k in ("p50", "p90", "p99")} for label in ("dense", "pruned")}
     # throughput at the median latency (medians survive a noisy machine); the mean-based figure is kept beside it
     batch = benchmarked.batch
     thr = {label: round(1000.0 * batch / bench["models"][label]["p50_ms"], 2) for label in ("dense", "pruned")}

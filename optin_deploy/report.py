@@ -57,8 +57,9 @@ def write_plots(report: dict, folder: Path) -> dict[str, str]:
     lat = report["latency_ms"]
     x = range(3)
     w = 0.38
-    axes[1].bar([i - w / 2 for i in x], [lat["dense"][k] for k in ("p50", "p90", "p99")], w, label="dense", color="#7f7f7f")
-    axes[1].bar([i + w / 2 for i in x], [lat["pruned"][k] for k in ("p50", "p90", "p99")], w, label="pruned", color="#1f77b4")
+    nan = float("nan")  # a tail percentile from too few runs (null) is left out of the plot
+    axes[1].bar([i - w / 2 for i in x], [nan if lat["dense"][k] is None else lat["dense"][k] for k in ("p50", "p90", "p99")], w, label="dense", color="#7f7f7f")
+    axes[1].bar([i + w / 2 for i in x], [nan if lat["pruned"][k] is None else lat["pruned"][k] for k in ("p50", "p90", "p99")], w, label="pruned", color="#1f77b4")
     axes[1].set_xticks(list(x), ["p50", "p90", "p99"])
     axes[1].set_title(f"latency (ms), {report['runtime']}")
     axes[1].legend(fontsize=8)
@@ -112,6 +113,11 @@ def _choice_lines(choice: dict | None) -> list[str]:
                          + ("-" if x.get("eligible") is None else ("yes" if x["eligible"] else "no")) + f" | {mark} |")
         lines.append("")
     return lines
+
+
+def _ms(v: float | None) -> str:
+    """A latency for report.md; a tail percentile not stated (too few runs) reads as such."""
+    return "- (too few runs)" if v is None else f"{v:.2f}"
 
 
 def _faster_less_accurate(f: dict | None) -> str:
@@ -223,8 +229,7 @@ def write_markdown(report: dict, path: Path, plots: dict[str, str]) -> None:
         f"| {AGREEMENT_LABELS.get(acc['metric'], 'agreement with dense (%)')} | | {acc['agreement']:.2f} | |",
         f"| latency p50 (ms) | {lat['dense']['p50']:.2f} | {lat['pruned']['p50']:.2f} | x{lat['dense']['p50'] / lat['pruned']['p50']:.2f} faster"
         + (f" (rounds IQR {report['speedup_iqr'][0]:.2f}-{report['speedup_iqr'][1]:.2f})" if report.get("speedup_iqr") else "") + " |",
-        f"| latency p90 (ms) | {lat['dense']['p90']:.2f} | {lat['pruned']['p90']:.2f} | |",
-        f"| latency p99 (ms) | {lat['dense']['p99']:.2f} | {lat['pruned']['p99']:.2f} | |",
+        *(f"| latency {k} (ms) | {_ms(lat['dense'][k])} | {_ms(lat['pruned'][k])} | |" for k in ("p90", "p99")),
         f"| throughput at p50 (samples/s) | {thr['dense']:.1f} | {thr['pruned']:.1f} | x{thr['speedup']:.2f} |",
         f"| throughput, mean-based (samples/s) | {thr['mean_based']['dense']:.1f} | {thr['mean_based']['pruned']:.1f} | x{thr['mean_based']['speedup']:.2f} |",
         "",

@@ -41,7 +41,8 @@ def test_benchmark_structure(dense_and_pruned):
     assert set(res["models"]) == {"dense", "pruned", "torch"}
     for m in res["models"].values():
         assert m["iters"] == 4 and m["batch_size"] == 4
-        assert 0 < m["min_ms"] <= m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"]
+        assert 0 < m["min_ms"] <= m["p50_ms"] <= m["mean_ms"] * 10
+        assert m["p90_ms"] is None and m["p99_ms"] is None  # 4 runs: no tail percentile is stated (bench.TAIL_MIN_RUNS)
         assert m["throughput_samples_per_s"] > 0 and m["peak_memory_mb"] >= 0
         assert m["output_shape"] == [4, 3]
         assert m["runtime"]["runtime"] in ("ort-cpu", "torch-cpu")

@@ -70,7 +70,10 @@ def test_build_end_to_end(tiny_text_task, tmp_path, monkeypatch):
     assert report["macs"]["ratio"] <= 0.5 + 1e-9
     assert report["budget"] == {"flops": 0.5, "seq_len": 128}  # MACs counted at the profile's 128 tokens (not the calibration's 64)
     assert report["metric"] == "accuracy" and set(report["accuracy"]) >= {"dense", "pruned", "drop", "agreement", "unit"}
-    assert report["latency_ms"]["dense"]["p50"] > 0 and report["latency_ms"]["pruned"]["p99"] >= report["latency_ms"]["pruned"]["p50"]
+    assert report["latency_ms"]["dense"]["p50"] > 0
+    p99 = report["latency_ms"]["pruned"]["p99"]
+    runs = json.loads((out / "report.json").read_text())["bench"]["iters"]
+    assert (runs < 100 or p99 is not None) and (p99 is None or p99 >= report["latency_ms"]["pruned"]["p50"])
     assert set(report["throughput"]) >= {"dense", "pruned", "speedup"}
     assert report["gate"]["passed"] is True
     # the x86-cpu-ort profile ships the fused int8 graph; the dense alternatives were measured beside it
