@@ -36,7 +36,7 @@ from .errors import OptinError, QualityGateError, short_reason
 from .progress import console, step, warn
 from .pruning import Scores
 from .runtimes.base import AOTI_RUNTIMES
-from .safe_out import check_out, staged_output, write_json
+from .safe_out import check_out, raise_if_storage, staged_output, write_json
 from .serving import EVAL_BATCH_SIZE, serving_spec
 from .target import Target, resolve_target
 
@@ -766,6 +766,7 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                 exports[label] = ctx.export(model, staging / "baselines" / label, f"dense alternative {label}", precision=prec, graph=graph, optimize=False,
                                             quantization="dynamic" if prec == "int8" else None)
             except OptinError as exc:
+                raise_if_storage(exc, str(staging / "baselines" / label))  # skipped for the model, never for the free space
                 notes.append(f"dense alternative {label} skipped: {exc}")
                 continue
             if rt_name != "ort-cpu":
@@ -778,6 +779,7 @@ def export_stage(ctx: BuildContext, selected: Selected, staging: Path) -> Export
                                                              precision="int8", graph="fused", optimize=False, quantization="dynamic"),
                                                 "run_on": "ort-cpu"}
             except OptinError as exc:
+                raise_if_storage(exc, str(staging / "baselines" / "pruned-fused-int8"))
                 notes.append(f"pruned-fused-int8 skipped: {exc}")
         # the dense model and the deliverable on OpenVINO, when installed (but not the way the deliverable already runs)
         exports.update(openvino_alternatives(exports, notes, own=rt_name))

@@ -23,6 +23,7 @@ from pathlib import Path
 from .errors import OptinError
 from .exporters.export_folder import move_export
 from .progress import step
+from .safe_out import raise_if_storage
 
 
 CHOICE_ITERS = 100  # timed runs per candidate, at most
@@ -197,6 +198,7 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str,
         try:
             export = cx.export(ctx.model, root / c.profile, f"dense ({c.profile})", parity=not cx.can_defer_parity)
         except OptinError as exc:
+            raise_if_storage(exc, str(root / c.profile))  # a full disk is no property of the candidate: never skip it for that
             c.skipped = f"export failed: {_why(exc)}"
             continue
         rt, artifact = cx.runtime(export)
@@ -204,6 +206,7 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str,
             rt.load(artifact)
             rt.run(ctx.bench_np)
         except Exception as exc:  # noqa: BLE001 - any runtime's failure to read or run the graph skips this candidate only
+            raise_if_storage(exc, str(root / c.profile))
             c.skipped = f"{c.runtime} cannot run the dense model: {_why(exc)}"
             continue
         loaded[c.profile] = rt

@@ -371,6 +371,18 @@ def storage_error_in(exc: BaseException, what: str) -> OptinError | None:
     return None
 
 
+def raise_if_storage(exc: BaseException, what: str) -> None:
+    """Raise the storage error ``exc`` is or wraps (:func:`storage_error_in`), else return. For a step that skips or
+    falls back when it fails (a candidate runtime, a dense alternative, the graph optimiser): a full disk or a refused
+    write under ``what`` is the file system's failure, not the candidate's, and must stop the command (exit 5) rather
+    than make its outcome (the runtime chosen, the fastest dense alternative) depend on the free space."""
+    if isinstance(exc, StorageError):
+        raise exc
+    storage = storage_error_in(exc, what)
+    if storage is not None:
+        raise storage from None
+
+
 def published_name(path: str | os.PathLike) -> str:
     """``path`` with staging folders (``.NAME.tmp-PID-xxxx``, :func:`make_staging`) read as the ``NAME`` they are
     published as: what the user asked for, not a folder that is gone by the time they read the message."""

@@ -117,7 +117,11 @@ def export_to_folder(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OptinError(f"cannot create output folder {out_dir} ({exc.strerror or exc}); pass a writable --out") from None
+        from ..errors import StorageError
+        from ..safe_out import STORAGE_ERRNOS, published_name
+
+        kind = StorageError if exc.errno in STORAGE_ERRNOS else OptinError  # a full disk / refused write: exit 5, as everywhere
+        raise kind(f"cannot create output folder {published_name(out_dir)} ({exc.strerror or exc}); pass a writable --out") from None
     profile = profile or ShapeProfile()
     inputs = ordered_inputs(example_inputs, input_names or (task.input_names if task is not None else None))
     if parity_shapes:

@@ -329,6 +329,9 @@ class OnnxExporter(Exporter):
                 opt.save_model_to_file(str(tmp_dir / opt_name))
         except Exception as exc:
             (tmp_dir / opt_name).unlink(missing_ok=True)
+            storage = storage_error_in(exc, str(out_path.parent / opt_name))
+            if storage is not None:  # a full disk is the file system's failure: the optimisation is not dropped for it
+                raise storage from None
             return {**info, "kept": False, "reason": f"optimizer failed: {_first_line(exc)}"}
         try:
             rt = onnx_parity_runner(tmp_dir / opt_name, threads)
