@@ -218,11 +218,13 @@ def benchmark(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .progress import console as bar_console  # on stderr, as all progress; off where no terminal shows it (a bare newline)
+
     results: dict[str, dict] = {l: {} for l in labels}
     times: dict[str, list[float]] = {l: [] for l in labels}
     round_of: dict[str, list[int]] = {l: [] for l in labels}  # the round each timed run belongs to (blocks, round-robin)
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
+                  console=bar_console, disable=not progress or not bar_console.is_terminal, transient=True) as bar:
         # load + warm-up, one model at a time, with its own memory probe
         t_load = bar.add_task("loading / warm-up", total=len(labels))
         for l in labels:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import OptinError
 from .exporters.export_folder import move_export
-from .progress import step
+from .progress import console, step
 from .safe_out import raise_if_storage
 
 
@@ -249,7 +249,7 @@ def _measure(ctx, ctxs: dict, runnable: list[Candidate], root: Path, split: str,
     # the build's timing settings, at most CHOICE_ITERS runs each: the choice needs the order, the report's figures come later
     bench = benchmark({name: (rt, None) for name, rt in loaded.items()}, ctx.bench_np, warmup=min(o.bench_warmup, CHOICE_ITERS),
                       iters=min(o.bench_iters, CHOICE_ITERS), baseline=next(iter(loaded)), block=o.bench_block, min_seconds=o.bench_min_seconds)
-    print_bench_table(bench, title="the dense model on each candidate profile")
+    print_bench_table(bench, console=console, title="the dense model on each candidate profile")  # stderr, as all of the build's progress
     for c in runnable:
         if c.profile in loaded:
             c.p50_ms = round(float(bench["models"][c.profile]["p50_ms"]), 3)

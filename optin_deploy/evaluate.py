@@ -119,13 +119,15 @@ def predict(task, runtime: Runtime, split: str = "test", batch_size: int = 64, p
     """Logits of ``runtime`` (already loaded) over a split of ``task``, with the labels."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .progress import console as bar_console  # on stderr, as all progress; off where no terminal shows it (a bare newline)
+
     s = getattr(task.data, split) if isinstance(split, str) else split
     n = len(s)
     if n == 0:
         raise OptinError(f"the {split} split of {task.data.name!r} is empty")
     logits, labels = [], []
     with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress, transient=True) as bar:
+                  console=bar_console, disable=not progress or not bar_console.is_terminal, transient=True) as bar:
         t = bar.add_task(description, total=n)
         for inputs, y in task.batches(split, batch_size):
             try:

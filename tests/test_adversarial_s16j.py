@@ -133,3 +133,20 @@ def test_raise_if_storage_lets_other_failures_through():
         raise_if_storage(StorageError("read-only"), "/x")
     raise_if_storage(OptinError("the model has no fused graph"), "/x")  # returns
     raise_if_storage(RuntimeError("[Errno 2] no such file"), "/x")  # ENOENT is not a storage failure
+
+
+# ------------------------------------------------------------------ --json -: stdout holds only the JSON
+
+
+@pytest.mark.slow
+def test_build_json_on_stdout_holds_only_the_json(task, tmp_path):
+    """`build --json -` printed the runtime choice's table (the dense model on each candidate profile) and one blank
+    line per evaluated model (rich's progress bar, stopped off a terminal) on stdout, before the JSON: `build --json - |
+    jq` read a table. Progress and tables are on stderr; stdout is exactly the JSON."""
+    import json
+
+    r = run_cli(*build_args(task, tmp_path / "b", "--profile", "x86-cpu", "--json", "-"))
+    assert r.stdout.startswith("{"), r.stdout[:300]
+    assert json.loads(r.stdout)["bundle"] == str(tmp_path / "b")
+    r = run_cli(*build_args(task, tmp_path / "b", "--profile", "x86-cpu", "--force"))
+    assert r.stdout == "", r.stdout[:300]  # a build's human output is on stderr, all of it

@@ -72,7 +72,8 @@ def register(app: typer.Typer) -> None:
                             search_reference=options.parse_budgets(search_reference, "--search-reference") if search_reference else [], eval_split=eval_split, bench_iters=bench_iters, bench_block=bench_block,
                             baselines=baselines, optimize=optimize, quantization=quantization, int8_max_drop=int8_max_drop,
                             reconstruct=reconstruct, reconstruct_fit=reconstruct_fit, reconstruct_damp=reconstruct_damp, refit_samples=refit_samples, seed=seed, text_column=text_column, label_column=label_column, force=force)
-        report = run_build(opts)
+        with options.human_stdout(json_out):  # --json -: stdout holds only the JSON (a library's print goes to stderr)
+            report = run_build(opts)
         a, t, b = metric_block(report), report["throughput"], report.get("baselines") or {}
         lead = ""
         if b.get("fastest_dense"):
