@@ -66,7 +66,7 @@ def _interrupted(exc: BaseException) -> None:
 
     interrupts.mark_handled()
     signum = getattr(exc, "signum", signal.SIGINT)
-    name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}.get(signum, f"signal {signum}")
+    name = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM", getattr(signal, "SIGHUP", -1): "SIGHUP (its terminal closed)"}.get(signum, f"signal {signum}")
     done = interrupts.published()
     if done:  # the stop came after the output was put in place: it is complete, only what followed was cut
         typer.secho(f"error: interrupted by {name} after {', '.join(done)} was written in full (complete and usable); "
@@ -74,6 +74,45 @@ def _interrupted(exc: BaseException) -> None:
         sys.exit(128 + int(signum))
     typer.secho(f"error: interrupted by {name}; stopped, no staging or half-written output left behind", err=True, fg=typer.colors.RED)
     sys.exit(128 + int(signum))
+
+
+def _broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised while handling, a write to a closed pipe: typer turns an EPIPE into a bare
+    ``sys.exit(1)``, and rich (a console whose reader went away) into ``SystemExit(1)``, both inside the handler."""
+    import errno
+
+    seen, e = 0, exc
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno == errno.EPIPE:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _output_closed() -> None:
+    """The reader of stdout or stderr went away (``optin-deploy ... | head -1``): stop as SIGPIPE stops a command, exit
+    128 + SIGPIPE (141), with the stop line on stderr when it is still open; the staging folder is already removed."""
+    import signal
+
+    interrupts.mark_handled()
+    devnull = None
+    for stream in (sys.stdout, sys.stderr):  # a closed stream's pending text would fail again as Python exits
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                devnull = devnull if devnull is not None else os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+    done = interrupts.published()
+    what = (f"after {', '.join(done)} was written in full (complete and usable); what follows it (the summary, --json) is missing"
+            if done else "no staging or half-written output left behind")
+    try:
+        typer.secho(f"error: stopped: the output pipe was closed (its reader, such as head, exited); {what}", err=True, fg=typer.colors.RED)
+    except (OSError, ValueError):  # stderr is the closed one
+        pass
+    sys.exit(128 + int(signal.SIGPIPE))
 
 
 def _click_exceptions() -> dict:
@@ -181,8 +220,12 @@ def _run(args: list[str], debug: bool) -> None:
         _fail(f"{exc.format_message()} (see {cmd})", EXIT_USAGE)
     except click_exc["Exit"] as exc:
         sys.exit(exc.exit_code)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 1 and _broken_pipe(exc):
+            _output_closed()
         raise
+    except BrokenPipeError:  # a write outside typer's command call
+        _output_closed()
     except OSError as exc:
         if debug:
             raise

@@ -13,7 +13,8 @@ EXIT_USAGE = 2  #: bad input: a wrong option, value, path, model or data (OptinE
 EXIT_RUNTIME = 3  #: a runtime the command needs (TensorRT, CUDA, a provider) is missing here
 EXIT_GATE = 4  #: build --max-accuracy-drop: the pruned model failed the quality gate
 EXIT_IO = 5  #: the file system failed (disk full, permission denied) while writing; nothing half-written is left
-# 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM; staging removed
+# 130 / 143 / 129: stopped by SIGINT (Ctrl-C) / SIGTERM / SIGHUP; staging removed
+# 141: stdout or stderr lost its reader (a closed pipe, as SIGPIPE); staging removed (optin_deploy.cli._output_closed)
 
 
 class OptinError(Exception):

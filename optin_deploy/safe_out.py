@@ -460,6 +460,8 @@ def _staged(o: Path, kind: str, log) -> Iterator[Path]:
         with interrupts.deferred():
             shutil.rmtree(staging, ignore_errors=True)
             interrupts.forget_published_under(staging)
+        if isinstance(exc, BrokenPipeError):  # stdout / stderr lost its reader (| head): a stop, not --out's file system
+            raise
         raise os_error(exc, str(o)) from None
     except BaseException:
         with interrupts.deferred():  # a second Ctrl-C must not leave half a staging folder

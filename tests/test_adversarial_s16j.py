@@ -150,3 +150,52 @@ def test_build_json_on_stdout_holds_only_the_json(task, tmp_path):
     assert json.loads(r.stdout)["bundle"] == str(tmp_path / "b")
     r = run_cli(*build_args(task, tmp_path / "b", "--profile", "x86-cpu", "--force"))
     assert r.stdout == "", r.stdout[:300]  # a build's human output is on stderr, all of it
+
+
+# ------------------------------------------------------------------ a closed output pipe (| head)
+
+
+def run_with_closed(stream: str, *args, cwd=None) -> subprocess.CompletedProcess:
+    """``optin-deploy ARGS`` in a subprocess whose stdout (or stderr) is a pipe with no reader left: every write to it
+    fails with EPIPE, as after ``| head -1`` has exited. The other stream is captured."""
+    r, w = os.pipe()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("OPTIN_DEPLOY_QUIET", None)  # the human output is what meets the closed pipe
+    try:
+        kw = {"stdout": w, "stderr": subprocess.PIPE} if stream == "stdout" else {"stdout": subprocess.PIPE, "stderr": w}
+        p = subprocess.Popen([sys.executable, "-m", "optin_deploy.cli", *map(str, args)], cwd=cwd, env=env, text=True, **kw)
+    finally:
+        os.close(w)
+        os.close(r)
+    other = (p.stderr if stream == "stdout" else p.stdout).read()
+    return subprocess.CompletedProcess(args, p.wait(timeout=600), *((("", other) if stream == "stdout" else (other, ""))))
+
+
+def test_a_closed_stdout_stops_the_command_as_sigpipe_does(tmp_path):
+    """`optin-deploy profiles list | head -0`: typer turned the EPIPE into a silent exit 1 (the code of a bug, no line);
+    rich did the same for a table. Now: exit 141 (128 + SIGPIPE, what a command killed by SIGPIPE gives) and one line on
+    stderr, no 'Exception ignored' as Python exits."""
+    r = run_with_closed("stdout", "profiles", "list", cwd=tmp_path)
+    assert r.returncode == 141, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.splitlines()[0]], r.stderr
+    assert r.stderr.startswith("error: stopped: the output pipe was closed"), r.stderr
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_during_a_build_removes_the_staging_and_after_it_keeps_the_bundle(task, tmp_path):
+    """stderr closed (`build 2>&1 | head -1`): the build stops at its next progress line with exit 141 and nothing at
+    --out, no staging (it was exit 1, a bug's code, with nothing said). stdout closed with --json - : the bundle is
+    published in full before the JSON is printed; the line says so, exit 141 (it was a silent exit 1)."""
+    out = tmp_path / "b"
+    args = build_args(task, out, "--profile", "x86-cpu-ort", "--no-baselines")
+    r = run_with_closed("stderr", *args, cwd=tmp_path)
+    assert r.returncode == 141 and r.stdout == "", r
+    assert not out.exists() and leftovers(tmp_path) == []
+    r = run_with_closed("stdout", *args, "--json", "-", cwd=tmp_path)
+    assert r.returncode == 141, r.stderr
+    errs = errors_of(r.stderr)
+    assert errs == [f"error: stopped: the output pipe was closed (its reader, such as head, exited); after {out} was written in "
+                    f"full (complete and usable); what follows it (the summary, --json) is missing"], r.stderr
+    assert (out / "manifest.json").is_file() and (out / "onnx/pruned/model.onnx").is_file() and leftovers(tmp_path) == []
+    assert "Exception ignored" not in r.stderr
