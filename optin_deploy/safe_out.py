@@ -130,6 +130,36 @@ def _check_not_the_cache(o: Path, o_real: Path, out, flag: str) -> None:
                                  f"--force; pass a folder outside {root}")
 
 
+STAGING_EXTRA = len(".") + len(".tmp-") + 7 + len("-") + 8  #: what the staging name adds to --out's: dots, a 7-digit pid, mkdtemp's 8
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system holding ``folder`` (or its nearest existing parent) allows."""
+    for f in (folder, *folder.parents):
+        try:
+            return int(os.pathconf(f, "PC_NAME_MAX"))
+        except (OSError, ValueError):
+            continue
+    return 255
+
+
+def _check_name_length(o: Path, out, flag: str) -> None:
+    """Refuse, in one line before any work, an --out whose name (or a folder on its path) is longer than the file system
+    allows, or so long that the staging folder beside it (``.NAME.tmp-PID-XXXXXXXX``) cannot be named: the path is the
+    user's to shorten, not a failing file system (it was 'File name too long ...; check the path and its permissions',
+    exit 5, or for a name 234-255 bytes long 'cannot write next to OUT ...; pass a writable --out' after the checks)."""
+    limit = _name_max(o.parent)
+    for part in o.parts[1:]:
+        n = len(os.fsencode(part))
+        if n > limit:
+            raise OptinError(f"{flag} {out}: the name {part[:40]}... is {n} bytes long, over the {limit} this file system allows; "
+                             f"pass a shorter name")
+    n = len(os.fsencode(o.name))
+    if n + STAGING_EXTRA > limit:
+        raise OptinError(f"{flag} {out}: its name is {n} bytes long; the staging folder written beside it (.NAME.tmp-PID-XXXXXXXX) "
+                         f"would be over the {limit} bytes this file system allows; pass a name of at most {limit - STAGING_EXTRA} bytes")
+
+
 def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[str | os.PathLike | None] = (),
               flag: str = "--out") -> Path:
     """Refuse an output path that would destroy something the user owns; returns it resolved.
@@ -139,6 +169,7 @@ def check_out(out: str | os.PathLike, *, force: bool = False, protect: Iterable[
     and its parents, and folders that hold (or are) one of ``protect`` (the command's inputs).
     """
     o = _resolve(out)
+    _check_name_length(o, out, flag)
     home = _resolve(Path.home())
     cwd = _resolve(Path.cwd())
     never = [(Path(o.anchor), "the file-system root"), (home, "your home folder")]
@@ -330,6 +361,10 @@ def make_staging(out: Path) -> Path:
         above = next((a for a in out.parents if a.exists()), None)
         if above is not None and not above.is_dir():  # a path through a file: a wrong path, not a failing file system
             raise OptinError(f"cannot write {out}: {above} is a file, not a folder; pass an --out inside a folder") from None
+        link = next((a for a in reversed(out.parents) if a.is_symlink() and not a.exists()), None)
+        if link is not None:  # it said 'File exists' (mkdir of the link's path)
+            raise OptinError(f"cannot write {out}: {link} is a symbolic link to nothing (broken, or a loop of links); "
+                             f"pass an --out through existing folders") from None
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT):
             raise StorageError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None
         raise OptinError(f"cannot write next to {out} ({exc.strerror or exc}); pass a writable --out") from None

@@ -8,6 +8,7 @@ import csv
 import errno
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,40 @@ def test_a_closed_pipe_during_a_build_removes_the_staging_and_after_it_keeps_the
                     f"full (complete and usable); what follows it (the summary, --json) is missing"], r.stderr
     assert (out / "manifest.json").is_file() and (out / "onnx/pruned/model.onnx").is_file() and leftovers(tmp_path) == []
     assert "Exception ignored" not in r.stderr
+
+
+# ------------------------------------------------------------------ odd --out paths
+
+
+def test_an_out_name_too_long_for_its_staging_folder_is_refused_up_front(task, tmp_path):
+    """A name of 234-255 bytes is a valid folder name, but the staging folder beside it (.NAME.tmp-PID-XXXXXXXX) is not:
+    the build said 'cannot write next to OUT (File name too long); pass a writable --out' (exit 5, a file-system
+    failure). A name over the file system's limit gave 'File name too long (...); check the path and its permissions',
+    exit 5. Both are a path to shorten: exit 2, one line saying how long it may be, nothing created."""
+    from optin_deploy.safe_out import STAGING_EXTRA, _name_max
+
+    limit = _name_max(tmp_path)
+    cases = [(tmp_path / ("y" * (limit - STAGING_EXTRA + 1)), rf"its name is {limit - STAGING_EXTRA + 1} bytes long; the staging "
+              rf"folder .* pass a name of at most {limit - STAGING_EXTRA} bytes"),
+             (tmp_path / ("z" * (limit + 1)) / "b", rf"the name z+\.\.\. is {limit + 1} bytes long, over the {limit} this file system allows")]
+    for out, msg in cases:
+        r = run_cli(*build_args(task, out), check=False)
+        assert r.returncode == 2, r.stderr
+        errs = errors_of(r.stderr)
+        assert len(errs) == 1 and re.search(msg, errs[0]), r.stderr
+    assert list(tmp_path.iterdir()) == []
+    from optin_deploy.safe_out import check_out
+
+    assert check_out(tmp_path / ("w" * (limit - STAGING_EXTRA))).name == "w" * (limit - STAGING_EXTRA)  # the longest that fits
+
+
+def test_an_out_through_a_loop_of_symbolic_links_names_the_link(task, tmp_path):
+    """--out loop1/sub, loop1 -> loop2 -> loop1: it said 'cannot write next to .../loop1/sub (File exists); pass a
+    writable --out', as if the folder were not writable."""
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    r = run_cli(*build_args(task, tmp_path / "loop1" / "sub"), check=False)
+    assert r.returncode == 2, r.stderr
+    assert errors_of(r.stderr) == [f"error: cannot write {tmp_path}/loop1/sub: {tmp_path}/loop1 is a symbolic link to nothing (broken, "
+                                   f"or a loop of links); pass an --out through existing folders"], r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop1", "loop2"]
