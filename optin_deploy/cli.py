@@ -238,6 +238,11 @@ def _run(args: list[str], debug: bool) -> None:
     except Exception as exc:  # a bug: one line, the traceback only on request
         if debug:
             raise
+        from .safe_out import storage_error_in
+
+        storage = storage_error_in(exc, "the output")  # a library's own error for a full disk (safetensors'): not a bug
+        if storage is not None:
+            _fail(f"{storage} ({short_reason(exc, 200)})", storage.exit_code)
         first = short_reason(exc, 300)
         _fail(f"internal error {type(exc).__name__}: {first} (a bug in optin-deploy; rerun with --debug or {DEBUG_ENV}=1 for the traceback)", EXIT_INTERNAL)
 

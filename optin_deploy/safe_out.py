@@ -400,9 +400,10 @@ def storage_error_in(exc: BaseException, what: str) -> OptinError | None:
         if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             return os_error(e, what)
         e, seen = e.__cause__ or e.__context__, seen + 1
-    m = re.search(r"\[Errno (\d+)\]", str(exc))
-    if m and int(m.group(1)) in STORAGE_ERRNOS:
-        return os_error(OSError(int(m.group(1)), os.strerror(int(m.group(1)))), what)
+    m = re.search(r"\[Errno (\d+)\]|\(os error (\d+)\)", str(exc))  # Python's OSError text; Rust's (safetensors' SafetensorError)
+    code = int(m.group(1) or m.group(2)) if m else None
+    if code in STORAGE_ERRNOS:
+        return os_error(OSError(code, os.strerror(code)), what)
     return None
 
 
