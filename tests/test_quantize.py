@@ -170,7 +170,10 @@ def test_build_auto_records_both_ways_and_leaves_nodes_in_fp32(teacher_task, tmp
             "--bench-iters", "4", "--bench-block", "2", "--scoring", "exact", "--select-by", "macs", "--no-baselines",
             "--quantization", "auto", "--int8-max-drop", "0", "--out", out)
     report = json.loads((out / "report.json").read_text())
-    assert report["precision"] == "int8"
+    # a tolerance of 0 may leave every quantisable node of the kept way in fp32 (which way is kept is timed): the
+    # deliverable is then labelled fp32, what it computes in
+    pruned_q = json.loads((out / "onnx" / "pruned" / "export.json").read_text())["quantization"]
+    assert report["precision"] == ("int8" if pruned_q["quantized_nodes"] else "fp32")
     for label in ("dense", "pruned"):
         exp = json.loads((out / "onnx" / label / "export.json").read_text())
         c = exp["quantization"]["choice"]
