@@ -290,13 +290,10 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
             profile = manifest.get("profile") if isinstance(manifest, dict) else None  # an edited manifest of another shape: no profile
         except (OSError, ValueError):
             profile = None
+        # (a bundle without its manifest.json or report.json goes no further: bundle_files refuses it when read)
         measured = _measured_shape(root)
-        if not isinstance(profile, dict) and measured.get("batch_size"):  # manifest.json gone: report.json's measured shape
-            profile = _report_profile(root)
     if not isinstance(profile, dict) or (batch is not None and seq_len is not None and threads is not None):
         return (8 if batch is None else batch, 128 if seq_len is None else seq_len, threads, None)
-    if measured.get("max_seq") and isinstance(profile.get("seq_len"), int) and "seq_len" not in measured:
-        measured["seq_len"] = min(profile["seq_len"], measured["max_seq"])
 
     def pick(given, key, default):  # a value given is kept as it is (bench_artifacts refuses a bad one); else what the build
         if given is not None:       # measured at (a model with fewer positions than the profile's length), else the profile's
@@ -305,55 +302,23 @@ def bench_settings(models, batch: int | None, seq_len: int | None, threads: int 
         return int(v) if isinstance(v, int) and v > 0 else default
 
     why = f"the bundle's profile {profile.get('name', '?')}"
-    if measured.get("from"):
-        why += f" ({measured['from']})"
     return pick(batch, "batch_size", 8), pick(seq_len, "seq_len", 128), pick(threads, "threads", None), why
 
 
 def _measured_shape(root: Path) -> dict:
     """The batch and sequence length the build's benchmark ran at (report.json ``bench.inputs``): the profile's,
-    or less where the model has fewer positions than the profile's length. Without report.json (deleted, or a
-    bundle copied without it) the length is the one its exports take at most (``export.json``'s ``profile.max_seq``,
-    the model's positions where fewer than the profile's): the profile's 128 tokens stopped a 64-position model."""
+    or less where the model has fewer positions than the profile's length."""
     try:
         inputs = json.loads((root / "report.json").read_text())["bench"]["inputs"]
         shape = inputs.get("input_ids") or next(iter(inputs.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration):
-        return _export_shape(root)
+        return {}
     if not (isinstance(shape, list) and shape and all(isinstance(d, int) for d in shape)):
         return {}
     out = {"batch_size": shape[0]}
     if "input_ids" in inputs and len(shape) == 2:
         out["seq_len"] = shape[1]
     return out
-
-
-def _report_profile(root: Path) -> dict:
-    """The profile name and threads a build's report.json records, for a bundle whose manifest.json is gone."""
-    try:
-        report = json.loads((root / "report.json").read_text())
-        name, threads = report.get("profile"), (report.get("run_with") or {}).get("intra_op_num_threads")
-    except (OSError, ValueError, AttributeError):
-        name, threads = None, None
-    name = f"{name}, as report.json records it (manifest.json is missing)" if isinstance(name, str) else "? (manifest.json is missing)"
-    return {"name": name, **({"threads": threads} if isinstance(threads, int) else {})}
-
-
-def _export_shape(root: Path) -> dict:
-    """What a bundle without a readable report.json still says of its benchmark shape: the longest input its exports
-    take (their ``export.json`` ``profile.max_seq``), which caps the profile's sequence length."""
-    longest = []
-    for f in sorted(root.glob("*/*/export.json")):
-        try:
-            v = json.loads(f.read_text())["profile"]["max_seq"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            longest.append(v)
-    note = "report.json, which records the shape the build measured, is missing or unreadable"
-    if not longest:
-        return {"from": note}
-    return {"max_seq": min(longest), "from": f"{note}: at most {min(longest)} tokens, what its exports take"}
 
 
 def expand_bundle(models: list[str], runtime: str | None = None) -> list[str]:
